@@ -1,0 +1,79 @@
+"""Numbered SQL migrations, applied once each, safe to run from several processes at once."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# Any constant works; it only has to be the same for every taskhook process.
+_LOCK_KEY = 0x7A5C_400C
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("db").joinpath("migrations").iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 0001.. without gaps, got {versions}")
+    return found
+
+
+def schema_sql() -> str:
+    return resources.files("db").joinpath("schema.sql").read_text(encoding="utf-8")
+
+
+async def applied_versions(conn: asyncpg.Connection[Any]) -> set[int]:
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return set()
+    return {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+
+
+async def migrate(conn: asyncpg.Connection[Any]) -> list[Migration]:
+    """Apply what is missing, each migration in its own transaction; returns what was applied.
+
+    A session advisory lock makes concurrent `taskhook migrate` runs wait for each other.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = await applied_versions(conn)
+        applied = []
+        for migration in load_migrations():
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+            applied.append(migration)
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+
+
+async def is_current(conn: asyncpg.Connection[Any]) -> bool:
+    return {m.version for m in load_migrations()} <= await applied_versions(conn)

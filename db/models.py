@@ -1,0 +1,87 @@
+"""Rows as frozen dataclasses, so callers never index records by string."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from asyncpg import Record
+
+from db.states import TaskStatus
+
+TASK_PREFIX = "tsk_"
+USER_PREFIX = "usr_"
+
+
+def format_task_id(task_id: uuid.UUID) -> str:
+    return f"{TASK_PREFIX}{task_id.hex}"
+
+
+def parse_task_id(text: str) -> uuid.UUID | None:
+    """The uuid behind a public task id, or None when it is not one of ours."""
+    if not text.startswith(TASK_PREFIX):
+        return None
+    try:
+        return uuid.UUID(hex=text[len(TASK_PREFIX) :])
+    except ValueError:
+        return None
+
+
+def format_user_id(user_id: uuid.UUID) -> str:
+    return f"{USER_PREFIX}{user_id.hex}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class User:
+    id: uuid.UUID
+    email: str
+    balance: int
+    created_at: datetime
+
+    @classmethod
+    def from_record(cls, record: Record) -> User:
+        return cls(
+            id=record["id"],
+            email=record["email"],
+            balance=record["balance"],
+            created_at=record["created_at"],
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    vendor: str
+    model: str
+    input: dict[str, Any]
+    cost: int
+    status: TaskStatus
+    progress: int
+    vendor_task_id: str | None
+    outputs: list[str] | None
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    trace_id: str
+    attempts: int
+    storage_attempts: int
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    deadline_at: datetime
+    completed_at: datetime | None
+    next_attempt_at: datetime | None
+    next_poll_at: datetime | None
+    refunded: bool
+
+    @classmethod
+    def from_record(cls, record: Record) -> Task:
+        values = dict(record)
+        values["status"] = TaskStatus(values["status"])
+        return cls(**values)
+
+    @property
+    def public_id(self) -> str:
+        return format_task_id(self.id)

@@ -1,0 +1,235 @@
+"""Typed wrappers around the named SQL blocks in queries.sql.
+
+Only this module knows the `$n` order of each statement; callers pass keywords.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+from asyncpg import Connection, Record
+from asyncpg.pool import PoolConnectionProxy
+
+from db.models import Task, User
+
+Conn = Connection | PoolConnectionProxy
+
+_BLOCK = re.compile(r"^-- ([a-z_]+) --$", re.MULTILINE)
+
+
+def load_queries(text: str) -> dict[str, str]:
+    """Split a file of `-- name --` blocks into {name: sql}."""
+    parts = _BLOCK.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        queries[name] = body.strip().rstrip(";")
+    return queries
+
+
+QUERIES: Mapping[str, str] = load_queries(
+    resources.files("db").joinpath("queries.sql").read_text(encoding="utf-8")
+)
+
+
+async def transition_row(
+    conn: Conn,
+    *,
+    task_id: uuid.UUID,
+    event_key: str,
+    to: str,
+    allowed_from: Sequence[str],
+    cause: str,
+    progress: int | None,
+    vendor_task_id: str | None,
+    outputs: list[str] | None,
+    result: Mapping[str, Any] | None,
+    error: Mapping[str, Any] | None,
+    detail: Mapping[str, Any] | None,
+    next_poll_at: datetime | None,
+) -> Record:
+    record = await conn.fetchrow(
+        QUERIES["transition"],
+        task_id,
+        event_key,
+        to,
+        list(allowed_from),
+        cause,
+        progress,
+        vendor_task_id,
+        outputs,
+        result,
+        error,
+        detail,
+        next_poll_at,
+    )
+    assert record is not None  # the final SELECT always yields one row
+    return record
+
+
+async def create_user(
+    conn: Conn, *, user_id: uuid.UUID, email: str, key_id: uuid.UUID, key_hash: bytes, prefix: str
+) -> None:
+    await conn.execute(QUERIES["create_user"], user_id, email, key_id, key_hash, prefix)
+
+
+async def get_user_by_email(conn: Conn, *, email: str) -> User | None:
+    record = await conn.fetchrow(QUERIES["get_user_by_email"], email)
+    return User.from_record(record) if record else None
+
+
+async def get_user(conn: Conn, *, user_id: uuid.UUID) -> User | None:
+    record = await conn.fetchrow(QUERIES["get_user"], user_id)
+    return User.from_record(record) if record else None
+
+
+async def authenticate(conn: Conn, *, key_hash: bytes) -> User | None:
+    record = await conn.fetchrow(QUERIES["authenticate"], key_hash)
+    return User.from_record(record) if record else None
+
+
+async def grant_credits(conn: Conn, *, user_id: uuid.UUID, amount: int, note: str | None) -> int:
+    balance: int = await conn.fetchval(QUERIES["grant_credits"], user_id, amount, note)
+    return balance
+
+
+async def find_idempotent_task(
+    conn: Conn, *, user_id: uuid.UUID, idempotency_key: str
+) -> tuple[uuid.UUID, bytes | None] | None:
+    record = await conn.fetchrow(QUERIES["find_idempotent_task"], user_id, idempotency_key)
+    return (record["id"], record["request_hash"]) if record else None
+
+
+async def create_task(
+    conn: Conn,
+    *,
+    task_id: uuid.UUID,
+    user_id: uuid.UUID,
+    vendor: str,
+    model: str,
+    input: Mapping[str, Any],
+    cost: int,
+    idempotency_key: str | None,
+    request_hash: bytes | None,
+    trace_id: str,
+    deadline_seconds: float,
+    registration_lease_seconds: float,
+) -> tuple[bool, uuid.UUID | None]:
+    """(charged, task_id): not charged = balance short; charged without id = key race lost."""
+    record = await conn.fetchrow(
+        QUERIES["create_task"],
+        task_id,
+        user_id,
+        vendor,
+        model,
+        input,
+        cost,
+        idempotency_key,
+        request_hash,
+        trace_id,
+        deadline_seconds,
+        registration_lease_seconds,
+    )
+    if record is None:
+        return False, None
+    return True, record["task_id"]
+
+
+async def get_task(conn: Conn, *, task_id: uuid.UUID, user_id: uuid.UUID | None) -> Task | None:
+    record = await conn.fetchrow(QUERIES["get_task"], task_id, user_id)
+    return Task.from_record(record) if record else None
+
+
+async def list_tasks(conn: Conn, *, status: str | None, limit: int) -> list[Task]:
+    records = await conn.fetch(QUERIES["list_tasks"], status, limit)
+    return [Task.from_record(r) for r in records]
+
+
+async def claim_pending_registrations(
+    conn: Conn, *, limit: int, lease_seconds: float
+) -> list[tuple[uuid.UUID, int]]:
+    records = await conn.fetch(QUERIES["claim_pending_registrations"], limit, lease_seconds)
+    return [(r["id"], r["attempts"]) for r in records]
+
+
+async def begin_registration(conn: Conn, *, task_id: uuid.UUID, lease_seconds: float) -> int | None:
+    attempts: int | None = await conn.fetchval(
+        QUERIES["begin_registration"], task_id, lease_seconds
+    )
+    return attempts
+
+
+async def schedule_registration_retry(
+    conn: Conn, *, task_id: uuid.UUID, delay_seconds: float, error: str
+) -> None:
+    await conn.execute(QUERIES["schedule_registration_retry"], task_id, delay_seconds, error)
+
+
+async def claim_storing(
+    conn: Conn, *, limit: int, owner: str, lease_seconds: float
+) -> list[tuple[uuid.UUID, int]]:
+    records = await conn.fetch(QUERIES["claim_storing"], limit, owner, lease_seconds)
+    return [(r["id"], r["storage_attempts"]) for r in records]
+
+
+async def release_storing(
+    conn: Conn, *, task_id: uuid.UUID, owner: str, delay_seconds: float, error: str
+) -> None:
+    await conn.execute(QUERIES["release_storing"], task_id, owner, delay_seconds, error)
+
+
+async def record_delivery(
+    conn: Conn,
+    *,
+    vendor: str,
+    delivery_id: str,
+    task_id: uuid.UUID | None,
+    status: str,
+    outcome: str | None,
+    error: str | None,
+    headers: Mapping[str, str],
+    body: bytes,
+) -> int | None:
+    """The delivery's row id, or None when this (vendor, delivery_id) was already stored."""
+    row_id: int | None = await conn.fetchval(
+        QUERIES["record_delivery"],
+        vendor,
+        delivery_id,
+        task_id,
+        status,
+        outcome,
+        error,
+        dict(headers),
+        body,
+    )
+    return row_id
+
+
+async def set_delivery_outcome(conn: Conn, *, delivery_row_id: int, outcome: str) -> None:
+    await conn.execute(QUERIES["set_delivery_outcome"], delivery_row_id, outcome)
+
+
+async def list_deliveries(conn: Conn, *, status: str | None, limit: int) -> list[Record]:
+    return list(await conn.fetch(QUERIES["list_deliveries"], status, limit))
+
+
+async def audit_balances(conn: Conn) -> list[Record]:
+    return list(await conn.fetch(QUERIES["audit_balances"]))
+
+
+async def audit_refunds(conn: Conn) -> list[Record]:
+    return list(await conn.fetch(QUERIES["audit_refunds"]))
+
+
+async def audit_overdue(conn: Conn, *, grace_seconds: float) -> list[Record]:
+    return list(await conn.fetch(QUERIES["audit_overdue"], grace_seconds))
+
+
+async def count_by_status(conn: Conn) -> dict[str, int]:
+    return {r["status"]: r["n"] for r in await conn.fetch(QUERIES["count_by_status"])}

@@ -1,0 +1,239 @@
+-- transition --
+-- The only writer of tasks.status. One statement: lock the task, record the event once, move it
+-- if the state machine allows, refund once when it fails or is canceled, and notify listeners.
+-- $4 is the set of states the move may start from (db.states.ALLOWED_FROM); a same-state
+-- report applies only when its progress grows.
+WITH cur AS (
+    SELECT id, user_id, status, progress, cost
+      FROM tasks
+     WHERE id = $1
+       FOR UPDATE
+), decision AS (
+    SELECT cur.*,
+           (cur.status = ANY($4::task_status[])
+            AND (cur.status <> $3::task_status OR COALESCE($6::int, -1) > cur.progress)) AS applies
+      FROM cur
+), ev AS (
+    INSERT INTO task_events (task_id, event_key, from_status, to_status, applied, cause, detail)
+    SELECT id, $2, status, $3::task_status, applies, $5, $11::jsonb FROM decision
+    ON CONFLICT (task_id, event_key) DO NOTHING
+    RETURNING applied
+), moved AS (
+    UPDATE tasks AS t
+       SET status = CASE WHEN ev.applied THEN $3::task_status ELSE t.status END,
+           progress = CASE
+               WHEN NOT ev.applied THEN t.progress
+               WHEN $3::task_status = 'completed' THEN 100
+               ELSE GREATEST(t.progress, COALESCE($6::int, t.progress))
+           END,
+           vendor_task_id = COALESCE(t.vendor_task_id, $7::text),
+           outputs = CASE WHEN ev.applied THEN COALESCE($8::jsonb, t.outputs) ELSE t.outputs END,
+           result = CASE WHEN ev.applied THEN COALESCE($9::jsonb, t.result) ELSE t.result END,
+           error = CASE WHEN ev.applied THEN COALESCE($10::jsonb, t.error) ELSE t.error END,
+           next_poll_at = CASE WHEN ev.applied THEN $12::timestamptz ELSE t.next_poll_at END,
+           next_attempt_at = CASE WHEN ev.applied THEN NULL ELSE t.next_attempt_at END,
+           lease_owner = CASE WHEN ev.applied THEN NULL ELSE t.lease_owner END,
+           lease_expires_at = CASE WHEN ev.applied THEN NULL ELSE t.lease_expires_at END,
+           updated_at = CASE WHEN ev.applied THEN now() ELSE t.updated_at END,
+           completed_at = CASE
+               WHEN ev.applied AND $3::task_status IN ('completed', 'failed', 'canceled') THEN now()
+               ELSE t.completed_at
+           END
+      FROM ev
+     WHERE t.id = $1
+       AND (ev.applied OR (t.vendor_task_id IS NULL AND $7::text IS NOT NULL))
+    RETURNING t.id, t.user_id, t.cost, t.status, t.progress, ev.applied
+), refund AS (
+    INSERT INTO credit_ledger (user_id, task_id, kind, amount)
+    SELECT user_id, id, 'refund', cost
+      FROM moved
+     WHERE applied AND status IN ('failed', 'canceled')
+    ON CONFLICT (task_id, kind) WHERE task_id IS NOT NULL DO NOTHING
+    RETURNING user_id, amount
+), credited AS (
+    UPDATE users AS u
+       SET balance = u.balance + r.amount
+      FROM refund AS r
+     WHERE u.id = r.user_id
+    RETURNING u.id
+)
+SELECT (SELECT status::text FROM decision) AS from_status,
+       (SELECT applied FROM ev) AS applied,
+       (SELECT status::text FROM moved) AS status,
+       (SELECT progress FROM moved) AS progress,
+       (SELECT count(*) FROM refund) AS refunds,
+       (SELECT count(*) FROM credited) AS credited,
+       (SELECT count(pg_notify('taskhook_tasks',
+                               json_build_object('id', m.id, 'status', m.status,
+                                                 'progress', m.progress)::text))
+          FROM moved AS m WHERE m.applied) AS notified;
+
+-- create_user --
+-- A new user and their first API key (stored only as a hash).
+WITH u AS (
+    INSERT INTO users (id, email) VALUES ($1, $2) RETURNING id
+)
+INSERT INTO api_keys (id, user_id, key_hash, prefix)
+SELECT $3, u.id, $4, $5 FROM u
+RETURNING user_id;
+
+-- get_user_by_email --
+SELECT id, email, balance, created_at FROM users WHERE email = $1;
+
+-- get_user --
+SELECT id, email, balance, created_at FROM users WHERE id = $1;
+
+-- authenticate --
+-- The user behind an API key hash, if the key is not revoked.
+SELECT u.id, u.email, u.balance, u.created_at
+  FROM api_keys AS k JOIN users AS u ON u.id = k.user_id
+ WHERE k.key_hash = $1 AND k.revoked_at IS NULL;
+
+-- grant_credits --
+-- Credits given by an operator: the ledger row and the balance move together.
+WITH g AS (
+    INSERT INTO credit_ledger (user_id, kind, amount, note)
+    VALUES ($1, 'grant', $2, $3)
+    RETURNING user_id, amount
+)
+UPDATE users AS u SET balance = u.balance + g.amount FROM g WHERE u.id = g.user_id
+RETURNING u.balance;
+
+-- find_idempotent_task --
+SELECT id, request_hash FROM tasks WHERE user_id = $1 AND idempotency_key = $2;
+
+-- create_task --
+-- Charge and insert in one statement: no charge without a task, no task without a charge.
+-- No row means the balance was short; a row with task_id NULL means a concurrent request
+-- with the same idempotency key won (the caller rolls back and returns that task).
+WITH charged AS (
+    UPDATE users SET balance = balance - $6
+     WHERE id = $2 AND balance >= $6
+    RETURNING id
+), task AS (
+    INSERT INTO tasks (id, user_id, vendor, model, input, cost, idempotency_key, request_hash,
+                       trace_id, deadline_at, next_attempt_at)
+    SELECT $1, charged.id, $3, $4, $5::jsonb, $6, $7, $8, $9,
+           now() + make_interval(secs => $10), now() + make_interval(secs => $11)
+      FROM charged
+    ON CONFLICT (user_id, idempotency_key) DO NOTHING
+    RETURNING id, user_id, cost
+), ledger AS (
+    INSERT INTO credit_ledger (user_id, task_id, kind, amount)
+    SELECT user_id, id, 'charge', -cost FROM task
+    RETURNING task_id
+)
+SELECT charged.id AS user_id, (SELECT task_id FROM ledger) AS task_id FROM charged;
+
+-- get_task --
+-- One task with whether it was refunded; user_id NULL means any user (operators).
+SELECT t.id, t.user_id, t.vendor, t.model, t.input, t.cost, t.status::text AS status, t.progress,
+       t.vendor_task_id, t.outputs, t.result, t.error, t.trace_id, t.attempts,
+       t.storage_attempts, t.last_error, t.created_at, t.updated_at, t.deadline_at,
+       t.completed_at, t.next_attempt_at, t.next_poll_at,
+       EXISTS (SELECT 1 FROM credit_ledger AS l WHERE l.task_id = t.id AND l.kind = 'refund')
+           AS refunded
+  FROM tasks AS t
+ WHERE t.id = $1 AND ($2::uuid IS NULL OR t.user_id = $2);
+
+-- list_tasks --
+-- Operators' view, newest first; status NULL means all.
+SELECT t.id, t.user_id, t.vendor, t.model, t.input, t.cost, t.status::text AS status, t.progress,
+       t.vendor_task_id, t.outputs, t.result, t.error, t.trace_id, t.attempts,
+       t.storage_attempts, t.last_error, t.created_at, t.updated_at, t.deadline_at,
+       t.completed_at, t.next_attempt_at, t.next_poll_at,
+       EXISTS (SELECT 1 FROM credit_ledger AS l WHERE l.task_id = t.id AND l.kind = 'refund')
+           AS refunded
+  FROM tasks AS t
+ WHERE ($1::task_status IS NULL OR t.status = $1::task_status)
+ ORDER BY t.created_at DESC, t.id DESC
+ LIMIT $2;
+
+-- claim_pending_registrations --
+-- Pending tasks due for a (re)try at the vendor. SKIP LOCKED lets many workers run at once;
+-- pushing next_attempt_at out is the lease: a crashed worker's claim expires by itself.
+UPDATE tasks
+   SET next_attempt_at = now() + make_interval(secs => $2), attempts = attempts + 1
+ WHERE id IN (SELECT id FROM tasks
+               WHERE status = 'pending' AND next_attempt_at <= now()
+               ORDER BY next_attempt_at
+               LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+RETURNING id, attempts;
+
+-- begin_registration --
+-- The first registration attempt, made right after submit; counts as attempt one.
+UPDATE tasks
+   SET attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+ WHERE id = $1 AND status = 'pending'
+RETURNING attempts;
+
+-- schedule_registration_retry --
+-- A transient vendor failure: try again later (only if still pending).
+UPDATE tasks
+   SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3
+ WHERE id = $1 AND status = 'pending';
+
+-- claim_storing --
+-- Finished tasks whose output still has to reach S3, under a lease that expires by itself.
+UPDATE tasks
+   SET lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3),
+       storage_attempts = storage_attempts + 1
+ WHERE id IN (SELECT id FROM tasks
+               WHERE status = 'storing'
+                 AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+               ORDER BY lease_expires_at NULLS FIRST
+               LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+RETURNING id, storage_attempts;
+
+-- release_storing --
+-- A failed storage attempt: let the lease lapse after a backoff so another try comes later.
+UPDATE tasks
+   SET lease_owner = NULL, lease_expires_at = now() + make_interval(secs => $3), last_error = $4
+ WHERE id = $1 AND status = 'storing' AND lease_owner = $2;
+
+-- record_delivery --
+-- The webhook inbox: a conflict means this delivery was seen before.
+INSERT INTO webhook_deliveries (vendor, delivery_id, task_id, status, outcome, error, headers, body)
+VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)
+ON CONFLICT (vendor, delivery_id) DO NOTHING
+RETURNING id;
+
+-- set_delivery_outcome --
+UPDATE webhook_deliveries SET outcome = $2 WHERE id = $1;
+
+-- list_deliveries --
+SELECT id, vendor, delivery_id, task_id, status, outcome, error, received_at, length(body) AS bytes
+  FROM webhook_deliveries
+ WHERE ($1::text IS NULL OR status = $1)
+ ORDER BY received_at DESC, id DESC
+ LIMIT $2;
+
+-- audit_balances --
+-- Users whose balance differs from the sum of their ledger.
+SELECT u.id, u.email, u.balance, COALESCE(sum(l.amount), 0)::bigint AS ledger
+  FROM users AS u LEFT JOIN credit_ledger AS l ON l.user_id = u.id
+ GROUP BY u.id
+HAVING u.balance <> COALESCE(sum(l.amount), 0);
+
+-- audit_refunds --
+-- Refunds that do not match a failed or canceled task exactly once.
+SELECT t.id, t.status::text AS status,
+       count(l.id) FILTER (WHERE l.kind = 'refund') AS refunds,
+       count(l.id) FILTER (WHERE l.kind = 'charge') AS charges
+  FROM tasks AS t LEFT JOIN credit_ledger AS l ON l.task_id = t.id
+ GROUP BY t.id
+HAVING count(l.id) FILTER (WHERE l.kind = 'charge') <> 1
+    OR count(l.id) FILTER (WHERE l.kind = 'refund')
+       <> CASE WHEN t.status IN ('failed', 'canceled') THEN 1 ELSE 0 END;
+
+-- audit_overdue --
+-- Open tasks past their deadline by more than the grace period.
+SELECT id, status::text AS status, deadline_at
+  FROM tasks
+ WHERE status IN ('pending', 'submitted', 'processing', 'storing')
+   AND deadline_at < now() - make_interval(secs => $1);
+
+-- count_by_status --
+SELECT status::text AS status, count(*) AS n FROM tasks GROUP BY status;

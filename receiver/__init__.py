@@ -1,0 +1,3 @@
+"""receiver."""
+
+__all__: list[str] = []

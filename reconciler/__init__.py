@@ -1,0 +1,3 @@
+"""reconciler."""
+
+__all__: list[str] = []

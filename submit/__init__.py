@@ -1,0 +1,3 @@
+"""submit."""
+
+__all__: list[str] = []

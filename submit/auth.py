@@ -1,0 +1,37 @@
+"""API keys: random, shown once, stored only as a SHA-256 hash."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from starlette.requests import Request
+
+from db import queries
+from db.models import User
+from taskhook.errors import Unauthorized
+from taskhook.runtime import Runtime
+
+KEY_PREFIX = "thk_"
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> bytes:
+    # A fast hash is right here: keys are 256 random bits, not guessable passwords.
+    return hashlib.sha256(key.encode()).digest()
+
+
+async def current_user(request: Request) -> User:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized()
+    rt: Runtime = request.app.state.runtime
+    async with rt.pool.acquire() as conn:
+        user = await queries.authenticate(conn, key_hash=hash_api_key(key.strip()))
+    if user is None:
+        raise Unauthorized("The API key is not valid.")
+    return user

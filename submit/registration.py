@@ -1,0 +1,110 @@
+"""Registering a charged task with its vendor, with a callback URL and a short time budget.
+
+Runs right after submit (without making the client wait) and again from the worker for tasks
+whose registration failed transiently. A permanent rejection fails and refunds the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import structlog
+
+from db import queries
+from db.states import TaskStatus
+from db.transition import transition
+from taskhook import metrics
+from taskhook.backoff import backoff_delay
+from taskhook.errors import VendorRejected, VendorUnavailable
+from taskhook.runtime import Runtime
+from taskhook.vendor_updates import apply_update
+
+log = structlog.get_logger()
+
+
+async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
+    settings = rt.settings
+    async with rt.pool.acquire() as conn:
+        task = await queries.get_task(conn, task_id=task_id, user_id=None)
+    if task is None or task.status is not TaskStatus.PENDING:
+        return
+    bound = log.bind(task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id)
+    adapter = rt.vendors.get(task.vendor)
+    try:
+        if adapter is None:
+            raise VendorUnavailable(f"vendor {task.vendor!r} is not configured in this process")
+        update = await asyncio.wait_for(
+            adapter.submit(
+                task_id=task.id,
+                model=task.model,
+                input=task.input,
+                callback_url=rt.callback_url(task_id=task.id, vendor=task.vendor),
+            ),
+            timeout=settings.registration_timeout,
+        )
+    except VendorRejected as exc:
+        metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="rejected").inc()
+        bound.info("registration_rejected", error=str(exc))
+        async with rt.pool.acquire() as conn:
+            await transition(
+                conn,
+                task_id=task.id,
+                to=TaskStatus.FAILED,
+                event_key="register:rejected",
+                cause="registration",
+                error={"code": "vendor_rejected", "message": str(exc)},
+            )
+        return
+    except (VendorUnavailable, TimeoutError) as exc:
+        message = str(exc) or "the vendor did not answer in time"
+        metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="unavailable").inc()
+        async with rt.pool.acquire() as conn:
+            if attempt >= settings.max_registration_attempts:
+                bound.warning("registration_gave_up", attempts=attempt, error=message)
+                await transition(
+                    conn,
+                    task_id=task.id,
+                    to=TaskStatus.FAILED,
+                    event_key="register:gave-up",
+                    cause="registration",
+                    error={
+                        "code": "vendor_unavailable",
+                        "message": f"the vendor could not be reached after {attempt} attempts: "
+                        + message,
+                    },
+                )
+                return
+            retry_after = exc.retry_after if isinstance(exc, VendorUnavailable) else None
+            delay = backoff_delay(attempt, rng=rt.rng, at_least=retry_after)
+            bound.info("registration_retry", attempt=attempt, delay=round(delay, 2), error=message)
+            await queries.schedule_registration_retry(
+                conn, task_id=task.id, delay_seconds=delay, error=message
+            )
+        return
+    metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="ok").inc()
+    async with rt.pool.acquire() as conn:
+        result = await apply_update(
+            conn,
+            task_id=task.id,
+            vendor=task.vendor,
+            update=update,
+            event_key=f"register:{update.vendor_task_id}",
+            cause="registration",
+            poll_after=settings.poll_after,
+        )
+    bound.info("registered", vendor_task_id=update.vendor_task_id, outcome=result.outcome.value)
+
+
+async def register_new(rt: Runtime, task_id: uuid.UUID) -> None:
+    """First attempt, right after the 202; the worker owns every later one."""
+    try:
+        async with rt.pool.acquire() as conn:
+            attempt = await queries.begin_registration(
+                conn, task_id=task_id, lease_seconds=rt.settings.registration_timeout + 5
+            )
+        if attempt is not None:
+            await register(rt, task_id=task_id, attempt=attempt)
+    except Exception:
+        # The task stays pending with next_attempt_at set; the worker retries it.
+        log.exception("registration_crashed", task_id=str(task_id))

@@ -1,0 +1,3 @@
+"""taskhook."""
+
+__all__: list[str] = []

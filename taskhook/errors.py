@@ -1,0 +1,178 @@
+"""Every error a client or vendor can see, with its HTTP status and stable code.
+
+TaskhookError
+  RequestInvalid          400 invalid_json
+  PayloadInvalid          400 invalid_payload     (a signed webhook we cannot read)
+  TimestampOutOfRange     400 stale_timestamp
+  Unauthorized            401 unauthorized
+  SignatureInvalid        401 invalid_signature
+  TokenInvalid            401 invalid_token
+  InsufficientCredits     402 insufficient_credits
+  NotFound                404 not_found
+  IdempotencyConflict     409 idempotency_conflict
+  AlreadyTerminal         409 already_terminal
+  PayloadTooLarge         413 payload_too_large
+  UnsupportedMediaType    415 unsupported_media_type
+  ValidationFailed        422 validation_error    (with details)
+  RateLimited             429 rate_limited        (with Retry-After)
+  Unavailable             503 unavailable
+VendorError                                       (raised by adapters, never shown to clients)
+  VendorUnavailable       transient: retry later
+  VendorRejected          permanent: fail and refund
+
+The docstring of each class is its default message; one handler renders them all as
+`{"error": {"code": ..., "message": ...}}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TaskhookError(Exception):
+    """Something went wrong."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str | None = None, *, details: Any = None) -> None:
+        self.message = message or (self.__doc__ or self.code).strip()
+        self.details = details
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return {"error": error}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class RequestInvalid(TaskhookError):
+    """The request body is not valid JSON."""
+
+    status_code = 400
+    code = "invalid_json"
+
+
+class PayloadInvalid(TaskhookError):
+    """The webhook payload is signed but cannot be understood; it was kept as a dead letter."""
+
+    status_code = 400
+    code = "invalid_payload"
+
+
+class TimestampOutOfRange(TaskhookError):
+    """The webhook timestamp is missing, not an integer, or more than the tolerance away."""
+
+    status_code = 400
+    code = "stale_timestamp"
+
+
+class Unauthorized(TaskhookError):
+    """A valid API key is required: send `Authorization: Bearer <key>`."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class SignatureInvalid(TaskhookError):
+    """The webhook signature is missing or does not match."""
+
+    status_code = 401
+    code = "invalid_signature"
+
+
+class TokenInvalid(TaskhookError):
+    """The callback token is not one we issued."""
+
+    status_code = 401
+    code = "invalid_token"
+
+
+class InsufficientCredits(TaskhookError):
+    """Not enough credits for this task."""
+
+    status_code = 402
+    code = "insufficient_credits"
+
+
+class NotFound(TaskhookError):
+    """No such resource."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class IdempotencyConflict(TaskhookError):
+    """This Idempotency-Key was already used with a different request body."""
+
+    status_code = 409
+    code = "idempotency_conflict"
+
+
+class AlreadyTerminal(TaskhookError):
+    """The task has already finished."""
+
+    status_code = 409
+    code = "already_terminal"
+
+
+class PayloadTooLarge(TaskhookError):
+    """The request body is larger than 1 MiB."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(TaskhookError):
+    """Send the body as `Content-Type: application/json`."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class ValidationFailed(TaskhookError):
+    """The request is well-formed JSON but its fields are not valid."""
+
+    status_code = 422
+    code = "validation_error"
+
+
+class RateLimited(TaskhookError):
+    """Too many requests; retry after the number of seconds in Retry-After."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class Unavailable(TaskhookError):
+    """The service is temporarily unavailable; nothing was changed. Retry shortly."""
+
+    status_code = 503
+    code = "unavailable"
+
+
+class VendorError(Exception):
+    """A vendor call did not succeed."""
+
+
+class VendorUnavailable(VendorError):
+    """Transient: timeout, transport error, 5xx or 429. Retry later."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class VendorRejected(VendorError):
+    """Permanent: the vendor refused the job (validation, auth). Do not retry."""

@@ -1,0 +1,27 @@
+"""Prometheus metrics, one registry per process, scraped at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+WEBHOOKS = Counter(
+    "taskhook_webhooks_total", "Webhook deliveries by vendor and outcome", ["vendor", "outcome"]
+)
+TRANSITIONS = Counter(
+    "taskhook_transitions_total",
+    "Transition attempts by target state and outcome",
+    ["to", "outcome"],
+)
+REFUNDS = Counter("taskhook_refunds_total", "Refunds written to the ledger")
+LATE_SUCCESS = Counter(
+    "taskhook_late_success_total", "Vendor successes reported after the task had ended"
+)
+VENDOR_CALLS = Histogram(
+    "taskhook_vendor_call_seconds", "Vendor API latency", ["vendor", "operation", "outcome"]
+)
+REGISTRATIONS = Counter(
+    "taskhook_registrations_total",
+    "Registration attempts by vendor and outcome",
+    ["vendor", "outcome"],
+)
+STORAGE = Counter("taskhook_storage_total", "Result storage attempts by outcome", ["outcome"])

@@ -1,0 +1,151 @@
+"""What a running process holds: the pool, one HTTP client, the S3 store and the adapters.
+
+Every process kind (web, worker, reconciler, demo) opens the same runtime, so they agree on
+configuration and nothing about a task lives only in one process's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import asyncpg
+import httpx
+import structlog
+
+from db.migrate import migrate
+from db.pool import connect, create_pool
+from storage.s3 import ResultStore
+from taskhook.errors import VendorError
+from taskhook.settings import Settings
+from taskhook.tokens import CallbackTokens
+from vendors.base import VendorAdapter
+from vendors.replicate import ReplicateAdapter
+
+log = structlog.get_logger()
+
+
+def resolve_services(settings: Settings) -> Settings:
+    """Start embedded PostgreSQL and S3 for whatever the settings leave unset."""
+    changes: dict[str, Any] = {}
+    if settings.database_url is None:
+        from taskhook.embedded import start_postgres
+
+        changes["database_url"] = start_postgres(settings.data_dir).dsn
+    if settings.s3_endpoint_url is None:
+        from taskhook.embedded import start_s3
+
+        s3 = start_s3(settings.data_dir, bucket=settings.s3_bucket)
+        changes.update(
+            s3_endpoint_url=s3.endpoint_url,
+            aws_access_key_id=s3.access_key_id,
+            aws_secret_access_key=s3.secret_access_key,
+            aws_region=s3.region,
+        )
+    return replace(settings, **changes) if changes else settings
+
+
+def build_adapters(settings: Settings, http: httpx.AsyncClient) -> dict[str, VendorAdapter]:
+    adapters: dict[str, VendorAdapter] = {}
+    if settings.replicate:
+        adapters["replicate"] = ReplicateAdapter(
+            http,
+            api_token=settings.replicate.api_token,
+            api_base=settings.replicate.api_base,
+            webhook_secrets=settings.replicate.webhook_secrets,
+            tolerance=settings.webhook_tolerance,
+            timeout=settings.registration_timeout,
+        )
+    return adapters
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    pool: asyncpg.Pool[Any]
+    http: httpx.AsyncClient
+    store: ResultStore
+    vendors: dict[str, VendorAdapter]
+    tokens: CallbackTokens
+    clock: Callable[[], float] = time.time
+    rng: random.Random = field(default_factory=random.Random)
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def public_url(self) -> str:
+        assert self.settings.public_url, "public_url is resolved before the runtime opens"
+        return self.settings.public_url
+
+    def callback_url(self, *, task_id: Any, vendor: str) -> str:
+        token = self.tokens.issue(task_id=task_id, vendor=vendor)
+        return f"{self.public_url}/hooks/{vendor}/{token}"
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run after the response; tracked so shutdown can wait instead of dropping work."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout)
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings,
+    *,
+    apply_migrations: bool = False,
+    pool_size: int = 10,
+    http: httpx.AsyncClient | None = None,
+) -> AsyncIterator[Runtime]:
+    """Settings must already be resolved (see resolve_services) and carry a public_url."""
+    assert settings.database_url is not None
+    if apply_migrations:
+        conn = await connect(settings.database_url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+    pool = await create_pool(settings.database_url, min_size=1, max_size=pool_size)
+    own_http = http is None
+    client = http or httpx.AsyncClient(
+        timeout=httpx.Timeout(30.0, connect=5.0),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        headers={"User-Agent": "taskhook/0.1"},
+    )
+    store = ResultStore(
+        endpoint_url=settings.s3_endpoint_url,
+        bucket=settings.s3_bucket,
+        access_key_id=settings.aws_access_key_id,
+        secret_access_key=settings.aws_secret_access_key,
+        region=settings.aws_region,
+    )
+    runtime = Runtime(
+        settings=settings,
+        pool=pool,
+        http=client,
+        store=store,
+        vendors=build_adapters(settings, client),
+        tokens=CallbackTokens(settings.secret),
+    )
+    try:
+        await store.ensure_bucket()
+        for adapter in runtime.vendors.values():
+            try:
+                await adapter.prepare()
+            except VendorError as exc:
+                # Not fatal: callbacks fail verification (the vendor retries them) and polling
+                # still works; the next process start tries again.
+                log.warning("vendor_prepare_failed", vendor=adapter.name, error=str(exc))
+        yield runtime
+    finally:
+        await runtime.drain()
+        if own_http:
+            await client.aclose()
+        await pool.close()

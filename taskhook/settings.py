@@ -1,0 +1,147 @@
+"""Configuration, read and validated once at start (API.md "Configuration").
+
+Only `Settings.from_env` reads the environment; tests build `Settings(...)` directly.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class SettingsError(Exception):
+    """A configuration value is invalid; the message names the variable."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicateSettings:
+    api_token: str
+    api_base: str = "https://api.replicate.com/v1"
+    # Several `whsec_...` secrets during a rotation; empty = fetch the account's default secret.
+    webhook_secrets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    data_dir: Path = Path(".taskhook")
+    database_url: str | None = None  # None: embedded PostgreSQL under data_dir
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    public_url: str | None = None  # None: http://127.0.0.1:<port of `serve`>
+    s3_endpoint_url: str | None = None  # None: embedded S3 under data_dir
+    s3_bucket: str = "taskhook"
+    aws_access_key_id: str | None = field(default=None, repr=False)
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_region: str = "us-east-1"
+    task_deadline: float = 1800.0
+    poll_after: float = 15.0
+    rate_limit: int = 600
+    max_active_tasks: int = 100
+    admin_key: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    allow_private_urls: bool = False
+    replicate: ReplicateSettings | None = None
+    task_cost: int = 1
+    webhook_tolerance: float = 300.0
+    max_body_bytes: int = 1024 * 1024
+    max_download_bytes: int = 64 * 1024 * 1024
+    registration_timeout: float = 10.0
+    max_registration_attempts: int = 8
+    max_storage_attempts: int = 5
+
+    @property
+    def vendors(self) -> tuple[str, ...]:
+        """Configured vendors in order of preference; the first is the default."""
+        return ("replicate",) if self.replicate else ()
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        def parse(name: str, convert: Callable[[str], T], default: T, check: str = "") -> T:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = convert(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be {check or 'valid'}, got {raw!r}") from None
+            if check == "a positive number" and not (isinstance(value, float) and value > 0):
+                raise SettingsError(f"{name} must be {check}, got {raw!r}")
+            if check == "a non-negative integer" and not (isinstance(value, int) and value >= 0):
+                raise SettingsError(f"{name} must be {check}, got {raw!r}")
+            return value
+
+        data_dir = Path(get("TASKHOOK_DATA_DIR") or ".taskhook")
+        database_url = get("DATABASE_URL")
+        if database_url and not database_url.startswith(("postgres://", "postgresql://")):
+            raise SettingsError(f"DATABASE_URL must be a postgresql:// URL, got {database_url!r}")
+        public_url = get("TASKHOOK_PUBLIC_URL")
+        if public_url and not public_url.startswith(("http://", "https://")):
+            raise SettingsError(f"TASKHOOK_PUBLIC_URL must be an http(s) URL, got {public_url!r}")
+        allow_private = get("TASKHOOK_ALLOW_PRIVATE_URLS") or "0"
+        if allow_private not in ("0", "1"):
+            raise SettingsError(
+                f"TASKHOOK_ALLOW_PRIVATE_URLS must be 0 or 1, got {allow_private!r}"
+            )
+
+        replicate = None
+        token = get("REPLICATE_API_TOKEN")
+        if token:
+            base = (get("REPLICATE_API_BASE") or "https://api.replicate.com/v1").rstrip("/")
+            secrets_raw = get("REPLICATE_WEBHOOK_SECRET") or ""
+            webhook_secrets = tuple(s.strip() for s in secrets_raw.split(",") if s.strip())
+            for s in webhook_secrets:
+                if not s.startswith("whsec_"):
+                    raise SettingsError("REPLICATE_WEBHOOK_SECRET must be whsec_... secrets")
+            replicate = ReplicateSettings(
+                api_token=token, api_base=base, webhook_secrets=webhook_secrets
+            )
+
+        return cls(
+            data_dir=data_dir,
+            database_url=database_url,
+            secret=get("TASKHOOK_SECRET") or generated_secret(data_dir, "secret"),
+            public_url=public_url.rstrip("/") if public_url else None,
+            s3_endpoint_url=get("TASKHOOK_S3_ENDPOINT_URL"),
+            s3_bucket=get("TASKHOOK_S3_BUCKET") or "taskhook",
+            aws_access_key_id=get("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
+            aws_region=get("AWS_REGION") or "us-east-1",
+            task_deadline=parse("TASKHOOK_TASK_DEADLINE", float, 1800.0, "a positive number"),
+            poll_after=parse("TASKHOOK_POLL_AFTER", float, 15.0, "a positive number"),
+            rate_limit=parse("TASKHOOK_RATE_LIMIT", int, 600, "a non-negative integer"),
+            max_active_tasks=parse("TASKHOOK_MAX_ACTIVE_TASKS", int, 100, "a non-negative integer"),
+            admin_key=get("TASKHOOK_ADMIN_KEY") or generated_secret(data_dir, "admin_key"),
+            allow_private_urls=allow_private == "1",
+            replicate=replicate,
+        )
+
+
+def generated_secret(data_dir: Path, name: str) -> str:
+    """A random secret made on first use and kept (mode 0600) so restarts agree with it."""
+    path = data_dir / name
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first; use theirs
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(value + "\n")
+    return value

@@ -1,0 +1,61 @@
+"""Turning what a vendor said (callback, create response or poll) into one transition.
+
+Receiver, registration and reconciler share this so a vendor's word means the same thing
+whichever way it reached us.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from db.queries import Conn
+from db.states import REFUNDING, TaskStatus
+from db.transition import Outcome, TransitionResult, transition
+from taskhook import metrics
+from vendors.base import VendorUpdate
+
+log = structlog.get_logger()
+
+
+async def apply_update(
+    conn: Conn,
+    *,
+    task_id: uuid.UUID,
+    vendor: str,
+    update: VendorUpdate,
+    event_key: str,
+    cause: str,
+    poll_after: float,
+) -> TransitionResult:
+    error = None
+    if update.status is TaskStatus.FAILED:
+        error = {"code": "vendor_failed", "message": update.error or "the vendor reported failure"}
+    next_poll_at = None
+    if update.status in (TaskStatus.SUBMITTED, TaskStatus.PROCESSING):
+        # Fresh news from the vendor: the reconciler need not ask for a while.
+        next_poll_at = datetime.now(UTC) + timedelta(seconds=poll_after)
+    result = await transition(
+        conn,
+        task_id=task_id,
+        to=update.status,
+        event_key=event_key,
+        cause=cause,
+        progress=update.progress,
+        vendor_task_id=update.vendor_task_id,
+        outputs=update.outputs,
+        error=error,
+        detail={"vendor": vendor, "vendor_status": update.raw_status},
+        next_poll_at=next_poll_at,
+    )
+    if (
+        result.outcome is Outcome.STALE
+        and update.status is TaskStatus.STORING
+        and result.from_status in REFUNDING
+    ):
+        # Success after we gave up: recorded in task_events, counted, never reopened.
+        metrics.LATE_SUCCESS.inc()
+        log.warning("late_success", task_id=str(task_id), vendor=vendor, cause=cause)
+    return result

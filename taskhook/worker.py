@@ -1,0 +1,93 @@
+"""The worker process: stores finished results to S3 and retries pending registrations.
+
+Work is claimed in PostgreSQL with SKIP LOCKED and leases, so any number of workers can run;
+NOTIFY wakes a worker early, and a short poll covers any notification that was missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from typing import Any
+
+import structlog
+
+from db import queries
+from storage.results import store_result
+from submit.registration import register
+from taskhook.runtime import Runtime
+
+log = structlog.get_logger()
+
+CHANNEL = "taskhook_tasks"
+
+
+class Worker:
+    def __init__(
+        self, rt: Runtime, *, concurrency: int = 4, idle_poll: float = 1.0, lease: float = 120.0
+    ) -> None:
+        self.rt = rt
+        self.concurrency = concurrency
+        self.idle_poll = idle_poll
+        self.lease = lease
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._wake = asyncio.Event()
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            status = json.loads(payload).get("status")
+        except ValueError:
+            return
+        if status in ("storing", "pending"):
+            self._wake.set()
+
+    async def run_once(self) -> int:
+        """Claim and do one batch of each kind of work; returns how many items were handled."""
+        async with self.rt.pool.acquire() as conn:
+            storing = await queries.claim_storing(
+                conn, limit=self.concurrency, owner=self.owner, lease_seconds=self.lease
+            )
+            pending = await queries.claim_pending_registrations(
+                conn,
+                limit=self.concurrency,
+                lease_seconds=self.rt.settings.registration_timeout + 5,
+            )
+        jobs = [
+            store_result(self.rt, task_id=task_id, attempt=attempt, owner=self.owner)
+            for task_id, attempt in storing
+        ] + [register(self.rt, task_id=task_id, attempt=attempt) for task_id, attempt in pending]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for item in results:
+            if isinstance(item, BaseException):
+                log.error("worker_job_crashed", error=repr(item))
+        return len(jobs)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener = await self.rt.pool.acquire()
+        await listener.add_listener(CHANNEL, self._on_notify)
+        log.info("worker_started", owner=self.owner)
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                try:
+                    handled = await self.run_once()
+                except (TimeoutError, OSError) as exc:
+                    log.warning("worker_pass_failed", error=repr(exc))
+                    handled = 0
+                if handled:
+                    continue
+                waiters = [
+                    asyncio.ensure_future(self._wake.wait()),
+                    asyncio.ensure_future(stop.wait()),
+                ]
+                await asyncio.wait(
+                    waiters, timeout=self.idle_poll, return_when=asyncio.FIRST_COMPLETED
+                )
+                for waiter in waiters:
+                    waiter.cancel()
+        finally:
+            await listener.remove_listener(CHANNEL, self._on_notify)
+            await self.rt.pool.release(listener)
+            log.info("worker_stopped", owner=self.owner)

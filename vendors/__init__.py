@@ -1,0 +1,3 @@
+"""vendors."""
+
+__all__: list[str] = []

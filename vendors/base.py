@@ -1,0 +1,54 @@
+"""What every vendor adapter offers, and the vendor-neutral shape of what a vendor tells us."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from db.states import TaskStatus
+from receiver.signature import Delivery
+
+
+@dataclass(frozen=True, kw_only=True)
+class VendorUpdate:
+    """One report from a vendor, already mapped to our states."""
+
+    vendor_task_id: str
+    status: TaskStatus
+    raw_status: str
+    progress: int | None = None
+    outputs: list[str] | None = None
+    error: str | None = None
+
+
+class VendorAdapter(Protocol):
+    """Everything one vendor knows lives in its module; callers see only this."""
+
+    name: str
+    # Signed vendors' callbacks are authoritative; unsigned ones are only a hint to poll.
+    signed_callbacks: bool
+
+    async def prepare(self) -> None:
+        """Fetch what the adapter needs before it can verify (e.g. webhook secrets, keys)."""
+
+    def model_error(self, model: str) -> str | None:
+        """Why this model name can never work with this vendor, or None."""
+
+    async def submit(
+        self, *, task_id: uuid.UUID, model: str, input: Mapping[str, Any], callback_url: str
+    ) -> VendorUpdate:
+        """Register the job; raises VendorUnavailable (retry) or VendorRejected (give up)."""
+
+    async def fetch(self, vendor_task_id: str) -> VendorUpdate:
+        """The vendor's current view of the job."""
+
+    async def cancel(self, vendor_task_id: str) -> None:
+        """Ask the vendor to stop; best effort."""
+
+    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Delivery:
+        """Authenticate a callback over its raw bytes; raises SignatureInvalid/TimestampOutOfRange."""
+
+    def parse(self, body: bytes) -> VendorUpdate:
+        """Read a verified callback's body; raises PayloadInvalid."""

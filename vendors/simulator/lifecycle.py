@@ -1,0 +1,215 @@
+"""The simulated vendor itself: predictions, their lifecycles and their webhooks.
+
+:class:`Simulator` owns every prediction and every background task. Each prediction runs as
+one asyncio task that walks ``starting`` → ``processing`` (a tqdm line of logs per step) →
+``succeeded`` / ``failed``, spread over ``job_seconds``, emitting Replicate's ``start``,
+``logs``, ``output`` and ``completed`` events on the way. All tasks are cancelled on
+:meth:`Simulator.stop` so shutting the app down never leaves work behind.
+
+Randomness: one seeded root RNG feeds an API-fault stream and a per-prediction stream (drawn
+at create time, in request order), so a sequential test with a fixed seed sees the same
+decisions on every run even though lifecycles interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import httpx
+
+from vendors.simulator.config import SimulatorConfig
+from vendors.simulator.predictions import EventKind, Prediction, Status, tqdm_line
+from vendors.simulator.stats import Stats
+from vendors.simulator.validation import FAIL_WORD, CreateRequest
+from vendors.simulator.webhooks import Courier, WebhookSender
+
+log = logging.getLogger(__name__)
+
+RANDOM_FAILURE = (
+    "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 22.19 GiB total capacity) "
+    "[simulated failure]"
+)
+REQUESTED_FAILURE = f"Prediction failed: the prompt asked for it ({FAIL_WORD})"
+
+
+class Simulator:
+    """State and behaviour behind the HTTP routes (which live in ``app.py``)."""
+
+    def __init__(self, config: SimulatorConfig, client: httpx.AsyncClient | None = None) -> None:
+        self.config = config
+        self.stats = Stats()
+        root = random.Random(config.seed)
+        self._api_rng = random.Random(root.getrandbits(64))
+        self._prediction_rng = random.Random(root.getrandbits(64))
+        self._predictions: dict[str, Prediction] = {}
+        self._couriers: dict[str, Courier] = {}
+        self._lifecycles: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._given_client = client
+        self._own_client: httpx.AsyncClient | None = None
+        self._sender = WebhookSender(config, self.stats, self._http)
+
+    # -- app lifespan -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the webhook HTTP client unless the caller supplied one."""
+        if self._given_client is None and self._own_client is None:
+            self._own_client = httpx.AsyncClient(timeout=10)
+
+    async def stop(self) -> None:
+        """Cancel every lifecycle and delivery, then close our own client."""
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._lifecycles.clear()
+        self._couriers.clear()
+        if self._own_client is not None:
+            await self._own_client.aclose()
+            self._own_client = None
+
+    async def wait_idle(self) -> None:
+        """Wait until no lifecycle runs and no webhook is pending (handy for tests)."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    def _http(self) -> httpx.AsyncClient:
+        client = self._given_client or self._own_client
+        if client is None:
+            raise RuntimeError("simulator not started: run the app's lifespan or pass a client")
+        return client
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._forget)
+        return task
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("simulator task crashed", exc_info=exc)
+
+    # -- API faults ---------------------------------------------------------------------
+
+    def api_fault(self) -> int | None:
+        """503 or 429 for a fraction ``error_rate`` of API calls, else None."""
+        roll, kind = self._api_rng.random(), self._api_rng.random()
+        if roll >= self.config.error_rate:
+            return None
+        if kind < 0.5:
+            self.stats.api_errors_503 += 1
+            return 503
+        self.stats.api_errors_429 += 1
+        return 429
+
+    # -- predictions --------------------------------------------------------------------
+
+    def get(self, prediction_id: str) -> Prediction | None:
+        """The prediction, or None if this simulator never created it."""
+        return self._predictions.get(prediction_id)
+
+    async def create(self, request: CreateRequest, *, base_url: str) -> Prediction:
+        """Register a prediction, send ``start`` and launch its lifecycle.
+
+        With ``early`` the call returns only after the webhooks produced so far (``start``,
+        or everything when ``job_seconds == 0``) were delivered: callbacks that beat the
+        create response are a real race our receiver must handle.
+        """
+        cfg = self.config
+        rng = random.Random(self._prediction_rng.getrandbits(64))
+        will_fail = rng.random() < cfg.fail or FAIL_WORD in request.prompt
+        prediction = Prediction(
+            model=request.model,
+            version=request.version,
+            input=request.input,
+            webhook=request.webhook,
+            events_filter=request.events_filter,
+            base_url=base_url,
+            num_outputs=request.num_outputs,
+            will_fail=will_fail,
+        )
+        self._predictions[prediction.id] = prediction
+        self.stats.predictions_created += 1
+        courier: Courier | None = None
+        if prediction.webhook is not None:
+            courier = Courier(
+                url=prediction.webhook,
+                sender=self._sender,
+                rng=rng,
+                reorder=cfg.reorder,
+                spawn=self._spawn,
+            )
+            self._couriers[prediction.id] = courier
+        self._emit(prediction, "start")
+        lifecycle = self._spawn(self._run(prediction))
+        self._lifecycles[prediction.id] = lifecycle
+        if cfg.early:
+            if cfg.job_seconds == 0:
+                await asyncio.wait([lifecycle])
+            if courier is not None:
+                await courier.flush()
+        return prediction
+
+    def cancel(self, prediction_id: str) -> Prediction | None:
+        """Cancel a running prediction (no-op when already terminal); None if unknown."""
+        prediction = self._predictions.get(prediction_id)
+        if prediction is None:
+            return None
+        if not prediction.terminal:
+            lifecycle = self._lifecycles.pop(prediction_id, None)
+            if lifecycle is not None:
+                lifecycle.cancel()
+            self._finish(prediction, "canceled")
+        return prediction
+
+    async def _run(self, prediction: Prediction) -> None:
+        """One prediction's lifecycle; every await is a point where cancel may land."""
+        cfg = self.config
+        pause = cfg.job_seconds / (cfg.steps + 1)
+        await asyncio.sleep(pause)
+        if prediction.terminal:
+            return
+        prediction.start_processing()
+        began = time.monotonic()
+        # A failing prediction crashes halfway: it logs half its steps, then stays silent.
+        logged_steps = (cfg.steps + 1) // 2 if prediction.will_fail else cfg.steps
+        for step in range(1, cfg.steps + 1):
+            await asyncio.sleep(pause)
+            if prediction.terminal:
+                return
+            if step <= logged_steps:
+                prediction.logs += tqdm_line(step, cfg.steps, time.monotonic() - began)
+                self._emit(prediction, "logs")
+        if prediction.will_fail:
+            error = REQUESTED_FAILURE if FAIL_WORD in prediction.prompt else RANDOM_FAILURE
+            self._finish(prediction, "failed", error=error)
+            return
+        prediction.output = [prediction.file_url(i) for i in range(prediction.num_outputs)]
+        self._emit(prediction, "output")
+        self._finish(prediction, "succeeded")
+
+    def _finish(self, prediction: Prediction, status: Status, *, error: str | None = None) -> None:
+        prediction.finish(status, error=error)
+        self.stats.final_statuses[status] += 1
+        self._lifecycles.pop(prediction.id, None)
+        self._emit(prediction, "completed")
+        courier = self._couriers.pop(prediction.id, None)
+        if courier is not None:
+            courier.close()
+
+    def _emit(self, prediction: Prediction, event: EventKind) -> None:
+        """Snapshot the prediction into a webhook message, if it wants this event."""
+        courier = self._couriers.get(prediction.id)
+        if courier is None or event not in prediction.events_filter:
+            return
+        body = json.dumps(prediction.to_json(), separators=(",", ":"), ensure_ascii=False)
+        self.stats.messages += 1
+        courier.post(event, body.encode())
