@@ -233,3 +233,15 @@ async def audit_overdue(conn: Conn, *, grace_seconds: float) -> list[Record]:
 
 async def count_by_status(conn: Conn) -> dict[str, int]:
     return {r["status"]: r["n"] for r in await conn.fetch(QUERIES["count_by_status"])}
+
+
+async def claim_due_polls(conn: Conn, *, limit: int, lease_seconds: float) -> list[Record]:
+    return list(await conn.fetch(QUERIES["claim_due_polls"], limit, lease_seconds))
+
+
+async def claim_overdue(conn: Conn, *, limit: int, lease_seconds: float) -> list[Record]:
+    return list(await conn.fetch(QUERIES["claim_overdue"], limit, lease_seconds))
+
+
+async def reschedule_poll(conn: Conn, *, task_id: uuid.UUID, delay_seconds: float) -> None:
+    await conn.execute(QUERIES["reschedule_poll"], task_id, delay_seconds)

@@ -237,3 +237,34 @@ SELECT id, status::text AS status, deadline_at
 
 -- count_by_status --
 SELECT status::text AS status, count(*) AS n FROM tasks GROUP BY status;
+
+-- claim_due_polls --
+-- Live tasks with no news from the vendor for a while. The new next_poll_at is the lease: two
+-- reconcilers never poll the same task in one round, and a crashed one's claim lapses.
+UPDATE tasks
+   SET next_poll_at = now() + make_interval(secs => $2)
+ WHERE id IN (SELECT id FROM tasks
+               WHERE status IN ('submitted', 'processing') AND next_poll_at <= now()
+               ORDER BY next_poll_at
+               LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+RETURNING id, vendor, vendor_task_id, deadline_at, updated_at;
+
+-- claim_overdue --
+-- Tasks not yet at the vendor's finish line whose deadline passed (storing is the worker's).
+UPDATE tasks
+   SET next_poll_at = now() + make_interval(secs => $2)
+ WHERE id IN (SELECT id FROM tasks
+               WHERE status IN ('pending', 'submitted', 'processing')
+                 AND deadline_at <= now()
+                 AND (next_poll_at IS NULL OR next_poll_at <= now()
+                      OR status = 'pending')
+               ORDER BY deadline_at
+               LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+RETURNING id, vendor, vendor_task_id, deadline_at, updated_at;
+
+-- reschedule_poll --
+-- After a poll that left the task live: ask again later, unless news already moved the date.
+UPDATE tasks SET next_poll_at = now() + make_interval(secs => $2)
+ WHERE id = $1 AND status IN ('submitted', 'processing');

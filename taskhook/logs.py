@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 
-def configure_logging(*, json: bool = True, level: int = logging.INFO) -> None:
+def configure_logging(
+    *, json: bool = True, level: int = logging.INFO, file: TextIO | None = None
+) -> None:
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     )
@@ -21,6 +24,6 @@ def configure_logging(*, json: bool = True, level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(file=file or sys.stderr),
+        cache_logger_on_first_use=False,
     )

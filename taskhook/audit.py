@@ -1,0 +1,44 @@
+"""Invariants that must hold whatever happened (DESIGN.md "Invariants every test may assert")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from db import queries
+from db.queries import Conn
+
+
+@dataclass
+class AuditReport:
+    balance_mismatches: list[dict[str, Any]] = field(default_factory=list)
+    ledger_mismatches: list[dict[str, Any]] = field(default_factory=list)
+    overdue_open_tasks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.balance_mismatches or self.ledger_mismatches or self.overdue_open_tasks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "balance_mismatches": self.balance_mismatches,
+            "ledger_mismatches": self.ledger_mismatches,
+            "overdue_open_tasks": self.overdue_open_tasks,
+        }
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    return {k: (str(v) if not isinstance(v, int | str | None) else v) for k, v in dict(row).items()}
+
+
+async def run_audit(conn: Conn, *, grace_seconds: float = 120.0) -> AuditReport:
+    """Balance = sum(ledger) per user; one charge and at most one refund per task, a refund
+    exactly for failed/canceled ones; no open task past its deadline (plus a grace period)."""
+    return AuditReport(
+        balance_mismatches=[_plain(r) for r in await queries.audit_balances(conn)],
+        ledger_mismatches=[_plain(r) for r in await queries.audit_refunds(conn)],
+        overdue_open_tasks=[
+            _plain(r) for r in await queries.audit_overdue(conn, grace_seconds=grace_seconds)
+        ],
+    )

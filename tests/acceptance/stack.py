@@ -1,0 +1,97 @@
+"""A whole taskhook on sockets: simulator, web app, worker and reconciler, in the test's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+
+from reconciler.reconcile import run_reconciler
+from taskhook.app import create_app
+from taskhook.runtime import Runtime, open_runtime
+from taskhook.serving import bind, running_app, url_for
+from taskhook.settings import ReplicateSettings, Settings
+from taskhook.users import create_user
+from taskhook.worker import Worker
+from vendors.simulator import RunningSimulator, SimulatorConfig, running_simulator
+
+TERMINAL = {"completed", "failed", "canceled"}
+
+
+@dataclass
+class Stack:
+    url: str
+    runtime: Runtime
+    sim: RunningSimulator
+    settings: Settings
+
+    async def client_for(self, *, credits: int, email: str | None = None) -> httpx.AsyncClient:
+        async with self.runtime.pool.acquire() as conn:
+            _, key = await create_user(conn, email=email or f"u{time.monotonic_ns()}@t.test",
+                                       credits=credits)
+        return httpx.AsyncClient(base_url=self.url, timeout=30,
+                                 headers={"Authorization": f"Bearer {key}"})
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout: float,
+                   what: str = "condition") -> None:
+    """Poll a condition until true; fail loudly with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def wait_all_terminal(client: httpx.AsyncClient, ids: list[str], *,
+                            timeout: float) -> dict[str, dict[str, Any]]:
+    latest: dict[str, dict[str, Any]] = {}
+
+    async def check() -> bool:
+        open_ids = [i for i in ids if latest.get(i, {}).get("status") not in TERMINAL]
+        for r in await asyncio.gather(*(client.get(f"/v1/tasks/{i}") for i in open_ids)):
+            assert r.status_code == 200, r.text
+            latest[r.json()["id"]] = r.json()
+        return all(latest.get(i, {}).get("status") in TERMINAL for i in ids)
+
+    try:
+        await wait_for(check, timeout=timeout, what="every task to be terminal")
+    except AssertionError:
+        stuck = {i: t["status"] for i, t in latest.items() if t["status"] not in TERMINAL}
+        raise AssertionError(f"tasks still open after {timeout} s: {stuck}") from None
+    return latest
+
+
+@asynccontextmanager
+async def running_stack(
+    settings: Settings, sim_config: SimulatorConfig, *, reconcile_interval: float = 0.2
+) -> AsyncIterator[Stack]:
+    sock = bind("127.0.0.1", 0)
+    url = url_for(sock)
+    async with running_simulator(sim_config) as sim:
+        settings = replace(
+            settings,
+            public_url=url,
+            allow_private_urls=True,
+            replicate=ReplicateSettings(
+                api_token=sim_config.api_token or "token",
+                api_base=f"{sim.url}/v1",
+                webhook_secrets=(sim_config.webhook_secret,),
+            ),
+        )
+        stop = asyncio.Event()
+        async with running_app(create_app(settings), sock=sock), open_runtime(settings) as rt:
+            background = [
+                asyncio.create_task(Worker(rt, idle_poll=0.1).run(stop)),
+                asyncio.create_task(run_reconciler(rt, stop, interval=reconcile_interval)),
+            ]
+            try:
+                yield Stack(url=url, runtime=rt, sim=sim, settings=settings)
+            finally:
+                stop.set()
+                await asyncio.gather(*background, return_exceptions=True)
