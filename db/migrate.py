@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
 
-import asyncpg
+from db.queries import Conn
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Any constant works; it only has to be the same for every taskhook process.
@@ -38,14 +37,14 @@ def schema_sql() -> str:
     return resources.files("db").joinpath("schema.sql").read_text(encoding="utf-8")
 
 
-async def applied_versions(conn: asyncpg.Connection[Any]) -> set[int]:
+async def applied_versions(conn: Conn) -> set[int]:
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     if not exists:
         return set()
     return {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
 
 
-async def migrate(conn: asyncpg.Connection[Any]) -> list[Migration]:
+async def migrate(conn: Conn) -> list[Migration]:
     """Apply what is missing, each migration in its own transaction; returns what was applied.
 
     A session advisory lock makes concurrent `taskhook migrate` runs wait for each other.
@@ -75,5 +74,5 @@ async def migrate(conn: asyncpg.Connection[Any]) -> list[Migration]:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
 
 
-async def is_current(conn: asyncpg.Connection[Any]) -> bool:
+async def is_current(conn: Conn) -> bool:
     return {m.version for m in load_migrations()} <= await applied_versions(conn)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from taskhook.errors import SignatureInvalid, TimestampOutOfRange
 
-_SECRET_PREFIX = "whsec_"
+_SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,9 @@ async def _poll(rt: Runtime, row: Any, summary: PassSummary) -> TaskStatus | Non
         update = await adapter.fetch(row["vendor_task_id"])
     except VendorError as exc:
         summary.errors += 1
-        log.warning("poll_failed", task_id=f"tsk_{row['id'].hex}", vendor=row["vendor"],
-                    error=str(exc))
+        log.warning(
+            "poll_failed", task_id=f"tsk_{row['id'].hex}", vendor=row["vendor"], error=str(exc)
+        )
         return None
     summary.polled += 1
     async with rt.pool.acquire() as conn:
@@ -77,8 +78,11 @@ async def _poll(rt: Runtime, row: Any, summary: PassSummary) -> TaskStatus | Non
 async def _expire(rt: Runtime, row: Any, summary: PassSummary) -> None:
     """One last poll, then fail and refund: a late success must not be thrown away."""
     status = await _poll(rt, row, summary)
-    if status is not None and status not in (TaskStatus.PENDING, TaskStatus.SUBMITTED,
-                                              TaskStatus.PROCESSING):
+    if status is not None and status not in (
+        TaskStatus.PENDING,
+        TaskStatus.SUBMITTED,
+        TaskStatus.PROCESSING,
+    ):
         return
     async with rt.pool.acquire() as conn:
         result = await transition(
@@ -87,8 +91,10 @@ async def _expire(rt: Runtime, row: Any, summary: PassSummary) -> None:
             to=TaskStatus.FAILED,
             event_key="deadline",
             cause="reconciler",
-            error={"code": "deadline_exceeded",
-                   "message": "the task did not finish before its deadline"},
+            error={
+                "code": "deadline_exceeded",
+                "message": "the task did not finish before its deadline",
+            },
         )
     if result.outcome is Outcome.APPLIED:
         summary.failed += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
 import asyncpg
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

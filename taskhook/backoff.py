@@ -15,4 +15,4 @@ def backoff_delay(
 ) -> float:
     ceiling = min(cap, base * 2 ** max(0, attempt - 1))
     delay = ceiling / 2 + rng.random() * ceiling / 2
-    return max(delay, at_least or 0.0)
+    return float(max(delay, at_least or 0.0))

@@ -106,8 +106,13 @@ def migrate() -> None:
 @cli.command(help="Web app: client API, webhook receiver, health and metrics.")
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="TASKHOOK_HOST")
 @click.option("--port", default=8000, show_default=True, envvar="PORT", type=int)
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="uvicorn worker processes")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="uvicorn worker processes",
+)
 def serve(host: str, port: int, workers: int) -> None:
     import uvicorn
 
@@ -118,8 +123,14 @@ def serve(host: str, port: int, workers: int) -> None:
         run(with_conn(settings, apply))  # embedded: nobody else runs the release step
     export_settings(settings)
     uvicorn.run(
-        "taskhook.cli:web_app", factory=True, host=host, port=port, workers=workers,
-        access_log=False, log_level="warning", proxy_headers=True,
+        "taskhook.cli:web_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,
+        log_level="warning",
+        proxy_headers=True,
     )
 
 
@@ -160,8 +171,10 @@ def worker(concurrency: int) -> None:
     run(main())
 
 
-@cli.command(help="Poll vendors for tasks with no recent callback; fail and refund tasks past "
-                  "their deadline. --once: one pass, a JSON summary, exit 0 (for cron).")
+@cli.command(
+    help="Poll vendors for tasks with no recent callback; fail and refund tasks past "
+    "their deadline. --once: one pass, a JSON summary, exit 0 (for cron)."
+)
 @click.option("--once", is_flag=True, help="one pass, then print a JSON summary and exit")
 @click.option("--interval", default=5.0, show_default=True, help="seconds between passes")
 def reconcile(once: bool, interval: float) -> None:
@@ -183,34 +196,71 @@ def reconcile(once: bool, interval: float) -> None:
 @cli.command(help="A local vendor speaking Replicate's real API and webhooks, with faults.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8010, show_default=True, type=int)
-@click.option("--drop", default=0.0, type=click.FloatRange(0, 1), help="fraction of webhooks never sent")
+@click.option(
+    "--drop", default=0.0, type=click.FloatRange(0, 1), help="fraction of webhooks never sent"
+)
 @click.option("--duplicate", default=0.0, type=click.FloatRange(0, 1), help="fraction sent twice")
-@click.option("--delay", default=0.0, type=click.FloatRange(0), help="max extra seconds per webhook")
+@click.option(
+    "--delay", default=0.0, type=click.FloatRange(0), help="max extra seconds per webhook"
+)
 @click.option("--reorder", is_flag=True, help="send a job's webhooks in shuffled order")
 @click.option("--fail", default=0.0, type=click.FloatRange(0, 1), help="fraction of jobs that fail")
-@click.option("--error-rate", default=0.0, type=click.FloatRange(0, 1),
-              help="fraction of API calls answered 503 or 429")
+@click.option(
+    "--error-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="fraction of API calls answered 503 or 429",
+)
 @click.option("--early", is_flag=True, help="send callbacks before the create call returns")
-@click.option("--bad-signature", default=0.0, type=click.FloatRange(0, 1),
-              help="fraction of webhooks preceded by a wrongly signed copy")
+@click.option(
+    "--bad-signature",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="fraction of webhooks preceded by a wrongly signed copy",
+)
 @click.option("--job-seconds", default=3.0, show_default=True, type=click.FloatRange(0))
 @click.option("--seed", default=None, type=int)
-@click.option("--webhook-secret", default=None, envvar="REPLICATE_WEBHOOK_SECRET",
-              help="whsec_... secret to sign with (default: generated, served at "
-                   "/v1/webhooks/default/secret)")
-def simulator(host: str, port: int, drop: float, duplicate: float, delay: float, reorder: bool,
-              fail: float, error_rate: float, early: bool, bad_signature: float,
-              job_seconds: float, seed: int | None, webhook_secret: str | None) -> None:
+@click.option(
+    "--webhook-secret",
+    default=None,
+    envvar="REPLICATE_WEBHOOK_SECRET",
+    help="whsec_... secret to sign with (default: generated, served at "
+    "/v1/webhooks/default/secret)",
+)
+def simulator(
+    host: str,
+    port: int,
+    drop: float,
+    duplicate: float,
+    delay: float,
+    reorder: bool,
+    fail: float,
+    error_rate: float,
+    early: bool,
+    bad_signature: float,
+    job_seconds: float,
+    seed: int | None,
+    webhook_secret: str | None,
+) -> None:
     from vendors.simulator import SimulatorConfig, serve
 
     extra = {"webhook_secret": webhook_secret.split(",")[0]} if webhook_secret else {}
     config = SimulatorConfig(
-        drop=drop, duplicate=duplicate, delay=delay, reorder=reorder, fail=fail,
-        error_rate=error_rate, early=early, bad_signature=bad_signature, seed=seed,
-        job_seconds=job_seconds, **extra,  # type: ignore[arg-type]
+        drop=drop,
+        duplicate=duplicate,
+        delay=delay,
+        reorder=reorder,
+        fail=fail,
+        error_rate=error_rate,
+        early=early,
+        bad_signature=bad_signature,
+        seed=seed,
+        job_seconds=job_seconds,
+        **extra,  # type: ignore[arg-type]
     )
-    click.echo(f"simulator on http://{host}:{port}  webhook secret {config.webhook_secret}",
-               err=True)
+    click.echo(
+        f"simulator on http://{host}:{port}  webhook secret {config.webhook_secret}", err=True
+    )
     run(until_signal(lambda stop: _serve_until(serve(config, host=host, port=port), stop)))
 
 
@@ -228,7 +278,7 @@ def users() -> None:
     pass
 
 
-@users.command("create", help="Create a user; prints {\"user_id\", \"api_key\"} once.")
+@users.command("create", help='Create a user; prints {"user_id", "api_key"} once.')
 @click.argument("email")
 @click.option("--credits", default=0, show_default=True, type=click.IntRange(0))
 def users_create(email: str, credits: int) -> None:
@@ -239,8 +289,9 @@ def users_create(email: str, credits: int) -> None:
 
     settings = with_database(load_settings())
     try:
-        user_id, key = run(with_conn(settings, lambda c: create_user(c, email=email,
-                                                                     credits=credits)))
+        user_id, key = run(
+            with_conn(settings, lambda c: create_user(c, email=email, credits=credits))
+        )
     except asyncpg.UniqueViolationError:
         raise click.ClickException(f"a user with email {email!r} already exists") from None
     click.echo(json.dumps({"user_id": format_user_id(user_id), "api_key": key}))
@@ -285,17 +336,29 @@ def tasks() -> None:
 
 def _task_row(task: Any) -> dict[str, Any]:
     return {
-        "id": task.public_id, "status": task.status.value, "progress": task.progress,
-        "vendor": task.vendor, "vendor_task_id": task.vendor_task_id, "model": task.model,
-        "created_at": task.created_at, "updated_at": task.updated_at,
-        "deadline_at": task.deadline_at, "attempts": task.attempts,
-        "last_error": task.last_error, "error": task.error, "refunded": task.refunded,
+        "id": task.public_id,
+        "status": task.status.value,
+        "progress": task.progress,
+        "vendor": task.vendor,
+        "vendor_task_id": task.vendor_task_id,
+        "model": task.model,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "deadline_at": task.deadline_at,
+        "attempts": task.attempts,
+        "last_error": task.last_error,
+        "error": task.error,
+        "refunded": task.refunded,
     }
 
 
 @tasks.command("list", help="Newest tasks first.")
-@click.option("--status", type=click.Choice(["pending", "submitted", "processing", "storing",
-                                             "completed", "failed", "canceled"]))
+@click.option(
+    "--status",
+    type=click.Choice(
+        ["pending", "submitted", "processing", "storing", "completed", "failed", "canceled"]
+    ),
+)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 def tasks_list(status: str | None, limit: int) -> None:
     from db import queries
@@ -320,14 +383,15 @@ def tasks_show(task_id: str) -> None:
         task = await queries.get_task(conn, task_id=parsed, user_id=None)
         events = await conn.fetch(
             "SELECT event_key, from_status::text, to_status::text, applied, cause, created_at"
-            " FROM task_events WHERE task_id = $1 ORDER BY id", parsed)
+            " FROM task_events WHERE task_id = $1 ORDER BY id",
+            parsed,
+        )
         return task, [dict(e) for e in events]
 
     task, events = run(with_conn(settings, fetch))
     if task is None:
         raise click.ClickException(f"no task {task_id}")
-    echo_json({**_task_row(task), "outputs": task.outputs, "result": task.result,
-               "events": events})
+    echo_json({**_task_row(task), "outputs": task.outputs, "result": task.result, "events": events})
 
 
 @cli.group(help="The webhook inbox and its dead letters.")
@@ -342,15 +406,27 @@ def deliveries_list(rejected: bool, limit: int) -> None:
     from db import queries
 
     settings = with_database(load_settings())
-    rows = run(with_conn(settings, lambda c: queries.list_deliveries(
-        c, status="rejected" if rejected else None, limit=limit)))
+    rows = run(
+        with_conn(
+            settings,
+            lambda c: queries.list_deliveries(
+                c, status="rejected" if rejected else None, limit=limit
+            ),
+        )
+    )
     echo_json([dict(r) for r in rows])
 
 
-@cli.command(help="Check invariants: balance = sum(ledger), one refund at most per task, no "
-                  "open task past its deadline. Exit 1 with a report when one fails.")
-@click.option("--grace", default=120.0, show_default=True,
-              help="seconds past a deadline before an open task counts as a violation")
+@cli.command(
+    help="Check invariants: balance = sum(ledger), one refund at most per task, no "
+    "open task past its deadline. Exit 1 with a report when one fails."
+)
+@click.option(
+    "--grace",
+    default=120.0,
+    show_default=True,
+    help="seconds past a deadline before an open task counts as a violation",
+)
 def audit(grace: float) -> None:
     from taskhook.audit import run_audit
 
@@ -360,9 +436,11 @@ def audit(grace: float) -> None:
     sys.exit(0 if report.ok else 1)
 
 
-@cli.command(help="The main job on embedded defaults: PostgreSQL, S3, the vendor simulator, "
-                  "web app, worker and reconciler; submits N tasks as a client would, shows "
-                  "live progress and prints a summary.")
+@cli.command(
+    help="The main job on embedded defaults: PostgreSQL, S3, the vendor simulator, "
+    "web app, worker and reconciler; submits N tasks as a client would, shows "
+    "live progress and prints a summary."
+)
 @click.option("--tasks", "count", default=20, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--chaos", is_flag=True, help="turn on the simulator's faults")
 @click.option("--port", default=0, type=int, help="web port (default: any free port)")

@@ -34,14 +34,30 @@ from taskhook.worker import Worker
 from vendors.simulator import SimulatorConfig, running_simulator
 
 TERMINAL = {"completed", "failed", "canceled"}
+# The simulator and our adapter agree on this; it guards nothing real.
+DEMO_TOKEN = "demo-token"  # noqa: S105
 PROMPTS = [
-    "a red fox in fresh snow", "a lighthouse at dusk", "a bowl of ramen, studio light",
-    "an origami crane on a desk", "a tram in the rain", "a cat astronaut", "a koi pond",
-    "a desert at noon", "a paper lantern festival", "a mossy stone bridge",
+    "a red fox in fresh snow",
+    "a lighthouse at dusk",
+    "a bowl of ramen, studio light",
+    "an origami crane on a desk",
+    "a tram in the rain",
+    "a cat astronaut",
+    "a koi pond",
+    "a desert at noon",
+    "a paper lantern festival",
+    "a mossy stone bridge",
 ]
 
-CHAOS = {"drop": 0.2, "duplicate": 0.3, "reorder": True, "early": True, "error_rate": 0.1,
-         "fail": 0.1, "bad_signature": 0.1}
+CHAOS: dict[str, Any] = {
+    "drop": 0.2,
+    "duplicate": 0.3,
+    "reorder": True,
+    "early": True,
+    "error_rate": 0.1,
+    "fail": 0.1,
+    "bad_signature": 0.1,
+}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -69,12 +85,14 @@ async def run_demo(
         await migrate(conn)
     finally:
         await conn.close()
-    console.print(f"  PostgreSQL and S3 ready in {time.monotonic() - started:.1f} s "
-                  f"(data under {settings.data_dir.absolute()})")
-
-    sim_config = SimulatorConfig(
-        job_seconds=2.0, fail=0.1, api_token="demo-token", **(CHAOS if chaos else {})
+    console.print(
+        f"  PostgreSQL and S3 ready in {time.monotonic() - started:.1f} s "
+        f"(data under {settings.data_dir.absolute()})"
     )
+
+    sim_config = SimulatorConfig(job_seconds=2.0, fail=0.1, api_token=DEMO_TOKEN)
+    if chaos:
+        sim_config = replace(sim_config, **CHAOS)
     sock = bind("127.0.0.1", port)
     web_url = url_for(sock)
     async with running_simulator(sim_config) as sim:
@@ -84,7 +102,7 @@ async def run_demo(
             allow_private_urls=True,  # the simulator serves images from 127.0.0.1
             poll_after=3.0 if chaos else settings.poll_after,
             replicate=ReplicateSettings(
-                api_token="demo-token",
+                api_token=DEMO_TOKEN,
                 api_base=f"{sim.url}/v1",
                 webhook_secrets=(sim_config.webhook_secret,),
             ),
@@ -95,8 +113,10 @@ async def run_demo(
                 asyncio.create_task(Worker(rt).run(stop)),
                 asyncio.create_task(run_reconciler(rt, stop, interval=1.0)),
             ]
-            console.print(f"  simulator at {sim.url} ({'chaos on' if chaos else 'no faults'}),"
-                          f" web app at {web_url}, worker and reconciler running")
+            console.print(
+                f"  simulator at {sim.url} ({'chaos on' if chaos else 'no faults'}),"
+                f" web app at {web_url}, worker and reconciler running"
+            )
             try:
                 ok = await _drive(console, rt, settings, web_url, tasks=tasks, chaos=chaos)
                 if keep_serving:
@@ -109,8 +129,9 @@ async def run_demo(
     return ok
 
 
-async def _drive(console: Console, rt: Any, settings: Settings, web_url: str, *, tasks: int,
-                 chaos: bool) -> bool:
+async def _drive(
+    console: Console, rt: Any, settings: Settings, web_url: str, *, tasks: int, chaos: bool
+) -> bool:
     async with rt.pool.acquire() as conn:
         email = f"demo-{uuid.uuid4().hex[:8]}@taskhook.local"
         _, api_key = await create_user(conn, email=email, credits=tasks)
@@ -130,8 +151,10 @@ async def _submit_all(client: httpx.AsyncClient, tasks: int) -> list[str]:
     gate = asyncio.Semaphore(16)
 
     async def submit(n: int) -> str:
-        body = {"model": "black-forest-labs/flux-schnell",
-                "input": {"prompt": PROMPTS[n % len(PROMPTS)], "seed": n}}
+        body = {
+            "model": "black-forest-labs/flux-schnell",
+            "input": {"prompt": PROMPTS[n % len(PROMPTS)], "seed": n},
+        }
         key = f"demo-{n}-{uuid.uuid4().hex[:6]}"
         async with gate:
             for attempt in range(5):  # a client retrying with its idempotency key is safe
@@ -147,8 +170,9 @@ async def _submit_all(client: httpx.AsyncClient, tasks: int) -> list[str]:
     return list(await asyncio.gather(*(submit(n) for n in range(tasks))))
 
 
-async def _watch(console: Console, client: httpx.AsyncClient, ids: list[str], *,
-                 timeout: float) -> dict[str, dict[str, Any]]:
+async def _watch(
+    console: Console, client: httpx.AsyncClient, ids: list[str], *, timeout: float
+) -> dict[str, dict[str, Any]]:
     latest: dict[str, dict[str, Any]] = {}
     gate = asyncio.Semaphore(16)
 
@@ -162,8 +186,13 @@ async def _watch(console: Console, client: httpx.AsyncClient, ids: list[str], *,
                 latest[task_id] = r.json()
 
     deadline = time.monotonic() + timeout
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("{task.fields[states]}"))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[states]}"),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task("tasks terminal", total=len(ids), states="")
         while time.monotonic() < deadline:
@@ -175,8 +204,9 @@ async def _watch(console: Console, client: httpx.AsyncClient, ids: list[str], *,
             for t in latest.values():
                 counts[t["status"]] = counts.get(t["status"], 0) + 1
             done = sum(counts.get(s, 0) for s in TERMINAL)
-            progress.update(bar, completed=done,
-                            states="  ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            progress.update(
+                bar, completed=done, states="  ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+            )
             await asyncio.sleep(0.25)
     return latest
 
@@ -190,13 +220,21 @@ async def _verify_files(rt: Any, final: dict[str, dict[str, Any]]) -> tuple[int,
             async with httpx.AsyncClient() as c:
                 body = (await c.get(f["url"])).content
             checked += 1
-            good += int(hashlib.sha256(body).hexdigest() == f["sha256"] and
-                        body.startswith(b"\x89PNG"))
+            good += int(
+                hashlib.sha256(body).hexdigest() == f["sha256"] and body.startswith(b"\x89PNG")
+            )
     return checked, good
 
 
-def _summary(console: Console, final: dict[str, dict[str, Any]], me: dict[str, Any],
-             audit_ok: bool, verified: tuple[int, int], api_key: str, web_url: str) -> bool:
+def _summary(
+    console: Console,
+    final: dict[str, dict[str, Any]],
+    me: dict[str, Any],
+    audit_ok: bool,
+    verified: tuple[int, int],
+    api_key: str,
+    web_url: str,
+) -> bool:
     statuses = [t["status"] for t in final.values()]
     durations = []
     from datetime import datetime
@@ -212,10 +250,15 @@ def _summary(console: Console, final: dict[str, dict[str, Any]], me: dict[str, A
     still_open = submitted - completed - failed - statuses.count("canceled")
     table = Table(title="taskhook demo summary", show_header=False)
     for label, value in [
-        ("submitted", submitted), ("completed", completed), ("failed", failed),
-        ("refunded", refunded), ("still open", still_open),
-        ("credits left", f"{me['credits']} (= {submitted} granted - {submitted} charged "
-                         f"+ {refunded} refunded)"),
+        ("submitted", submitted),
+        ("completed", completed),
+        ("failed", failed),
+        ("refunded", refunded),
+        ("still open", still_open),
+        (
+            "credits left",
+            f"{me['credits']} (= {submitted} granted - {submitted} charged + {refunded} refunded)",
+        ),
         ("stored files verified (sha256, PNG)", f"{verified[1]}/{verified[0]}"),
         ("p50 submit→terminal", f"{_percentile(durations, 50):.2f} s"),
         ("p99 submit→terminal", f"{_percentile(durations, 99):.2f} s"),
@@ -226,8 +269,9 @@ def _summary(console: Console, final: dict[str, dict[str, Any]], me: dict[str, A
     sample = next((t for t in final.values() if t["status"] == "completed"), None)
     if sample:
         console.print(f"A result: {sample['result']['url'][:90]}...")
-    console.print(f"API: curl -H 'Authorization: Bearer {api_key}' {web_url}/v1/tasks/"
-                  f"{sample['id'] if sample else '<id>'}")
-    ok = (still_open == 0 and audit_ok and verified[0] == verified[1]
-          and me["credits"] == refunded)
+    console.print(
+        f"API: curl -H 'Authorization: Bearer {api_key}' {web_url}/v1/tasks/"
+        f"{sample['id'] if sample else '<id>'}"
+    )
+    ok = still_open == 0 and audit_ok and verified[0] == verified[1] and me["credits"] == refunded
     return ok

@@ -31,8 +31,9 @@ class _EmbeddedServer(uvicorn.Server):
 class RunningApp:
     """An app listening on ``url`` until :meth:`stop`."""
 
-    def __init__(self, *, url: str, app: Any, server: uvicorn.Server,
-                 task: asyncio.Task[None]) -> None:
+    def __init__(
+        self, *, url: str, app: Any, server: uvicorn.Server, task: asyncio.Task[None]
+    ) -> None:
         self.url = url
         self.app = app
         self._server = server

@@ -35,9 +35,9 @@ class Worker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         try:
-            status = json.loads(payload).get("status")
+            status = json.loads(str(payload)).get("status")
         except ValueError:
             return
         if status in ("storing", "pending"):

@@ -10,7 +10,9 @@ from db.queries import Conn
 from submit.auth import hash_api_key, new_api_key
 
 
-async def make_user(conn: Conn, *, credits: int = 10, email: str | None = None) -> tuple[uuid.UUID, str]:
+async def make_user(
+    conn: Conn, *, credits: int = 10, email: str | None = None
+) -> tuple[uuid.UUID, str]:
     user_id, key = uuid.uuid4(), new_api_key()
     await queries.create_user(
         conn,

@@ -48,7 +48,10 @@ class VendorAdapter(Protocol):
         """Ask the vendor to stop; best effort."""
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Delivery:
-        """Authenticate a callback over its raw bytes; raises SignatureInvalid/TimestampOutOfRange."""
+        """Authenticate a callback over its raw bytes.
+
+        Raises SignatureInvalid or TimestampOutOfRange.
+        """
 
     def parse(self, body: bytes) -> VendorUpdate:
         """Read a verified callback's body; raises PayloadInvalid."""

@@ -64,7 +64,7 @@ def to_update(prediction: Any) -> VendorUpdate:
     pid, status = prediction.get("id"), prediction.get("status")
     if not isinstance(pid, str) or not pid:
         raise ValueError("prediction has no id")
-    if status not in _STATUS_MAP:
+    if not isinstance(status, str) or status not in _STATUS_MAP:
         raise ValueError(f"unknown prediction status {status!r}")
     mapped = _STATUS_MAP[status]
     outputs = None

@@ -32,14 +32,17 @@ class Stack:
 
     async def client_for(self, *, credits: int, email: str | None = None) -> httpx.AsyncClient:
         async with self.runtime.pool.acquire() as conn:
-            _, key = await create_user(conn, email=email or f"u{time.monotonic_ns()}@t.test",
-                                       credits=credits)
-        return httpx.AsyncClient(base_url=self.url, timeout=30,
-                                 headers={"Authorization": f"Bearer {key}"})
+            _, key = await create_user(
+                conn, email=email or f"u{time.monotonic_ns()}@t.test", credits=credits
+            )
+        return httpx.AsyncClient(
+            base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {key}"}
+        )
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout: float,
-                   what: str = "condition") -> None:
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], *, timeout: float, what: str = "condition"
+) -> None:
     """Poll a condition until true; fail loudly with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not await check():
@@ -48,8 +51,9 @@ async def wait_for(check: Callable[[], Awaitable[bool]], *, timeout: float,
         await asyncio.sleep(0.05)
 
 
-async def wait_all_terminal(client: httpx.AsyncClient, ids: list[str], *,
-                            timeout: float) -> dict[str, dict[str, Any]]:
+async def wait_all_terminal(
+    client: httpx.AsyncClient, ids: list[str], *, timeout: float
+) -> dict[str, dict[str, Any]]:
     latest: dict[str, dict[str, Any]] = {}
 
     async def check() -> bool:

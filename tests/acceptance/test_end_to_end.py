@@ -26,8 +26,9 @@ async def submit(client: httpx.AsyncClient, prompt: str, **extra: Any) -> str:
     return str(r.json()["id"])
 
 
-async def check_books(stack: Stack, final: dict[str, dict[str, Any]], client: httpx.AsyncClient,
-                      granted: int) -> None:
+async def check_books(
+    stack: Stack, final: dict[str, dict[str, Any]], client: httpx.AsyncClient, granted: int
+) -> None:
     async with stack.runtime.pool.acquire() as conn:
         report = await run_audit(conn, grace_seconds=0)
     assert report.ok, report.as_dict()
@@ -117,14 +118,23 @@ async def test_dropped_callbacks_are_healed_by_the_reconciler(fast: Settings) ->
             async with stack.runtime.pool.acquire() as conn:
                 webhooks = await conn.fetchval("SELECT count(*) FROM webhook_deliveries")
                 polls = await conn.fetchval(
-                    "SELECT count(*) FROM task_events WHERE cause = 'reconciler' AND applied")
+                    "SELECT count(*) FROM task_events WHERE cause = 'reconciler' AND applied"
+                )
             assert webhooks == 0 and polls >= 3
 
 
 async def test_every_fault_at_once(fast: Settings) -> None:
     config = SimulatorConfig(
-        job_seconds=0.3, seed=7, drop=0.3, duplicate=0.3, reorder=True, early=True,
-        error_rate=0.2, fail=0.2, bad_signature=0.3, delay=0.2,
+        job_seconds=0.3,
+        seed=7,
+        drop=0.3,
+        duplicate=0.3,
+        reorder=True,
+        early=True,
+        error_rate=0.2,
+        fail=0.2,
+        bad_signature=0.3,
+        delay=0.2,
     )
     async with running_stack(fast, config) as stack:
         async with await stack.client_for(credits=30) as client:
@@ -140,7 +150,8 @@ async def test_every_fault_at_once(fast: Settings) -> None:
                 dup_events = await conn.fetchval(
                     "SELECT count(*) FROM (SELECT task_id FROM task_events WHERE applied"
                     " AND to_status IN ('failed','canceled') GROUP BY task_id"
-                    " HAVING count(*) > 1) x")
+                    " HAVING count(*) > 1) x"
+                )
             assert dup_events == 0
 
 

@@ -37,8 +37,9 @@ async def post_hook(
     secret: str = TEST_WEBHOOK_SECRET,
     headers: dict[str, str] | None = None,
 ) -> httpx.Response:
-    hdrs = webhook_headers(secret, webhook_id or f"msg_{uuid.uuid4().hex}", body,
-                           timestamp=timestamp)
+    hdrs = webhook_headers(
+        secret, webhook_id or f"msg_{uuid.uuid4().hex}", body, timestamp=timestamp
+    )
     hdrs.update(headers or {})
     return await client.post(url, content=body, headers=hdrs)
 
@@ -62,18 +63,21 @@ async def deliveries(conn: Conn) -> list[tuple[str, str]]:
     return [(r["delivery_id"], r["status"]) for r in rows]
 
 
-async def test_valid_webhook_is_applied(client: httpx.AsyncClient, runtime: Runtime, conn: Conn,
-                                        task: uuid.UUID) -> None:
+async def test_valid_webhook_is_applied(
+    client: httpx.AsyncClient, runtime: Runtime, conn: Conn, task: uuid.UUID
+) -> None:
     logs = "  50%|█████     | 2/4 [00:00<00:00, 3.1it/s]\n"
     r = await post_hook(client, hook_url(runtime, task), prediction(logs=logs))
     assert (r.status_code, r.json()) == (200, {"status": "applied"})
-    row = await conn.fetchrow("SELECT status::text, progress, vendor_task_id FROM tasks "
-                              "WHERE id = $1", task)
+    row = await conn.fetchrow(
+        "SELECT status::text, progress, vendor_task_id FROM tasks WHERE id = $1", task
+    )
     assert tuple(row) == ("processing", 50, "pred1")
 
 
-async def test_same_delivery_again_is_duplicate(client: httpx.AsyncClient, runtime: Runtime,
-                                                conn: Conn, task: uuid.UUID) -> None:
+async def test_same_delivery_again_is_duplicate(
+    client: httpx.AsyncClient, runtime: Runtime, conn: Conn, task: uuid.UUID
+) -> None:
     url, body = hook_url(runtime, task), prediction()
     first = await post_hook(client, url, body, webhook_id="msg_same")
     again = await post_hook(client, url, body, webhook_id="msg_same")
@@ -82,8 +86,9 @@ async def test_same_delivery_again_is_duplicate(client: httpx.AsyncClient, runti
     assert await deliveries(conn) == [("msg_same", "accepted")]
 
 
-async def test_overtaken_transition_is_duplicate(client: httpx.AsyncClient, runtime: Runtime,
-                                                 conn: Conn, task: uuid.UUID) -> None:
+async def test_overtaken_transition_is_duplicate(
+    client: httpx.AsyncClient, runtime: Runtime, conn: Conn, task: uuid.UUID
+) -> None:
     url = hook_url(runtime, task)
     done = prediction(status="succeeded", output=["http://files.test/0.png"])
     assert (await post_hook(client, url, done)).json() == {"status": "applied"}
@@ -101,13 +106,15 @@ async def test_early_callback_before_vendor_id_is_stored(
     assert await status_of(conn, task) == "submitted"
 
 
-async def test_failed_webhook_refunds_once(client: httpx.AsyncClient, runtime: Runtime,
-                                           conn: Conn, task: uuid.UUID) -> None:
+async def test_failed_webhook_refunds_once(
+    client: httpx.AsyncClient, runtime: Runtime, conn: Conn, task: uuid.UUID
+) -> None:
     url = hook_url(runtime, task)
     for _ in range(2):
         await post_hook(client, url, prediction(status="failed", error="NSFW"))
     refunds = await conn.fetchval(
-        "SELECT count(*) FROM credit_ledger WHERE task_id=$1 AND kind='refund'", task)
+        "SELECT count(*) FROM credit_ledger WHERE task_id=$1 AND kind='refund'", task
+    )
     assert refunds == 1
     error = await conn.fetchval("SELECT error FROM tasks WHERE id=$1", task)
     assert error == {"code": "vendor_failed", "message": "NSFW"}
@@ -122,7 +129,10 @@ async def test_failed_webhook_refunds_once(client: httpx.AsyncClient, runtime: R
     ],
 )
 async def test_bad_signature_is_401_and_changes_nothing(
-    client: httpx.AsyncClient, runtime: Runtime, conn: Conn, task: uuid.UUID,
+    client: httpx.AsyncClient,
+    runtime: Runtime,
+    conn: Conn,
+    task: uuid.UUID,
     headers: dict[str, str],
 ) -> None:
     r = await post_hook(client, hook_url(runtime, task), prediction(), headers=headers)
@@ -132,10 +142,12 @@ async def test_bad_signature_is_401_and_changes_nothing(
     assert await deliveries(conn) == []
 
 
-async def test_wrong_secret_is_401(client: httpx.AsyncClient, runtime: Runtime,
-                                   task: uuid.UUID) -> None:
-    r = await post_hook(client, hook_url(runtime, task), prediction(),
-                        secret="whsec_QUFBQUFBQUFBQUFBQUFBQQ==")
+async def test_wrong_secret_is_401(
+    client: httpx.AsyncClient, runtime: Runtime, task: uuid.UUID
+) -> None:
+    r = await post_hook(
+        client, hook_url(runtime, task), prediction(), secret="whsec_QUFBQUFBQUFBQUFBQUFBQQ=="
+    )
     assert (r.status_code, r.json()["error"]["code"]) == (401, "invalid_signature")
 
 
@@ -145,15 +157,17 @@ async def test_invalid_token_is_401(client: httpx.AsyncClient, token: str) -> No
     assert (r.status_code, r.json()["error"]["code"]) == (401, "invalid_token")
 
 
-async def test_token_for_another_vendor_is_401(client: httpx.AsyncClient, runtime: Runtime,
-                                               task: uuid.UUID) -> None:
+async def test_token_for_another_vendor_is_401(
+    client: httpx.AsyncClient, runtime: Runtime, task: uuid.UUID
+) -> None:
     token = runtime.tokens.issue(task_id=task, vendor="fal")
     r = await post_hook(client, f"/hooks/replicate/{token}", prediction())
     assert (r.status_code, r.json()["error"]["code"]) == (401, "invalid_token")
 
 
-async def test_token_signed_with_another_secret_is_401(client: httpx.AsyncClient,
-                                                      task: uuid.UUID) -> None:
+async def test_token_signed_with_another_secret_is_401(
+    client: httpx.AsyncClient, task: uuid.UUID
+) -> None:
     from taskhook.tokens import CallbackTokens
 
     token = CallbackTokens("someone-else").issue(task_id=task, vendor="replicate")
@@ -165,28 +179,43 @@ async def test_token_signed_with_another_secret_is_401(client: httpx.AsyncClient
 async def test_stale_or_future_timestamp_is_400(
     client: httpx.AsyncClient, runtime: Runtime, conn: Conn, task: uuid.UUID, offset: int
 ) -> None:
-    r = await post_hook(client, hook_url(runtime, task), prediction(),
-                        timestamp=int(time.time()) + offset)
+    r = await post_hook(
+        client, hook_url(runtime, task), prediction(), timestamp=int(time.time()) + offset
+    )
     assert (r.status_code, r.json()["error"]["code"]) == (400, "stale_timestamp")
     assert await status_of(conn, task) == "pending"
 
 
-async def test_non_integer_timestamp_is_400(client: httpx.AsyncClient, runtime: Runtime,
-                                            task: uuid.UUID) -> None:
+async def test_non_integer_timestamp_is_400(
+    client: httpx.AsyncClient, runtime: Runtime, task: uuid.UUID
+) -> None:
     from receiver.signature import decode_secret, sign
 
     body, stamp = prediction(), f"{time.time():.3f}"
-    sig = sign(secret=decode_secret(TEST_WEBHOOK_SECRET), delivery_id="msg_x", timestamp=stamp,
-               body=body)
-    r = await client.post(hook_url(runtime, task), content=body, headers={
-        "webhook-id": "msg_x", "webhook-timestamp": stamp, "webhook-signature": f"v1,{sig}"})
+    sig = sign(
+        secret=decode_secret(TEST_WEBHOOK_SECRET), delivery_id="msg_x", timestamp=stamp, body=body
+    )
+    r = await client.post(
+        hook_url(runtime, task),
+        content=body,
+        headers={
+            "webhook-id": "msg_x",
+            "webhook-timestamp": stamp,
+            "webhook-signature": f"v1,{sig}",
+        },
+    )
     assert (r.status_code, r.json()["error"]["code"]) == (400, "stale_timestamp")
 
 
 @pytest.mark.parametrize(
     "body",
-    [b"not json", b"[]", b'{"status": "succeeded"}', b'{"id": "p", "status": "exploded"}',
-     b"\xff\xfe"],
+    [
+        b"not json",
+        b"[]",
+        b'{"status": "succeeded"}',
+        b'{"id": "p", "status": "exploded"}',
+        b"\xff\xfe",
+    ],
 )
 async def test_malformed_signed_body_is_400_and_kept(
     client: httpx.AsyncClient, runtime: Runtime, conn: Conn, task: uuid.UUID, body: bytes
@@ -201,24 +230,32 @@ async def test_malformed_signed_body_is_400_and_kept(
 async def test_payload_about_another_job_is_rejected(
     client: httpx.AsyncClient, runtime: Runtime, conn: Conn, task: uuid.UUID
 ) -> None:
-    await transition(conn, task_id=task, to=TaskStatus.SUBMITTED, event_key="r", cause="t",
-                     vendor_task_id="pred1")
+    await transition(
+        conn,
+        task_id=task,
+        to=TaskStatus.SUBMITTED,
+        event_key="r",
+        cause="t",
+        vendor_task_id="pred1",
+    )
     r = await post_hook(client, hook_url(runtime, task), prediction(pid="other", status="failed"))
     assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_payload")
     assert await status_of(conn, task) == "submitted"
     assert [s for _, s in await deliveries(conn)] == ["rejected"]
 
 
-async def test_unknown_vendor_is_404(client: httpx.AsyncClient, runtime: Runtime,
-                                     task: uuid.UUID) -> None:
+async def test_unknown_vendor_is_404(
+    client: httpx.AsyncClient, runtime: Runtime, task: uuid.UUID
+) -> None:
     token = runtime.tokens.issue(task_id=task, vendor="nope")
     r = await post_hook(client, f"/hooks/nope/{token}", prediction())
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "not_found"
 
 
-async def test_body_over_one_mib_is_413(client: httpx.AsyncClient, runtime: Runtime,
-                                        conn: Conn, task: uuid.UUID) -> None:
+async def test_body_over_one_mib_is_413(
+    client: httpx.AsyncClient, runtime: Runtime, conn: Conn, task: uuid.UUID
+) -> None:
     big = prediction(logs="x" * (1024 * 1024))
     r = await post_hook(client, hook_url(runtime, task), big)
     assert (r.status_code, r.json()["error"]["code"]) == (413, "payload_too_large")
@@ -231,19 +268,24 @@ async def test_body_over_one_mib_without_length_is_413(
         for _ in range(20):
             yield b"x" * 65536
 
-    r = await client.post(hook_url(runtime, task), content=chunks(),
-                          headers={"webhook-id": "m", "webhook-timestamp": "1",
-                                   "webhook-signature": "v1,x"})
+    r = await client.post(
+        hook_url(runtime, task),
+        content=chunks(),
+        headers={"webhook-id": "m", "webhook-timestamp": "1", "webhook-signature": "v1,x"},
+    )
     assert r.status_code == 413
 
 
-async def test_rotated_secrets_both_accepted(client: httpx.AsyncClient, runtime: Runtime,
-                                             conn: Conn, task: uuid.UUID) -> None:
+async def test_rotated_secrets_both_accepted(
+    client: httpx.AsyncClient, runtime: Runtime, conn: Conn, task: uuid.UUID
+) -> None:
     from vendors.replicate import ReplicateAdapter
 
     new_secret = "whsec_QUFBQUFBQUFBQUFBQUFBQQ=="
     runtime.vendors["replicate"] = ReplicateAdapter(
-        runtime.http, api_token="t", api_base="http://vendor.invalid/v1",
+        runtime.http,
+        api_token="t",
+        api_base="http://vendor.invalid/v1",
         webhook_secrets=[new_secret, TEST_WEBHOOK_SECRET],
     )
     url = hook_url(runtime, task)
@@ -263,7 +305,13 @@ async def test_same_webhook_fifty_times_in_parallel(
     statuses = sorted(r.json()["status"] for r in responses)
     assert all(r.status_code == 200 for r in responses)
     assert statuses.count("applied") == 1 and statuses.count("duplicate") == 49
-    assert await conn.fetchval("SELECT count(*) FROM task_events WHERE task_id=$1 "
-                               "AND applied", task) == 1
-    assert await conn.fetchval("SELECT count(*) FROM credit_ledger WHERE task_id=$1 "
-                               "AND kind='refund'", task) == 1
+    assert (
+        await conn.fetchval("SELECT count(*) FROM task_events WHERE task_id=$1 AND applied", task)
+        == 1
+    )
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM credit_ledger WHERE task_id=$1 AND kind='refund'", task
+        )
+        == 1
+    )

@@ -34,8 +34,9 @@ async def task_in(conn: Conn, state: TaskStatus) -> tuple[uuid.UUID, uuid.UUID]:
     user_id, _ = await make_user(conn, credits=5)
     task_id = await make_task(conn, user_id)
     for step in PATHS[state]:
-        result = await transition(conn, task_id=task_id, to=step, event_key=f"setup:{step}",
-                                  cause="test")
+        result = await transition(
+            conn, task_id=task_id, to=step, event_key=f"setup:{step}", cause="test"
+        )
         assert result.outcome is Outcome.APPLIED
     return user_id, task_id
 
@@ -58,8 +59,9 @@ async def status_of(conn: Conn, task_id: uuid.UUID) -> TaskStatus:
 async def test_every_pair_of_states(conn: Conn, current: TaskStatus, target: TaskStatus) -> None:
     user_id, task_id = await task_in(conn, current)
     balance_before = await conn.fetchval("SELECT balance FROM users WHERE id = $1", user_id)
-    result = await transition(conn, task_id=task_id, to=target, event_key="under-test",
-                              cause="test")
+    result = await transition(
+        conn, task_id=task_id, to=target, event_key="under-test", cause="test"
+    )
     should_apply = current in ACTIVE and rank(target) > rank(current)
     assert result.outcome is (Outcome.APPLIED if should_apply else Outcome.STALE)
     assert await status_of(conn, task_id) is (target if should_apply else current)
@@ -69,20 +71,30 @@ async def test_every_pair_of_states(conn: Conn, current: TaskStatus, target: Tas
     # audit row written either way, with whether it applied
     event = await conn.fetchrow(
         "SELECT from_status::text, to_status::text, applied FROM task_events"
-        " WHERE task_id = $1 AND event_key = 'under-test'", task_id
+        " WHERE task_id = $1 AND event_key = 'under-test'",
+        task_id,
     )
     assert event is not None
     assert (event["from_status"], event["to_status"], event["applied"]) == (
-        current.value, target.value, should_apply
+        current.value,
+        target.value,
+        should_apply,
     )
 
 
 async def test_same_event_twice_is_a_duplicate(conn: Conn) -> None:
     _, task_id = await task_in(conn, TaskStatus.SUBMITTED)
-    first = await transition(conn, task_id=task_id, to=TaskStatus.FAILED, event_key="e1",
-                             cause="test", error={"code": "vendor_failed", "message": "x"})
-    second = await transition(conn, task_id=task_id, to=TaskStatus.FAILED, event_key="e1",
-                              cause="test")
+    first = await transition(
+        conn,
+        task_id=task_id,
+        to=TaskStatus.FAILED,
+        event_key="e1",
+        cause="test",
+        error={"code": "vendor_failed", "message": "x"},
+    )
+    second = await transition(
+        conn, task_id=task_id, to=TaskStatus.FAILED, event_key="e1", cause="test"
+    )
     assert (first.outcome, second.outcome) == (Outcome.APPLIED, Outcome.DUPLICATE)
     assert first.refunded and not second.refunded
     assert await ledger(conn, task_id) == [("charge", -1), ("refund", 1)]
@@ -98,13 +110,22 @@ async def test_two_different_failures_refund_once(conn: Conn) -> None:
 
 async def test_success_before_processing_skips_ahead(conn: Conn) -> None:
     _, task_id = await task_in(conn, TaskStatus.PENDING)
-    done = await transition(conn, task_id=task_id, to=TaskStatus.STORING, event_key="ok",
-                            cause="t", outputs=["https://x/0.png"], vendor_task_id="p1")
-    late = await transition(conn, task_id=task_id, to=TaskStatus.PROCESSING, event_key="proc",
-                            cause="t", progress=50)
+    done = await transition(
+        conn,
+        task_id=task_id,
+        to=TaskStatus.STORING,
+        event_key="ok",
+        cause="t",
+        outputs=["https://x/0.png"],
+        vendor_task_id="p1",
+    )
+    late = await transition(
+        conn, task_id=task_id, to=TaskStatus.PROCESSING, event_key="proc", cause="t", progress=50
+    )
     assert (done.outcome, late.outcome) == (Outcome.APPLIED, Outcome.STALE)
-    row = await conn.fetchrow("SELECT status::text, progress, outputs FROM tasks WHERE id=$1",
-                              task_id)
+    row = await conn.fetchrow(
+        "SELECT status::text, progress, outputs FROM tasks WHERE id=$1", task_id
+    )
     assert row["status"] == "storing" and row["progress"] == 0
     assert row["outputs"] == ["https://x/0.png"]
 
@@ -113,8 +134,14 @@ async def test_progress_only_grows(conn: Conn) -> None:
     _, task_id = await task_in(conn, TaskStatus.SUBMITTED)
     outcomes = []
     for key, progress in [("p40", 40), ("p20", 20), ("p60", 60), ("p60b", 60)]:
-        result = await transition(conn, task_id=task_id, to=TaskStatus.PROCESSING,
-                                  event_key=key, cause="t", progress=progress)
+        result = await transition(
+            conn,
+            task_id=task_id,
+            to=TaskStatus.PROCESSING,
+            event_key=key,
+            cause="t",
+            progress=progress,
+        )
         outcomes.append(result.outcome)
     assert outcomes == [Outcome.APPLIED, Outcome.STALE, Outcome.APPLIED, Outcome.STALE]
     assert await conn.fetchval("SELECT progress FROM tasks WHERE id = $1", task_id) == 60
@@ -122,8 +149,14 @@ async def test_progress_only_grows(conn: Conn) -> None:
 
 async def test_completed_sets_progress_to_100(conn: Conn) -> None:
     _, task_id = await task_in(conn, TaskStatus.STORING)
-    await transition(conn, task_id=task_id, to=TaskStatus.COMPLETED, event_key="c", cause="t",
-                     result={"files": []})
+    await transition(
+        conn,
+        task_id=task_id,
+        to=TaskStatus.COMPLETED,
+        event_key="c",
+        cause="t",
+        result={"files": []},
+    )
     row = await conn.fetchrow("SELECT progress, completed_at FROM tasks WHERE id = $1", task_id)
     assert row["progress"] == 100 and row["completed_at"] is not None
 
@@ -131,24 +164,43 @@ async def test_completed_sets_progress_to_100(conn: Conn) -> None:
 async def test_stale_event_still_keeps_the_vendor_id(conn: Conn) -> None:
     """A callback overtook registration; registration's stale move must not lose the id."""
     _, task_id = await task_in(conn, TaskStatus.PROCESSING)
-    result = await transition(conn, task_id=task_id, to=TaskStatus.SUBMITTED, event_key="reg",
-                              cause="registration", vendor_task_id="pred-1")
+    result = await transition(
+        conn,
+        task_id=task_id,
+        to=TaskStatus.SUBMITTED,
+        event_key="reg",
+        cause="registration",
+        vendor_task_id="pred-1",
+    )
     assert result.outcome is Outcome.STALE
     assert await conn.fetchval("SELECT vendor_task_id FROM tasks WHERE id=$1", task_id) == "pred-1"
 
 
 async def test_vendor_id_is_never_overwritten(conn: Conn) -> None:
     _, task_id = await task_in(conn, TaskStatus.PENDING)
-    await transition(conn, task_id=task_id, to=TaskStatus.SUBMITTED, event_key="a", cause="t",
-                     vendor_task_id="first")
-    await transition(conn, task_id=task_id, to=TaskStatus.PROCESSING, event_key="b", cause="t",
-                     vendor_task_id="second")
+    await transition(
+        conn,
+        task_id=task_id,
+        to=TaskStatus.SUBMITTED,
+        event_key="a",
+        cause="t",
+        vendor_task_id="first",
+    )
+    await transition(
+        conn,
+        task_id=task_id,
+        to=TaskStatus.PROCESSING,
+        event_key="b",
+        cause="t",
+        vendor_task_id="second",
+    )
     assert await conn.fetchval("SELECT vendor_task_id FROM tasks WHERE id=$1", task_id) == "first"
 
 
 async def test_unknown_task(conn: Conn) -> None:
-    result = await transition(conn, task_id=uuid.uuid4(), to=TaskStatus.FAILED, event_key="x",
-                              cause="t")
+    result = await transition(
+        conn, task_id=uuid.uuid4(), to=TaskStatus.FAILED, event_key="x", cause="t"
+    )
     assert result.outcome is Outcome.NOT_FOUND
 
 
@@ -158,10 +210,11 @@ async def test_notify_is_sent_with_the_move(conn: Conn, db_url: str) -> None:
     await listener.add_listener("taskhook_tasks", lambda *args: received.put_nowait(args[3]))
     try:
         _, task_id = await task_in(conn, TaskStatus.SUBMITTED)
-        await transition(conn, task_id=task_id, to=TaskStatus.PROCESSING, event_key="n",
-                         cause="t", progress=30)
+        await transition(
+            conn, task_id=task_id, to=TaskStatus.PROCESSING, event_key="n", cause="t", progress=30
+        )
         payloads = [await asyncio.wait_for(received.get(), 5) for _ in range(2)]
-        assert any(f'"status" : "processing"' in p and '"progress" : 30' in p for p in payloads)
+        assert any('"status" : "processing"' in p and '"progress" : 30' in p for p in payloads)
     finally:
         await listener.close()
 
@@ -170,10 +223,16 @@ async def test_same_event_fifty_times_in_parallel_moves_once(conn: Conn, db_url:
     _, task_id = await task_in(conn, TaskStatus.SUBMITTED)
     pool = await create_pool(db_url, min_size=10, max_size=10)
     try:
+
         async def deliver() -> Outcome:
             async with pool.acquire() as c:
-                r = await transition(c, task_id=task_id, to=TaskStatus.FAILED,
-                                     event_key="webhook:msg_1", cause="webhook")
+                r = await transition(
+                    c,
+                    task_id=task_id,
+                    to=TaskStatus.FAILED,
+                    event_key="webhook:msg_1",
+                    cause="webhook",
+                )
                 return r.outcome
 
         outcomes = await asyncio.gather(*(deliver() for _ in range(50)))
@@ -182,8 +241,13 @@ async def test_same_event_fifty_times_in_parallel_moves_once(conn: Conn, db_url:
     assert outcomes.count(Outcome.APPLIED) == 1
     assert outcomes.count(Outcome.DUPLICATE) == 49
     assert await ledger(conn, task_id) == [("charge", -1), ("refund", 1)]
-    assert await conn.fetchval("SELECT count(*) FROM task_events WHERE task_id=$1 "
-                               "AND event_key='webhook:msg_1'", task_id) == 1
+    assert (
+        await conn.fetchval(
+            "SELECT count(*) FROM task_events WHERE task_id=$1 AND event_key='webhook:msg_1'",
+            task_id,
+        )
+        == 1
+    )
 
 
 async def test_failure_racing_cancel_refunds_once(conn: Conn, db_url: str) -> None:
@@ -191,13 +255,18 @@ async def test_failure_racing_cancel_refunds_once(conn: Conn, db_url: str) -> No
         user_id, task_id = await task_in(conn, TaskStatus.PROCESSING)
         pool = await create_pool(db_url, min_size=2, max_size=2)
         try:
-            async def move(to: TaskStatus, key: str) -> Outcome:
-                async with pool.acquire() as c:
-                    return (await transition(c, task_id=task_id, to=to, event_key=key,
-                                             cause="race")).outcome
 
-            outcomes = await asyncio.gather(move(TaskStatus.FAILED, "webhook:f"),
-                                            move(TaskStatus.CANCELED, "cancel"))
+            async def move(
+                to: TaskStatus, key: str, pool: Any = pool, task_id: uuid.UUID = task_id
+            ) -> Outcome:
+                async with pool.acquire() as c:
+                    return (
+                        await transition(c, task_id=task_id, to=to, event_key=key, cause="race")
+                    ).outcome
+
+            outcomes = await asyncio.gather(
+                move(TaskStatus.FAILED, "webhook:f"), move(TaskStatus.CANCELED, "cancel")
+            )
         finally:
             await pool.close()
         assert sorted(outcomes) == sorted([Outcome.APPLIED, Outcome.STALE])

@@ -18,21 +18,27 @@ def headers(signature: str = EXPECTED, timestamp: str = str(TIMESTAMP)) -> dict[
     return {"webhook-id": MSG_ID, "webhook-timestamp": timestamp, "webhook-signature": signature}
 
 
-def verify(hdrs: dict[str, str], *, body: bytes = BODY, now: float = TIMESTAMP,
-           secrets: tuple[str, ...] = (SECRET,)) -> None:
-    verify_standard_webhook(body, hdrs, [decode_secret(s) for s in secrets], now=now,
-                            tolerance=300)
+def verify(
+    hdrs: dict[str, str],
+    *,
+    body: bytes = BODY,
+    now: float = TIMESTAMP,
+    secrets: tuple[str, ...] = (SECRET,),
+) -> None:
+    verify_standard_webhook(body, hdrs, [decode_secret(s) for s in secrets], now=now, tolerance=300)
 
 
 def test_published_vector_signs() -> None:
-    value = sign(secret=decode_secret(SECRET), delivery_id=MSG_ID, timestamp=str(TIMESTAMP),
-                 body=BODY)
+    value = sign(
+        secret=decode_secret(SECRET), delivery_id=MSG_ID, timestamp=str(TIMESTAMP), body=BODY
+    )
     assert "v1," + value == EXPECTED
 
 
 def test_published_vector_verifies() -> None:
-    delivery = verify_standard_webhook(BODY, headers(), [decode_secret(SECRET)],
-                                       now=TIMESTAMP, tolerance=300)
+    delivery = verify_standard_webhook(
+        BODY, headers(), [decode_secret(SECRET)], now=TIMESTAMP, tolerance=300
+    )
     assert (delivery.delivery_id, delivery.timestamp) == (MSG_ID, TIMESTAMP)
 
 
@@ -87,7 +93,7 @@ def test_timestamp_inside_window(offset: int) -> None:
     verify(headers(), now=TIMESTAMP + offset)
 
 
-@pytest.mark.parametrize("stamp", ["1614265330.5", "abc", "-1614265330", "１２３"])
+@pytest.mark.parametrize("stamp", ["1614265330.5", "abc", "-1614265330", "１２３"])  # noqa: RUF001 - non-ASCII digits on purpose
 def test_timestamp_not_an_integer(stamp: str) -> None:
     secret = decode_secret(SECRET)
     signature = "v1," + sign(secret=secret, delivery_id=MSG_ID, timestamp=stamp, body=BODY)
