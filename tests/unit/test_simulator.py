@@ -744,3 +744,20 @@ async def test_shutdown_cancels_running_predictions() -> None:
         sim = h.sim
         assert (await h.stats())["predictions"]["in_flight"] == 1
     await asyncio.wait_for(sim.wait_idle(), timeout=0.1)  # nothing left running
+
+
+async def test_idempotency_key_returns_the_same_prediction() -> None:
+    """A create retried with the same key (our task id) must not start a second job."""
+    config = SimulatorConfig(job_seconds=0.05)
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
+            body = {"input": {"prompt": "a fox"}}
+            headers = {"Idempotency-Key": "tsk_1"}
+            first = await client.post("/v1/models/a/b/predictions", json=body, headers=headers)
+            again = await client.post("/v1/models/a/b/predictions", json=body, headers=headers)
+            other = await client.post("/v1/models/a/b/predictions", json=body)
+    assert first.status_code == again.status_code == 201
+    assert first.json()["id"] == again.json()["id"] != other.json()["id"]
+    assert app.state.simulator.stats.to_json()["predictions"]["created"] == 2

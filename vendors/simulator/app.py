@@ -107,13 +107,21 @@ def create_app(
         if not MODEL_RE.fullmatch(model):
             return _not_found()
         body = parse_create(await request.body(), model=model, max_outputs=config.max_outputs)
-        prediction = await sim.create(body, base_url=base_url(request))
+        prediction = await sim.create(
+            body,
+            base_url=base_url(request),
+            idempotency_key=request.headers.get("idempotency-key"),
+        )
         return JSONResponse(prediction.to_json(), status_code=201)
 
     @api(faults=True)
     async def create_for_version(request: Request) -> Response:
         body = parse_create(await request.body(), model=None, max_outputs=config.max_outputs)
-        prediction = await sim.create(body, base_url=base_url(request))
+        prediction = await sim.create(
+            body,
+            base_url=base_url(request),
+            idempotency_key=request.headers.get("idempotency-key"),
+        )
         return JSONResponse(prediction.to_json(), status_code=201)
 
     @api(faults=True)

@@ -48,6 +48,7 @@ class Simulator:
         self._api_rng = random.Random(root.getrandbits(64))
         self._prediction_rng = random.Random(root.getrandbits(64))
         self._predictions: dict[str, Prediction] = {}
+        self._by_idempotency_key: dict[str, str] = {}
         self._couriers: dict[str, Courier] = {}
         self._lifecycles: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -116,7 +117,9 @@ class Simulator:
         """The prediction, or None if this simulator never created it."""
         return self._predictions.get(prediction_id)
 
-    async def create(self, request: CreateRequest, *, base_url: str) -> Prediction:
+    async def create(
+        self, request: CreateRequest, *, base_url: str, idempotency_key: str | None = None
+    ) -> Prediction:
         """Register a prediction, send ``start`` and launch its lifecycle.
 
         With ``early`` the call returns only after the webhooks produced so far (``start``,
@@ -124,6 +127,9 @@ class Simulator:
         create response are a real race our receiver must handle.
         """
         cfg = self.config
+        if idempotency_key is not None and idempotency_key in self._by_idempotency_key:
+            # A client retrying a create it could not confirm gets the same job, not a second.
+            return self._predictions[self._by_idempotency_key[idempotency_key]]
         rng = random.Random(self._prediction_rng.getrandbits(64))
         will_fail = rng.random() < cfg.fail or FAIL_WORD in request.prompt
         prediction = Prediction(
@@ -137,6 +143,8 @@ class Simulator:
             will_fail=will_fail,
         )
         self._predictions[prediction.id] = prediction
+        if idempotency_key is not None:
+            self._by_idempotency_key[idempotency_key] = prediction.id
         self.stats.predictions_created += 1
         courier: Courier | None = None
         if prediction.webhook is not None:

@@ -1,0 +1,128 @@
+"""The operator CLI against a real database, as ops would run it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+from click.testing import CliRunner
+
+from taskhook.cli import cli
+from tests.conftest import S3Config
+
+
+@pytest.fixture
+def invoke(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("TASKHOOK_DATA_DIR", str(tmp_path))
+    runner = CliRunner()
+
+    def run(*args: str) -> tuple[int, str]:
+        result = runner.invoke(cli, list(args), catch_exceptions=False)
+        return result.exit_code, result.output
+
+    return run
+
+
+def test_help_names_the_environment(invoke) -> None:  # type: ignore[no-untyped-def]
+    code, out = invoke("--help")
+    assert code == 0 and "DATABASE_URL" in out
+    for command in [
+        "demo",
+        "serve",
+        "worker",
+        "reconcile",
+        "migrate",
+        "simulator",
+        "users",
+        "credits",
+        "tasks",
+        "deliveries",
+        "audit",
+    ]:
+        assert command in out
+        assert invoke(*command.split(), "--help")[0] == 0
+
+
+def test_migrate_is_idempotent(invoke) -> None:  # type: ignore[no-untyped-def]
+    code, out = invoke("migrate")
+    assert code == 0 and json.loads(out) == {"applied": []}
+
+
+def test_users_and_credits(invoke) -> None:  # type: ignore[no-untyped-def]
+    code, out = invoke("users", "create", "ops@example.com", "--credits", "5")
+    created = json.loads(out)
+    assert code == 0 and created["user_id"].startswith("usr_")
+    assert created["api_key"].startswith("thk_")
+    code, out = invoke("users", "create", "ops@example.com")
+    assert code == 1 and "already exists" in out
+    assert json.loads(invoke("credits", "grant", "ops@example.com", "3")[1])["credits"] == 8
+    assert json.loads(invoke("credits", "show", "ops@example.com")[1])["credits"] == 8
+    code, out = invoke("credits", "grant", "nobody@example.com", "3")
+    assert code == 1 and "no user" in out
+    assert invoke("credits", "grant", "ops@example.com", "0")[0] == 2
+    assert invoke("credits", "grant", "ops@example.com", "-4")[0] == 2
+
+
+def test_tasks_and_deliveries_views(invoke) -> None:  # type: ignore[no-untyped-def]
+    assert json.loads(invoke("tasks", "list")[1]) == []
+    assert json.loads(invoke("deliveries", "list", "--rejected")[1]) == []
+    code, out = invoke("tasks", "show", "nope")
+    assert code == 1 and "not a task id" in out
+
+
+def test_audit_reports_a_broken_ledger(invoke, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    invoke("users", "create", "a@example.com", "--credits", "5")
+    code, out = invoke("audit")
+    assert code == 0 and json.loads(out)["ok"] is True
+
+    async def corrupt() -> None:
+        conn = await asyncpg.connect(db_url)
+        try:
+            await conn.execute("UPDATE users SET balance = balance + 1")  # money from nowhere
+        finally:
+            await conn.close()
+
+    asyncio.run(corrupt())
+    code, out = invoke("audit")
+    report = json.loads(out)
+    assert code == 1 and report["ok"] is False
+    assert report["balance_mismatches"][0]["email"] == "a@example.com"
+
+
+def test_bad_setting_is_one_clear_line(invoke, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("TASKHOOK_TASK_DEADLINE", "soon")
+    code, out = invoke("migrate")
+    assert code == 2 and "TASKHOOK_TASK_DEADLINE" in out
+
+
+def test_demo_runs_the_main_job(db_url: str, s3: S3Config, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "TASKHOOK_DATA_DIR": str(tmp_path),
+        "TASKHOOK_S3_ENDPOINT_URL": s3.endpoint_url,
+        "TASKHOOK_S3_BUCKET": s3.bucket,
+        "AWS_ACCESS_KEY_ID": s3.access_key_id or "",
+        "AWS_SECRET_ACCESS_KEY": s3.secret_access_key or "",
+        "AWS_REGION": s3.region,
+        "COLUMNS": "200",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "taskhook.cli", "demo", "--tasks", "8"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "audit" in done.stdout and "clean" in done.stdout
+    assert "still open" in done.stdout
+    assert (tmp_path / "demo.log").read_text().count('"event": "stored"') >= 1

@@ -1,0 +1,169 @@
+"""The storing step on real PostgreSQL and real S3: success, retries, giving up, leases."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from db import queries
+from db.pool import connect
+from db.states import TaskStatus
+from db.transition import transition
+from storage.results import store_result
+from taskhook.runtime import Runtime
+from taskhook.worker import Worker
+from tests.factories import make_task, make_user
+from vendors.simulator.png import gradient_png
+
+Conn = asyncpg.Connection
+PNG = gradient_png("pred", 0, "a fox")
+
+
+def vendor_files(status: int = 200, content_type: str = "image/png") -> httpx.AsyncClient:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=PNG, headers={"content-type": content_type})
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+async def storing_task(conn: Conn, outputs: list[str]) -> uuid.UUID:
+    user_id, _ = await make_user(conn, credits=1)
+    task_id = await make_task(conn, user_id)
+    await transition(
+        conn,
+        task_id=task_id,
+        to=TaskStatus.STORING,
+        event_key="done",
+        cause="t",
+        vendor_task_id="pred",
+        outputs=outputs,
+    )
+    return task_id
+
+
+async def test_result_is_stored_under_a_deterministic_key(runtime: Runtime, conn: Conn) -> None:
+    task_id = await storing_task(conn, ["http://93.184.216.34/out/0.png"])
+    rt = replace(runtime, http=vendor_files())
+    await store_result(rt, task_id=task_id, attempt=1, owner="me")
+    task = await queries.get_task(conn, task_id=task_id, user_id=None)
+    assert task is not None and task.status is TaskStatus.COMPLETED
+    (stored,) = task.result["files"]  # type: ignore[index]
+    assert stored["key"] == f"results/{task_id.hex}/0.png"
+    assert stored["sha256"] == hashlib.sha256(PNG).hexdigest() and stored["bytes"] == len(PNG)
+    assert await runtime.store.read(stored["key"]) == PNG
+    # a retried upload overwrites the same key instead of leaving a second copy
+    again = await asyncio.to_thread(
+        runtime.store._client.list_objects_v2,
+        Bucket=runtime.store.bucket,
+        Prefix=f"results/{task_id.hex}/",
+    )
+    assert again["KeyCount"] == 1
+
+
+@pytest.mark.parametrize(
+    ("client", "url", "reason"),
+    [
+        (vendor_files(status=404), "http://93.184.216.34/x.png", "HTTP 404"),
+        (vendor_files(content_type="text/html"), "http://93.184.216.34/x.png", "content type"),
+        (vendor_files(), "file:///etc/passwd", "scheme"),
+    ],
+)
+async def test_failed_attempt_backs_off_and_keeps_the_task(
+    runtime: Runtime, conn: Conn, client: httpx.AsyncClient, url: str, reason: str
+) -> None:
+    task_id = await storing_task(conn, [url])
+    (claimed,) = await queries.claim_storing(conn, limit=5, owner="me", lease_seconds=60)
+    await store_result(
+        replace(runtime, http=client), task_id=task_id, attempt=claimed[1], owner="me"
+    )
+    row = await conn.fetchrow(
+        "SELECT status::text, lease_owner, lease_expires_at > now() AS "
+        "later, last_error FROM tasks WHERE id = $1",
+        task_id,
+    )
+    assert row["status"] == "storing" and row["lease_owner"] is None and row["later"]
+    assert reason in row["last_error"]
+
+
+async def test_private_address_refused_unless_allowed(runtime: Runtime, conn: Conn) -> None:
+    task_id = await storing_task(conn, ["http://127.0.0.1:9/secret.png"])
+    strict = replace(
+        runtime, http=vendor_files(), settings=replace(runtime.settings, allow_private_urls=False)
+    )
+    await queries.claim_storing(conn, limit=1, owner="me", lease_seconds=60)
+    await store_result(strict, task_id=task_id, attempt=1, owner="me")
+    assert "non-public" in await conn.fetchval("SELECT last_error FROM tasks WHERE id=$1", task_id)
+    await store_result(
+        replace(runtime, http=vendor_files()), task_id=task_id, attempt=2, owner="me"
+    )
+    assert await conn.fetchval("SELECT status::text FROM tasks WHERE id=$1", task_id) == "completed"
+
+
+async def test_last_attempt_fails_with_storage_failed_and_refunds(
+    runtime: Runtime, conn: Conn
+) -> None:
+    task_id = await storing_task(conn, ["http://93.184.216.34/x.png"])
+    rt = replace(runtime, http=vendor_files(status=500))
+    await store_result(
+        rt, task_id=task_id, attempt=runtime.settings.max_storage_attempts, owner="me"
+    )
+    task = await queries.get_task(conn, task_id=task_id, user_id=None)
+    assert task is not None and task.status is TaskStatus.FAILED and task.refunded
+    assert task.error is not None and task.error["code"] == "storage_failed"
+
+
+async def test_two_workers_never_claim_the_same_task(
+    runtime: Runtime, conn: Conn, db_url: str
+) -> None:
+    ids = {await storing_task(conn, ["http://93.184.216.34/x.png"]) for _ in range(10)}
+    a, b = await connect(db_url), await connect(db_url)
+    try:
+        claims = await asyncio.gather(
+            queries.claim_storing(a, limit=6, owner="a", lease_seconds=60),
+            queries.claim_storing(b, limit=6, owner="b", lease_seconds=60),
+        )
+    finally:
+        await a.close()
+        await b.close()
+    got_a, got_b = ({task_id for task_id, _ in c} for c in claims)
+    assert not got_a & got_b
+    assert got_a | got_b == ids
+    # leased: nobody else gets them until the lease lapses
+    assert await queries.claim_storing(conn, limit=10, owner="c", lease_seconds=60) == []
+
+
+async def test_worker_pass_stores_and_registers(runtime: Runtime, conn: Conn) -> None:
+    task_id = await storing_task(conn, ["http://93.184.216.34/x.png"])
+    worker = Worker(replace(runtime, http=vendor_files()))
+    assert await worker.run_once() == 1
+    assert await conn.fetchval("SELECT status::text FROM tasks WHERE id=$1", task_id) == "completed"
+    assert await worker.run_once() == 0
+
+
+async def test_worker_is_woken_by_notify(runtime: Runtime, conn: Conn) -> None:
+    rt = replace(runtime, http=vendor_files())
+    worker = Worker(rt, idle_poll=30)  # only a NOTIFY can wake it in time
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.sleep(0)  # let it reach its first idle wait
+        task_id = await storing_task(conn, ["http://93.184.216.34/x.png"])
+
+        async def done() -> Any:
+            return await conn.fetchval("SELECT status::text FROM tasks WHERE id=$1", task_id)
+
+        for _ in range(200):
+            if await done() == "completed":
+                break
+            await asyncio.sleep(0.025)
+        assert await done() == "completed"
+    finally:
+        stop.set()
+        await running
