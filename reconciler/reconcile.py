@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import structlog
 
 from db import queries
@@ -145,7 +146,7 @@ async def run_reconciler(rt: Runtime, stop: asyncio.Event, *, interval: float = 
             summary = await reconcile_once(rt)
             if summary.claimed:
                 log.info("reconcile_pass", **summary.as_dict())
-        except (OSError, VendorError) as exc:
+        except (OSError, VendorError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("reconcile_pass_failed", error=repr(exc))
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval)

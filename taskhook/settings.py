@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -138,10 +139,15 @@ def generated_secret(data_dir: Path, name: str) -> str:
         pass
     data_dir.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
+    # Write a private temp file, then link it into place: readers never see a half-written
+    # file, and when two processes race the first link wins and both use its value.
+    fd, temp = tempfile.mkstemp(dir=data_dir, prefix=f".{name}.")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first; use theirs
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(value + "\n")
+        os.link(temp, path)
+    except FileExistsError:
         return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(value + "\n")
+    finally:
+        os.unlink(temp)
     return value

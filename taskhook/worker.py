@@ -12,6 +12,7 @@ import os
 import socket
 from typing import Any
 
+import asyncpg
 import structlog
 
 from db import queries
@@ -73,7 +74,13 @@ class Worker:
                 self._wake.clear()
                 try:
                     handled = await self.run_once()
-                except (TimeoutError, OSError) as exc:
+                except (
+                    OSError,
+                    TimeoutError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                ) as exc:
+                    # The database is down or restarting: wait and try again, never die.
                     log.warning("worker_pass_failed", error=repr(exc))
                     handled = 0
                 if handled:

@@ -167,3 +167,26 @@ async def test_worker_is_woken_by_notify(runtime: Runtime, conn: Conn) -> None:
     finally:
         stop.set()
         await running
+
+
+async def test_worker_survives_a_database_outage(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass that fails because PostgreSQL is gone is logged and retried, not fatal."""
+    worker = Worker(runtime, idle_poll=0.01)
+    stop = asyncio.Event()
+    calls = 0
+
+    async def flaky() -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncpg.CannotConnectNowError("the database system is starting up")
+        if calls == 2:
+            raise asyncpg.InterfaceError("connection is closed")
+        stop.set()
+        return 0
+
+    monkeypatch.setattr(worker, "run_once", flaky)
+    await asyncio.wait_for(worker.run(stop), timeout=10)
+    assert calls == 3
