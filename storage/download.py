@@ -40,7 +40,11 @@ class Downloaded:
 
 
 async def check_public(url: str, *, allow_private: bool) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise DownloadError(f"malformed output URL: {exc}") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DownloadError(f"refusing output URL with scheme {parts.scheme!r}")
     if allow_private:
@@ -48,7 +52,7 @@ async def check_public(url: str, *, allow_private: bool) -> None:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
             parts.hostname,
-            parts.port or (443 if parts.scheme == "https" else 80),
+            port or (443 if parts.scheme == "https" else 80),
             type=socket.SOCK_STREAM,
         )
     except OSError as exc:

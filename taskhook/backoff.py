@@ -13,6 +13,6 @@ def backoff_delay(
     cap: float = 300.0,
     at_least: float | None = None,
 ) -> float:
-    ceiling = min(cap, base * 2 ** max(0, attempt - 1))
+    ceiling = min(cap, base * 2 ** min(max(0, attempt - 1), 64))
     delay = ceiling / 2 + rng.random() * ceiling / 2
     return float(max(delay, at_least or 0.0))

@@ -5,6 +5,8 @@ Only `Settings.from_env` reads the environment; tests build `Settings(...)` dire
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import secrets
 import tempfile
@@ -22,7 +24,7 @@ class SettingsError(Exception):
 
 @dataclass(frozen=True, kw_only=True)
 class ReplicateSettings:
-    api_token: str
+    api_token: str = field(repr=False)
     api_base: str = "https://api.replicate.com/v1"
     # Several `whsec_...` secrets during a rotation; empty = fetch the account's default secret.
     webhook_secrets: tuple[str, ...] = ()
@@ -31,7 +33,8 @@ class ReplicateSettings:
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     data_dir: Path = Path(".taskhook")
-    database_url: str | None = None  # None: embedded PostgreSQL under data_dir
+    # None: embedded PostgreSQL under data_dir. Not in repr: the DSN may carry a password.
+    database_url: str | None = field(default=None, repr=False)
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     public_url: str | None = None  # None: http://127.0.0.1:<port of `serve`>
     s3_endpoint_url: str | None = None  # None: embedded S3 under data_dir
@@ -104,8 +107,10 @@ class Settings:
             secrets_raw = get("REPLICATE_WEBHOOK_SECRET") or ""
             webhook_secrets = tuple(s.strip() for s in secrets_raw.split(",") if s.strip())
             for s in webhook_secrets:
-                if not s.startswith("whsec_"):
-                    raise SettingsError("REPLICATE_WEBHOOK_SECRET must be whsec_... secrets")
+                if not s.startswith("whsec_") or not _decodes(s[len("whsec_") :]):
+                    raise SettingsError(
+                        "REPLICATE_WEBHOOK_SECRET must be whsec_<base64> secrets, comma-separated"
+                    )
             replicate = ReplicateSettings(
                 api_token=token, api_base=base, webhook_secrets=webhook_secrets
             )
@@ -130,13 +135,25 @@ class Settings:
         )
 
 
+def _decodes(text: str) -> bool:
+    try:
+        return bool(base64.b64decode(text, validate=True))
+    except binascii.Error:
+        return False
+
+
 def generated_secret(data_dir: Path, name: str) -> str:
     """A random secret made on first use and kept (mode 0600) so restarts agree with it."""
     path = data_dir / name
     try:
-        return path.read_text(encoding="utf-8").strip()
+        existing = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        pass
+        existing = None
+    if existing:
+        return existing
+    if existing is not None:
+        # Never rotate silently: tokens and cursors signed with the old value would break.
+        raise SettingsError(f"{path} is empty; delete it to have a new secret generated")
     data_dir.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
     # Write a private temp file, then link it into place: readers never see a half-written

@@ -8,6 +8,7 @@ webhook-timestamp, webhook-signature over `id.timestamp.body`, `whsec_` secret).
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -23,10 +24,14 @@ from vendors.base import VendorUpdate
 
 NAME = "replicate"
 EVENTS_FILTER = ("start", "output", "logs", "completed")
-_VERSION_ID = re.compile(r"^[0-9a-f]{64}$")
-_MODEL = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_VERSION_ID = re.compile(r"[0-9a-f]{64}")
+_VERSION = re.compile(r"[A-Za-z0-9]+")
+_MODEL = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+", re.ASCII)
 # tqdm lines in the logs ("  50%|█████     | 2/4 ...") are the only progress Replicate reports.
 _PROGRESS = re.compile(r"(\d{1,3})%\|")
+
+# A vendor asking us to wait longer than this is treated as this: tasks have deadlines.
+_MAX_RETRY_AFTER = 3600.0
 
 _STATUS_MAP: Mapping[str, TaskStatus] = {
     "starting": TaskStatus.SUBMITTED,
@@ -115,11 +120,16 @@ class ReplicateAdapter:
         key = body.get("key") if isinstance(body, dict) else None
         if not isinstance(key, str):
             raise VendorUnavailable("Replicate returned no webhook signing secret")
-        self._secrets = [decode_secret(key)]
+        try:
+            self._secrets = [decode_secret(key)]
+        except ValueError as exc:
+            raise VendorUnavailable(f"Replicate's webhook secret is unusable: {exc}") from exc
 
     def model_error(self, model: str) -> str | None:
         name, _, version = model.partition(":")
-        if _VERSION_ID.match(model) or (_MODEL.match(name) and (not version or version.isalnum())):
+        if _VERSION_ID.fullmatch(model) or (
+            _MODEL.fullmatch(name) and (not version or _VERSION.fullmatch(version))
+        ):
             return None
         return "model must be 'owner/name', 'owner/name:version' or a 64-hex version id"
 
@@ -132,7 +142,7 @@ class ReplicateAdapter:
             "webhook_events_filter": list(EVENTS_FILTER),
         }
         name, _, version = model.partition(":")
-        if _VERSION_ID.match(model):
+        if _VERSION_ID.fullmatch(model):
             path, body["version"] = "/predictions", model
         elif version:
             path, body["version"] = "/predictions", version
@@ -202,9 +212,12 @@ class ReplicateAdapter:
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     try:
-        return max(0.0, float(value)) if value else None
+        seconds = float(value) if value else None
     except ValueError:
         return None
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), _MAX_RETRY_AFTER)
 
 
 def _detail(response: httpx.Response) -> str:

@@ -14,7 +14,7 @@ def test_racing_creators_agree_and_never_read_an_empty_file(tmp_path: Path) -> N
     for round_ in range(20):
         data_dir = tmp_path / str(round_)
         with ThreadPoolExecutor(max_workers=8) as pool:
-            values = list(pool.map(lambda _: generated_secret(data_dir, "secret"), range(16)))
+            values = list(pool.map(generated_secret, [data_dir] * 16, ["secret"] * 16))
         assert len(set(values)) == 1 and values[0]
         assert stat.S_IMODE(os.stat(data_dir / "secret").st_mode) == 0o600
         assert [p.name for p in data_dir.iterdir()] == ["secret"]  # no temp files left

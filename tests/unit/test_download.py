@@ -1,0 +1,456 @@
+"""Fetching vendor outputs safely: schemes, address checks, content types, statuses, size caps.
+
+The HTTP side is an ``httpx.MockTransport``. Address checks resolve through the running loop's
+``getaddrinfo``: IP literals need no DNS, and hostnames go through a fake resolver installed in
+place of ``storage.download.asyncio``, so no test touches the network or a real resolver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import types
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from storage import download as download_module
+from storage.download import ALLOWED_TYPES, DownloadError, check_public, download
+
+PUBLIC_IP = "93.184.216.34"
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+JPEG = b"\xff\xd8\xff\xe0" + b"jpeg-bytes" * 50
+
+
+class Server:
+    """A MockTransport handler that answers every request with `make()` and records it."""
+
+    def __init__(self, status: int = 200, **response: Any) -> None:
+        self.status = status
+        self.response = response
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return httpx.Response(self.status, **self.response)
+
+
+class FakeLoop:
+    """Stands in for the running loop: only getaddrinfo, answered from a table."""
+
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+        self.calls: list[tuple[str, int]] = []
+
+    async def getaddrinfo(self, host: str, port: int, **_kwargs: Any) -> list[tuple[Any, ...]]:
+        self.calls.append((host, port))
+        if host not in self.table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [
+            (
+                socket.AF_INET6 if ":" in address else socket.AF_INET,
+                socket.SOCK_STREAM,
+                6,
+                "",
+                (address, port, 0, 0) if ":" in address else (address, port),
+            )
+            for address in self.table[host]
+        ]
+
+
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLoop]:
+    """A fake DNS: each literal IP resolves to itself; add hostnames to `table`."""
+    literals = [
+        "127.0.0.1",
+        "10.0.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "::1",
+        "0.0.0.0",  # noqa: S104 - an address under test, nothing binds to it
+        "100.64.0.1",
+        "fd00::1",
+        "::ffff:127.0.0.1",
+        PUBLIC_IP,
+    ]
+    loop = FakeLoop({ip: [ip] for ip in literals})
+    monkeypatch.setattr(
+        download_module, "asyncio", types.SimpleNamespace(get_running_loop=lambda: loop)
+    )
+    yield loop
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[Any]:
+    clients: list[httpx.AsyncClient] = []
+
+    def make(handler: Any) -> httpx.AsyncClient:
+        client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+def png_server(body: bytes = PNG, content_type: str = "image/png") -> Server:
+    return Server(200, headers={"content-type": content_type}, content=body)
+
+
+# --- schemes and addresses ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://93.184.216.34/a.png",
+        "gopher://93.184.216.34:70/_x",
+        "javascript:alert(1)",
+        "/relative/a.png",
+        "http:///a.png",
+        "https://",
+        "",
+    ],
+)
+@pytest.mark.parametrize("allow_private", [False, True])
+async def test_refuses_other_schemes_and_missing_hosts(
+    make_client: Any, url: str, allow_private: bool
+) -> None:
+    server = png_server()
+    with pytest.raises(DownloadError):
+        await download(make_client(server), url, max_bytes=10_000, allow_private=allow_private)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/a.png",
+        "http://10.0.0.1/a.png",
+        "https://192.168.1.1/a.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:8080/a.png",
+        "http://0.0.0.0/a.png",
+        "http://100.64.0.1/a.png",
+        "http://[fd00::1]/a.png",
+        "http://[::ffff:127.0.0.1]/a.png",
+    ],
+)
+async def test_refuses_private_addresses(make_client: Any, resolver: FakeLoop, url: str) -> None:
+    server = png_server()
+    with pytest.raises(DownloadError, match="non-public"):
+        await download(make_client(server), url, max_bytes=10_000, allow_private=False)
+    assert server.requests == []
+    assert len(resolver.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1/a.png", "http://10.0.0.1/a.png", "http://169.254.169.254/x"]
+)
+async def test_refuses_private_literals_with_the_real_resolver(make_client: Any, url: str) -> None:
+    """IPv4 literals resolve numerically, so the loop's own getaddrinfo needs no DNS here."""
+    server = png_server()
+    with pytest.raises(DownloadError, match="non-public"):
+        await download(make_client(server), url, max_bytes=10_000, allow_private=False)
+    assert server.requests == []
+
+
+async def test_refuses_a_hostname_that_resolves_to_a_private_address(
+    make_client: Any, resolver: FakeLoop
+) -> None:
+    resolver.table["cdn.vendor.test"] = ["10.1.2.3"]
+    server = png_server()
+    with pytest.raises(DownloadError, match=r"10\.1\.2\.3"):
+        await download(
+            make_client(server),
+            "https://cdn.vendor.test/out.png",
+            max_bytes=10_000,
+            allow_private=False,
+        )
+    assert resolver.calls == [("cdn.vendor.test", 443)]
+    assert server.requests == []
+
+
+async def test_refuses_when_any_resolved_address_is_private(
+    make_client: Any, resolver: FakeLoop
+) -> None:
+    resolver.table["mixed.vendor.test"] = [PUBLIC_IP, "192.168.0.7"]
+    server = png_server()
+    with pytest.raises(DownloadError, match="non-public"):
+        await download(
+            make_client(server),
+            "http://mixed.vendor.test:8080/x.png",
+            max_bytes=10_000,
+            allow_private=False,
+        )
+    assert resolver.calls == [("mixed.vendor.test", 8080)]
+    assert server.requests == []
+
+
+async def test_a_name_that_does_not_resolve_is_a_download_error(
+    make_client: Any, resolver: FakeLoop
+) -> None:
+    server = png_server()
+    with pytest.raises(DownloadError, match="cannot resolve"):
+        await download(
+            make_client(server),
+            "https://nowhere.test/a.png",
+            max_bytes=10_000,
+            allow_private=False,
+        )
+    assert server.requests == []
+
+
+async def test_accepts_a_hostname_that_resolves_to_a_public_address(
+    make_client: Any, resolver: FakeLoop
+) -> None:
+    resolver.table["replicate.delivery"] = [PUBLIC_IP, "2606:2800:220:1:248:1893:25c8:1946"]
+    server = png_server()
+    url = "https://replicate.delivery/pbxt/out-0.png"
+    fetched = await download(make_client(server), url, max_bytes=10_000, allow_private=False)
+    assert fetched.file.read() == PNG
+    assert [str(r.url) for r in server.requests] == [url]
+
+
+async def test_accepts_a_public_ip_literal(make_client: Any) -> None:
+    server = png_server()
+    url = f"http://{PUBLIC_IP}/out.png"
+    fetched = await download(make_client(server), url, max_bytes=10_000, allow_private=False)
+    assert fetched.size == len(PNG)
+    assert [str(r.url) for r in server.requests] == [url]
+
+
+async def test_allow_private_accepts_loopback_without_resolving(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_resolving() -> Any:
+        raise AssertionError("allow_private must not resolve the host")
+
+    monkeypatch.setattr(
+        download_module, "asyncio", types.SimpleNamespace(get_running_loop=no_resolving)
+    )
+    server = png_server()
+    fetched = await download(
+        make_client(server), "http://127.0.0.1:9/a.png", max_bytes=10_000, allow_private=True
+    )
+    assert fetched.file.read() == PNG
+    assert len(server.requests) == 1
+
+
+async def test_check_public_alone(resolver: FakeLoop) -> None:
+    await check_public(f"https://{PUBLIC_IP}/a.png", allow_private=False)
+    await check_public("http://10.0.0.1/a.png", allow_private=True)
+    with pytest.raises(DownloadError):
+        await check_public("http://10.0.0.1/a.png", allow_private=False)
+    assert resolver.calls == [(PUBLIC_IP, 443), ("10.0.0.1", 80)]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"http://{PUBLIC_IP}:99999/a.png", f"http://{PUBLIC_IP}:port/a.png", "http://[::1/a.png"],
+)
+async def test_a_malformed_url_is_a_download_error(
+    make_client: Any, resolver: FakeLoop, url: str
+) -> None:
+    with pytest.raises(DownloadError):
+        await download(make_client(png_server()), url, max_bytes=10_000, allow_private=False)
+
+
+# --- content types --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"content-type": "text/html"},
+        {"content-type": "application/octet-stream"},
+        {"content-type": "image/svg+xml"},
+        {"content-type": "image/pngx"},
+        {},
+    ],
+    ids=["html", "octet-stream", "svg", "near-miss", "missing"],
+)
+async def test_refuses_content_types_outside_the_allow_list(
+    make_client: Any, headers: dict[str, str]
+) -> None:
+    server = Server(200, headers=headers, content=PNG)
+    with pytest.raises(DownloadError, match="content type"):
+        await download(
+            make_client(server), f"http://{PUBLIC_IP}/a", max_bytes=10_000, allow_private=False
+        )
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "expected_type", "extension"),
+    [
+        ("image/png", PNG, "image/png", "png"),
+        ("image/png; charset=binary", PNG, "image/png", "png"),
+        ("IMAGE/PNG ; foo=bar", PNG, "image/png", "png"),
+        ("image/jpeg", JPEG, "image/jpeg", "jpg"),
+        ("image/webp", b"RIFF....WEBP", "image/webp", "webp"),
+        ("video/mp4", b"....ftypmp42", "video/mp4", "mp4"),
+    ],
+)
+async def test_accepts_allowed_types_with_their_extension(
+    make_client: Any, content_type: str, body: bytes, expected_type: str, extension: str
+) -> None:
+    server = png_server(body, content_type)
+    fetched = await download(
+        make_client(server), f"https://{PUBLIC_IP}/out", max_bytes=10_000, allow_private=False
+    )
+    assert fetched.content_type == expected_type
+    assert fetched.extension == extension
+    assert fetched.file.read() == body
+
+
+def test_allow_list_is_images_and_mp4_only() -> None:
+    assert ALLOWED_TYPES == {
+        "image/png": "png",
+        "image/jpeg": "jpg",
+        "image/webp": "webp",
+        "image/gif": "gif",
+        "video/mp4": "mp4",
+    }
+
+
+# --- statuses -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [201, 204, 206, 301, 302, 307, 403, 404, 500])
+async def test_refuses_statuses_other_than_200(make_client: Any, status: int) -> None:
+    server = Server(
+        status,
+        headers={"content-type": "image/png", "location": f"http://{PUBLIC_IP}/elsewhere.png"},
+        content=PNG,
+    )
+    with pytest.raises(DownloadError, match=str(status)):
+        await download(
+            make_client(server),
+            f"http://{PUBLIC_IP}/a.png",
+            max_bytes=10_000,
+            allow_private=False,
+        )
+    assert len(server.requests) == 1  # a redirect is not followed
+
+
+async def test_transport_errors_are_download_errors(make_client: Any) -> None:
+    def handler(_request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    with pytest.raises(DownloadError, match="download failed"):
+        await download(
+            make_client(handler),
+            f"http://{PUBLIC_IP}/a.png",
+            max_bytes=10_000,
+            allow_private=False,
+        )
+
+
+# --- size cap -------------------------------------------------------------------------------
+
+
+async def test_refuses_a_declared_length_over_the_cap(make_client: Any) -> None:
+    body = b"x" * 10  # the real body is small: only the declared length can refuse it
+    server = Server(
+        200, headers={"content-type": "image/png", "content-length": "1000"}, content=body
+    )
+    with pytest.raises(DownloadError, match="1000 bytes"):
+        await download(
+            make_client(server),
+            f"http://{PUBLIC_IP}/a.png",
+            max_bytes=100,
+            allow_private=False,
+        )
+
+
+class Chunks:
+    """An async body without Content-Length that counts how much of it was read."""
+
+    def __init__(self, chunk: bytes, count: int) -> None:
+        self.chunk = chunk
+        self.count = count
+        self.sent = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self.count):
+            self.sent += 1
+            yield self.chunk
+
+
+async def test_refuses_a_streamed_body_over_the_cap_and_stops_reading(make_client: Any) -> None:
+    body = Chunks(b"\x00" * 1024, count=1000)
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "image/png"}, content=body)
+
+    with pytest.raises(DownloadError, match="cap"):
+        await download(
+            make_client(handler),
+            f"http://{PUBLIC_IP}/a.png",
+            max_bytes=4096,
+            allow_private=False,
+        )
+    assert body.sent <= 6  # it stopped soon after the cap, not at the end of the stream
+
+
+async def test_a_streamed_body_at_exactly_the_cap_is_accepted(make_client: Any) -> None:
+    body = Chunks(b"ab" * 512, count=4)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        response = httpx.Response(200, headers={"content-type": "image/gif"}, content=body)
+        assert "content-length" not in response.headers
+        return response
+
+    fetched = await download(
+        make_client(handler), f"http://{PUBLIC_IP}/a.gif", max_bytes=4096, allow_private=False
+    )
+    assert fetched.size == 4096
+    assert fetched.file.read() == b"ab" * 2048
+    assert fetched.extension == "gif"
+
+
+async def test_one_byte_over_the_cap_is_refused(make_client: Any) -> None:
+    server = png_server(b"y" * 101)
+    with pytest.raises(DownloadError):
+        await download(
+            make_client(server),
+            f"http://{PUBLIC_IP}/a.png",
+            max_bytes=100,
+            allow_private=False,
+        )
+
+
+# --- the result -----------------------------------------------------------------------------
+
+
+async def test_returns_size_sha256_and_the_bytes_from_the_start(make_client: Any) -> None:
+    server = png_server(JPEG, "image/jpeg")
+    fetched = await download(
+        make_client(server),
+        f"https://{PUBLIC_IP}/out.jpg",
+        max_bytes=len(JPEG),
+        allow_private=False,
+    )
+    assert fetched.size == len(JPEG)
+    assert fetched.sha256 == hashlib.sha256(JPEG).hexdigest()
+    assert fetched.file.tell() == 0
+    assert fetched.file.read() == JPEG
+    fetched.file.close()
+
+
+async def test_streamed_result_hash_covers_every_chunk(make_client: Any) -> None:
+    body = Chunks(b"chunk-", count=50)
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "image/png"}, content=body)
+
+    fetched = await download(
+        make_client(handler), f"http://{PUBLIC_IP}/a.png", max_bytes=10_000, allow_private=False
+    )
+    expected = b"chunk-" * 50
+    assert (fetched.size, fetched.sha256) == (len(expected), hashlib.sha256(expected).hexdigest())
+    assert fetched.file.read() == expected

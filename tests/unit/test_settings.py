@@ -1,0 +1,213 @@
+"""Settings.from_env: defaults, generated secrets, and one clear error per bad variable."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from taskhook.settings import ReplicateSettings, Settings, SettingsError
+
+SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SECRET_B = "whsec_QUFBQUFBQUFBQUFBQUFBQQ=="
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def env(data_dir: Path) -> dict[str, str]:
+    return {"TASKHOOK_DATA_DIR": str(data_dir)}
+
+
+def test_defaults(env: dict[str, str], data_dir: Path) -> None:
+    settings = Settings.from_env(env)
+    assert settings.data_dir == data_dir
+    assert settings.task_deadline == 1800.0
+    assert settings.poll_after == 15.0
+    assert settings.rate_limit == 600
+    assert settings.max_active_tasks == 100
+    assert settings.replicate is None
+    assert settings.vendors == ()
+    assert settings.public_url is None
+    assert settings.database_url is None
+    assert settings.allow_private_urls is False
+    assert settings.s3_endpoint_url is None
+    assert settings.s3_bucket == "taskhook"
+    assert settings.aws_region == "us-east-1"
+
+
+def test_blank_values_count_as_unset(env: dict[str, str]) -> None:
+    env.update(
+        TASKHOOK_TASK_DEADLINE="  ",
+        TASKHOOK_RATE_LIMIT="",
+        DATABASE_URL=" ",
+        REPLICATE_API_TOKEN="   ",
+    )
+    settings = Settings.from_env(env)
+    assert (settings.task_deadline, settings.rate_limit) == (1800.0, 600)
+    assert settings.database_url is None
+    assert settings.replicate is None
+
+
+def test_secrets_are_generated_once_with_mode_0600(env: dict[str, str], data_dir: Path) -> None:
+    first = Settings.from_env(env)
+
+    for name, value in (("secret", first.secret), ("admin_key", first.admin_key)):
+        path = data_dir / name
+        assert path.read_text(encoding="utf-8").strip() == value
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert len(value) >= 32
+    assert first.secret != first.admin_key
+
+    second = Settings.from_env(env)
+    assert second.secret == first.secret
+    assert second.admin_key == first.admin_key
+
+
+def test_generating_leaves_only_the_secret_files(env: dict[str, str], data_dir: Path) -> None:
+    Settings.from_env(env)
+    assert sorted(p.name for p in data_dir.iterdir()) == ["admin_key", "secret"]
+
+
+def test_an_existing_secret_file_wins(env: dict[str, str], data_dir: Path) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / "secret").write_text("kept-from-last-run\n", encoding="utf-8")
+    assert Settings.from_env(env).secret == "kept-from-last-run"
+
+
+def test_each_data_dir_gets_its_own_secrets(tmp_path: Path) -> None:
+    one = Settings.from_env({"TASKHOOK_DATA_DIR": str(tmp_path / "one")})
+    two = Settings.from_env({"TASKHOOK_DATA_DIR": str(tmp_path / "two")})
+    assert one.secret != two.secret
+    assert one.admin_key != two.admin_key
+
+
+def test_given_secrets_are_used_and_nothing_is_written(env: dict[str, str], data_dir: Path) -> None:
+    env.update(TASKHOOK_SECRET="s3cr3t-value", TASKHOOK_ADMIN_KEY="admin-value")
+    settings = Settings.from_env(env)
+    assert settings.secret == "s3cr3t-value"
+    assert settings.admin_key == "admin-value"
+    assert not (data_dir / "secret").exists()
+    assert not (data_dir / "admin_key").exists()
+
+
+def test_an_empty_secret_file_never_yields_an_empty_secret(
+    env: dict[str, str], data_dir: Path
+) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / "secret").write_text("", encoding="utf-8")
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert str(data_dir / "secret") in str(caught.value)
+
+
+def test_valid_values_are_read(env: dict[str, str]) -> None:
+    env.update(
+        TASKHOOK_TASK_DEADLINE="2.5",
+        TASKHOOK_POLL_AFTER="30",
+        TASKHOOK_RATE_LIMIT="0",
+        TASKHOOK_MAX_ACTIVE_TASKS="0",
+        TASKHOOK_ALLOW_PRIVATE_URLS="1",
+        DATABASE_URL="postgresql://u:p@127.0.0.1:5432/taskhook",
+        TASKHOOK_PUBLIC_URL="https://taskhook.example/",
+        TASKHOOK_S3_ENDPOINT_URL="http://127.0.0.1:8333",
+        TASKHOOK_S3_BUCKET="results",
+        AWS_REGION="eu-west-1",
+    )
+    settings = Settings.from_env(env)
+    assert settings.task_deadline == 2.5
+    assert settings.poll_after == 30.0
+    assert settings.rate_limit == 0
+    assert settings.max_active_tasks == 0
+    assert settings.allow_private_urls is True
+    assert settings.database_url == "postgresql://u:p@127.0.0.1:5432/taskhook"
+    assert settings.public_url == "https://taskhook.example"
+    assert settings.s3_endpoint_url == "http://127.0.0.1:8333"
+    assert settings.s3_bucket == "results"
+    assert settings.aws_region == "eu-west-1"
+
+
+def test_postgres_scheme_is_accepted(env: dict[str, str]) -> None:
+    env["DATABASE_URL"] = "postgres://127.0.0.1/db"
+    assert Settings.from_env(env).database_url == "postgres://127.0.0.1/db"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TASKHOOK_TASK_DEADLINE", "abc"),
+        ("TASKHOOK_TASK_DEADLINE", "0"),
+        ("TASKHOOK_TASK_DEADLINE", "-5"),
+        ("TASKHOOK_TASK_DEADLINE", "nan"),
+        ("TASKHOOK_POLL_AFTER", "x"),
+        ("TASKHOOK_POLL_AFTER", "0"),
+        ("TASKHOOK_RATE_LIMIT", "-1"),
+        ("TASKHOOK_RATE_LIMIT", "1.5"),
+        ("TASKHOOK_MAX_ACTIVE_TASKS", "lots"),
+        ("TASKHOOK_MAX_ACTIVE_TASKS", "-3"),
+        ("TASKHOOK_ALLOW_PRIVATE_URLS", "yes"),
+        ("TASKHOOK_ALLOW_PRIVATE_URLS", "true"),
+        ("DATABASE_URL", "mysql://x"),
+        ("TASKHOOK_PUBLIC_URL", "ftp://x"),
+        ("TASKHOOK_PUBLIC_URL", "taskhook.example"),
+        ("REPLICATE_WEBHOOK_SECRET", "notwhsec"),
+        ("REPLICATE_WEBHOOK_SECRET", f"{SECRET_A}, notwhsec"),
+    ],
+)
+def test_a_bad_value_names_its_variable(env: dict[str, str], name: str, value: str) -> None:
+    env["REPLICATE_API_TOKEN"] = "r8_token"
+    env[name] = value
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert name in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["whsec_", "whsec_!!! not base64 !!!"])
+def test_an_undecodable_webhook_secret_names_its_variable(env: dict[str, str], value: str) -> None:
+    env.update(REPLICATE_API_TOKEN="r8_token", REPLICATE_WEBHOOK_SECRET=value)
+    with pytest.raises(SettingsError, match="REPLICATE_WEBHOOK_SECRET"):
+        Settings.from_env(env)
+
+
+def test_webhook_secret_is_ignored_without_a_token(env: dict[str, str]) -> None:
+    env["REPLICATE_WEBHOOK_SECRET"] = "notwhsec"
+    assert Settings.from_env(env).replicate is None
+
+
+def test_replicate_with_a_token(env: dict[str, str]) -> None:
+    env["REPLICATE_API_TOKEN"] = "r8_token"
+    settings = Settings.from_env(env)
+    assert settings.replicate == ReplicateSettings(
+        api_token="r8_token", api_base="https://api.replicate.com/v1", webhook_secrets=()
+    )
+    assert settings.vendors == ("replicate",)
+
+
+def test_replicate_base_loses_its_trailing_slash(env: dict[str, str]) -> None:
+    env.update(REPLICATE_API_TOKEN="r8_token", REPLICATE_API_BASE="http://127.0.0.1:9000/v1/")
+    settings = Settings.from_env(env)
+    assert settings.replicate is not None
+    assert settings.replicate.api_base == "http://127.0.0.1:9000/v1"
+
+
+def test_replicate_webhook_secrets_are_comma_separated(env: dict[str, str]) -> None:
+    env.update(REPLICATE_API_TOKEN="r8_token", REPLICATE_WEBHOOK_SECRET=f" {SECRET_A}, {SECRET_B},")
+    settings = Settings.from_env(env)
+    assert settings.replicate is not None
+    assert settings.replicate.webhook_secrets == (SECRET_A, SECRET_B)
+
+
+def test_vendors_property() -> None:
+    assert Settings().vendors == ()
+    assert Settings(replicate=ReplicateSettings(api_token="t")).vendors == ("replicate",)
+
+
+def test_secret_values_stay_out_of_repr(env: dict[str, str]) -> None:
+    env.update(TASKHOOK_SECRET="very-secret-1", TASKHOOK_ADMIN_KEY="very-secret-2")
+    text = repr(Settings.from_env(env))
+    assert "very-secret-1" not in text
+    assert "very-secret-2" not in text
