@@ -90,7 +90,7 @@ async def run_demo(
         f"(data under {settings.data_dir.absolute()})"
     )
 
-    sim_config = SimulatorConfig(job_seconds=2.0, fail=0.1, api_token=DEMO_TOKEN)
+    sim_config = SimulatorConfig(job_seconds=2.0, api_token=DEMO_TOKEN)
     if chaos:
         sim_config = replace(sim_config, **CHAOS)
     sock = bind("127.0.0.1", port)
@@ -135,7 +135,10 @@ async def _drive(
     async with rt.pool.acquire() as conn:
         email = f"demo-{uuid.uuid4().hex[:8]}@taskhook.local"
         _, api_key = await create_user(conn, email=email, credits=tasks)
-    console.print(f"  client {email} with {tasks} credits, key {api_key[:12]}...")
+    console.print(
+        f"  client {email} with {tasks} credits, key {api_key[:12]}...; "
+        "every 10th prompt asks the vendor to fail, to show refunds"
+    )
     headers = {"Authorization": f"Bearer {api_key}"}
     async with httpx.AsyncClient(base_url=web_url, headers=headers, timeout=30) as client:
         ids = await _submit_all(client, tasks)
@@ -151,10 +154,10 @@ async def _submit_all(client: httpx.AsyncClient, tasks: int) -> list[str]:
     gate = asyncio.Semaphore(16)
 
     async def submit(n: int) -> str:
-        body = {
-            "model": "black-forest-labs/flux-schnell",
-            "input": {"prompt": PROMPTS[n % len(PROMPTS)], "seed": n},
-        }
+        prompt = PROMPTS[n % len(PROMPTS)]
+        if n % 10 == 9:
+            prompt += " (fail-me)"  # the simulator fails these, so refunds show up too
+        body = {"model": "black-forest-labs/flux-schnell", "input": {"prompt": prompt, "seed": n}}
         key = f"demo-{n}-{uuid.uuid4().hex[:6]}"
         async with gate:
             for attempt in range(5):  # a client retrying with its idempotency key is safe

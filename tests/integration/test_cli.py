@@ -115,7 +115,7 @@ def test_demo_runs_the_main_job(db_url: str, s3: S3Config, tmp_path: Path) -> No
         "COLUMNS": "200",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "taskhook.cli", "demo", "--tasks", "8"],
+        [sys.executable, "-m", "taskhook.cli", "demo", "--tasks", "10"],
         env=env,
         capture_output=True,
         text=True,
@@ -125,4 +125,15 @@ def test_demo_runs_the_main_job(db_url: str, s3: S3Config, tmp_path: Path) -> No
     assert done.returncode == 0, done.stdout + done.stderr
     assert "audit" in done.stdout and "clean" in done.stdout
     assert "still open" in done.stdout
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in done.stdout.splitlines()
+        if line.count("│") == 3
+    }
+    assert (rows["completed"], rows["failed"], rows["refunded"], rows["still open"]) == (
+        "9",
+        "1",
+        "1",
+        "0",
+    )
     assert (tmp_path / "demo.log").read_text().count('"event": "stored"') >= 1
