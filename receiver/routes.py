@@ -8,6 +8,8 @@ transaction, so a delivery is stored exactly when its effect is.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from starlette.requests import Request
@@ -15,8 +17,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from db import queries
+from db.queries import Conn
 from db.transition import Outcome
-from receiver.signature import Delivery
 from taskhook import metrics
 from taskhook.errors import NotFound, PayloadInvalid, TaskhookError, TokenInvalid
 from taskhook.http import read_body
@@ -51,13 +53,50 @@ async def receive(request: Request) -> JSONResponse:
     return JSONResponse({"status": status})
 
 
+@dataclass(frozen=True)
+class _Inbound:
+    """One verified delivery, as stored in the webhook inbox."""
+
+    vendor: str
+    delivery_id: str
+    task_id: uuid.UUID
+    headers: dict[str, str]
+    body: bytes
+
+    async def record(self, conn: Conn, *, status: str, error: str | None = None) -> int | None:
+        """Its inbox row id, or None when this delivery was stored before (a duplicate)."""
+        return await queries.record_delivery(
+            conn,
+            vendor=self.vendor,
+            delivery_id=self.delivery_id,
+            task_id=self.task_id,
+            status=status,
+            outcome=None,
+            error=error,
+            headers=self.headers,
+            body=self.body,
+        )
+
+    async def reject(self, conn: Conn, message: str, bound: Any) -> PayloadInvalid:
+        """Keep a signed but unusable delivery as a dead letter; nothing else changes."""
+        await self.record(conn, status="rejected", error=message)
+        bound.warning("webhook_rejected", error=message)
+        return PayloadInvalid(message)
+
+
 async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str:
     body = await read_body(request, limit=rt.settings.max_body_bytes)
     task_id = rt.tokens.read(request.path_params["token"], vendor=adapter.name)
     if task_id is None:
         raise TokenInvalid()
     delivery = adapter.verify(body, request.headers, now=rt.clock())
-    headers = {k: v for k, v in request.headers.items() if k in _KEPT_HEADERS}
+    inbound = _Inbound(
+        vendor=adapter.name,
+        delivery_id=delivery.delivery_id,
+        task_id=task_id,
+        headers={k: v for k, v in request.headers.items() if k in _KEPT_HEADERS},
+        body=body,
+    )
     bound = log.bind(
         task_id=f"tsk_{task_id.hex}", vendor=adapter.name, delivery_id=delivery.delivery_id
     )
@@ -65,32 +104,7 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
         update = adapter.parse(body)
     except PayloadInvalid as exc:
         async with rt.pool.acquire() as conn:
-            await queries.record_delivery(
-                conn,
-                vendor=adapter.name,
-                delivery_id=delivery.delivery_id,
-                task_id=task_id,
-                status="rejected",
-                outcome=None,
-                error=exc.message,
-                headers=headers,
-                body=body,
-            )
-        bound.warning("webhook_rejected", error=exc.message)
-        raise
-    return await _apply(rt, adapter, task_id, delivery, update, headers, body, bound)
-
-
-async def _apply(
-    rt: Runtime,
-    adapter: VendorAdapter,
-    task_id: uuid.UUID,
-    delivery: Delivery,
-    update: VendorUpdate,
-    headers: dict[str, str],
-    body: bytes,
-    bound: structlog.typing.FilteringBoundLogger,
-) -> str:
+            raise await inbound.reject(conn, exc.message, bound) from exc
     async with rt.pool.acquire() as conn:
         async with conn.transaction():
             task = await queries.get_task(conn, task_id=task_id, user_id=None)
@@ -98,54 +112,33 @@ async def _apply(
                 raise TokenInvalid("The callback token names no task.")
             mismatch = bool(task.vendor_task_id) and task.vendor_task_id != update.vendor_task_id
             if not mismatch:
-                row_id = await queries.record_delivery(
-                    conn,
-                    vendor=adapter.name,
-                    delivery_id=delivery.delivery_id,
-                    task_id=task_id,
-                    status="accepted",
-                    outcome=None,
-                    error=None,
-                    headers=headers,
-                    body=body,
-                )
-                if row_id is None:
-                    bound.info("webhook_duplicate")
-                    return "duplicate"
-                result = await apply_update(
-                    conn,
-                    task_id=task_id,
-                    vendor=adapter.name,
-                    update=update,
-                    event_key=f"webhook:{delivery.delivery_id}",
-                    cause="webhook",
-                    poll_after=rt.settings.poll_after,
-                )
-                await queries.set_delivery_outcome(
-                    conn, delivery_row_id=row_id, outcome=result.outcome.value
-                )
-                bound.info(
-                    "webhook_applied",
-                    outcome=result.outcome.value,
-                    to=update.status.value,
-                    trace_id=task.trace_id,
-                )
-                return "applied" if result.outcome is Outcome.APPLIED else "duplicate"
-        # Signed by the vendor but about another job: keep it as a dead letter, change nothing.
-        message = "The payload's job id does not match this callback's task."
-        await queries.record_delivery(
-            conn,
-            vendor=adapter.name,
-            delivery_id=delivery.delivery_id,
-            task_id=task_id,
-            status="rejected",
-            outcome=None,
-            error=message,
-            headers=headers,
-            body=body,
+                return await _apply(rt, conn, inbound, update, bound.bind(trace_id=task.trace_id))
+        # Signed by the vendor but about another job (outside the rolled-back transaction).
+        raise await inbound.reject(
+            conn, "The payload's job id does not match this callback's task.", bound
         )
-        bound.warning("webhook_rejected", error=message)
-        raise PayloadInvalid(message)
+
+
+async def _apply(
+    rt: Runtime, conn: Conn, inbound: _Inbound, update: VendorUpdate, bound: Any
+) -> str:
+    """Store the delivery and apply it, in the caller's transaction: both or neither."""
+    row_id = await inbound.record(conn, status="accepted")
+    if row_id is None:
+        bound.info("webhook_duplicate")
+        return "duplicate"
+    result = await apply_update(
+        conn,
+        task_id=inbound.task_id,
+        vendor=inbound.vendor,
+        update=update,
+        event_key=f"webhook:{inbound.delivery_id}",
+        cause="webhook",
+        poll_after=rt.settings.poll_after,
+    )
+    await queries.set_delivery_outcome(conn, delivery_row_id=row_id, outcome=result.outcome.value)
+    bound.info("webhook_applied", outcome=result.outcome.value, to=update.status.value)
+    return "applied" if result.outcome is Outcome.APPLIED else "duplicate"
 
 
 routes = [Route("/hooks/{vendor}/{token}", receive, methods=["POST"])]

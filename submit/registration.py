@@ -46,35 +46,21 @@ async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
     except VendorRejected as exc:
         metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="rejected").inc()
         bound.info("registration_rejected", error=str(exc))
-        async with rt.pool.acquire() as conn:
-            await transition(
-                conn,
-                task_id=task.id,
-                to=TaskStatus.FAILED,
-                event_key="register:rejected",
-                cause="registration",
-                error={"code": "vendor_rejected", "message": str(exc)},
-            )
+        await _fail(rt, task.id, "vendor_rejected", str(exc))
         return
     except (VendorUnavailable, TimeoutError) as exc:
         message = str(exc) or "the vendor did not answer in time"
         metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="unavailable").inc()
+        if attempt >= settings.max_registration_attempts:
+            bound.warning("registration_gave_up", attempts=attempt, error=message)
+            await _fail(
+                rt,
+                task.id,
+                "vendor_unavailable",
+                f"the vendor could not be reached after {attempt} attempts: {message}",
+            )
+            return
         async with rt.pool.acquire() as conn:
-            if attempt >= settings.max_registration_attempts:
-                bound.warning("registration_gave_up", attempts=attempt, error=message)
-                await transition(
-                    conn,
-                    task_id=task.id,
-                    to=TaskStatus.FAILED,
-                    event_key="register:gave-up",
-                    cause="registration",
-                    error={
-                        "code": "vendor_unavailable",
-                        "message": f"the vendor could not be reached after {attempt} attempts: "
-                        + message,
-                    },
-                )
-                return
             retry_after = exc.retry_after if isinstance(exc, VendorUnavailable) else None
             delay = backoff_delay(attempt, rng=rt.rng, at_least=retry_after)
             bound.info("registration_retry", attempt=attempt, delay=round(delay, 2), error=message)
@@ -94,6 +80,19 @@ async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
             poll_after=settings.poll_after,
         )
     bound.info("registered", vendor_task_id=update.vendor_task_id, outcome=result.outcome.value)
+
+
+async def _fail(rt: Runtime, task_id: uuid.UUID, code: str, message: str) -> None:
+    """Registration is over for good: fail the task (the transition refunds it)."""
+    async with rt.pool.acquire() as conn:
+        await transition(
+            conn,
+            task_id=task_id,
+            to=TaskStatus.FAILED,
+            event_key=f"register:{code}",
+            cause="registration",
+            error={"code": code, "message": message},
+        )
 
 
 async def register_new(rt: Runtime, task_id: uuid.UUID) -> None:

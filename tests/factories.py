@@ -7,24 +7,16 @@ from typing import Any
 
 from db import queries
 from db.queries import Conn
-from submit.auth import hash_api_key, new_api_key
+from taskhook.users import create_user
 
 
 async def make_user(
     conn: Conn, *, credits: int = 10, email: str | None = None
 ) -> tuple[uuid.UUID, str]:
-    user_id, key = uuid.uuid4(), new_api_key()
-    await queries.create_user(
-        conn,
-        user_id=user_id,
-        email=email or f"{user_id.hex[:8]}@example.test",
-        key_id=uuid.uuid4(),
-        key_hash=hash_api_key(key),
-        prefix=key[:8],
+    """A user with an API key, made the way `taskhook users create` makes one."""
+    return await create_user(
+        conn, email=email or f"{uuid.uuid4().hex[:8]}@example.test", credits=credits
     )
-    if credits:
-        await queries.grant_credits(conn, user_id=user_id, amount=credits, note="test")
-    return user_id, key
 
 
 async def make_task(
