@@ -166,9 +166,11 @@ async def begin_registration(conn: Conn, *, task_id: uuid.UUID, lease_seconds: f
 
 
 async def schedule_registration_retry(
-    conn: Conn, *, task_id: uuid.UUID, delay_seconds: float, error: str
+    conn: Conn, *, task_id: uuid.UUID, delay_seconds: float, error: str, not_called: bool = False
 ) -> None:
-    await conn.execute(QUERIES["schedule_registration_retry"], task_id, delay_seconds, error)
+    await conn.execute(
+        QUERIES["schedule_registration_retry"], task_id, delay_seconds, error, not_called
+    )
 
 
 async def claim_storing(
@@ -235,13 +237,71 @@ async def count_by_status(conn: Conn) -> dict[str, int]:
     return {r["status"]: r["n"] for r in await conn.fetch(QUERIES["count_by_status"])}
 
 
-async def claim_due_polls(conn: Conn, *, limit: int, lease_seconds: float) -> list[Record]:
-    return list(await conn.fetch(QUERIES["claim_due_polls"], limit, lease_seconds))
+async def claim_due_polls(
+    conn: Conn, *, vendor: str, limit: int, lease_seconds: float
+) -> list[Record]:
+    if limit <= 0:
+        return []
+    return list(await conn.fetch(QUERIES["claim_due_polls"], limit, lease_seconds, vendor))
 
 
-async def claim_overdue(conn: Conn, *, limit: int, lease_seconds: float) -> list[Record]:
-    return list(await conn.fetch(QUERIES["claim_overdue"], limit, lease_seconds))
+async def claim_overdue(
+    conn: Conn, *, vendor: str, limit: int, lease_seconds: float
+) -> list[Record]:
+    if limit <= 0:
+        return []
+    return list(await conn.fetch(QUERIES["claim_overdue"], limit, lease_seconds, vendor))
 
 
 async def reschedule_poll(conn: Conn, *, task_id: uuid.UUID, delay_seconds: float) -> None:
     await conn.execute(QUERIES["reschedule_poll"], task_id, delay_seconds)
+
+
+async def ensure_vendor(conn: Conn, *, vendor: str, burst: float) -> None:
+    await conn.execute(QUERIES["ensure_vendor"], vendor, burst)
+
+
+async def take_tokens(conn: Conn, *, vendor: str, want: int, rate: float, burst: float) -> int:
+    granted: int | None = await conn.fetchval(QUERIES["take_tokens"], vendor, want, rate, burst)
+    return granted or 0
+
+
+async def return_tokens(conn: Conn, *, vendor: str, count: int, burst: float) -> None:
+    await conn.execute(QUERIES["return_tokens"], vendor, count, burst)
+
+
+async def circuit_permits(conn: Conn, *, vendor: str, cooldown: float) -> str | None:
+    """The circuit state if a call may go out now ('closed' or 'half-open'), else None."""
+    state: str | None = await conn.fetchval(QUERIES["circuit_permits"], vendor, cooldown)
+    return state
+
+
+async def record_vendor_result(
+    conn: Conn,
+    *,
+    vendor: str,
+    ok: bool,
+    threshold: int,
+    cooldown: float,
+    retry_after: float | None,
+) -> Record | None:
+    return await conn.fetchrow(
+        QUERIES["record_vendor_result"], vendor, ok, threshold, cooldown, retry_after
+    )
+
+
+async def vendor_states(conn: Conn) -> list[Record]:
+    return list(await conn.fetch(QUERIES["vendor_states"]))
+
+
+async def get_delivery(conn: Conn, *, delivery_row_id: int) -> Record | None:
+    return await conn.fetchrow(QUERIES["get_delivery"], delivery_row_id)
+
+
+async def mark_delivery_replayed(conn: Conn, *, delivery_row_id: int, outcome: str) -> None:
+    await conn.execute(QUERIES["mark_delivery_replayed"], delivery_row_id, outcome)
+
+
+async def prune_deliveries(conn: Conn, *, older_than_seconds: float, limit: int) -> int:
+    status: str = await conn.execute(QUERIES["prune_deliveries"], older_than_seconds, limit)
+    return int(status.split()[-1])

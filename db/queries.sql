@@ -169,9 +169,11 @@ UPDATE tasks
 RETURNING attempts;
 
 -- schedule_registration_retry --
--- A transient vendor failure: try again later (only if still pending).
+-- A transient vendor failure: try again later (only if still pending). $4: the vendor was not
+-- called at all (circuit open), so this attempt does not count towards giving up.
 UPDATE tasks
-   SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3
+   SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3,
+       attempts = attempts - CASE WHEN $4 THEN 1 ELSE 0 END
  WHERE id = $1 AND status = 'pending';
 
 -- claim_storing --
@@ -245,6 +247,7 @@ UPDATE tasks
    SET next_poll_at = now() + make_interval(secs => $2)
  WHERE id IN (SELECT id FROM tasks
                WHERE status IN ('submitted', 'processing') AND next_poll_at <= now()
+                 AND vendor = $3
                ORDER BY next_poll_at
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)
@@ -256,7 +259,7 @@ UPDATE tasks
    SET next_poll_at = now() + make_interval(secs => $2)
  WHERE id IN (SELECT id FROM tasks
                WHERE status IN ('pending', 'submitted', 'processing')
-                 AND deadline_at <= now()
+                 AND deadline_at <= now() AND vendor = $3
                  AND (next_poll_at IS NULL OR next_poll_at <= now()
                       OR status = 'pending')
                ORDER BY deadline_at
@@ -268,3 +271,78 @@ RETURNING id, vendor, vendor_task_id, deadline_at, updated_at;
 -- After a poll that left the task live: ask again later, unless news already moved the date.
 UPDATE tasks SET next_poll_at = now() + make_interval(secs => $2)
  WHERE id = $1 AND status IN ('submitted', 'processing');
+
+-- ensure_vendor --
+-- A vendor's row, created on first use with a full bucket.
+INSERT INTO vendor_state (vendor, tokens) VALUES ($1, $2) ON CONFLICT (vendor) DO NOTHING;
+
+-- take_tokens --
+-- Grant up to $2 calls at $3 per second with a burst of $4, shared by every process. All SET
+-- expressions read the row as locked (EvalPlanQual), so concurrent takers never over-grant;
+-- clock_timestamp(), not now(), so a taker that waited for the lock refills from its own time.
+-- Nothing is granted while a 429's Retry-After runs.
+UPDATE vendor_state AS v
+   SET last_grant = CASE WHEN v.blocked_until > clock_timestamp() THEN 0
+                         ELSE LEAST($2, floor(LEAST($4::float8, v.tokens + $3 * GREATEST(0, extract(epoch FROM
+                           clock_timestamp() - v.refilled_at)))))::int END,
+       tokens = LEAST($4::float8, v.tokens + $3 * GREATEST(0, extract(epoch FROM
+                           clock_timestamp() - v.refilled_at)))
+                - CASE WHEN v.blocked_until > clock_timestamp() THEN 0
+                       ELSE LEAST($2, floor(LEAST($4::float8, v.tokens + $3 * GREATEST(0, extract(epoch FROM
+                           clock_timestamp() - v.refilled_at)))))::int END,
+       refilled_at = clock_timestamp()
+ WHERE v.vendor = $1
+RETURNING v.last_grant;
+
+-- return_tokens --
+-- Give back what was granted but not used, so a short batch wastes nothing.
+UPDATE vendor_state SET tokens = LEAST($3::float8, tokens + $2) WHERE vendor = $1;
+
+-- circuit_permits --
+-- May we call this vendor now? Closed: yes. Open past its cool-down: one probe (half-open).
+-- Half-open with a probe out: no, unless the probe is older than the cool-down (lost).
+UPDATE vendor_state
+   SET circuit = CASE WHEN circuit = 'closed' THEN 'closed' ELSE 'half-open' END,
+       open_until = CASE WHEN circuit = 'closed' THEN open_until
+                         ELSE clock_timestamp() + make_interval(secs => $2) END,
+       updated_at = clock_timestamp()
+ WHERE vendor = $1
+   AND (circuit = 'closed' OR open_until <= clock_timestamp())
+RETURNING circuit;
+
+-- record_vendor_result --
+-- After a call: success closes the circuit; the $3-th failure in a row (or a failed probe)
+-- opens it for $4 seconds. A 429's Retry-After ($5) blocks every caller that long.
+UPDATE vendor_state
+   SET failures = CASE WHEN $2 THEN 0 ELSE failures + 1 END,
+       circuit = CASE WHEN $2 THEN 'closed'
+                      WHEN circuit = 'half-open' OR failures + 1 >= $3 THEN 'open'
+                      ELSE circuit END,
+       open_until = CASE WHEN NOT $2 AND (circuit = 'half-open' OR failures + 1 >= $3)
+                         THEN clock_timestamp() + make_interval(secs => $4)
+                         ELSE open_until END,
+       blocked_until = CASE WHEN $5::float8 IS NULL THEN blocked_until
+                            ELSE GREATEST(COALESCE(blocked_until, clock_timestamp()),
+                                          clock_timestamp() + make_interval(secs => $5)) END,
+       updated_at = clock_timestamp()
+ WHERE vendor = $1
+RETURNING circuit, failures;
+
+-- vendor_states --
+SELECT vendor, circuit, failures, open_until, blocked_until, tokens FROM vendor_state
+ ORDER BY vendor;
+
+-- get_delivery --
+SELECT id, vendor, delivery_id, task_id, status, outcome, error, headers, body, received_at
+  FROM webhook_deliveries WHERE id = $1;
+
+-- mark_delivery_replayed --
+UPDATE webhook_deliveries SET status = 'replayed', outcome = $2, error = NULL WHERE id = $1;
+
+-- prune_deliveries --
+-- Accepted deliveries older than the retention period; dead letters stay until replayed.
+DELETE FROM webhook_deliveries
+ WHERE id IN (SELECT id FROM webhook_deliveries
+               WHERE status IN ('accepted', 'replayed')
+                 AND received_at < now() - make_interval(secs => $1)
+               LIMIT $2);

@@ -105,3 +105,16 @@ CREATE TABLE webhook_deliveries (
 );
 CREATE INDEX webhook_deliveries_rejected ON webhook_deliveries (received_at)
     WHERE status = 'rejected';
+
+CREATE TABLE vendor_state (
+    vendor        text PRIMARY KEY,
+    tokens        double precision NOT NULL DEFAULT 0,
+    refilled_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    last_grant    integer NOT NULL DEFAULT 0,
+    blocked_until timestamptz,
+    failures      integer NOT NULL DEFAULT 0,
+    circuit       text NOT NULL DEFAULT 'closed'
+                  CHECK (circuit IN ('closed', 'open', 'half-open')),
+    open_until    timestamptz,
+    updated_at    timestamptz NOT NULL DEFAULT clock_timestamp()
+);

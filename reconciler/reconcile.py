@@ -1,12 +1,14 @@
 """One reconciler pass: ask vendors about tasks whose callbacks never came, end overdue tasks.
 
 Safe to run from cron every minute, in parallel on several hosts: every task is claimed with
-SKIP LOCKED under a lease, and every effect goes through the idempotent transition.
+SKIP LOCKED under a lease, every effect goes through the idempotent transition, and polls draw
+from each vendor's shared rate limit and respect its circuit breaker (vendors/health.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -18,11 +20,15 @@ import structlog
 from db import queries
 from db.states import TaskStatus
 from db.transition import Outcome, transition
-from taskhook.errors import VendorError
+from taskhook import metrics
+from taskhook.errors import VendorError, VendorUnavailable
 from taskhook.runtime import Runtime
 from taskhook.vendor_updates import apply_update
+from vendors.health import VendorHealth
 
 log = structlog.get_logger()
+
+LIVE = (TaskStatus.PENDING, TaskStatus.SUBMITTED, TaskStatus.PROCESSING)
 
 
 @dataclass
@@ -33,122 +39,179 @@ class PassSummary:
     failed: int = 0
     refunded: int = 0
     errors: int = 0
+    pruned: int = 0
     duration: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def next_poll_delay(quiet_seconds: float, *, poll_after: float, cap: float = 300.0) -> float:
-    """The longer a task has been quiet, the less often we ask (half its quiet time)."""
-    return max(poll_after, min(cap, quiet_seconds / 2))
+def next_poll_delay(
+    quiet_seconds: float, *, poll_after: float, rng: random.Random, cap: float = 300.0
+) -> float:
+    """The longer a task has been quiet, the less often we ask (about half its quiet time),
+    with jitter so that tasks submitted together do not stay in step."""
+    base = max(poll_after, min(cap, quiet_seconds / 2))
+    return base * (0.75 + rng.random() / 2)
 
 
-async def _poll(rt: Runtime, row: Any, summary: PassSummary) -> TaskStatus | None:
-    adapter = rt.vendors.get(row["vendor"])
-    if adapter is None or not row["vendor_task_id"]:
-        return None
-    try:
-        update = await adapter.fetch(row["vendor_task_id"])
-    except VendorError as exc:
-        summary.errors += 1
-        log.warning(
-            "poll_failed", task_id=f"tsk_{row['id'].hex}", vendor=row["vendor"], error=str(exc)
+class _VendorPass:
+    """One vendor's share of a pass: claim what the rate limit allows, poll, apply."""
+
+    def __init__(self, rt: Runtime, health: VendorHealth, summary: PassSummary) -> None:
+        self.rt = rt
+        self.health = health
+        self.vendor = health.vendor
+        self.adapter = rt.vendors[health.vendor]
+        self.summary = summary
+        self.throttled = False
+
+    async def poll(self, row: Any) -> TaskStatus | None:
+        """Ask the vendor and apply its answer; None when we could not ask."""
+        if not row["vendor_task_id"] or self.throttled:
+            return None
+        async with self.health.slots:
+            started = time.monotonic()
+            error: Exception | None = None
+            try:
+                update = await self.adapter.fetch(row["vendor_task_id"])
+            except VendorError as exc:
+                error = exc
+            metrics.VENDOR_CALLS.labels(
+                vendor=self.vendor, operation="fetch", outcome="error" if error else "ok"
+            ).observe(time.monotonic() - started)
+        await self.health.record(error)
+        if error is not None:
+            self.summary.errors += 1
+            metrics.POLLS.labels(vendor=self.vendor, outcome="error").inc()
+            if isinstance(error, VendorUnavailable) and error.throttled:
+                self.throttled = True  # the rest of this batch waits for the next pass
+            log.warning(
+                "poll_failed", task_id=f"tsk_{row['id'].hex}", vendor=self.vendor, error=str(error)
+            )
+            return None
+        self.summary.polled += 1
+        metrics.POLLS.labels(vendor=self.vendor, outcome="ok").inc()
+        async with self.rt.pool.acquire() as conn:
+            result = await apply_update(
+                conn,
+                task_id=row["id"],
+                vendor=self.vendor,
+                update=update,
+                # the same answer twice is one event; a new status or progress is another
+                event_key=f"poll:{update.vendor_task_id}:{update.raw_status}:{update.progress}",
+                cause="reconciler",
+                poll_after=self.rt.settings.poll_after,
+            )
+        if result.outcome is Outcome.APPLIED:
+            self.summary.advanced += 1
+            self.count_refund(result.refunded)
+        return result.status
+
+    def count_refund(self, refunded: bool) -> None:
+        if refunded:
+            self.summary.failed += 1
+            self.summary.refunded += 1
+
+    async def expire(self, row: Any, *, last_poll: bool) -> None:
+        """One last poll (when the vendor can be asked), then fail and refund: a success that
+        beat the deadline must not be thrown away."""
+        if last_poll:
+            status = await self.poll(row)
+            if status is not None and status not in LIVE:
+                return
+        async with self.rt.pool.acquire() as conn:
+            result = await transition(
+                conn,
+                task_id=row["id"],
+                to=TaskStatus.FAILED,
+                event_key="deadline",
+                cause="reconciler",
+                error={
+                    "code": "deadline_exceeded",
+                    "message": "the task did not finish before its deadline",
+                },
+            )
+        if result.outcome is Outcome.APPLIED:
+            self.count_refund(result.refunded)
+            log.info("deadline_exceeded", task_id=f"tsk_{row['id'].hex}", vendor=self.vendor)
+
+    async def reschedule(self, row: Any, now: datetime) -> None:
+        quiet = (now - row["updated_at"]).total_seconds()
+        delay = next_poll_delay(quiet, poll_after=self.rt.settings.poll_after, rng=self.rt.rng)
+        if self.throttled:
+            delay = 0.0  # not asked at all: due again right away (the bucket paces it)
+        async with self.rt.pool.acquire() as conn:
+            await queries.reschedule_poll(conn, task_id=row["id"], delay_seconds=delay)
+
+    async def run(self, batch: int, lease: float) -> None:
+        state = await self.health.permits()
+        want = 0 if state is None else (1 if state == "half-open" else batch)
+        granted = await self.health.take(want)
+        async with self.rt.pool.acquire() as conn:
+            # With the circuit open, overdue tasks fail without a last poll: the vendor is down.
+            overdue = await queries.claim_overdue(
+                conn,
+                vendor=self.vendor,
+                limit=batch if state is None else granted,
+                lease_seconds=lease,
+            )
+            due = await queries.claim_due_polls(
+                conn, vendor=self.vendor, limit=granted - len(overdue), lease_seconds=lease
+            )
+        self.summary.claimed += len(overdue) + len(due)
+        now = datetime.now(UTC)
+
+        async def guarded(job: Any) -> None:
+            try:
+                await job
+            except (asyncpg.PostgresError, OSError, VendorError):
+                self.summary.errors += 1
+                log.exception("reconcile_task_crashed", vendor=self.vendor)
+
+        async def poll_due(row: Any) -> None:
+            status = await self.poll(row)
+            if status is None or status in (TaskStatus.SUBMITTED, TaskStatus.PROCESSING):
+                await self.reschedule(row, now)
+
+        await asyncio.gather(
+            *(guarded(self.expire(row, last_poll=state is not None)) for row in overdue),
+            *(guarded(poll_due(row)) for row in due),
         )
-        return None
-    summary.polled += 1
-    async with rt.pool.acquire() as conn:
-        result = await apply_update(
-            conn,
-            task_id=row["id"],
-            vendor=row["vendor"],
-            update=update,
-            # the same answer twice is one event; a new status or progress is another
-            event_key=f"poll:{update.vendor_task_id}:{update.raw_status}:{update.progress}",
-            cause="reconciler",
-            poll_after=rt.settings.poll_after,
-        )
-    if result.outcome is Outcome.APPLIED:
-        summary.advanced += 1
-        if result.refunded:
-            summary.failed += 1
-            summary.refunded += 1
-    return result.status
+        used = len(due) + sum(1 for row in overdue if row["vendor_task_id"])
+        await self.health.give_back(granted - used)
 
 
-async def _expire(rt: Runtime, row: Any, summary: PassSummary) -> None:
-    """One last poll, then fail and refund: a late success must not be thrown away."""
-    status = await _poll(rt, row, summary)
-    if status is not None and status not in (
-        TaskStatus.PENDING,
-        TaskStatus.SUBMITTED,
-        TaskStatus.PROCESSING,
-    ):
-        return
-    async with rt.pool.acquire() as conn:
-        result = await transition(
-            conn,
-            task_id=row["id"],
-            to=TaskStatus.FAILED,
-            event_key="deadline",
-            cause="reconciler",
-            error={
-                "code": "deadline_exceeded",
-                "message": "the task did not finish before its deadline",
-            },
-        )
-    if result.outcome is Outcome.APPLIED:
-        summary.failed += 1
-        summary.refunded += int(result.refunded)
-        log.info("deadline_exceeded", task_id=f"tsk_{row['id'].hex}", vendor=row["vendor"])
-
-
-async def reconcile_once(rt: Runtime, *, batch: int = 200, concurrency: int = 8) -> PassSummary:
+async def reconcile_once(rt: Runtime, *, batch: int = 200) -> PassSummary:
+    """One pass over every configured vendor; one task's error never stops the pass."""
     started = time.monotonic()
     summary = PassSummary()
     lease = max(30.0, rt.settings.registration_timeout * 3)
-    async with rt.pool.acquire() as conn:
-        overdue = await queries.claim_overdue(conn, limit=batch, lease_seconds=lease)
-        due = await queries.claim_due_polls(conn, limit=batch, lease_seconds=lease)
-    summary.claimed = len(overdue) + len(due)
-    gate = asyncio.Semaphore(concurrency)
-    now = datetime.now(UTC)
-
-    async def guarded(job: Any) -> None:
-        async with gate:
-            try:
-                await job
-            except Exception:
-                summary.errors += 1
-                log.exception("reconcile_task_crashed")
-
-    async def poll_and_reschedule(row: Any) -> None:
-        status = await _poll(rt, row, summary)
-        if status in (TaskStatus.SUBMITTED, TaskStatus.PROCESSING) or status is None:
-            quiet = (now - row["updated_at"]).total_seconds()
-            delay = next_poll_delay(quiet, poll_after=rt.settings.poll_after)
-            async with rt.pool.acquire() as conn:
-                await queries.reschedule_poll(conn, task_id=row["id"], delay_seconds=delay)
-
     await asyncio.gather(
-        *(guarded(_expire(rt, row, summary)) for row in overdue),
-        *(guarded(poll_and_reschedule(row)) for row in due if row["deadline_at"] > now),
-        *(guarded(_expire(rt, row, summary)) for row in due if row["deadline_at"] <= now),
+        *(_VendorPass(rt, health, summary).run(batch, lease) for health in rt.health.values())
     )
+    async with rt.pool.acquire() as conn:
+        summary.pruned = await queries.prune_deliveries(
+            conn, older_than_seconds=rt.settings.delivery_retention, limit=10_000
+        )
     summary.duration = round(time.monotonic() - started, 3)
     return summary
 
 
 async def run_reconciler(rt: Runtime, stop: asyncio.Event, *, interval: float = 5.0) -> None:
-    """The Procfile's `reconciler` process: a pass, a pause, until stopped."""
+    """The Procfile's `reconciler` process: passes back to back while there is due work the
+    rate limit allows, otherwise a pause of `interval`, until stopped."""
     while not stop.is_set():
+        pause = interval
         try:
             summary = await reconcile_once(rt)
             if summary.claimed:
                 log.info("reconcile_pass", **summary.as_dict())
+                # more may be due: come back as soon as the bucket has refilled a little
+                pause = min(interval, max(0.01, 1 / rt.settings.poll_rate))
         except (OSError, VendorError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("reconcile_pass_failed", error=repr(exc))
         try:
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+            await asyncio.wait_for(stop.wait(), timeout=pause)
         except TimeoutError:
             pass

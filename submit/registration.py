@@ -19,6 +19,7 @@ from taskhook.backoff import backoff_delay
 from taskhook.errors import VendorRejected, VendorUnavailable
 from taskhook.runtime import Runtime
 from taskhook.vendor_updates import apply_update
+from vendors.health import VendorHealth
 
 log = structlog.get_logger()
 
@@ -31,6 +32,19 @@ async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
         return
     bound = log.bind(task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id)
     adapter = rt.vendors.get(task.vendor)
+    health = rt.health.get(task.vendor)
+    if health is not None and await health.permits() is None:
+        # The circuit is open: the task waits (it is not failed, and the attempt is not spent).
+        bound.info("registration_deferred", reason="circuit open")
+        async with rt.pool.acquire() as conn:
+            await queries.schedule_registration_retry(
+                conn,
+                task_id=task.id,
+                delay_seconds=settings.breaker_cooldown,
+                error="the vendor's circuit breaker is open",
+                not_called=True,
+            )
+        return
     try:
         if adapter is None:
             raise VendorUnavailable(f"vendor {task.vendor!r} is not configured in this process")
@@ -44,11 +58,13 @@ async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
             timeout=settings.registration_timeout,
         )
     except VendorRejected as exc:
+        await _record(health, None)  # the vendor answered: it is up
         metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="rejected").inc()
         bound.info("registration_rejected", error=str(exc))
         await _fail(rt, task.id, "vendor_rejected", str(exc))
         return
     except (VendorUnavailable, TimeoutError) as exc:
+        await _record(health, exc)
         message = str(exc) or "the vendor did not answer in time"
         metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="unavailable").inc()
         if attempt >= settings.max_registration_attempts:
@@ -68,6 +84,7 @@ async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
                 conn, task_id=task.id, delay_seconds=delay, error=message
             )
         return
+    await _record(health, None)
     metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="ok").inc()
     async with rt.pool.acquire() as conn:
         result = await apply_update(
@@ -80,6 +97,11 @@ async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
             poll_after=settings.poll_after,
         )
     bound.info("registered", vendor_task_id=update.vendor_task_id, outcome=result.outcome.value)
+
+
+async def _record(health: VendorHealth | None, error: Exception | None) -> None:
+    if health is not None:
+        await health.record(error)
 
 
 async def _fail(rt: Runtime, task_id: uuid.UUID, code: str, message: str) -> None:

@@ -417,6 +417,27 @@ def deliveries_list(rejected: bool, limit: int) -> None:
     echo_json([dict(r) for r in rows])
 
 
+@deliveries.command("replay", help="Re-run one rejected delivery through the receiver logic.")
+@click.argument("delivery_id", type=int)
+def deliveries_replay(delivery_id: int) -> None:
+    from receiver.replay import replay_delivery
+    from taskhook.errors import NotFound
+    from taskhook.runtime import open_runtime
+
+    settings = with_services(load_settings(), port=8000)
+
+    async def main() -> Any:
+        async with open_runtime(settings) as rt:
+            return await replay_delivery(rt, delivery_id)
+
+    try:
+        result = run(main())
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from None
+    echo_json({"id": result.delivery_row_id, "status": result.status, "message": result.message})
+    sys.exit(0 if result.status != "rejected" else 1)
+
+
 @cli.command(
     help="Check invariants: balance = sum(ledger), one refund at most per task, no "
     "open task past its deadline. Exit 1 with a report when one fails."

@@ -169,9 +169,12 @@ class VendorError(Exception):
 class VendorUnavailable(VendorError):
     """Transient: timeout, transport error, 5xx or 429. Retry later."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, throttled: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.throttled = throttled  # a 429: the vendor is up but wants us to slow down
 
 
 class VendorRejected(VendorError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 WEBHOOKS = Counter(
     "taskhook_webhooks_total", "Webhook deliveries by vendor and outcome", ["vendor", "outcome"]
@@ -25,3 +25,9 @@ REGISTRATIONS = Counter(
     ["vendor", "outcome"],
 )
 STORAGE = Counter("taskhook_storage_total", "Result storage attempts by outcome", ["outcome"])
+CIRCUIT = Gauge(
+    "taskhook_vendor_circuit", "Circuit state: 0 closed, 1 half-open, 2 open", ["vendor"]
+)
+POLLS = Counter(
+    "taskhook_polls_total", "Reconciler polls by vendor and outcome", ["vendor", "outcome"]
+)

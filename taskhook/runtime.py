@@ -25,6 +25,7 @@ from taskhook.errors import VendorError
 from taskhook.settings import Settings
 from taskhook.tokens import CallbackTokens
 from vendors.base import VendorAdapter
+from vendors.health import Limits, VendorHealth
 from vendors.replicate import ReplicateAdapter
 
 log = structlog.get_logger()
@@ -72,6 +73,7 @@ class Runtime:
     store: ResultStore
     vendors: dict[str, VendorAdapter]
     tokens: CallbackTokens
+    health: dict[str, VendorHealth] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -134,6 +136,14 @@ async def open_runtime(
         vendors=build_adapters(settings, client),
         tokens=CallbackTokens(settings.secret),
     )
+    limits = Limits(
+        rate=settings.poll_rate,
+        burst=settings.poll_rate,
+        concurrency=settings.poll_concurrency,
+        breaker_threshold=settings.breaker_threshold,
+        breaker_cooldown=settings.breaker_cooldown,
+    )
+    runtime.health = {name: VendorHealth(pool, name, limits) for name in runtime.vendors}
     try:
         await store.ensure_bucket()
         for adapter in runtime.vendors.values():

@@ -56,6 +56,11 @@ class Settings:
     registration_timeout: float = 10.0
     max_registration_attempts: int = 8
     max_storage_attempts: int = 5
+    poll_rate: float = 20.0  # per vendor, all reconcilers together; Replicate allows 50/s
+    poll_concurrency: int = 8
+    breaker_threshold: int = 10
+    breaker_cooldown: float = 30.0
+    delivery_retention: float = 7 * 86400.0
 
     @property
     def vendors(self) -> tuple[str, ...]:
@@ -85,6 +90,12 @@ class Settings:
                 raise SettingsError(f"{name} must be {check}, got {raw!r}")
             if check == "a non-negative integer" and not (isinstance(value, int) and value >= 0):
                 raise SettingsError(f"{name} must be {check}, got {raw!r}")
+            return value
+
+        def positive_int(name: str, default: int) -> int:
+            value = parse(name, int, default, "a non-negative integer")
+            if value < 1:
+                raise SettingsError(f"{name} must be at least 1, got {value}")
             return value
 
         data_dir = Path(get("TASKHOOK_DATA_DIR") or ".taskhook")
@@ -132,6 +143,13 @@ class Settings:
             admin_key=get("TASKHOOK_ADMIN_KEY") or generated_secret(data_dir, "admin_key"),
             allow_private_urls=allow_private == "1",
             replicate=replicate,
+            poll_rate=parse("TASKHOOK_POLL_RATE", float, 20.0, "a positive number"),
+            poll_concurrency=positive_int("TASKHOOK_POLL_CONCURRENCY", 8),
+            breaker_threshold=positive_int("TASKHOOK_BREAKER_THRESHOLD", 10),
+            breaker_cooldown=parse("TASKHOOK_BREAKER_COOLDOWN", float, 30.0, "a positive number"),
+            delivery_retention=parse(
+                "TASKHOOK_DELIVERY_RETENTION", float, 7 * 86400.0, "a positive number"
+            ),
         )
 
 

@@ -197,6 +197,7 @@ class ReplicateAdapter:
             raise VendorUnavailable(
                 f"Replicate answered {response.status_code}",
                 retry_after=_retry_after(response),
+                throttled=response.status_code == 429,
             )
         if response.status_code in (401, 403):
             # Our credentials, not the job: keep the task and let an operator fix the token.

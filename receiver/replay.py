@@ -1,0 +1,59 @@
+"""Replaying a dead letter: a delivery that was validly signed but could not be applied.
+
+The signature was checked when it arrived (and the timestamp window is about replays by
+strangers, not by our operators), so a replay parses the stored body again with today's
+adapter and applies it exactly as the receiver would have, in one transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from db import queries
+from db.transition import Outcome
+from taskhook.errors import NotFound, PayloadInvalid
+from taskhook.runtime import Runtime
+from taskhook.vendor_updates import apply_update
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    delivery_row_id: int
+    status: str  # "applied" | "duplicate" | "rejected"
+    message: str
+
+
+async def replay_delivery(rt: Runtime, delivery_row_id: int) -> ReplayResult:
+    async with rt.pool.acquire() as conn:
+        row = await queries.get_delivery(conn, delivery_row_id=delivery_row_id)
+    if row is None:
+        raise NotFound(f"no delivery {delivery_row_id}")
+    if row["status"] != "rejected":
+        return ReplayResult(delivery_row_id, "duplicate", f"delivery is {row['status']}")
+    adapter = rt.vendors.get(row["vendor"])
+    if adapter is None:
+        raise NotFound(f"vendor {row['vendor']!r} is not configured")
+    try:
+        update = adapter.parse(bytes(row["body"]))
+    except PayloadInvalid as exc:
+        return ReplayResult(delivery_row_id, "rejected", exc.message)
+    async with rt.pool.acquire() as conn, conn.transaction():
+        task = await queries.get_task(conn, task_id=row["task_id"], user_id=None)
+        if task is None:
+            return ReplayResult(delivery_row_id, "rejected", "its task no longer exists")
+        if task.vendor_task_id and task.vendor_task_id != update.vendor_task_id:
+            return ReplayResult(delivery_row_id, "rejected", "the job id still does not match")
+        result = await apply_update(
+            conn,
+            task_id=task.id,
+            vendor=adapter.name,
+            update=update,
+            event_key=f"webhook:{row['delivery_id']}",
+            cause="replay",
+            poll_after=rt.settings.poll_after,
+        )
+        await queries.mark_delivery_replayed(
+            conn, delivery_row_id=delivery_row_id, outcome=result.outcome.value
+        )
+    status = "applied" if result.outcome is Outcome.APPLIED else "duplicate"
+    return ReplayResult(delivery_row_id, status, f"task {task.public_id}: {result.outcome.value}")
