@@ -186,7 +186,8 @@ async def reconcile_once(rt: Runtime, *, batch: int = 200) -> PassSummary:
     """One pass over every configured vendor; one task's error never stops the pass."""
     started = time.monotonic()
     summary = PassSummary()
-    lease = max(30.0, rt.settings.registration_timeout * 3)
+    # A crashed reconciler's claims lapse after this; long enough for any poll to finish.
+    lease = rt.settings.registration_timeout * 3
     await asyncio.gather(
         *(_VendorPass(rt, health, summary).run(batch, lease) for health in rt.health.values())
     )

@@ -40,7 +40,7 @@ async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
             await queries.schedule_registration_retry(
                 conn,
                 task_id=task.id,
-                delay_seconds=settings.breaker_cooldown,
+                delay_seconds=health.limits.breaker_cooldown,
                 error="the vendor's circuit breaker is open",
                 not_called=True,
             )

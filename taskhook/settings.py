@@ -143,6 +143,7 @@ class Settings:
             admin_key=get("TASKHOOK_ADMIN_KEY") or generated_secret(data_dir, "admin_key"),
             allow_private_urls=allow_private == "1",
             replicate=replicate,
+            registration_timeout=parse("TASKHOOK_VENDOR_TIMEOUT", float, 10.0, "a positive number"),
             poll_rate=parse("TASKHOOK_POLL_RATE", float, 20.0, "a positive number"),
             poll_concurrency=positive_int("TASKHOOK_POLL_CONCURRENCY", 8),
             breaker_threshold=positive_int("TASKHOOK_BREAKER_THRESHOLD", 10),

@@ -1,0 +1,339 @@
+"""The reconciler against real PostgreSQL: deadlines, late success, breaker, 429, rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+
+from db import queries
+from db.states import TaskStatus
+from db.transition import transition
+from reconciler.reconcile import reconcile_once
+from taskhook import metrics
+from taskhook.runtime import Runtime
+from tests.factories import make_task, make_user
+from vendors.health import Limits, VendorHealth
+from vendors.replicate import ReplicateAdapter
+
+Conn = asyncpg.Connection
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def prediction(pid: str, status: str, **extra: Any) -> dict[str, Any]:
+    return {"id": pid, "status": status, "logs": "", "output": None, "error": None, **extra}
+
+
+class FakeVendor:
+    """Replicate's GET /predictions/{id}, answering from a script and counting calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.answer: Handler = lambda r: httpx.Response(
+            200, json=prediction(r.url.path.rsplit("/", 1)[-1], "processing", logs="40%|")
+        )
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(request.url.path)
+        return self.answer(request)
+
+
+def with_vendor(runtime: Runtime, vendor: FakeVendor, **limits: Any) -> Runtime:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(vendor.handler))
+    adapter = ReplicateAdapter(
+        client,
+        api_token="t",
+        api_base="http://vendor.test/v1",
+        webhook_secrets=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+    )
+    health = VendorHealth(runtime.pool, "replicate", Limits(**limits))
+    return replace(
+        runtime, http=client, vendors={"replicate": adapter}, health={"replicate": health}
+    )
+
+
+async def due_task(
+    conn: Conn,
+    *,
+    pid: str,
+    deadline_seconds: float = 1800,
+    status: TaskStatus = TaskStatus.SUBMITTED,
+) -> uuid.UUID:
+    user_id, _ = await make_user(conn, credits=1)
+    task_id = await make_task(conn, user_id, deadline_seconds=deadline_seconds)
+    await transition(
+        conn,
+        task_id=task_id,
+        to=status,
+        event_key="setup",
+        cause="test",
+        vendor_task_id=pid,
+        next_poll_at=datetime.now(UTC) - timedelta(seconds=1),
+    )
+    return task_id
+
+
+async def status_of(conn: Conn, task_id: uuid.UUID) -> str:
+    return str(await conn.fetchval("SELECT status::text FROM tasks WHERE id=$1", task_id))
+
+
+async def refunds(conn: Conn, task_id: uuid.UUID) -> int:
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM credit_ledger WHERE task_id=$1 AND kind='refund'", task_id
+        )
+    )
+
+
+async def test_lost_callback_is_polled_and_applied(runtime: Runtime, conn: Conn) -> None:
+    vendor = FakeVendor()
+    rt = with_vendor(runtime, vendor)
+    task_id = await due_task(conn, pid="p1")
+    summary = await reconcile_once(rt)
+    assert (summary.claimed, summary.polled, summary.advanced) == (1, 1, 1)
+    row = await conn.fetchrow(
+        "SELECT status::text, progress, next_poll_at > now() AS later FROM tasks WHERE id=$1",
+        task_id,
+    )
+    assert tuple(row) == ("processing", 40, True)
+    # just polled: not due again this round
+    assert (await reconcile_once(rt)).claimed == 0
+    assert vendor.calls == ["/v1/predictions/p1"]
+
+
+async def test_task_with_fresh_news_is_not_polled(runtime: Runtime, conn: Conn) -> None:
+    vendor = FakeVendor()
+    user_id, _ = await make_user(conn, credits=1)
+    task_id = await make_task(conn, user_id)
+    await transition(
+        conn,
+        task_id=task_id,
+        to=TaskStatus.PROCESSING,
+        event_key="webhook:1",
+        cause="webhook",
+        vendor_task_id="p1",
+        next_poll_at=datetime.now(UTC) + timedelta(seconds=15),
+    )
+    assert (await reconcile_once(with_vendor(runtime, vendor))).claimed == 0
+    assert vendor.calls == []
+
+
+async def test_deadline_fails_and_refunds_once_then_late_success_never_reopens(
+    runtime: Runtime, conn: Conn
+) -> None:
+    vendor = FakeVendor()
+    rt = with_vendor(runtime, vendor)
+    task_id = await due_task(conn, pid="slow", deadline_seconds=-1)
+    summary = await reconcile_once(rt)
+    assert vendor.calls == ["/v1/predictions/slow"]  # one last poll first
+    assert (summary.failed, summary.refunded) == (1, 1)
+    task = await queries.get_task(conn, task_id=task_id, user_id=None)
+    assert task is not None and task.status is TaskStatus.FAILED
+    assert task.error == {
+        "code": "deadline_exceeded",
+        "message": "the task did not finish before its deadline",
+    }
+    # the vendor finishes after all: recorded and counted, never reopened or refunded again
+    late_before = metrics.LATE_SUCCESS._value.get()
+    vendor.answer = lambda r: httpx.Response(
+        200, json=prediction("slow", "succeeded", output=["https://x/0.png"])
+    )
+    from taskhook.vendor_updates import apply_update
+
+    result = await apply_update(
+        conn,
+        task_id=task_id,
+        vendor="replicate",
+        update=rt.vendors["replicate"].parse(
+            json.dumps(prediction("slow", "succeeded", output=["https://x/0.png"])).encode()
+        ),
+        event_key="webhook:late",
+        cause="webhook",
+        poll_after=15,
+    )
+    assert result.outcome.value == "stale"
+    assert metrics.LATE_SUCCESS._value.get() == late_before + 1
+    assert await status_of(conn, task_id) == "failed" and await refunds(conn, task_id) == 1
+    event = await conn.fetchrow(
+        "SELECT to_status::text, applied FROM task_events "
+        "WHERE task_id=$1 AND event_key='webhook:late'",
+        task_id,
+    )
+    assert tuple(event) == ("storing", False)
+    assert (await reconcile_once(rt)).claimed == 0
+
+
+async def test_last_poll_saves_a_task_that_succeeded_in_time(runtime: Runtime, conn: Conn) -> None:
+    vendor = FakeVendor()
+    vendor.answer = lambda r: httpx.Response(
+        200, json=prediction("done", "succeeded", output=["https://x/0.png"])
+    )
+    task_id = await due_task(conn, pid="done", deadline_seconds=-1)
+    await reconcile_once(with_vendor(runtime, vendor))
+    assert await status_of(conn, task_id) == "storing" and await refunds(conn, task_id) == 0
+
+
+async def test_pending_task_past_deadline_fails_without_a_poll(
+    runtime: Runtime, conn: Conn
+) -> None:
+    vendor = FakeVendor()
+    user_id, _ = await make_user(conn, credits=1)
+    task_id = await make_task(conn, user_id, deadline_seconds=-1)
+    summary = await reconcile_once(with_vendor(runtime, vendor))
+    assert vendor.calls == [] and summary.refunded == 1
+    assert await status_of(conn, task_id) == "failed"
+
+
+async def test_vendor_errors_never_stop_the_pass(runtime: Runtime, conn: Conn) -> None:
+    vendor = FakeVendor()
+
+    def answer(r: httpx.Request) -> httpx.Response:
+        pid = r.url.path.rsplit("/", 1)[-1]
+        if pid == "bad":
+            return httpx.Response(500)
+        return httpx.Response(200, json=prediction(pid, "failed", error="NSFW"))
+
+    vendor.answer = answer
+    bad = await due_task(conn, pid="bad")
+    good = await due_task(conn, pid="good")
+    summary = await reconcile_once(with_vendor(runtime, vendor))
+    assert (summary.polled, summary.errors, summary.refunded) == (1, 1, 1)
+    assert await status_of(conn, good) == "failed" and await status_of(conn, bad) == "submitted"
+
+
+async def test_breaker_opens_after_failures_and_closes_after_a_good_probe(
+    runtime: Runtime, conn: Conn
+) -> None:
+    vendor = FakeVendor()
+    vendor.answer = lambda r: httpx.Response(503)
+    rt = with_vendor(runtime, vendor, breaker_threshold=3, breaker_cooldown=0.3)
+    tasks = [await due_task(conn, pid=f"p{n}") for n in range(5)]
+    await reconcile_once(rt)
+    assert len(vendor.calls) == 5  # a batch already under way completes its calls
+    state = await conn.fetchrow("SELECT circuit, failures FROM vendor_state")
+    assert state["circuit"] == "open" and state["failures"] >= 3
+    await conn.execute("UPDATE tasks SET next_poll_at = now() - interval '1 second'")
+    calls = len(vendor.calls)
+    assert (await reconcile_once(rt)).claimed == 0  # open: nobody calls the vendor
+    assert len(vendor.calls) == calls
+    assert {await status_of(conn, t) for t in tasks} == {"submitted"}  # tasks wait
+    # after the cool-down one probe goes out; its success closes the circuit
+    vendor.answer = lambda r: httpx.Response(
+        200, json=prediction(r.url.path.rsplit("/", 1)[-1], "processing")
+    )
+    deadline = time.monotonic() + 5
+    while await conn.fetchval("SELECT open_until > clock_timestamp() FROM vendor_state"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    probe = await reconcile_once(rt)
+    assert probe.polled == 1
+    assert await conn.fetchval("SELECT circuit FROM vendor_state") == "closed"
+    assert (await reconcile_once(rt)).polled == 4
+
+
+async def test_429_blocks_every_caller_for_retry_after(runtime: Runtime, conn: Conn) -> None:
+    vendor = FakeVendor()
+    vendor.answer = lambda r: httpx.Response(
+        429, headers={"Retry-After": "30"}, json={"detail": "throttled"}
+    )
+    rt = with_vendor(runtime, vendor, breaker_threshold=2)
+    for n in range(4):
+        await due_task(conn, pid=f"p{n}")
+    first = await reconcile_once(rt)
+    assert first.polled == 0 and len(vendor.calls) >= 1
+    state = await conn.fetchrow(
+        "SELECT circuit, blocked_until - clock_timestamp() AS left FROM vendor_state"
+    )
+    assert state["circuit"] == "closed"  # throttling is not a failure of the vendor
+    assert timedelta(seconds=25) < state["left"] <= timedelta(seconds=30)
+    calls = len(vendor.calls)
+    await conn.execute("UPDATE tasks SET next_poll_at = now() - interval '1 second'")
+    assert (await reconcile_once(rt)).claimed == 0
+    assert len(vendor.calls) == calls
+
+
+async def test_rate_limit_is_shared_by_concurrent_reconcilers(
+    runtime: Runtime, conn: Conn, db_url: str
+) -> None:
+    """Two reconcilers at once: together they take no more than the bucket holds, and no
+    task is polled twice."""
+    vendor = FakeVendor()
+    for n in range(30):
+        await due_task(conn, pid=f"p{n}")
+    from db.pool import create_pool
+
+    pools = [await create_pool(db_url, max_size=4) for _ in range(2)]
+    try:
+        runs = [
+            replace(
+                with_vendor(runtime, vendor, rate=0.001, burst=10),
+                pool=p,
+                health={"replicate": VendorHealth(p, "replicate", Limits(rate=0.001, burst=10))},
+            )
+            for p in pools
+        ]
+        summaries = await asyncio.gather(*(reconcile_once(r) for r in runs))
+    finally:
+        for p in pools:
+            await p.close()
+    assert sum(s.polled for s in summaries) == 10
+    assert len(vendor.calls) == len(set(vendor.calls)) == 10
+
+
+async def test_prunes_old_accepted_deliveries_but_keeps_dead_letters(
+    runtime: Runtime, conn: Conn
+) -> None:
+    for n, status in enumerate(["accepted", "rejected", "accepted"]):
+        await queries.record_delivery(
+            conn,
+            vendor="replicate",
+            delivery_id=f"m{n}",
+            task_id=None,
+            status=status,
+            outcome=None,
+            error=None,
+            headers={},
+            body=b"{}",
+        )
+    await conn.execute(
+        "UPDATE webhook_deliveries SET received_at = now() - interval '8 days'"
+        " WHERE delivery_id IN ('m0', 'm1')"
+    )
+    summary = await reconcile_once(with_vendor(runtime, FakeVendor()))
+    assert summary.pruned == 1
+    left = await conn.fetch("SELECT delivery_id FROM webhook_deliveries ORDER BY delivery_id")
+    assert [r["delivery_id"] for r in left] == ["m1", "m2"]
+
+
+async def test_open_circuit_defers_registration_without_spending_attempts(
+    runtime: Runtime, conn: Conn
+) -> None:
+    from submit.registration import register
+
+    vendor = FakeVendor()
+    rt = with_vendor(runtime, vendor, breaker_threshold=1, breaker_cooldown=60)
+    await rt.health["replicate"].permits()  # creates the vendor's row
+    await conn.execute(
+        "UPDATE vendor_state SET circuit='open', "
+        "open_until = clock_timestamp() + interval '60 seconds'"
+    )
+    user_id, _ = await make_user(conn, credits=1)
+    task_id = await make_task(conn, user_id)
+    attempt = await queries.begin_registration(conn, task_id=task_id, lease_seconds=5)
+    assert attempt == 1
+    await register(rt, task_id=task_id, attempt=attempt)
+    row = await conn.fetchrow(
+        "SELECT status::text, attempts, next_attempt_at > now() + "
+        "interval '50 seconds' AS later FROM tasks WHERE id=$1",
+        task_id,
+    )
+    assert tuple(row) == ("pending", 0, True)
+    assert vendor.calls == []
