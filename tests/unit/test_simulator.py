@@ -761,3 +761,18 @@ async def test_idempotency_key_returns_the_same_prediction() -> None:
     assert first.status_code == again.status_code == 201
     assert first.json()["id"] == again.json()["id"] != other.json()["id"]
     assert app.state.simulator.stats.to_json()["predictions"]["created"] == 2
+
+
+async def test_stats_count_fetches_per_prediction() -> None:
+    """`fetches` lets a benchmark prove no job was polled twice; unknown ids do not count."""
+    async with simulator(job_seconds=60) as h:
+        first = (await h.create()).json()["id"]
+        second = (await h.create()).json()["id"]
+        for prediction_id in (first, first, first, second, "no-such-id"):
+            await h.api.get(f"/v1/predictions/{prediction_id}")
+        assert (await h.stats())["fetches"] == {
+            "total": 4,
+            "predictions_fetched": 2,
+            "max_per_prediction": 3,
+            "fetched_more_than_once": 1,
+        }
