@@ -337,3 +337,31 @@ async def test_open_circuit_defers_registration_without_spending_attempts(
     )
     assert tuple(row) == ("pending", 0, True)
     assert vendor.calls == []
+
+
+async def test_confirming_with_the_vendor_catches_up_a_lagging_task(
+    runtime: Runtime, conn: Conn
+) -> None:
+    """The callback said 100% but local state is still processing; the vendor says done."""
+    from reconciler.confirm import refresh_from_vendor
+
+    vendor = FakeVendor()
+    vendor.answer = lambda r: httpx.Response(
+        200, json=prediction("p1", "succeeded", output=["https://x/0.png"])
+    )
+    rt = with_vendor(runtime, vendor)
+    task_id = await due_task(conn, pid="p1", status=TaskStatus.PROCESSING)
+    task = await queries.get_task(conn, task_id=task_id, user_id=None)
+    assert task is not None
+    fresh = await refresh_from_vendor(rt, task)
+    assert fresh.status is TaskStatus.STORING and fresh.outputs == ["https://x/0.png"]
+    # a vendor that cannot be asked leaves the task as it was, without raising
+    vendor.answer = lambda r: httpx.Response(503)
+    other = await queries.get_task(conn, task_id=await due_task(conn, pid="p2"), user_id=None)
+    assert other is not None
+    assert (await refresh_from_vendor(rt, other)).status is TaskStatus.SUBMITTED
+    # a task whose vendor part is over (storing, terminal) is never asked about
+    calls = len(vendor.calls)
+    done = await queries.get_task(conn, task_id=task_id, user_id=None)
+    assert done is not None and (await refresh_from_vendor(rt, done)) == done
+    assert len(vendor.calls) == calls
