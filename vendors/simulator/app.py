@@ -3,7 +3,8 @@
 Everything under ``/v1`` checks the bearer token (when configured) before anything else;
 create, get and cancel then roll the ``error_rate`` dice and may answer 503 or 429 *without*
 touching any state, as an overloaded vendor would. Output images live under ``/files`` (public,
-like Replicate's delivery CDN) and ``/_sim/stats`` exposes the fault counters.
+like Replicate's delivery CDN) and ``/_sim/stats`` exposes the fault counters and how often each
+prediction was fetched (so a benchmark can spot a job polled twice).
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def create_app(
         prediction = sim.get(request.path_params["prediction_id"])
         if prediction is None:
             return _not_found()
+        sim.stats.fetches[prediction.id] += 1
         return JSONResponse(prediction.to_json())
 
     @api(faults=True)

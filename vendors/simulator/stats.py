@@ -33,6 +33,8 @@ class Stats:
     retried: int = 0
     failed_deliveries: int = 0
     """Copies given up on: retries exhausted, or a non-retryable answer (4xx other than 429)."""
+    fetches: Counter[str] = field(default_factory=Counter)
+    """Answered ``GET /v1/predictions/{id}`` per prediction id: how often each job was polled."""
 
     def to_json(self) -> dict[str, Any]:
         """The ``/_sim/stats`` body."""
@@ -59,5 +61,11 @@ class Stats:
                 "requests": self.api_requests,
                 "errors_503": self.api_errors_503,
                 "errors_429": self.api_errors_429,
+            },
+            "fetches": {
+                "total": self.fetches.total(),
+                "predictions_fetched": len(self.fetches),
+                "max_per_prediction": max(self.fetches.values(), default=0),
+                "fetched_more_than_once": sum(1 for n in self.fetches.values() if n > 1),
             },
         }
