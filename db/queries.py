@@ -305,3 +305,19 @@ async def mark_delivery_replayed(conn: Conn, *, delivery_row_id: int, outcome: s
 async def prune_deliveries(conn: Conn, *, older_than_seconds: float, limit: int) -> int:
     status: str = await conn.execute(QUERIES["prune_deliveries"], older_than_seconds, limit)
     return int(status.split()[-1])
+
+
+async def list_user_tasks(
+    conn: Conn,
+    *,
+    user_id: uuid.UUID,
+    status: str | None,
+    active: bool,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Task]:
+    before_at, before_id = after if after else (None, None)
+    records = await conn.fetch(
+        QUERIES["list_user_tasks"], user_id, status, active, before_at, before_id, limit
+    )
+    return [Task.from_record(r) for r in records]

@@ -346,3 +346,20 @@ DELETE FROM webhook_deliveries
                WHERE status IN ('accepted', 'replayed')
                  AND received_at < now() - make_interval(secs => $1)
                LIMIT $2);
+
+-- list_user_tasks --
+-- A user's tasks newest first, keyset-paginated on (created_at, id). $2: status filter, NULL
+-- for all; $3: only non-terminal ones ('active'); $4/$5: the cursor's position, NULL at start.
+SELECT t.id, t.user_id, t.vendor, t.model, t.input, t.cost, t.status::text AS status, t.progress,
+       t.vendor_task_id, t.outputs, t.result, t.error, t.trace_id, t.attempts,
+       t.storage_attempts, t.last_error, t.created_at, t.updated_at, t.deadline_at,
+       t.completed_at, t.next_attempt_at, t.next_poll_at,
+       EXISTS (SELECT 1 FROM credit_ledger AS l WHERE l.task_id = t.id AND l.kind = 'refund')
+           AS refunded
+  FROM tasks AS t
+ WHERE t.user_id = $1
+   AND ($2::task_status IS NULL OR t.status = $2::task_status)
+   AND (NOT $3 OR t.status IN ('pending', 'submitted', 'processing', 'storing'))
+   AND ($4::timestamptz IS NULL OR (t.created_at, t.id) < ($4::timestamptz, $5::uuid))
+ ORDER BY t.created_at DESC, t.id DESC
+ LIMIT $6;

@@ -24,9 +24,11 @@ def hash_api_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-async def current_user(request: Request) -> User:
+async def current_user(request: Request, *, allow_query_key: bool = False) -> User:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
+    if not header and allow_query_key and request.query_params.get("key"):
+        scheme, key = "bearer", request.query_params["key"]
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized()
     rt: Runtime = request.app.state.runtime

@@ -15,8 +15,11 @@ from starlette.routing import Route
 from db import queries
 from db.models import format_user_id, parse_task_id
 from submit.auth import current_user
+from submit.cancel import cancel_task
+from submit.listing import list_tasks
 from submit.registration import register_new
 from submit.render import render_task
+from submit.streaming import task_events
 from taskhook.errors import (
     IdempotencyConflict,
     InsufficientCredits,
@@ -180,6 +183,9 @@ async def me(request: Request) -> JSONResponse:
 
 routes = [
     Route("/v1/tasks", create_task, methods=["POST"]),
+    Route("/v1/tasks", list_tasks, methods=["GET"]),
+    Route("/v1/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+    Route("/v1/tasks/{task_id}/events", task_events, methods=["GET"]),
     Route("/v1/tasks/{task_id}", get_task, methods=["GET"]),
     Route("/v1/me", me, methods=["GET"]),
 ]

@@ -22,6 +22,7 @@ from db.migrate import migrate
 from db.pool import connect, create_pool
 from storage.s3 import ResultStore
 from taskhook.errors import VendorError
+from taskhook.events import TaskEvents
 from taskhook.settings import Settings
 from taskhook.tokens import CallbackTokens
 from vendors.base import VendorAdapter
@@ -74,9 +75,14 @@ class Runtime:
     vendors: dict[str, VendorAdapter]
     tokens: CallbackTokens
     health: dict[str, VendorHealth] = field(default_factory=dict)
+    events: TaskEvents = field(init=False)
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        assert self.settings.database_url
+        self.events = TaskEvents(self.settings.database_url)
 
     @property
     def public_url(self) -> str:
@@ -156,6 +162,7 @@ async def open_runtime(
         yield runtime
     finally:
         await runtime.drain()
+        await runtime.events.close()
         if own_http:
             await client.aclose()
         await pool.close()

@@ -1,0 +1,64 @@
+"""POST /v1/tasks/{id}/cancel: stop a task, refund it once, and tell the vendor.
+
+The refund is part of the transition, so a cancel racing a vendor's failure or success still
+ends with exactly one outcome and at most one refund. The vendor is told afterwards, best
+effort: its own `canceled` callback then arrives as a stale event and changes nothing.
+"""
+
+from __future__ import annotations
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from db import queries
+from db.models import parse_task_id
+from db.states import TERMINAL, TaskStatus
+from db.transition import transition
+from submit.auth import current_user
+from submit.render import render_task
+from taskhook.errors import AlreadyTerminal, NotFound, VendorError
+from taskhook.runtime import Runtime
+
+log = structlog.get_logger()
+
+
+async def _tell_vendor(rt: Runtime, vendor: str, vendor_task_id: str) -> None:
+    adapter = rt.vendors.get(vendor)
+    if adapter is None:
+        return
+    try:
+        await adapter.cancel(vendor_task_id)
+    except VendorError as exc:
+        log.warning(
+            "vendor_cancel_failed", vendor=vendor, vendor_task_id=vendor_task_id, error=str(exc)
+        )
+
+
+async def cancel_task(request: Request) -> JSONResponse:
+    rt: Runtime = request.app.state.runtime
+    user = await current_user(request)
+    task_id = parse_task_id(request.path_params["task_id"])
+    async with rt.pool.acquire() as conn:
+        task = await queries.get_task(conn, task_id=task_id, user_id=user.id) if task_id else None
+        if task is None:
+            raise NotFound("No task with this id belongs to you.")
+        if task.status in TERMINAL:
+            raise AlreadyTerminal(f"The task is already {task.status.value}.")
+        await transition(
+            conn,
+            task_id=task.id,
+            to=TaskStatus.CANCELED,
+            event_key="cancel",
+            cause="client",
+            detail={"by": "client"},
+        )
+        task = await queries.get_task(conn, task_id=task.id, user_id=user.id)
+    assert task is not None
+    if task.status is not TaskStatus.CANCELED:
+        # Something else (a vendor failure, the result being stored) got there first.
+        raise AlreadyTerminal(f"The task is already {task.status.value}.")
+    if task.vendor_task_id:
+        rt.spawn(_tell_vendor(rt, task.vendor, task.vendor_task_id))
+    log.info("task_canceled", task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id)
+    return JSONResponse(render_task(task, rt.store))

@@ -1,0 +1,74 @@
+"""GET /v1/tasks/{id}/events: Server-Sent Events of one task until it is terminal.
+
+Driven by PostgreSQL NOTIFY (taskhook/events.py), so it works across any number of web
+processes. Event ids are the task's update time in microseconds, which only grows, so
+`Last-Event-ID` lets a reconnecting client skip what it has already seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from db import queries
+from db.models import Task, parse_task_id
+from db.states import TERMINAL
+from submit.auth import current_user
+from submit.render import render_task
+from taskhook.errors import NotFound
+from taskhook.runtime import Runtime
+
+HEARTBEAT_SECONDS = 15.0
+# A NOTIFY is never lost while the listener is up, but a re-read now and then is cheap insurance.
+RECHECK_SECONDS = 30.0
+
+
+def sequence(task: Task) -> int:
+    return int(task.updated_at.timestamp() * 1_000_000)
+
+
+def _event(rt: Runtime, task: Task) -> str:
+    data = json.dumps(render_task(task, rt.store), separators=(",", ":"))
+    return f"id: {sequence(task)}\nevent: task\ndata: {data}\n\n"
+
+
+async def task_events(request: Request) -> StreamingResponse:
+    rt: Runtime = request.app.state.runtime
+    # EventSource cannot send headers, so browsers may pass the key as ?key=
+    user = await current_user(request, allow_query_key=True)
+    task_id = parse_task_id(request.path_params["task_id"])
+    async with rt.pool.acquire() as conn:
+        task = await queries.get_task(conn, task_id=task_id, user_id=user.id) if task_id else None
+    if task is None:
+        raise NotFound("No task with this id belongs to you.")
+    raw_last = request.headers.get("last-event-id", "")
+    last_seen = int(raw_last) if raw_last.isdigit() else -1
+
+    async def stream() -> AsyncIterator[str]:
+        nonlocal last_seen
+        async with rt.events.subscribe(task.id) as changes:
+            current: Task | None = task
+            while current is not None:
+                async with rt.pool.acquire() as conn:
+                    current = await queries.get_task(conn, task_id=task.id, user_id=user.id)
+                if current is None:
+                    return
+                if sequence(current) > last_seen:
+                    last_seen = sequence(current)
+                    yield _event(rt, current)
+                if current.status in TERMINAL:
+                    return
+                try:
+                    await asyncio.wait_for(changes.get(), timeout=HEARTBEAT_SECONDS)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
