@@ -89,9 +89,30 @@ async def get_user(conn: Conn, *, user_id: uuid.UUID) -> User | None:
     return User.from_record(record) if record else None
 
 
-async def authenticate(conn: Conn, *, key_hash: bytes) -> User | None:
-    record = await conn.fetchrow(QUERIES["authenticate"], key_hash)
-    return User.from_record(record) if record else None
+async def authenticate(
+    conn: Conn, *, key_hash: bytes, rate_limit: int
+) -> tuple[User, int | None, float | None] | None:
+    """(user, requests this minute, seconds left in the minute); counting is off at limit 0."""
+    record = await conn.fetchrow(QUERIES["authenticate"], key_hash, rate_limit)
+    if record is None:
+        return None
+    left = record["window_left"]
+    return User.from_record(record), record["hits"], float(left) if left is not None else None
+
+
+async def user_limits(conn: Conn, *, user_id: uuid.UUID) -> tuple[int, int]:
+    """(balance, active tasks)."""
+    record = await conn.fetchrow(QUERIES["user_limits"], user_id)
+    assert record is not None
+    return record["balance"], record["active_tasks"]
+
+
+async def prune_rate_windows(conn: Conn) -> None:
+    await conn.execute(QUERIES["prune_rate_windows"])
+
+
+async def audit_active_counts(conn: Conn) -> list[Record]:
+    return list(await conn.fetch(QUERIES["audit_active_counts"]))
 
 
 async def grant_credits(conn: Conn, *, user_id: uuid.UUID, amount: int, note: str | None) -> int:
@@ -120,8 +141,10 @@ async def create_task(
     trace_id: str,
     deadline_seconds: float,
     registration_lease_seconds: float,
+    max_active: int = 0,
 ) -> tuple[bool, uuid.UUID | None]:
-    """(charged, task_id): not charged = balance short; charged without id = key race lost."""
+    """(charged, task_id): not charged = balance short or at the active cap; charged without
+    an id = the idempotency-key race was lost."""
     record = await conn.fetchrow(
         QUERIES["create_task"],
         task_id,
@@ -135,6 +158,7 @@ async def create_task(
         trace_id,
         deadline_seconds,
         registration_lease_seconds,
+        max_active,
     )
     if record is None:
         return False, None

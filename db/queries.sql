@@ -51,10 +51,12 @@ WITH cur AS (
     ON CONFLICT (task_id, kind) WHERE task_id IS NOT NULL DO NOTHING
     RETURNING user_id, amount
 ), credited AS (
+    -- One update of the user row: the refund (if any) and one live task fewer.
     UPDATE users AS u
-       SET balance = u.balance + r.amount
-      FROM refund AS r
-     WHERE u.id = r.user_id
+       SET balance = u.balance + COALESCE((SELECT sum(r.amount) FROM refund AS r), 0),
+           active_tasks = u.active_tasks - 1
+      FROM moved AS m
+     WHERE u.id = m.user_id AND m.applied AND m.status IN ('completed', 'failed', 'canceled')
     RETURNING u.id
 )
 SELECT (SELECT status::text FROM decision) AS from_status,
@@ -62,7 +64,7 @@ SELECT (SELECT status::text FROM decision) AS from_status,
        (SELECT status::text FROM moved) AS status,
        (SELECT progress FROM moved) AS progress,
        (SELECT count(*) FROM refund) AS refunds,
-       (SELECT count(*) FROM credited) AS credited,
+       (SELECT count(*) FROM credited) AS ended,
        (SELECT count(pg_notify('taskhook_tasks',
                                json_build_object('id', m.id, 'status', m.status,
                                                  'progress', m.progress)::text))
@@ -84,10 +86,27 @@ SELECT id, email, balance, created_at FROM users WHERE email = $1;
 SELECT id, email, balance, created_at FROM users WHERE id = $1;
 
 -- authenticate --
--- The user behind an API key hash, if the key is not revoked.
-SELECT u.id, u.email, u.balance, u.created_at
-  FROM api_keys AS k JOIN users AS u ON u.id = k.user_id
- WHERE k.key_hash = $1 AND k.revoked_at IS NULL;
+-- The user behind an API key hash, if the key is not revoked, and (when $2 > 0) this request
+-- counted against their per-minute window: one round trip for both.
+WITH u AS (
+    SELECT u.id, u.email, u.balance, u.created_at
+      FROM api_keys AS k JOIN users AS u ON u.id = k.user_id
+     WHERE k.key_hash = $1 AND k.revoked_at IS NULL
+), hit AS (
+    INSERT INTO rate_windows (user_id, window_start, hits)
+    SELECT u.id, date_trunc('minute', now()), 1 FROM u WHERE $2 > 0
+    ON CONFLICT (user_id, window_start) DO UPDATE SET hits = rate_windows.hits + 1
+    RETURNING hits, window_start
+)
+SELECT u.*, hit.hits,
+       extract(epoch FROM hit.window_start + interval '1 minute' - now()) AS window_left
+  FROM u LEFT JOIN hit ON true;
+
+-- user_limits --
+SELECT balance, active_tasks FROM users WHERE id = $1;
+
+-- prune_rate_windows --
+DELETE FROM rate_windows WHERE window_start < now() - interval '1 hour';
 
 -- grant_credits --
 -- Credits given by an operator: the ledger row and the balance move together.
@@ -104,11 +123,12 @@ SELECT id, request_hash FROM tasks WHERE user_id = $1 AND idempotency_key = $2;
 
 -- create_task --
 -- Charge and insert in one statement: no charge without a task, no task without a charge.
--- No row means the balance was short; a row with task_id NULL means a concurrent request
--- with the same idempotency key won (the caller rolls back and returns that task).
+-- No row means the balance was short or the user is at the active-task cap $12 (0 = none);
+-- a row with task_id NULL means a concurrent request with the same idempotency key won (the
+-- caller rolls back and returns that task).
 WITH charged AS (
-    UPDATE users SET balance = balance - $6
-     WHERE id = $2 AND balance >= $6
+    UPDATE users SET balance = balance - $6, active_tasks = active_tasks + 1
+     WHERE id = $2 AND balance >= $6 AND ($12 = 0 OR active_tasks < $12)
     RETURNING id
 ), task AS (
     INSERT INTO tasks (id, user_id, vendor, model, input, cost, idempotency_key, request_hash,
@@ -229,6 +249,15 @@ SELECT t.id, t.status::text AS status,
 HAVING count(l.id) FILTER (WHERE l.kind = 'charge') <> 1
     OR count(l.id) FILTER (WHERE l.kind = 'refund')
        <> CASE WHEN t.status IN ('failed', 'canceled') THEN 1 ELSE 0 END;
+
+-- audit_active_counts --
+-- Users whose live-task count differs from their tasks.
+SELECT u.id, u.email, u.active_tasks,
+       (SELECT count(*) FROM tasks AS t WHERE t.user_id = u.id
+           AND t.status IN ('pending', 'submitted', 'processing', 'storing')) AS actual
+  FROM users AS u
+ WHERE u.active_tasks <> (SELECT count(*) FROM tasks AS t WHERE t.user_id = u.id
+           AND t.status IN ('pending', 'submitted', 'processing', 'storing'));
 
 -- audit_overdue --
 -- Open tasks past their deadline by more than the grace period.

@@ -8,7 +8,8 @@ CREATE TABLE users (
     id         uuid PRIMARY KEY,
     email      text NOT NULL UNIQUE,
     balance    bigint NOT NULL DEFAULT 0 CHECK (balance >= 0),
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    active_tasks integer NOT NULL DEFAULT 0 CHECK (active_tasks >= 0)
 );
 
 CREATE TABLE api_keys (
@@ -117,4 +118,11 @@ CREATE TABLE vendor_state (
                   CHECK (circuit IN ('closed', 'open', 'half-open')),
     open_until    timestamptz,
     updated_at    timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE TABLE rate_windows (
+    user_id      uuid NOT NULL REFERENCES users (id),
+    window_start timestamptz NOT NULL,
+    hits         integer NOT NULL,
+    PRIMARY KEY (user_id, window_start)
 );

@@ -195,6 +195,7 @@ async def reconcile_once(rt: Runtime, *, batch: int = 200) -> PassSummary:
         summary.pruned = await queries.prune_deliveries(
             conn, older_than_seconds=rt.settings.delivery_retention, limit=10_000
         )
+        await queries.prune_rate_windows(conn)
     summary.duration = round(time.monotonic() - started, 3)
     return summary
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 
 from starlette.requests import Request
 
 from db import queries
 from db.models import User
-from taskhook.errors import Unauthorized
+from taskhook.errors import RateLimited, Unauthorized
 from taskhook.runtime import Runtime
 
 KEY_PREFIX = "thk_"
@@ -32,8 +33,17 @@ async def current_user(request: Request, *, allow_query_key: bool = False) -> Us
     if scheme.lower() != "bearer" or not key.strip():
         raise Unauthorized()
     rt: Runtime = request.app.state.runtime
+    limit = rt.settings.rate_limit
     async with rt.pool.acquire() as conn:
-        user = await queries.authenticate(conn, key_hash=hash_api_key(key.strip()))
-    if user is None:
+        found = await queries.authenticate(
+            conn, key_hash=hash_api_key(key.strip()), rate_limit=limit
+        )
+    if found is None:
         raise Unauthorized("The API key is not valid.")
+    user, hits, window_left = found
+    if limit and hits is not None and hits > limit:
+        raise RateLimited(
+            f"More than {limit} requests this minute.",
+            retry_after=max(1, math.ceil(window_left or 0)),
+        )
     return user

@@ -21,6 +21,7 @@ from submit.registration import register_new
 from submit.render import render_task
 from submit.streaming import task_events
 from taskhook.errors import (
+    ActiveTaskLimit,
     IdempotencyConflict,
     InsufficientCredits,
     NotFound,
@@ -144,10 +145,17 @@ async def _charge_and_insert(
                         trace_id=trace_id,
                         deadline_seconds=rt.settings.task_deadline,
                         registration_lease_seconds=rt.settings.registration_timeout + 5,
+                        max_active=rt.settings.max_active_tasks,
                     )
                     if not charged:
-                        raise InsufficientCredits(
-                            f"This task costs {rt.settings.task_cost} credit(s)."
+                        balance, _ = await queries.user_limits(conn, user_id=user_id)
+                        if balance < rt.settings.task_cost:
+                            raise InsufficientCredits(
+                                f"This task costs {rt.settings.task_cost} credit(s)."
+                            )
+                        raise ActiveTaskLimit(
+                            f"You already have {rt.settings.max_active_tasks} unfinished tasks; "
+                            "submit more when some have finished."
                         )
                     if task_id is None:
                         raise _KeyRaceLost()

@@ -14,10 +14,16 @@ class AuditReport:
     balance_mismatches: list[dict[str, Any]] = field(default_factory=list)
     ledger_mismatches: list[dict[str, Any]] = field(default_factory=list)
     overdue_open_tasks: list[dict[str, Any]] = field(default_factory=list)
+    active_count_mismatches: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.balance_mismatches or self.ledger_mismatches or self.overdue_open_tasks)
+        return not (
+            self.balance_mismatches
+            or self.ledger_mismatches
+            or self.overdue_open_tasks
+            or self.active_count_mismatches
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -25,6 +31,7 @@ class AuditReport:
             "balance_mismatches": self.balance_mismatches,
             "ledger_mismatches": self.ledger_mismatches,
             "overdue_open_tasks": self.overdue_open_tasks,
+            "active_count_mismatches": self.active_count_mismatches,
         }
 
 
@@ -41,4 +48,5 @@ async def run_audit(conn: Conn, *, grace_seconds: float = 120.0) -> AuditReport:
         overdue_open_tasks=[
             _plain(r) for r in await queries.audit_overdue(conn, grace_seconds=grace_seconds)
         ],
+        active_count_mismatches=[_plain(r) for r in await queries.audit_active_counts(conn)],
     )

@@ -15,6 +15,7 @@ TaskhookError
   UnsupportedMediaType    415 unsupported_media_type
   ValidationFailed        422 validation_error    (with details)
   RateLimited             429 rate_limited        (with Retry-After)
+  ActiveTaskLimit         429 active_task_limit
   Unavailable             503 unavailable
 VendorError                                       (raised by adapters, never shown to clients)
   VendorUnavailable       transient: retry later
@@ -153,6 +154,13 @@ class RateLimited(TaskhookError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class ActiveTaskLimit(TaskhookError):
+    """Too many unfinished tasks; submit more when some have finished."""
+
+    status_code = 429
+    code = "active_task_limit"
 
 
 class Unavailable(TaskhookError):
