@@ -21,10 +21,15 @@ import pytest
 
 from db.migrate import migrate
 from db.pool import connect
+from taskhook.logs import configure_logging
 from taskhook.runtime import Runtime, open_runtime
 from taskhook.settings import ReplicateSettings, Settings
 
 TEST_WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+# Plain JSON lines as in production: structlog's dev renderer formats tracebacks with rich and
+# pygments, which under hypothesis's tracer turns one logged 500 into minutes of work.
+configure_logging(json=True)
 
 
 def with_database(dsn: str, name: str) -> str:

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import httpx
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from taskhook.app import create_app
@@ -75,7 +75,8 @@ async def scenario(settings: Settings, plan: list[tuple[bytes, str, dict[str, st
             task_id = await make_task(conn, user_id)
         app = create_app(settings, runtime=rt)
         url = rt.callback_url(task_id=task_id, vendor="replicate").removeprefix("http://testserver")
-        transport = httpx.ASGITransport(app=app)
+        # a crash must come back as the 500 a vendor would see, not as an exception here
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
             for n, (body, signing, noise) in enumerate(plan):
                 headers: dict[str, Any] = {}
