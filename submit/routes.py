@@ -45,8 +45,9 @@ def _validate(body: Any, rt: Runtime) -> tuple[str, str, dict[str, Any]]:
     for name in sorted(set(body) - _FIELDS):
         problems.append({"field": name, "message": "unknown field"})
     vendors = rt.settings.vendors
-    vendor = body.get("vendor", vendors[0] if vendors else None)
-    if vendor is not None and (not isinstance(vendor, str) or vendor not in rt.vendors):
+    # Only an absent vendor means "the default"; an explicit null is a mistake like any other.
+    vendor = body["vendor"] if "vendor" in body else (vendors[0] if vendors else None)
+    if "vendor" in body and (not isinstance(vendor, str) or vendor not in rt.vendors):
         problems.append(
             {"field": "vendor", "message": f"must be one of: {', '.join(vendors) or 'none'}"}
         )

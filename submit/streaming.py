@@ -46,7 +46,7 @@ async def task_events(request: Request) -> StreamingResponse:
     if task is None:
         raise NotFound("No task with this id belongs to you.")
     raw_last = request.headers.get("last-event-id", "")
-    last_seen = int(raw_last) if raw_last.isdigit() else -1
+    last_seen = int(raw_last) if raw_last.isascii() and raw_last.isdigit() else -1
 
     async def stream() -> AsyncIterator[str]:
         nonlocal last_seen

@@ -14,10 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+import web
 from db.migrate import is_current
 from receiver.routes import routes as receiver_routes
 from submit.routes import routes as submit_routes
 from taskhook.errors import TaskhookError, Unavailable
+from taskhook.openapi import openapi_json
 from taskhook.runtime import Runtime, open_runtime
 from taskhook.settings import Settings
 
@@ -93,8 +95,10 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Starlet
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        Route("/openapi.json", openapi_json),
         *submit_routes,
         *receiver_routes,
+        *web.routes,
     ]
     app = Starlette(
         routes=routes,

@@ -218,3 +218,37 @@ async def test_database_down_is_503_json(
     await runtime.pool.close()  # every new acquire fails as if the server were gone
     r = await client.get("/v1/me", headers=auth)
     assert_error(r, 503, "unavailable")
+
+
+@pytest.mark.parametrize(
+    "task_input",
+    [
+        '{"prompt": "a\\u0000b"}',
+        '{"a\\u0000": 1}',
+        '{"prompt": "\\ud800"}',
+        '{"x": NaN}',
+        '{"x": 1e400}',
+        "[" * 100_000 + "]" * 100_000,
+    ],
+)
+async def test_json_postgres_cannot_store_is_400(
+    client: httpx.AsyncClient, conn: Conn, task_input: str
+) -> None:
+    """Found by schemathesis: these reached the database and came back as 500s."""
+    auth = {**await user(conn), "Content-Type": "application/json"}
+    body = '{"model": "black-forest-labs/flux-schnell", "input": ' + task_input + "}"
+    assert_error(await client.post("/v1/tasks", content=body, headers=auth), 400, "invalid_json")
+    assert await conn.fetchval("SELECT balance FROM users") == 5
+
+
+async def test_explicit_null_vendor_is_422(client: httpx.AsyncClient, conn: Conn) -> None:
+    """Found by schemathesis: an explicit null vendor answered 503 'no vendor configured'."""
+    r = await client.post("/v1/tasks", json={**BODY, "vendor": None}, headers=await user(conn))
+    details = assert_error(r, 422, "validation_error")["error"]["details"]
+    assert [d["field"] for d in details] == ["vendor"]
+
+
+async def test_non_ascii_digits_are_not_numbers(client: httpx.AsyncClient, conn: Conn) -> None:
+    """Found by schemathesis: '²'.isdigit() is true but int('²') raises."""
+    r = await client.get("/v1/tasks", params={"limit": "²"}, headers=await user(conn))
+    assert_error(r, 422, "validation_error")

@@ -1,0 +1,588 @@
+"""The client API (API.md "Client API" and "Errors") as an OpenAPI 3.1 document.
+
+Built from the same constants the handlers use, so limits and enums cannot drift, and served
+unauthenticated at `GET /openapi.json`. It describes what the code does, error paths included:
+which statuses each operation can answer, which error codes each status carries, and which
+responses carry `Retry-After`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from db.states import TaskStatus
+from submit.listing import DEFAULT_LIMIT, MAX_LIMIT
+from submit.routes import MAX_IDEMPOTENCY_KEY
+from taskhook.errors import (
+    ActiveTaskLimit,
+    AlreadyTerminal,
+    IdempotencyConflict,
+    InsufficientCredits,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RequestInvalid,
+    TaskhookError,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+
+JsonObject = dict[str, Any]
+
+OPENAPI_VERSION = "3.1.0"
+TASK_ID_PATTERN = r"^tsk_[0-9a-f]{32}$"
+USER_ID_PATTERN = r"^usr_[0-9a-f]{32}$"
+MAX_MODEL_LENGTH = 200  # submit/routes.py `_validate`
+STATUS_FILTERS = ["active", *(s.value for s in TaskStatus)]
+
+_SCHEMAS = "#/components/schemas/"
+_RESPONSES = "#/components/responses/"
+_PARAMETERS = "#/components/parameters/"
+
+
+def _ref(target: str) -> JsonObject:
+    return {"$ref": target}
+
+
+def _nullable(schema: JsonObject) -> JsonObject:
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+def _timestamp(description: str) -> JsonObject:
+    return {"type": "string", "format": "date-time", "description": description}
+
+
+def _json(schema: JsonObject) -> JsonObject:
+    return {"application/json": {"schema": schema}}
+
+
+def _error_schema(codes: list[str], *, details: bool) -> JsonObject:
+    """The Error object, narrowed to the codes (and the `details`) one status can carry."""
+    inner: JsonObject = {"properties": {"code": {"enum": codes}}}
+    if details:
+        inner["required"] = ["code", "message", "details"]
+    else:
+        inner["not"] = {"required": ["details"]}
+    return {"allOf": [_ref(_SCHEMAS + "Error"), {"properties": {"error": inner}}]}
+
+
+def _error_response(
+    description: str,
+    errors: Sequence[type[TaskhookError] | str],
+    *,
+    details: bool = False,
+    headers: JsonObject | None = None,
+) -> JsonObject:
+    codes = [e if isinstance(e, str) else e.code for e in errors]
+    response: JsonObject = {
+        "description": description,
+        "content": _json(_error_schema(codes, details=details)),
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _retry_after(*, required: bool, description: str) -> JsonObject:
+    return {
+        "Retry-After": {
+            "description": description,
+            "required": required,
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    }
+
+
+def _schemas() -> JsonObject:
+    result_file: JsonObject = {
+        "type": "object",
+        "required": ["url", "content_type", "bytes", "sha256"],
+        "additionalProperties": False,
+        "properties": {
+            "url": {"type": "string", "format": "uri", "description": "presigned S3 URL"},
+            "content_type": {"type": "string"},
+            "bytes": {"type": "integer", "minimum": 0},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        },
+    }
+    return {
+        "TaskStatus": {
+            "type": "string",
+            "enum": [s.value for s in TaskStatus],
+            "description": "pending -> submitted -> processing -> storing -> completed; or "
+            "failed / canceled from any non-terminal state. Forward only.",
+        },
+        "ResultFile": result_file,
+        "Result": {
+            "description": "The first stored output; `files` lists all of them when there are "
+            "several.",
+            "type": "object",
+            "required": ["url", "content_type", "bytes", "sha256"],
+            "additionalProperties": False,
+            "properties": {
+                **result_file["properties"],
+                "files": {
+                    "type": "array",
+                    "minItems": 2,
+                    "items": _ref(_SCHEMAS + "ResultFile"),
+                },
+            },
+        },
+        "TaskError": {
+            "description": "Why a failed task failed.",
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {
+                    "type": "string",
+                    "description": "vendor_failed, deadline_exceeded, vendor_rejected, "
+                    "vendor_unavailable, storage_failed, ...",
+                },
+                "message": {"type": "string"},
+            },
+        },
+        "Task": {
+            "type": "object",
+            "required": [
+                "id",
+                "status",
+                "progress",
+                "vendor",
+                "model",
+                "input",
+                "cost",
+                "created_at",
+                "updated_at",
+                "deadline_at",
+                "completed_at",
+                "result",
+                "error",
+                "refunded",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string", "pattern": TASK_ID_PATTERN},
+                "status": _ref(_SCHEMAS + "TaskStatus"),
+                "progress": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": 100,
+                    "description": "never decreases",
+                },
+                "vendor": {"type": "string"},
+                "model": {"type": "string"},
+                "input": {"type": "object"},
+                "cost": {"type": "integer", "minimum": 0, "description": "credits charged"},
+                "created_at": _timestamp("when the task was accepted"),
+                "updated_at": _timestamp("last change"),
+                "deadline_at": _timestamp("when an unfinished task fails and is refunded"),
+                "completed_at": _nullable(_timestamp("when the task became terminal")),
+                "result": _nullable(
+                    {**_ref(_SCHEMAS + "Result"), "description": "completed tasks only"}
+                ),
+                "error": _nullable(
+                    {**_ref(_SCHEMAS + "TaskError"), "description": "failed tasks only"}
+                ),
+                "refunded": {"type": "boolean"},
+            },
+        },
+        "TaskPage": {
+            "type": "object",
+            "required": ["data", "next_cursor"],
+            "additionalProperties": False,
+            "properties": {
+                "data": {
+                    "type": "array",
+                    "maxItems": MAX_LIMIT,
+                    "items": _ref(_SCHEMAS + "Task"),
+                    "description": "newest first",
+                },
+                "next_cursor": {
+                    "type": ["string", "null"],
+                    "description": "pass as `cursor` for the next page; null on the last",
+                },
+            },
+        },
+        "NewTask": {
+            "type": "object",
+            "required": ["model", "input"],
+            "additionalProperties": False,
+            "properties": {
+                "model": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_MODEL_LENGTH,
+                    "pattern": r"\S",
+                    "description": "a model name the vendor accepts (Replicate: 'owner/name', "
+                    "'owner/name:version' or a 64-hex version id)",
+                },
+                "input": {"type": "object", "description": "the model's inputs"},
+                "vendor": {
+                    "type": "string",
+                    "description": "one of the configured vendors; default: the first",
+                },
+            },
+        },
+        "Me": {
+            "type": "object",
+            "required": ["id", "email", "credits"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string", "pattern": USER_ID_PATTERN},
+                "email": {"type": "string"},
+                "credits": {"type": "integer"},
+            },
+        },
+        "FieldProblem": {
+            "type": "object",
+            "required": ["field", "message"],
+            "additionalProperties": False,
+            "properties": {
+                "field": {"type": "string", "description": "empty for the body as a whole"},
+                "message": {"type": "string"},
+            },
+        },
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "additionalProperties": False,
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string", "minLength": 1},
+                        "details": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": _ref(_SCHEMAS + "FieldProblem"),
+                            "description": "validation_error only: every problem at once",
+                        },
+                    },
+                }
+            },
+        },
+    }
+
+
+def _responses() -> JsonObject:
+    return {
+        "InvalidJson": _error_response("The body is not valid JSON.", [RequestInvalid]),
+        "Unauthorized": _error_response(
+            "No API key, or not a valid one.",
+            [Unauthorized],
+        ),
+        "InsufficientCredits": _error_response(
+            "Not enough credits for the task.", [InsufficientCredits]
+        ),
+        "NotFound": _error_response(
+            "No such task, or another user's.",
+            [NotFound],
+        ),
+        # Any path above with a method it does not list; not attached to an operation.
+        "MethodNotAllowed": _error_response(
+            "The path exists but not with this method.", ["method_not_allowed"]
+        ),
+        "PayloadTooLarge": _error_response("The body is larger than 1 MiB.", [PayloadTooLarge]),
+        "UnsupportedMediaType": _error_response(
+            "The body is not sent as `application/json`.", [UnsupportedMediaType]
+        ),
+        "ValidationError": _error_response(
+            "Well-formed but not valid; `details` lists every problem.",
+            [ValidationFailed],
+            details=True,
+        ),
+        "RateLimited": _error_response(
+            "More requests this minute than TASKHOOK_RATE_LIMIT allows.",
+            [RateLimited],
+            headers=_retry_after(required=True, description="seconds until the window resets"),
+        ),
+        "Unavailable": _error_response(
+            "The database is unreachable, no vendor is configured, or a concurrent request "
+            "with the same Idempotency-Key could not be settled; nothing was changed.",
+            [Unavailable],
+            headers=_retry_after(required=False, description="seconds to wait before retrying"),
+        ),
+    }
+
+
+def _parameters() -> JsonObject:
+    return {
+        "TaskId": {
+            "name": "task_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "pattern": TASK_ID_PATTERN},
+        },
+    }
+
+
+def _common(*statuses: int) -> JsonObject:
+    """Responses every authenticated operation can give, plus the given shared ones."""
+    names = {
+        401: "Unauthorized",
+        404: "NotFound",
+        422: "ValidationError",
+        429: "RateLimited",
+        503: "Unavailable",
+    }
+    chosen = sorted({401, 429, 503, *statuses})
+    return {str(status): _ref(_RESPONSES + names[status]) for status in chosen}
+
+
+def _paths() -> JsonObject:
+    task_response = {"content": _json(_ref(_SCHEMAS + "Task"))}
+    task_id = _ref(_PARAMETERS + "TaskId")
+    return {
+        "/v1/tasks": {
+            "post": {
+                "operationId": "createTask",
+                "summary": "Submit a task",
+                "description": "Charges the task's cost atomically with the insert and answers "
+                "at once; the vendor is called afterwards.",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "A retry with the same key returns the same task; the "
+                        "same key with another body is a 409.",
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_IDEMPOTENCY_KEY,
+                        },
+                    },
+                    {
+                        "name": "X-Request-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "Trace id recorded with the task (default: generated).",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": _json(_ref(_SCHEMAS + "NewTask")),
+                },
+                "responses": {
+                    "202": {
+                        **task_response,
+                        "description": "Accepted (or, with a known Idempotency-Key, replayed).",
+                        "headers": {
+                            "Location": {
+                                "required": True,
+                                "description": "/v1/tasks/{id}",
+                                "schema": {
+                                    "type": "string",
+                                    "pattern": r"^/v1/tasks/tsk_[0-9a-f]{32}$",
+                                },
+                            },
+                            "Idempotent-Replayed": {
+                                "required": False,
+                                "description": "present on a replayed answer",
+                                "schema": {"type": "string", "enum": ["true"]},
+                            },
+                        },
+                        "links": {
+                            "GetTask": {
+                                "operationId": "getTask",
+                                "parameters": {"task_id": "$response.body#/id"},
+                            },
+                            "CancelTask": {
+                                "operationId": "cancelTask",
+                                "parameters": {"task_id": "$response.body#/id"},
+                            },
+                        },
+                    },
+                    "400": _ref(_RESPONSES + "InvalidJson"),
+                    "402": _ref(_RESPONSES + "InsufficientCredits"),
+                    "409": _error_response(
+                        "The Idempotency-Key was used with another body.", [IdempotencyConflict]
+                    ),
+                    "413": _ref(_RESPONSES + "PayloadTooLarge"),
+                    "415": _ref(_RESPONSES + "UnsupportedMediaType"),
+                    **_common(422),
+                    "429": _error_response(
+                        "Rate limited (with Retry-After), or at TASKHOOK_MAX_ACTIVE_TASKS "
+                        "unfinished tasks (without: submit more when some finish).",
+                        [RateLimited, ActiveTaskLimit],
+                        headers=_retry_after(
+                            required=False, description="with rate_limited: seconds to wait"
+                        ),
+                    ),
+                },
+            },
+            "get": {
+                "operationId": "listTasks",
+                "summary": "List your tasks, newest first",
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "description": "`active` = not terminal",
+                        "schema": {"type": "string", "enum": STATUS_FILTERS},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_LIMIT,
+                            "default": DEFAULT_LIMIT,
+                        },
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "`next_cursor` of the previous page, with the same status",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "One page.",
+                        "content": _json(_ref(_SCHEMAS + "TaskPage")),
+                    },
+                    **_common(422),
+                },
+            },
+        },
+        "/v1/tasks/{task_id}": {
+            "parameters": [task_id],
+            "get": {
+                "operationId": "getTask",
+                "summary": "Read one task",
+                "responses": {
+                    "200": {**task_response, "description": "The task."},
+                    **_common(404),
+                },
+            },
+        },
+        "/v1/tasks/{task_id}/cancel": {
+            "parameters": [task_id],
+            "post": {
+                "operationId": "cancelTask",
+                "summary": "Cancel a task",
+                "description": "Refunds the task and tells the vendor (best effort).",
+                "responses": {
+                    "200": {**task_response, "description": "The canceled task."},
+                    "409": _error_response("The task is already terminal.", [AlreadyTerminal]),
+                    **_common(404),
+                },
+            },
+        },
+        "/v1/tasks/{task_id}/events": {
+            "parameters": [task_id],
+            "get": {
+                "operationId": "taskEvents",
+                "summary": "Server-Sent Events of one task until it is terminal",
+                "description": "One `task` event per change (heartbeat comments in between); "
+                "the stream closes after a terminal state. EventSource cannot send headers, so "
+                "the key may also be passed as `?key=`.",
+                "security": [{"bearerAuth": []}, {"queryKey": []}],
+                "parameters": [
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "skip the events up to this id",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The event stream; each event is described below.",
+                        "headers": {
+                            "Cache-Control": {"schema": {"type": "string", "const": "no-cache"}},
+                        },
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["event", "data", "id"],
+                                    "properties": {
+                                        "event": {"const": "task"},
+                                        "id": {
+                                            "type": "string",
+                                            "pattern": "^[0-9]+$",
+                                            "description": "grows with every change",
+                                        },
+                                        "data": {
+                                            "type": "string",
+                                            "contentMediaType": "application/json",
+                                            "contentSchema": _ref(_SCHEMAS + "Task"),
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **_common(404),
+                },
+            },
+        },
+        "/v1/me": {
+            "get": {
+                "operationId": "getMe",
+                "summary": "Who you are and your credits",
+                "responses": {
+                    "200": {"description": "You.", "content": _json(_ref(_SCHEMAS + "Me"))},
+                    **_common(),
+                },
+            },
+        },
+    }
+
+
+def build_openapi() -> JsonObject:
+    """A fresh copy of the document (callers may mutate it)."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "taskhook client API",
+            "version": "1",
+            "description": "Run slow, unreliable third-party AI jobs behind a clean API. "
+            'Every error is `{"error": {"code", "message"}}`.',
+        },
+        "security": [{"bearerAuth": []}],
+        "paths": _paths(),
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "`Authorization: Bearer <api key>` (from "
+                    "`taskhook users create`)",
+                },
+                "queryKey": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "key",
+                    "description": "the API key as `?key=`, for EventSource (events only)",
+                },
+            },
+            "schemas": _schemas(),
+            "responses": _responses(),
+            "parameters": _parameters(),
+        },
+    }
+
+
+OPENAPI: JsonObject = build_openapi()
+
+
+async def openapi_json(_request: Request) -> JSONResponse:
+    return JSONResponse(OPENAPI)

@@ -1,0 +1,148 @@
+"""The operator dashboard's JSON API under /admin/api, behind the admin key.
+
+The key travels as `Authorization: Bearer <admin key>` and is compared in constant time. The
+overview is read-only; replaying a dead letter goes through receiver.replay, the same code as
+`taskhook deliveries replay`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from db.models import format_task_id, format_user_id
+from db.states import TaskStatus
+from receiver.replay import replay_delivery
+from taskhook.errors import NotFound, Unauthorized
+from taskhook.runtime import Runtime
+from taskhook.settings import Settings
+from web import admin_queries
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+STUCK_LIMIT = 100
+DEAD_LETTER_LIMIT = 100
+REFUND_LIMIT = 20
+USER_LIMIT = 200
+
+
+def silent_after(settings: Settings) -> float:
+    """Seconds without any change after which an open task counts as stuck: ten minutes, or a
+    third of the deadline when deadlines are shorter (a task silent that long will miss it)."""
+    return max(1.0, min(600.0, settings.task_deadline / 3))
+
+
+def require_admin(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    expected = rt.settings.admin_key.encode()
+    given = key.strip().encode()
+    # Compare even when the scheme is wrong, so timing says nothing about which part failed.
+    matches = hmac.compare_digest(given, expected)
+    if scheme.lower() != "bearer" or not given or not matches:
+        raise Unauthorized("A valid admin key is required: send `Authorization: Bearer <key>`.")
+    return rt
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+async def overview(request: Request) -> JSONResponse:
+    rt = require_admin(request)
+    silent = silent_after(rt.settings)
+    async with rt.pool.acquire() as conn:
+        counts = await admin_queries.count_by_state(conn)
+        stuck = await admin_queries.stuck_tasks(conn, silent_seconds=silent, limit=STUCK_LIMIT)
+        dead = await admin_queries.dead_letters(conn, limit=DEAD_LETTER_LIMIT)
+        health = await admin_queries.vendor_health(conn)
+        refunds = await admin_queries.recent_refunds(conn, limit=REFUND_LIMIT)
+        users = await admin_queries.user_credits(conn, limit=USER_LIMIT)
+
+    rows = {v.vendor: v for v in health}
+    vendors: list[dict[str, Any]] = []
+    for name in sorted(set(rt.vendors) | set(rows)):
+        row = rows.get(name)
+        vendors.append(
+            {
+                "vendor": name,
+                "configured": name in rt.vendors,
+                "circuit": row.circuit if row else "closed",
+                "failures": row.failures if row else 0,
+                "open_until": _time(row.open_until) if row else None,
+                "blocked_until": _time(row.blocked_until) if row else None,
+                "updated_at": _time(row.updated_at) if row else None,
+            }
+        )
+
+    body: dict[str, Any] = {
+        "counts": {status.value: counts.get(status.value, 0) for status in TaskStatus},
+        "stuck": [
+            {
+                "id": format_task_id(t.id),
+                "email": t.email,
+                "status": t.status,
+                "progress": t.progress,
+                "vendor": t.vendor,
+                "model": t.model,
+                "attempts": t.attempts,
+                "last_error": t.last_error,
+                "reason": "overdue" if t.overdue else "silent",
+                "created_at": _time(t.created_at),
+                "updated_at": _time(t.updated_at),
+                "deadline_at": _time(t.deadline_at),
+            }
+            for t in stuck
+        ],
+        "dead_letters": [
+            {
+                "id": d.id,
+                "vendor": d.vendor,
+                "delivery_id": d.delivery_id,
+                "task_id": format_task_id(d.task_id) if d.task_id else None,
+                "error": d.error,
+                "bytes": d.bytes,
+                "received_at": _time(d.received_at),
+            }
+            for d in dead
+        ],
+        "vendors": vendors,
+        "refunds": [
+            {
+                "task_id": format_task_id(r.task_id),
+                "email": r.email,
+                "amount": r.amount,
+                "task_status": r.task_status,
+                "error_code": r.error_code,
+                "created_at": _time(r.created_at),
+            }
+            for r in refunds
+        ],
+        "users": [
+            {
+                "id": format_user_id(u.id),
+                "email": u.email,
+                "balance": u.balance,
+                "active_tasks": u.active_tasks,
+            }
+            for u in users
+        ],
+        "silent_after_seconds": silent,
+    }
+    return JSONResponse(body, headers=NO_STORE)
+
+
+async def replay(request: Request) -> JSONResponse:
+    rt = require_admin(request)
+    delivery_row_id: int = request.path_params["delivery_id"]
+    if delivery_row_id > 2**63 - 1:
+        raise NotFound(f"no delivery {delivery_row_id}")
+    result = await replay_delivery(rt, delivery_row_id)
+    return JSONResponse(
+        {"id": result.delivery_row_id, "status": result.status, "message": result.message},
+        headers=NO_STORE,
+    )

@@ -1,0 +1,314 @@
+// The operator dashboard: tasks by state, stuck tasks, dead letters, vendor health, refunds and
+// credits, refreshed every few seconds from /admin/api/overview with the admin key.
+"use strict";
+
+(function () {
+  const T = window.Taskhook;
+  const el = T.el;
+  const $ = T.byId;
+
+  const KEY_STORAGE = "taskhook.adminKey";
+  const REFRESH_MS = 3000;
+  const STATES = ["pending", "submitted", "processing", "storing", "completed", "failed", "canceled"];
+
+  const state = { key: null, session: 0, timer: null, loading: false, again: false };
+
+  function call(path, options) {
+    return T.request(path, state.key, options);
+  }
+
+  // ---- signing in and out -------------------------------------------------------------------
+
+  async function signIn(key, typed) {
+    const session = ++state.session;
+    state.key = key;
+    let overview;
+    try {
+      overview = await call("/admin/api/overview");
+    } catch (err) {
+      if (session !== state.session) return;
+      if (err.status === 401) {
+        state.key = null;
+        sessionStorage.removeItem(KEY_STORAGE);
+        T.showError(typed ? "That admin key was not accepted."
+          : "The saved admin key is no longer valid. Please sign in again.");
+        showSignIn();
+      } else {
+        T.showError(T.describe(err));
+        setTimeout(function () { if (session === state.session) signIn(key, false); }, 3000);
+      }
+      return;
+    }
+    if (session !== state.session) return;
+    sessionStorage.setItem(KEY_STORAGE, key);
+    T.clearError();
+    $("admin-key").value = "";
+    $("signin").hidden = true;
+    $("dashboard").hidden = false;
+    $("account").hidden = false;
+    render(overview);
+    schedule(session);
+  }
+
+  function signOut() {
+    state.session++;
+    state.key = null;
+    clearTimeout(state.timer);
+    sessionStorage.removeItem(KEY_STORAGE);
+    T.clearError();
+    hideNotice();
+    showSignIn();
+  }
+
+  function showSignIn() {
+    $("dashboard").hidden = true;
+    $("account").hidden = true;
+    $("signin").hidden = false;
+    $("admin-key").focus();
+  }
+
+  // ---- refreshing ---------------------------------------------------------------------------
+
+  function schedule(session) {
+    clearTimeout(state.timer);
+    state.timer = setTimeout(function () { refresh(session); }, REFRESH_MS);
+  }
+
+  async function refresh(session) {
+    if (session !== state.session) return;
+    if (state.loading) {
+      state.again = true; // an answer already on its way may predate what just changed
+      return;
+    }
+    state.loading = true;
+    state.again = false;
+    try {
+      const overview = await call("/admin/api/overview");
+      if (session !== state.session) return;
+      T.clearError();
+      render(overview);
+    } catch (err) {
+      if (session !== state.session) return;
+      if (err.status === 401) {
+        signOut();
+        T.showError("The admin key is no longer valid. Please sign in again.");
+        return;
+      }
+      // Keep showing the last good numbers, and say they are stale.
+      T.showError("Could not refresh: " + T.describe(err));
+    } finally {
+      state.loading = false;
+      if (session === state.session) {
+        if (state.again) refreshNow();
+        else schedule(session);
+      }
+    }
+  }
+
+  function refreshNow() {
+    clearTimeout(state.timer);
+    refresh(state.session);
+  }
+
+  // ---- rendering ----------------------------------------------------------------------------
+
+  function render(overview) {
+    renderCounts(overview.counts || {});
+    renderVendors(overview.vendors || []);
+    renderDeadLetters(overview.dead_letters || []);
+    renderStuck(overview.stuck || [], overview.silent_after_seconds);
+    renderRefunds(overview.refunds || []);
+    renderUsers(overview.users || []);
+    $("updated").textContent = "Updated " + T.formatTime(new Date().toISOString());
+  }
+
+  function renderCounts(counts) {
+    const box = $("stats");
+    if (!box.children.length) {
+      for (const status of STATES) {
+        box.appendChild(el("div", { className: "stat stat-" + status },
+          el("span", { className: "stat-label", text: status }),
+          el("span", {
+            className: "stat-value", text: "0",
+            dataset: { testid: "state-count", status: status },
+          })));
+      }
+    }
+    for (const status of STATES) {
+      const value = box.querySelector('[data-testid="state-count"][data-status="' + status + '"]');
+      value.textContent = String(Number(counts[status]) || 0);
+    }
+  }
+
+  function cell(text, className) {
+    return el("td", { text: text === null || text === undefined || text === "" ? "—" : text, className: className });
+  }
+
+  // Long ids stay whole in the text (copy, search) but are shortened on screen.
+  function taskId(id) {
+    return el("code", { className: "id", text: id, title: id });
+  }
+
+  function badge(text, kind) {
+    return el("span", { className: "status status-" + kind, text: text });
+  }
+
+  function renderVendors(vendors) {
+    const rows = vendors.map(function (v) {
+      const circuitCell = el("td", {}, badge(v.circuit, "circuit-" + v.circuit));
+      const name = v.vendor + (v.configured ? "" : " (not configured)");
+      return el("tr", { dataset: { testid: "vendor", vendor: v.vendor, circuit: v.circuit } },
+        cell(name), circuitCell, cell(String(v.failures)),
+        cell(v.open_until ? T.formatTime(v.open_until) : ""),
+        cell(v.blocked_until ? T.formatTime(v.blocked_until) : ""));
+    });
+    if (!rows.length) rows.push(el("tr", {}, el("td", { text: "No vendor is configured." })));
+    $("vendors").replaceChildren(...rows);
+  }
+
+  // Keyed by delivery id, so a replay button never vanishes under the pointer for nothing.
+  function renderDeadLetters(letters) {
+    const list = $("dead-letters");
+    const existing = new Map();
+    for (const child of list.children) existing.set(child.dataset.deliveryId, child);
+    const wanted = letters.map(function (d) {
+      const id = String(d.id);
+      const node = existing.get(id) || buildDeadLetter(d);
+      existing.delete(id);
+      return node;
+    });
+    for (const stale of existing.values()) stale.remove();
+    wanted.forEach(function (node, i) {
+      if (list.children[i] !== node) list.insertBefore(node, list.children[i] || null);
+    });
+    $("dead-count").textContent = String(letters.length);
+    $("dead-empty").hidden = letters.length > 0;
+  }
+
+  function buildDeadLetter(d) {
+    const replay = el("button", {
+      className: "secondary small", type: "button", text: "Replay",
+      dataset: { testid: "replay" },
+    });
+    replay.addEventListener("click", function () { replayDelivery(d.id, replay); });
+    return el("li", {
+      className: "dead-letter",
+      dataset: { testid: "dead-letter", deliveryId: String(d.id) },
+    },
+    el("div", { className: "dead-letter-main" },
+      el("div", { className: "dead-letter-title" },
+        el("strong", { text: d.vendor }),
+        el("code", { text: d.delivery_id })),
+      el("div", { className: "muted small", text: "task " + (d.task_id || "unknown") + " · " +
+        d.bytes + " bytes · " + T.formatTime(d.received_at) }),
+      el("div", { className: "dead-letter-error", text: d.error || "no error recorded" })),
+    replay);
+  }
+
+  async function replayDelivery(id, button) {
+    button.disabled = true;
+    button.textContent = "Replaying…";
+    try {
+      const result = await call("/admin/api/deliveries/" + encodeURIComponent(id) + "/replay",
+        { method: "POST" });
+      showNotice("Delivery " + result.id + ": " + result.status + " — " + result.message,
+        result.status === "rejected");
+      T.clearError();
+    } catch (err) {
+      if (err.status === 401) {
+        signOut();
+        T.showError("The admin key is no longer valid. Please sign in again.");
+        return;
+      }
+      T.showError("Replay failed: " + T.describe(err));
+    }
+    button.disabled = false;
+    button.textContent = "Replay";
+    refreshNow();
+  }
+
+  function renderStuck(tasks, silentAfter) {
+    const rows = tasks.map(function (t) {
+      const why = t.reason === "overdue" ? "past deadline" : "silent";
+      return el("tr", { dataset: { testid: "stuck-task", taskId: t.id, status: t.status } },
+        el("td", {}, taskId(t.id)),
+        cell(t.email),
+        el("td", {}, badge(t.status, t.status)),
+        cell(t.progress + "%"),
+        cell(why, t.reason === "overdue" ? "danger" : "warning"),
+        cell(T.formatTime(t.updated_at), "time"),
+        cell(T.formatTime(t.deadline_at), "time"),
+        cell(t.last_error || "", "wrap"));
+    });
+    $("stuck").replaceChildren(...rows);
+    $("stuck-count").textContent = String(tasks.length);
+    $("stuck-empty").hidden = tasks.length > 0;
+    $("stuck").closest(".table-wrap").hidden = tasks.length === 0;
+    if (silentAfter) {
+      $("stuck-hint").textContent = "Open tasks past their deadline, or with no change for " +
+        T.formatDuration(silentAfter) + ".";
+    }
+  }
+
+  function renderRefunds(refunds) {
+    const rows = refunds.map(function (r) {
+      return el("tr", { dataset: { testid: "refund", taskId: r.task_id } },
+        el("td", {}, taskId(r.task_id)),
+        cell(r.email),
+        cell("+" + r.amount),
+        cell(r.error_code || r.task_status),
+        cell(T.formatTime(r.created_at), "time"));
+    });
+    $("refunds").replaceChildren(...rows);
+    $("refunds-empty").hidden = refunds.length > 0;
+    $("refunds").closest(".table-wrap").hidden = refunds.length === 0;
+  }
+
+  function renderUsers(users) {
+    const rows = users.map(function (u) {
+      return el("tr", { dataset: { testid: "user-credits", email: u.email } },
+        cell(u.email), cell(String(u.balance), "num"), cell(String(u.active_tasks), "num"));
+    });
+    $("users").replaceChildren(...rows);
+    $("users-empty").hidden = users.length > 0;
+    $("users").closest(".table-wrap").hidden = users.length === 0;
+  }
+
+  function showNotice(message, warn) {
+    const box = $("notice");
+    box.textContent = message;
+    box.classList.toggle("warn", !!warn);
+    box.hidden = false;
+  }
+
+  function hideNotice() {
+    $("notice").hidden = true;
+  }
+
+  // ---- start --------------------------------------------------------------------------------
+
+  function start() {
+    $("signin-form").addEventListener("submit", function (event) {
+      event.preventDefault();
+      const key = $("admin-key").value.trim();
+      if (!key) {
+        T.showError("Enter the admin key to sign in.");
+        return;
+      }
+      signIn(key, true);
+    });
+    $("sign-out").addEventListener("click", signOut);
+    document.addEventListener("visibilitychange", function () {
+      if (!document.hidden && state.key) refreshNow();
+    });
+    const saved = sessionStorage.getItem(KEY_STORAGE);
+    if (saved) {
+      $("signin").hidden = true;
+      signIn(saved, false);
+    } else {
+      showSignIn();
+    }
+  }
+
+  start();
+})();
