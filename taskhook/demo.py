@@ -276,5 +276,6 @@ def _summary(
         f"API: curl -H 'Authorization: Bearer {api_key}' {web_url}/v1/tasks/"
         f"{sample['id'] if sample else '<id>'}"
     )
+    console.print(f"Web page: {web_url}/ (sign in with the key above; --keep-serving keeps it up)")
     ok = still_open == 0 and audit_ok and verified[0] == verified[1] and me["credits"] == refunded
     return ok
