@@ -280,7 +280,7 @@ UPDATE tasks
                ORDER BY next_poll_at
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)
-RETURNING id, vendor, vendor_task_id, deadline_at, updated_at;
+RETURNING id, vendor, vendor_task_id, deadline_at, updated_at, trace_id;
 
 -- claim_overdue --
 -- Tasks not yet at the vendor's finish line whose deadline passed (storing is the worker's).
@@ -294,7 +294,7 @@ UPDATE tasks
                ORDER BY deadline_at
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)
-RETURNING id, vendor, vendor_task_id, deadline_at, updated_at;
+RETURNING id, vendor, vendor_task_id, deadline_at, updated_at, trace_id;
 
 -- reschedule_poll --
 -- After a poll that left the task live: ask again later, unless news already moved the date.

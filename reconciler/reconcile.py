@@ -23,6 +23,7 @@ from db.transition import Outcome, transition
 from taskhook import metrics
 from taskhook.errors import VendorError, VendorUnavailable
 from taskhook.runtime import Runtime
+from taskhook.tracing import task_context
 from taskhook.vendor_updates import apply_update
 from vendors.health import VendorHealth
 
@@ -70,6 +71,12 @@ class _VendorPass:
         """Ask the vendor and apply its answer; None when we could not ask."""
         if not row["vendor_task_id"] or self.throttled:
             return None
+        with task_context(
+            task_id=f"tsk_{row['id'].hex}", vendor=self.vendor, trace_id=row["trace_id"]
+        ):
+            return await self._poll(row)
+
+    async def _poll(self, row: Any) -> TaskStatus | None:
         async with self.health.slots:
             started = time.monotonic()
             error: Exception | None = None

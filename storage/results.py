@@ -9,6 +9,7 @@ import botocore.exceptions
 import structlog
 
 from db import queries
+from db.models import Task
 from db.states import TaskStatus
 from db.transition import transition
 from storage.download import DownloadError, download
@@ -16,18 +17,23 @@ from storage.s3 import result_key
 from taskhook import metrics
 from taskhook.backoff import backoff_delay
 from taskhook.runtime import Runtime
+from taskhook.tracing import task_context
 
 log = structlog.get_logger()
 
 
 async def store_result(rt: Runtime, *, task_id: uuid.UUID, attempt: int, owner: str) -> None:
     """One attempt under the caller's lease. Failures back off; too many fail and refund."""
-    settings = rt.settings
     async with rt.pool.acquire() as conn:
         task = await queries.get_task(conn, task_id=task_id, user_id=None)
     if task is None or task.status is not TaskStatus.STORING:
         return
-    bound = log.bind(task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id)
+    with task_context(task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id):
+        await _store(rt, task, attempt, owner)
+
+
+async def _store(rt: Runtime, task: Task, attempt: int, owner: str) -> None:
+    settings = rt.settings
     files: list[dict[str, Any]] = []
     try:
         if not task.outputs:
@@ -59,7 +65,7 @@ async def store_result(rt: Runtime, *, task_id: uuid.UUID, attempt: int, owner: 
         metrics.STORAGE.labels(outcome="error").inc()
         async with rt.pool.acquire() as conn:
             if attempt >= settings.max_storage_attempts:
-                bound.warning("storage_failed", attempts=attempt, error=str(exc))
+                log.warning("storage_failed", attempts=attempt, error=str(exc))
                 await transition(
                     conn,
                     task_id=task.id,
@@ -70,7 +76,7 @@ async def store_result(rt: Runtime, *, task_id: uuid.UUID, attempt: int, owner: 
                 )
             else:
                 delay = backoff_delay(attempt, rng=rt.rng, cap=60)
-                bound.info("storage_retry", attempt=attempt, delay=round(delay, 2), error=str(exc))
+                log.info("storage_retry", attempt=attempt, delay=round(delay, 2), error=str(exc))
                 await queries.release_storing(
                     conn, task_id=task.id, owner=owner, delay_seconds=delay, error=str(exc)
                 )
@@ -85,4 +91,4 @@ async def store_result(rt: Runtime, *, task_id: uuid.UUID, attempt: int, owner: 
             cause="worker",
             result={"files": files},
         )
-    bound.info("stored", files=len(files), outcome=result.outcome.value)
+    log.info("stored", files=len(files), outcome=result.outcome.value)

@@ -12,12 +12,14 @@ import uuid
 import structlog
 
 from db import queries
+from db.models import Task
 from db.states import TaskStatus
 from db.transition import transition
 from taskhook import metrics
 from taskhook.backoff import backoff_delay
 from taskhook.errors import VendorRejected, VendorUnavailable
 from taskhook.runtime import Runtime
+from taskhook.tracing import task_context
 from taskhook.vendor_updates import apply_update
 from vendors.health import VendorHealth
 
@@ -25,17 +27,21 @@ log = structlog.get_logger()
 
 
 async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
-    settings = rt.settings
     async with rt.pool.acquire() as conn:
         task = await queries.get_task(conn, task_id=task_id, user_id=None)
     if task is None or task.status is not TaskStatus.PENDING:
         return
-    bound = log.bind(task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id)
+    with task_context(task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id):
+        await _register(rt, task, attempt)
+
+
+async def _register(rt: Runtime, task: Task, attempt: int) -> None:
+    settings = rt.settings
     adapter = rt.vendors.get(task.vendor)
     health = rt.health.get(task.vendor)
     if health is not None and await health.permits() is None:
         # The circuit is open: the task waits (it is not failed, and the attempt is not spent).
-        bound.info("registration_deferred", reason="circuit open")
+        log.info("registration_deferred", reason="circuit open")
         async with rt.pool.acquire() as conn:
             await queries.schedule_registration_retry(
                 conn,
@@ -60,7 +66,7 @@ async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
     except VendorRejected as exc:
         await _record(health, None)  # the vendor answered: it is up
         metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="rejected").inc()
-        bound.info("registration_rejected", error=str(exc))
+        log.info("registration_rejected", error=str(exc))
         await _fail(rt, task.id, "vendor_rejected", str(exc))
         return
     except (VendorUnavailable, TimeoutError) as exc:
@@ -68,7 +74,7 @@ async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
         message = str(exc) or "the vendor did not answer in time"
         metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="unavailable").inc()
         if attempt >= settings.max_registration_attempts:
-            bound.warning("registration_gave_up", attempts=attempt, error=message)
+            log.warning("registration_gave_up", attempts=attempt, error=message)
             await _fail(
                 rt,
                 task.id,
@@ -79,7 +85,7 @@ async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
         async with rt.pool.acquire() as conn:
             retry_after = exc.retry_after if isinstance(exc, VendorUnavailable) else None
             delay = backoff_delay(attempt, rng=rt.rng, at_least=retry_after)
-            bound.info("registration_retry", attempt=attempt, delay=round(delay, 2), error=message)
+            log.info("registration_retry", attempt=attempt, delay=round(delay, 2), error=message)
             await queries.schedule_registration_retry(
                 conn, task_id=task.id, delay_seconds=delay, error=message
             )
@@ -96,7 +102,7 @@ async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
             cause="registration",
             poll_after=settings.poll_after,
         )
-    bound.info("registered", vendor_task_id=update.vendor_task_id, outcome=result.outcome.value)
+    log.info("registered", vendor_task_id=update.vendor_task_id, outcome=result.outcome.value)
 
 
 async def _record(health: VendorHealth | None, error: Exception | None) -> None:

@@ -30,6 +30,7 @@ from taskhook.errors import (
 )
 from taskhook.http import read_json
 from taskhook.runtime import Runtime
+from taskhook.tracing import trace_id_from
 
 log = structlog.get_logger()
 
@@ -86,7 +87,9 @@ async def create_task(request: Request) -> JSONResponse:
             details=[{"field": "Idempotency-Key", "message": "must be 1-255 characters"}]
         )
     request_hash = _request_hash(vendor, model, task_input)
-    trace_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    trace_id = trace_id_from(
+        request.headers.get("traceparent"), request.headers.get("x-request-id")
+    )
     task_id, created = await _charge_and_insert(
         rt,
         user_id=user.id,

@@ -20,6 +20,7 @@ from db.models import format_task_id
 from db.states import TaskStatus
 from receiver.signature import Delivery, decode_secret, verify_standard_webhook
 from taskhook.errors import PayloadInvalid, VendorRejected, VendorUnavailable
+from taskhook.tracing import outgoing_headers
 from vendors.base import VendorUpdate
 
 NAME = "replicate"
@@ -188,7 +189,7 @@ class ReplicateAdapter:
                 method,
                 self._base + path,
                 json=json,
-                headers={**self._headers, **(headers or {})},
+                headers={**self._headers, **outgoing_headers(), **(headers or {})},
                 timeout=self._timeout,
             )
         except httpx.HTTPError as exc:
