@@ -131,6 +131,8 @@ def serve(host: str, port: int, workers: int) -> None:
         access_log=False,
         log_level="warning",
         proxy_headers=True,
+        # SIGTERM: stop accepting, let in-flight requests finish (up to this long), then exit.
+        timeout_graceful_shutdown=30,
     )
 
 

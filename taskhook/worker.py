@@ -59,11 +59,35 @@ class Worker:
             store_result(self.rt, task_id=task_id, attempt=attempt, owner=self.owner)
             for task_id, attempt in storing
         ] + [register(self.rt, task_id=task_id, attempt=attempt) for task_id, attempt in pending]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+        try:
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+        except asyncio.CancelledError:
+            # Stopped mid-batch (shutdown timeout, or the task was cancelled): hand the claims
+            # back at once instead of letting another worker wait for the leases to expire.
+            await asyncio.shield(self._release(storing, pending))
+            raise
         for item in results:
             if isinstance(item, BaseException):
                 log.error("worker_job_crashed", error=repr(item))
         return len(jobs)
+
+    async def _release(
+        self, storing: list[tuple[Any, int]], pending: list[tuple[Any, int]]
+    ) -> None:
+        async with self.rt.pool.acquire() as conn:
+            for task_id, _ in storing:
+                await queries.release_storing(
+                    conn,
+                    task_id=task_id,
+                    owner=self.owner,
+                    delay_seconds=0,
+                    error="worker stopped mid-attempt",
+                )
+            for task_id, _ in pending:
+                await queries.schedule_registration_retry(
+                    conn, task_id=task_id, delay_seconds=0, error="worker stopped mid-attempt"
+                )
+        log.info("worker_released_claims", storing=len(storing), pending=len(pending))
 
     async def run(self, stop: asyncio.Event) -> None:
         listener = await self.rt.pool.acquire()

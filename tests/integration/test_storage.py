@@ -190,3 +190,33 @@ async def test_worker_survives_a_database_outage(
     monkeypatch.setattr(worker, "run_once", flaky)
     await asyncio.wait_for(worker.run(stop), timeout=10)
     assert calls == 3
+
+
+async def test_a_worker_stopped_mid_download_hands_its_lease_back(
+    runtime: Runtime, conn: Conn
+) -> None:
+    started, never = asyncio.Event(), asyncio.Event()
+
+    async def stalled(request: httpx.Request) -> httpx.Response:
+        started.set()
+        await never.wait()  # the vendor's file server hangs
+        return httpx.Response(500)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(stalled))
+    task_id = await storing_task(conn, ["http://93.184.216.34/x.png"])
+    worker = Worker(replace(runtime, http=client))
+    job = asyncio.create_task(worker.run_once())
+    await asyncio.wait_for(started.wait(), timeout=10)
+    assert await conn.fetchval("SELECT lease_owner FROM tasks WHERE id=$1", task_id)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    row = await conn.fetchrow(
+        "SELECT status::text, lease_owner, lease_expires_at <= now() "
+        "AS free FROM tasks WHERE id=$1",
+        task_id,
+    )
+    assert tuple(row) == ("storing", None, True)
+    # another worker can take it at once
+    claimed = await queries.claim_storing(conn, limit=1, owner="next", lease_seconds=60)
+    assert [t for t, _ in claimed] == [task_id]
