@@ -147,25 +147,13 @@ SELECT charged.id AS user_id, (SELECT task_id FROM ledger) AS task_id FROM charg
 
 -- get_task --
 -- One task with whether it was refunded; user_id NULL means any user (operators).
-SELECT t.id, t.user_id, t.vendor, t.model, t.input, t.cost, t.status::text AS status, t.progress,
-       t.vendor_task_id, t.outputs, t.result, t.error, t.trace_id, t.attempts,
-       t.storage_attempts, t.last_error, t.created_at, t.updated_at, t.deadline_at,
-       t.completed_at, t.next_attempt_at, t.next_poll_at,
-       EXISTS (SELECT 1 FROM credit_ledger AS l WHERE l.task_id = t.id AND l.kind = 'refund')
-           AS refunded
-  FROM tasks AS t
+SELECT t.* FROM task_rows AS t
  WHERE t.id = $1 AND ($2::uuid IS NULL OR t.user_id = $2);
 
 -- list_tasks --
 -- Operators' view, newest first; status NULL means all.
-SELECT t.id, t.user_id, t.vendor, t.model, t.input, t.cost, t.status::text AS status, t.progress,
-       t.vendor_task_id, t.outputs, t.result, t.error, t.trace_id, t.attempts,
-       t.storage_attempts, t.last_error, t.created_at, t.updated_at, t.deadline_at,
-       t.completed_at, t.next_attempt_at, t.next_poll_at,
-       EXISTS (SELECT 1 FROM credit_ledger AS l WHERE l.task_id = t.id AND l.kind = 'refund')
-           AS refunded
-  FROM tasks AS t
- WHERE ($1::task_status IS NULL OR t.status = $1::task_status)
+SELECT t.* FROM task_rows AS t
+ WHERE ($1::text IS NULL OR t.status = $1::text)
  ORDER BY t.created_at DESC, t.id DESC
  LIMIT $2;
 
@@ -379,15 +367,9 @@ DELETE FROM webhook_deliveries
 -- list_user_tasks --
 -- A user's tasks newest first, keyset-paginated on (created_at, id). $2: status filter, NULL
 -- for all; $3: only non-terminal ones ('active'); $4/$5: the cursor's position, NULL at start.
-SELECT t.id, t.user_id, t.vendor, t.model, t.input, t.cost, t.status::text AS status, t.progress,
-       t.vendor_task_id, t.outputs, t.result, t.error, t.trace_id, t.attempts,
-       t.storage_attempts, t.last_error, t.created_at, t.updated_at, t.deadline_at,
-       t.completed_at, t.next_attempt_at, t.next_poll_at,
-       EXISTS (SELECT 1 FROM credit_ledger AS l WHERE l.task_id = t.id AND l.kind = 'refund')
-           AS refunded
-  FROM tasks AS t
+SELECT t.* FROM task_rows AS t
  WHERE t.user_id = $1
-   AND ($2::task_status IS NULL OR t.status = $2::task_status)
+   AND ($2::text IS NULL OR t.status = $2::text)
    AND (NOT $3 OR t.status IN ('pending', 'submitted', 'processing', 'storing'))
    AND ($4::timestamptz IS NULL OR (t.created_at, t.id) < ($4::timestamptz, $5::uuid))
  ORDER BY t.created_at DESC, t.id DESC
