@@ -332,12 +332,14 @@ async def run_scenario(
                     )
 
             async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+                passed: set[Path] = set()
 
                 async def all_passed() -> bool:
                     for proc in procs:
                         if proc.returncode is not None:
                             raise SystemExit(f"a reconciler exited early; see {log_dir}")
-                    return all(read_passes(path) for path in logs)
+                    passed.update(path for path in logs if path not in passed and read_passes(path))
+                    return len(passed) == len(logs)
 
                 await wait_until(all_passed, 60, "every reconciler to finish a pass")
                 await asyncio.sleep(WARMUP_SECONDS)
