@@ -49,24 +49,18 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+from seeding import insert_submitted_tasks
 
-from db import queries
 from db.migrate import migrate
-from db.pool import connect
-from db.states import TaskStatus
-from db.transition import transition
+from db.pool import connect, dsn_for_database
 from taskhook.embedded import EmbeddedS3, start_postgres, start_s3
-from taskhook.users import create_user
 from vendors.simulator import RunningSimulator, SimulatorConfig, running_simulator
 
 WARMUP_SECONDS = 2.0
@@ -155,12 +149,6 @@ class Result:
         )
 
 
-def database_url(dsn: str, name: str) -> str:
-    """The same server, another database (works for TCP and unix-socket DSNs)."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
 async def create_predictions(sim: RunningSimulator, count: int) -> list[str]:
     """`count` predictions with no webhook: they stay `starting` for job_seconds."""
     limit = asyncio.Semaphore(32)
@@ -178,51 +166,6 @@ async def create_predictions(sim: RunningSimulator, count: int) -> list[str]:
             return prediction_id
 
         return await asyncio.gather(*(one(n) for n in range(count)))
-
-
-async def insert_tasks(dsn: str, prediction_ids: list[str], *, workers: int = 8) -> None:
-    """One `submitted` task per prediction, through the product's own queries (as
-    tests/factories.py does). Each worker has its own user, so charges do not queue on one
-    user row, and commits 250 tasks at a time."""
-    now = datetime.now(UTC)
-
-    async def worker(share: list[str]) -> None:
-        conn = await connect(dsn)
-        try:
-            user_id, _ = await create_user(
-                conn, email=f"bench-{uuid.uuid4().hex[:8]}@example.test", credits=len(share)
-            )
-            for start in range(0, len(share), 250):
-                async with conn.transaction():
-                    for prediction_id in share[start : start + 250]:
-                        charged, task_id = await queries.create_task(
-                            conn,
-                            task_id=uuid.uuid4(),
-                            user_id=user_id,
-                            vendor="replicate",
-                            model="a/b",
-                            input={"prompt": prediction_id},
-                            cost=1,
-                            idempotency_key=None,
-                            request_hash=None,
-                            trace_id="bench",
-                            deadline_seconds=86400,
-                            registration_lease_seconds=3600,
-                        )
-                        assert charged and task_id is not None
-                        await transition(
-                            conn,
-                            task_id=task_id,
-                            to=TaskStatus.SUBMITTED,
-                            event_key="bench-submitted",
-                            cause="bench",
-                            vendor_task_id=prediction_id,
-                            next_poll_at=now,
-                        )
-        finally:
-            await conn.close()
-
-    await asyncio.gather(*(worker(prediction_ids[i::workers]) for i in range(workers)))
 
 
 async def snapshot(client: httpx.AsyncClient, dsn: str, pids: list[int]) -> Snapshot:
@@ -282,7 +225,7 @@ async def run_scenario(
     name = f"taskhook_bench_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(server_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = database_url(server_dsn, name)
+    dsn = dsn_for_database(server_dsn, name)
     log_dir = Path(args.data_dir) / "logs" / name
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: list[asyncio.subprocess.Process] = []
@@ -296,7 +239,7 @@ async def run_scenario(
         async with running_simulator(config) as sim:
             started = time.monotonic()
             prediction_ids = await create_predictions(sim, tasks)
-            await insert_tasks(dsn, prediction_ids)
+            await insert_submitted_tasks(dsn, prediction_ids, model="a/b")
             print(
                 f"[{reconcilers} reconciler(s)] {tasks} predictions and tasks ready in "
                 f"{time.monotonic() - started:.1f}s; logs in {log_dir}",

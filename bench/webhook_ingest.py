@@ -51,25 +51,19 @@ import socket
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+from seeding import insert_submitted_tasks
 
-from db import queries
 from db.migrate import migrate
-from db.pool import connect
-from db.states import TaskStatus
-from db.transition import transition
+from db.pool import connect, dsn_for_database
 from taskhook.tokens import CallbackTokens
-from taskhook.users import create_user
 from vendors.simulator.signing import new_webhook_id, webhook_headers
 
 REPO = Path(__file__).resolve().parent.parent
@@ -214,11 +208,6 @@ class Run:
     notes: list[str] = field(default_factory=list)
 
 
-def database_url(dsn: str, name: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -302,52 +291,6 @@ class Webhooks:
             http_request(self.port, path, webhook_headers(WEBHOOK_SECRET, wid, body), body)
             for path, wid, body in sample
         ]
-
-
-async def insert_tasks(dsn: str, count: int, *, workers: int = 8) -> list[uuid.UUID]:
-    """`count` submitted tasks with vendor ids p_<n>, through the product's own queries."""
-    now = datetime.now(UTC)
-    ids: list[uuid.UUID | None] = [None] * count
-
-    async def worker(share: range) -> None:
-        conn = await connect(dsn)
-        try:
-            user_id, _ = await create_user(
-                conn, email=f"bench-{uuid.uuid4().hex[:8]}@example.test", credits=len(share)
-            )
-            async with conn.transaction():
-                for n in share:
-                    charged, task_id = await queries.create_task(
-                        conn,
-                        task_id=uuid.uuid4(),
-                        user_id=user_id,
-                        vendor="replicate",
-                        model="black-forest-labs/flux-schnell",
-                        input={"prompt": f"bench {n}"},
-                        cost=1,
-                        idempotency_key=None,
-                        request_hash=None,
-                        trace_id="bench",
-                        deadline_seconds=86400,
-                        registration_lease_seconds=3600,
-                    )
-                    assert charged and task_id is not None
-                    await transition(
-                        conn,
-                        task_id=task_id,
-                        to=TaskStatus.SUBMITTED,
-                        event_key="bench-submitted",
-                        cause="bench",
-                        vendor_task_id=f"p_{n}",
-                        next_poll_at=now,
-                    )
-                    ids[n] = task_id
-        finally:
-            await conn.close()
-
-    await asyncio.gather(*(worker(range(i, count, workers)) for i in range(workers)))
-    assert all(ids)
-    return [i for i in ids if i is not None]
 
 
 async def wait_http(port: int, proc: asyncio.subprocess.Process, log: Path) -> None:
@@ -498,7 +441,7 @@ async def main(args: argparse.Namespace) -> int:
     name = f"taskhook_bench_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(server_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = database_url(server_dsn, name)
+    dsn = dsn_for_database(server_dsn, name)
     runs: list[Run] = []
     procs: list[asyncio.subprocess.Process] = []
     try:
@@ -509,7 +452,9 @@ async def main(args: argparse.Namespace) -> int:
         finally:
             await conn.close()
         started = time.monotonic()
-        task_ids = await insert_tasks(dsn, args.tasks)
+        task_ids = await insert_submitted_tasks(
+            dsn, [f"p_{n}" for n in range(args.tasks)], model="black-forest-labs/flux-schnell"
+        )
         print(f"{args.tasks} tasks ready in {time.monotonic() - started:.1f}s", file=sys.stderr)
         concurrencies = args.concurrency
 

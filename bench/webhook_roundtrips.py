@@ -27,7 +27,7 @@ import structlog
 from asyncpg.connection import Connection
 
 from db.migrate import migrate
-from db.pool import connect
+from db.pool import connect, dsn_for_database
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime
 from taskhook.settings import Settings
@@ -35,15 +35,16 @@ from taskhook.tokens import CallbackTokens
 from vendors.simulator.signing import new_webhook_id, webhook_headers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seeding import insert_submitted_tasks
 from webhook_ingest import (
     CALLBACK_SECRET,
     WEBHOOK_SECRET,
-    database_url,
-    insert_tasks,
     prediction_body,
+    s3_env,
 )
 
 SENDS = 50
+DATA_DIR = Path("/tmp/taskhook-bench")  # noqa: S108 - bench scratch, outside the repo
 trips: Counter[str] = Counter()
 _execute = Connection._execute
 _simple = Connection.execute
@@ -71,14 +72,16 @@ async def main() -> int:
     name = f"taskhook_bench_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(server_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = database_url(server_dsn, name)
+    dsn = dsn_for_database(server_dsn, name)
     try:
         conn = await connect(dsn)
         try:
             await migrate(conn)
         finally:
             await conn.close()
-        task_ids = await insert_tasks(dsn, SENDS)
+        task_ids = await insert_submitted_tasks(
+            dsn, [f"p_{n}" for n in range(SENDS)], model="black-forest-labs/flux-schnell"
+        )
         env = {
             "DATABASE_URL": dsn,
             "REPLICATE_API_TOKEN": "x",
@@ -86,11 +89,9 @@ async def main() -> int:
             "TASKHOOK_SECRET": CALLBACK_SECRET,
             "TASKHOOK_PUBLIC_URL": "http://127.0.0.1:9",
             "TASKHOOK_RATE_LIMIT": "0",
-            "TASKHOOK_S3_ENDPOINT_URL": "http://127.0.0.1:18333",
-            "TASKHOOK_S3_BUCKET": "taskhook-test",
-            "AWS_ACCESS_KEY_ID": "dev",
-            "AWS_SECRET_ACCESS_KEY": "devsecret",
-            "TASKHOOK_DATA_DIR": "/tmp/taskhook-bench",  # noqa: S108 - bench scratch
+            "TASKHOOK_DATA_DIR": str(DATA_DIR),
+            # the dev S3 when one runs, else the embedded one (the runtime checks the bucket)
+            **await s3_env(DATA_DIR),
         }
         settings = replace(Settings.from_env(env))
         tokens = CallbackTokens(CALLBACK_SECRET)

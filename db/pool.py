@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -27,3 +28,8 @@ async def connect(dsn: str) -> asyncpg.Connection[Any]:
     conn: asyncpg.Connection[Any] = await asyncpg.connect(dsn)
     await _init_connection(conn)
     return conn
+
+
+def dsn_for_database(dsn: str, name: str) -> str:
+    """The same server, another database (works for TCP and unix-socket DSNs)."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))

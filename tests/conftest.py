@@ -13,14 +13,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import pytest
 
 from db.migrate import migrate
-from db.pool import connect
+from db.pool import connect, dsn_for_database
 from taskhook.logs import configure_logging
 from taskhook.runtime import Runtime, open_runtime
 from taskhook.settings import ReplicateSettings, Settings
@@ -30,11 +29,6 @@ TEST_WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 # Plain JSON lines as in production: structlog's dev renderer formats tracebacks with rich and
 # pygments, which under hypothesis's tracer turns one logged 500 into minutes of work.
 configure_logging(json=True)
-
-
-def with_database(dsn: str, name: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + name))
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +87,7 @@ async def template_db(server_dsn: str) -> AsyncIterator[str]:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    conn = await connect(with_database(server_dsn, name))
+    conn = await connect(dsn_for_database(server_dsn, name))
     try:
         await migrate(conn)
     finally:
@@ -114,7 +108,7 @@ async def db_url(server_dsn: str, template_db: str) -> AsyncIterator[str]:
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     finally:
         await admin.close()
-    yield with_database(server_dsn, name)
+    yield dsn_for_database(server_dsn, name)
     admin = await asyncpg.connect(server_dsn)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

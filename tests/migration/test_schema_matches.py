@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from db.migrate import is_current, load_migrations, migrate, schema_sql
-from tests.conftest import with_database
+from db.pool import dsn_for_database
 
 CATALOG = {
     "columns": """SELECT table_name, column_name, data_type, udt_name, is_nullable,
@@ -38,7 +38,7 @@ async def empty_dbs(server_dsn: str) -> AsyncIterator[tuple[str, str]]:
     try:
         for name in names:
             await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(server_dsn, names[0]), with_database(server_dsn, names[1])
+        yield dsn_for_database(server_dsn, names[0]), dsn_for_database(server_dsn, names[1])
     finally:
         for name in names:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,70 @@
+"""Tasks for benchmarks, made through the product's own queries and transition.
+
+Each worker connection has its own user, so charges do not queue on one user row, and commits
+in batches. The tasks are `submitted` with the given vendor ids and due for a poll now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+from db import queries
+from db.pool import connect
+from db.states import TaskStatus
+from db.transition import transition
+from taskhook.users import create_user
+
+BATCH = 250
+
+
+async def insert_submitted_tasks(
+    dsn: str, vendor_task_ids: list[str], *, model: str, workers: int = 8
+) -> list[uuid.UUID]:
+    """One submitted task per vendor id; returns the task ids in the same order."""
+    now = datetime.now(UTC)
+    ids: list[uuid.UUID | None] = [None] * len(vendor_task_ids)
+
+    async def worker(positions: range) -> None:
+        conn = await connect(dsn)
+        try:
+            user_id, _ = await create_user(
+                conn, email=f"bench-{uuid.uuid4().hex[:8]}@example.test", credits=len(positions)
+            )
+            for start in range(0, len(positions), BATCH):
+                async with conn.transaction():
+                    for n in positions[start : start + BATCH]:
+                        charged, task_id = await queries.create_task(
+                            conn,
+                            task_id=uuid.uuid4(),
+                            user_id=user_id,
+                            vendor="replicate",
+                            model=model,
+                            input={"prompt": vendor_task_ids[n]},
+                            cost=1,
+                            idempotency_key=None,
+                            request_hash=None,
+                            trace_id="bench",
+                            deadline_seconds=86400,
+                            registration_lease_seconds=3600,
+                        )
+                        assert charged and task_id is not None
+                        await transition(
+                            conn,
+                            task_id=task_id,
+                            to=TaskStatus.SUBMITTED,
+                            event_key="bench-submitted",
+                            cause="bench",
+                            vendor_task_id=vendor_task_ids[n],
+                            next_poll_at=now,
+                        )
+                        ids[n] = task_id
+        finally:
+            await conn.close()
+
+    count = len(vendor_task_ids)
+    await asyncio.gather(*(worker(range(i, count, workers)) for i in range(workers)))
+    made = [i for i in ids if i is not None]
+    assert len(made) == count
+    return made
