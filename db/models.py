@@ -55,7 +55,10 @@ class Task:
     id: uuid.UUID
     user_id: uuid.UUID
     vendor: str
-    model: str
+    model: str  # the name the client asked for
+    vendor_model: str  # the id the current vendor knows it by
+    fallbacks: list[dict[str, Any]]  # routes still to try while pending: {vendor, model}
+    parent_id: uuid.UUID | None  # the finished task a follow-up action acts on
     input: dict[str, Any]
     cost: int
     status: TaskStatus

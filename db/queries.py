@@ -142,6 +142,9 @@ async def create_task(
     deadline_seconds: float,
     registration_lease_seconds: float,
     max_active: int = 0,
+    vendor_model: str | None = None,
+    fallbacks: Sequence[Mapping[str, Any]] = (),
+    parent_id: uuid.UUID | None = None,
 ) -> tuple[bool, uuid.UUID | None]:
     """(charged, task_id): not charged = balance short or at the active cap; charged without
     an id = the idempotency-key race was lost."""
@@ -159,10 +162,31 @@ async def create_task(
         deadline_seconds,
         registration_lease_seconds,
         max_active,
+        vendor_model or model,
+        [dict(f) for f in fallbacks],
+        parent_id,
     )
     if record is None:
         return False, None
     return True, record["task_id"]
+
+
+async def reroute_task(
+    conn: Conn, *, task_id: uuid.UUID, from_vendor: str, delay_seconds: float, error: str
+) -> str | None:
+    """The vendor the task moved to, or None when it was not (no longer) movable."""
+    value: str | None = await conn.fetchval(
+        QUERIES["reroute_task"], task_id, from_vendor, delay_seconds, error
+    )
+    return value
+
+
+async def poll_now(conn: Conn, *, task_id: uuid.UUID) -> None:
+    await conn.execute(QUERIES["poll_now"], task_id)
+
+
+async def open_circuits(conn: Conn) -> set[str]:
+    return {r["vendor"] for r in await conn.fetch(QUERIES["open_circuits"])}
 
 
 async def get_task(conn: Conn, *, task_id: uuid.UUID, user_id: uuid.UUID | None) -> Task | None:

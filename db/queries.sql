@@ -132,9 +132,10 @@ WITH charged AS (
     RETURNING id
 ), task AS (
     INSERT INTO tasks (id, user_id, vendor, model, input, cost, idempotency_key, request_hash,
-                       trace_id, deadline_at, next_attempt_at)
+                       trace_id, deadline_at, next_attempt_at, vendor_model, fallbacks, parent_id)
     SELECT $1, charged.id, $3, $4, $5::jsonb, $6, $7, $8, $9,
-           now() + make_interval(secs => $10), now() + make_interval(secs => $11)
+           now() + make_interval(secs => $10), now() + make_interval(secs => $11),
+           NULLIF($13::text, $4), $14::jsonb, $15
       FROM charged
     ON CONFLICT (user_id, idempotency_key) DO NOTHING
     RETURNING id, user_id, cost
@@ -175,6 +176,35 @@ UPDATE tasks
    SET attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
  WHERE id = $1 AND status = 'pending'
 RETURNING attempts;
+
+-- reroute_task --
+-- Registration certainly did not reach the current vendor: move a still-unregistered task to
+-- its next route ($2: the vendor we are leaving, so two workers cannot both move it). The
+-- attempt counter restarts for the new vendor; the charge stays what the client was quoted.
+WITH moved AS (
+    UPDATE tasks
+       SET vendor = fallbacks->0->>'vendor',
+           vendor_model = NULLIF(fallbacks->0->>'model', model),
+           fallbacks = fallbacks - 0,
+           attempts = 1,
+           next_attempt_at = now() + make_interval(secs => $3),
+           last_error = $4,
+           updated_at = now()
+     WHERE id = $1 AND status = 'pending' AND vendor = $2 AND vendor_task_id IS NULL
+       AND jsonb_array_length(fallbacks) > 0
+    RETURNING id, vendor, vendor_model
+), event AS (
+    INSERT INTO task_events (task_id, event_key, from_status, to_status, cause, applied, detail)
+    SELECT id, 'reroute:' || $2 || '->' || vendor, 'pending', 'pending', 'failover', true,
+           jsonb_build_object('from', $2::text, 'to', vendor, 'error', $4::text)
+      FROM moved
+    ON CONFLICT (task_id, event_key) DO NOTHING
+)
+SELECT vendor FROM moved;
+
+-- open_circuits --
+-- Vendors nobody may call right now; submit routes around them.
+SELECT vendor FROM vendor_state WHERE circuit = 'open' AND open_until > clock_timestamp();
 
 -- schedule_registration_retry --
 -- A transient vendor failure: try again later (only if still pending). $4: the vendor was not
@@ -268,7 +298,8 @@ UPDATE tasks
                ORDER BY next_poll_at
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)
-RETURNING id, vendor, vendor_task_id, deadline_at, updated_at, trace_id;
+RETURNING id, vendor, vendor_task_id, COALESCE(vendor_model, model) AS vendor_model, deadline_at,
+          updated_at, trace_id;
 
 -- claim_overdue --
 -- Tasks not yet at the vendor's finish line whose deadline passed (storing is the worker's).
@@ -282,7 +313,12 @@ UPDATE tasks
                ORDER BY deadline_at
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)
-RETURNING id, vendor, vendor_task_id, deadline_at, updated_at, trace_id;
+RETURNING id, vendor, vendor_task_id, COALESCE(vendor_model, model) AS vendor_model, deadline_at,
+          updated_at, trace_id;
+
+-- poll_now --
+-- An unsigned callback said the vendor has news: make the task due for the next poll.
+UPDATE tasks SET next_poll_at = now() WHERE id = $1 AND status IN ('submitted', 'processing');
 
 -- reschedule_poll --
 -- After a poll that left the task live: ask again later, unless news already moved the date.

@@ -48,6 +48,9 @@ CREATE TABLE tasks (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     deadline_at      timestamptz NOT NULL,
     completed_at     timestamptz,
+    vendor_model     text,
+    fallbacks        jsonb NOT NULL DEFAULT '[]'::jsonb,
+    parent_id        uuid REFERENCES tasks (id),
     UNIQUE (user_id, idempotency_key)
 );
 
@@ -58,6 +61,7 @@ CREATE INDEX tasks_pending_due ON tasks (next_attempt_at) WHERE status = 'pendin
 CREATE INDEX tasks_storing_due ON tasks (lease_expires_at) WHERE status = 'storing';
 CREATE INDEX tasks_poll_due ON tasks (next_poll_at)
     WHERE status IN ('submitted', 'processing');
+CREATE INDEX tasks_parent ON tasks (parent_id) WHERE parent_id IS NOT NULL;
 CREATE INDEX tasks_deadline_open ON tasks (deadline_at)
     WHERE status IN ('pending', 'submitted', 'processing', 'storing');
 
@@ -128,7 +132,8 @@ CREATE TABLE rate_windows (
 );
 
 CREATE VIEW task_rows AS
-SELECT t.id, t.user_id, t.vendor, t.model, t.input, t.cost, t.status::text AS status, t.progress,
+SELECT t.id, t.user_id, t.vendor, t.model, COALESCE(t.vendor_model, t.model) AS vendor_model,
+       t.fallbacks, t.parent_id, t.input, t.cost, t.status::text AS status, t.progress,
        t.vendor_task_id, t.outputs, t.result, t.error, t.trace_id, t.attempts,
        t.storage_attempts, t.last_error, t.created_at, t.updated_at, t.deadline_at,
        t.completed_at, t.next_attempt_at, t.next_poll_at,

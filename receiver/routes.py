@@ -17,12 +17,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from db import queries
+from db.models import Task
 from db.queries import Conn
 from db.transition import Outcome
+from reconciler.confirm import refresh_from_vendor
 from taskhook import metrics
-from taskhook.errors import NotFound, PayloadInvalid, TaskhookError, TokenInvalid
+from taskhook.errors import NotFound, PayloadInvalid, TaskhookError, TokenInvalid, VendorError
 from taskhook.http import read_body
 from taskhook.runtime import Runtime
+from taskhook.tracing import task_context
 from taskhook.vendor_updates import apply_update
 from vendors.base import VendorAdapter, VendorUpdate
 
@@ -35,6 +38,10 @@ _KEPT_HEADERS = (
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
+    "x-fal-webhook-request-id",
+    "x-fal-webhook-user-id",
+    "x-fal-webhook-timestamp",
+    "x-fal-webhook-signature",
 )
 
 
@@ -110,13 +117,56 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
             task = await queries.get_task(conn, task_id=task_id, user_id=None)
             if task is None:
                 raise TokenInvalid("The callback token names no task.")
-            mismatch = bool(task.vendor_task_id) and task.vendor_task_id != update.vendor_task_id
-            if not mismatch:
-                return await _apply(rt, conn, inbound, update, bound.bind(trace_id=task.trace_id))
-        # Signed by the vendor but about another job (outside the rolled-back transaction).
-        raise await inbound.reject(
-            conn, "The payload's job id does not match this callback's task.", bound
-        )
+            bound = bound.bind(trace_id=task.trace_id)
+            problem = _mismatch(task, inbound.vendor, update)
+            if problem is None:
+                if not adapter.signed_callbacks:
+                    return await _hint(rt, conn, inbound, task, bound)
+                return await _apply(rt, conn, inbound, update, bound)
+        # Authentic but about another job (outside the rolled-back transaction).
+        if task.vendor != inbound.vendor:
+            # A job this vendor holds for a task that failed over elsewhere: stop it there.
+            rt.spawn(_cancel_stray(adapter, update.vendor_task_id, task.vendor_model))
+        raise await inbound.reject(conn, problem, bound)
+
+
+def _mismatch(task: Task, vendor: str, update: VendorUpdate) -> str | None:
+    """Why an authentic callback must not touch this task, or None."""
+    if task.vendor != vendor:
+        return f"The task is served by {task.vendor} now, not {vendor}."
+    if task.vendor_task_id and task.vendor_task_id != update.vendor_task_id:
+        return "The payload's job id does not match this callback's task."
+    return None
+
+
+async def _cancel_stray(adapter: VendorAdapter, vendor_task_id: str, model: str) -> None:
+    try:
+        await adapter.cancel(vendor_task_id, model=model)
+    except VendorError as exc:
+        log.warning("stray_cancel_failed", vendor=adapter.name, error=str(exc))
+
+
+async def _hint(rt: Runtime, conn: Conn, inbound: _Inbound, task: Task, bound: Any) -> str:
+    """An unsigned callback proves nothing about the job, only that the vendor has news: store
+    it, make the task due for a poll now (the reconciler's fallback, should this process die),
+    and confirm with the vendor's API right after answering."""
+    row_id = await inbound.record(conn, status="accepted")
+    if row_id is None:
+        bound.info("webhook_duplicate")
+        return "duplicate"
+    await queries.set_delivery_outcome(conn, delivery_row_id=row_id, outcome="confirming")
+    await queries.poll_now(conn, task_id=task.id)
+    rt.spawn(_confirm(rt, task.id))
+    bound.info("webhook_hint")
+    return "confirming"
+
+
+async def _confirm(rt: Runtime, task_id: uuid.UUID) -> None:
+    async with rt.pool.acquire() as conn:
+        task = await queries.get_task(conn, task_id=task_id, user_id=None)
+    if task is not None:
+        with task_context(task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id):
+            await refresh_from_vendor(rt, task)
 
 
 async def _apply(

@@ -27,7 +27,7 @@ async def refresh_from_vendor(rt: Runtime, task: Task) -> Task:
     if health is not None and await health.permits() is None:
         return task
     try:
-        update = await adapter.fetch(task.vendor_task_id)
+        update = await adapter.fetch(task.vendor_task_id, model=task.vendor_model)
     except VendorError as exc:
         if health is not None:
             await health.record(exc)

@@ -81,7 +81,7 @@ class _VendorPass:
             started = time.monotonic()
             error: Exception | None = None
             try:
-                update = await self.adapter.fetch(row["vendor_task_id"])
+                update = await self.adapter.fetch(row["vendor_task_id"], model=row["vendor_model"])
             except VendorError as exc:
                 error = exc
             metrics.VENDOR_CALLS.labels(

@@ -23,12 +23,12 @@ from taskhook.runtime import Runtime
 log = structlog.get_logger()
 
 
-async def _tell_vendor(rt: Runtime, vendor: str, vendor_task_id: str) -> None:
+async def _tell_vendor(rt: Runtime, vendor: str, vendor_task_id: str, model: str) -> None:
     adapter = rt.vendors.get(vendor)
     if adapter is None:
         return
     try:
-        await adapter.cancel(vendor_task_id)
+        await adapter.cancel(vendor_task_id, model=model)
     except VendorError as exc:
         log.warning(
             "vendor_cancel_failed", vendor=vendor, vendor_task_id=vendor_task_id, error=str(exc)
@@ -59,6 +59,6 @@ async def cancel_task(request: Request) -> JSONResponse:
         # Something else (a vendor failure, the result being stored) got there first.
         raise AlreadyTerminal(f"The task is already {task.status.value}.")
     if task.vendor_task_id:
-        rt.spawn(_tell_vendor(rt, task.vendor, task.vendor_task_id))
+        rt.spawn(_tell_vendor(rt, task.vendor, task.vendor_task_id, task.vendor_model))
     log.info("task_canceled", task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id)
     return JSONResponse(render_task(task, rt.store))

@@ -15,31 +15,60 @@ from db import queries
 from db.models import Task
 from db.states import TaskStatus
 from db.transition import transition
+from reconciler.confirm import refresh_from_vendor
 from taskhook import metrics
 from taskhook.backoff import backoff_delay
-from taskhook.errors import VendorRejected, VendorUnavailable
+from taskhook.errors import VendorParentNotReady, VendorRejected, VendorUnavailable
 from taskhook.runtime import Runtime
 from taskhook.tracing import task_context
 from taskhook.vendor_updates import apply_update
+from vendors.base import VendorAdapter, VendorUpdate
 from vendors.health import VendorHealth
 
 log = structlog.get_logger()
 
 
 async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
+    while True:
+        async with rt.pool.acquire() as conn:
+            task = await queries.get_task(conn, task_id=task_id, user_id=None)
+        if task is None or task.status is not TaskStatus.PENDING:
+            return
+        with task_context(task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id):
+            if not await _register(rt, task, attempt):
+                return
+        attempt = 1  # moved to its next vendor: a fresh start there
+
+
+async def _failover(rt: Runtime, task: Task, reason: str) -> bool:
+    """Move a task that certainly reached no vendor to its next route; True when moved.
+
+    Only failures that prove the vendor did not take the job qualify (no connection, 429, 503,
+    an open circuit): after an ambiguous one (a timeout, a 500) the job may exist there, and
+    registering it elsewhere too could run it twice. Those retry the same vendor, whose
+    idempotency key (where it has one) turns the retry into the same job.
+    """
+    if not task.fallbacks:
+        return False
     async with rt.pool.acquire() as conn:
-        task = await queries.get_task(conn, task_id=task_id, user_id=None)
-    if task is None or task.status is not TaskStatus.PENDING:
-        return
-    with task_context(task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id):
-        await _register(rt, task, attempt)
+        moved_to = await queries.reroute_task(
+            conn, task_id=task.id, from_vendor=task.vendor, delay_seconds=0, error=reason
+        )
+    if moved_to is None:
+        return False
+    metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="failover").inc()
+    log.warning("registration_failover", to=moved_to, error=reason)
+    return True
 
 
-async def _register(rt: Runtime, task: Task, attempt: int) -> None:
+async def _register(rt: Runtime, task: Task, attempt: int) -> bool:
+    """One attempt at the task's current vendor; True when it moved to another vendor."""
     settings = rt.settings
     adapter = rt.vendors.get(task.vendor)
     health = rt.health.get(task.vendor)
     if health is not None and await health.permits() is None:
+        if await _failover(rt, task, "the vendor's circuit breaker is open"):
+            return True
         # The circuit is open: the task waits (it is not failed, and the attempt is not spent).
         log.info("registration_deferred", reason="circuit open")
         async with rt.pool.acquire() as conn:
@@ -50,46 +79,34 @@ async def _register(rt: Runtime, task: Task, attempt: int) -> None:
                 error="the vendor's circuit breaker is open",
                 not_called=True,
             )
-        return
+        return False
     try:
         if adapter is None:
-            raise VendorUnavailable(f"vendor {task.vendor!r} is not configured in this process")
+            raise VendorUnavailable(
+                f"vendor {task.vendor!r} is not configured in this process", not_accepted=True
+            )
         update = await asyncio.wait_for(
-            adapter.submit(
-                task_id=task.id,
-                model=task.model,
-                input=task.input,
-                callback_url=rt.callback_url(task_id=task.id, vendor=task.vendor),
-            ),
-            timeout=settings.registration_timeout,
+            _submit(rt, adapter, task), timeout=settings.registration_timeout
         )
+    except VendorParentNotReady as exc:
+        # The vendor has not caught up with the parent's success yet: ask it, then retry later.
+        await _record(health, None)
+        await _confirm_parent(rt, task)
+        return await _retry_or_give_up(rt, task, attempt, exc)
     except VendorRejected as exc:
         await _record(health, None)  # the vendor answered: it is up
         metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="rejected").inc()
         log.info("registration_rejected", error=str(exc))
         await _fail(rt, task.id, "vendor_rejected", str(exc))
-        return
+        return False
     except (VendorUnavailable, TimeoutError) as exc:
         await _record(health, exc)
-        message = str(exc) or "the vendor did not answer in time"
         metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="unavailable").inc()
-        if attempt >= settings.max_registration_attempts:
-            log.warning("registration_gave_up", attempts=attempt, error=message)
-            await _fail(
-                rt,
-                task.id,
-                "vendor_unavailable",
-                f"the vendor could not be reached after {attempt} attempts: {message}",
-            )
-            return
-        async with rt.pool.acquire() as conn:
-            retry_after = exc.retry_after if isinstance(exc, VendorUnavailable) else None
-            delay = backoff_delay(attempt, rng=rt.rng, at_least=retry_after)
-            log.info("registration_retry", attempt=attempt, delay=round(delay, 2), error=message)
-            await queries.schedule_registration_retry(
-                conn, task_id=task.id, delay_seconds=delay, error=message
-            )
-        return
+        message = str(exc) or "the vendor did not answer in time"
+        if isinstance(exc, VendorUnavailable) and exc.not_accepted:
+            if await _failover(rt, task, message):
+                return True
+        return await _retry_or_give_up(rt, task, attempt, exc)
     await _record(health, None)
     metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="ok").inc()
     async with rt.pool.acquire() as conn:
@@ -103,6 +120,58 @@ async def _register(rt: Runtime, task: Task, attempt: int) -> None:
             poll_after=settings.poll_after,
         )
     log.info("registered", vendor_task_id=update.vendor_task_id, outcome=result.outcome.value)
+    return False
+
+
+async def _submit(rt: Runtime, adapter: VendorAdapter, task: Task) -> VendorUpdate:
+    """A new job, or, for a follow-up action, a job on the parent's finished vendor job."""
+    callback_url = rt.callback_url(task_id=task.id, vendor=task.vendor)
+    if task.parent_id is None:
+        return await adapter.submit(
+            task_id=task.id, model=task.vendor_model, input=task.input, callback_url=callback_url
+        )
+    async with rt.pool.acquire() as conn:
+        parent = await queries.get_task(conn, task_id=task.parent_id, user_id=None)
+    if parent is None or not parent.vendor_task_id:
+        raise VendorRejected("the parent task has no job at the vendor")
+    return await adapter.submit_action(
+        task_id=task.id,
+        parent_vendor_task_id=parent.vendor_task_id,
+        action=str(task.input["action"]),
+        index=int(task.input.get("index") or 0),
+        callback_url=callback_url,
+    )
+
+
+async def _confirm_parent(rt: Runtime, task: Task) -> None:
+    if task.parent_id is None:
+        return
+    async with rt.pool.acquire() as conn:
+        parent = await queries.get_task(conn, task_id=task.parent_id, user_id=None)
+    if parent is not None:
+        await refresh_from_vendor(rt, parent)
+
+
+async def _retry_or_give_up(rt: Runtime, task: Task, attempt: int, exc: Exception) -> bool:
+    """Try the same vendor again later, or fail and refund after the last attempt."""
+    message = str(exc) or "the vendor did not answer in time"
+    if attempt >= rt.settings.max_registration_attempts:
+        log.warning("registration_gave_up", attempts=attempt, error=message)
+        await _fail(
+            rt,
+            task.id,
+            "vendor_unavailable",
+            f"the vendor could not be reached after {attempt} attempts: {message}",
+        )
+        return False
+    async with rt.pool.acquire() as conn:
+        retry_after = exc.retry_after if isinstance(exc, VendorUnavailable) else None
+        delay = backoff_delay(attempt, rng=rt.rng, at_least=retry_after)
+        log.info("registration_retry", attempt=attempt, delay=round(delay, 2), error=message)
+        await queries.schedule_registration_retry(
+            conn, task_id=task.id, delay_seconds=delay, error=message
+        )
+    return False
 
 
 async def _record(health: VendorHealth | None, error: Exception | None) -> None:

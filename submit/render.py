@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from db.models import Task
+from db.models import Task, format_task_id
 from db.states import TaskStatus
 from storage.s3 import ResultStore
 
@@ -50,4 +50,5 @@ def render_task(task: Task, store: ResultStore) -> dict[str, Any]:
         "result": render_result(task, store),
         "error": task.error if task.status is TaskStatus.FAILED else None,
         "refunded": task.refunded,
+        "parent_id": format_task_id(task.parent_id) if task.parent_id else None,
     }

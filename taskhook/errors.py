@@ -121,6 +121,20 @@ class AlreadyTerminal(TaskhookError):
     code = "already_terminal"
 
 
+class ParentNotSucceeded(TaskhookError):
+    """The task this action acts on did not succeed, so there is nothing to act on."""
+
+    status_code = 409
+    code = "parent_not_succeeded"
+
+
+class ParentNotReady(TaskhookError):
+    """The task this action acts on has not finished at its vendor yet; try again shortly."""
+
+    status_code = 409
+    code = "parent_not_ready"
+
+
 class PayloadTooLarge(TaskhookError):
     """The request body is larger than 1 MiB."""
 
@@ -178,12 +192,25 @@ class VendorUnavailable(VendorError):
     """Transient: timeout, transport error, 5xx or 429. Retry later."""
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, throttled: bool = False
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        throttled: bool = False,
+        not_accepted: bool = False,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.throttled = throttled  # a 429: the vendor is up but wants us to slow down
+        # True only when the vendor certainly did not take the job (no connection, 429, 503):
+        # then a create may fail over to another vendor without risking a second job.
+        self.not_accepted = not_accepted or throttled
 
 
 class VendorRejected(VendorError):
     """Permanent: the vendor refused the job (validation, auth). Do not retry."""
+
+
+class VendorParentNotReady(VendorRejected):
+    """A follow-up action was refused because the vendor does not see its parent job finished
+    yet (midjourney-proxy's `task_status_not_success`). Not permanent: confirm and retry."""

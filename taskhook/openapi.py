@@ -15,14 +15,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from db.states import TaskStatus
+from submit.accept import MAX_IDEMPOTENCY_KEY
 from submit.listing import DEFAULT_LIMIT, MAX_LIMIT
-from submit.routes import MAX_IDEMPOTENCY_KEY
 from taskhook.errors import (
     ActiveTaskLimit,
     AlreadyTerminal,
     IdempotencyConflict,
     InsufficientCredits,
     NotFound,
+    ParentNotReady,
+    ParentNotSucceeded,
     PayloadTooLarge,
     RateLimited,
     RequestInvalid,
@@ -164,6 +166,7 @@ def _schemas() -> JsonObject:
                 "result",
                 "error",
                 "refunded",
+                "parent_id",
             ],
             "additionalProperties": False,
             "properties": {
@@ -190,6 +193,13 @@ def _schemas() -> JsonObject:
                     {**_ref(_SCHEMAS + "TaskError"), "description": "failed tasks only"}
                 ),
                 "refunded": {"type": "boolean"},
+                "parent_id": _nullable(
+                    {
+                        "type": "string",
+                        "pattern": TASK_ID_PATTERN,
+                        "description": "the task a follow-up action acts on",
+                    }
+                ),
             },
         },
         "TaskPage": {
@@ -341,6 +351,14 @@ def _common(*statuses: int) -> JsonObject:
 def _paths() -> JsonObject:
     task_response = {"content": _json(_ref(_SCHEMAS + "Task"))}
     task_id = _ref(_PARAMETERS + "TaskId")
+    idempotency_key = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "A retry with the same key returns the same task; the "
+        "same key with another body is a 409.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+    }
     return {
         "/v1/tasks": {
             "post": {
@@ -349,18 +367,7 @@ def _paths() -> JsonObject:
                 "description": "Charges the task's cost atomically with the insert and answers "
                 "at once; the vendor is called afterwards.",
                 "parameters": [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "description": "A retry with the same key returns the same task; the "
-                        "same key with another body is a 409.",
-                        "schema": {
-                            "type": "string",
-                            "minLength": 1,
-                            "maxLength": MAX_IDEMPOTENCY_KEY,
-                        },
-                    },
+                    idempotency_key,
                     {
                         "name": "X-Request-ID",
                         "in": "header",
@@ -481,6 +488,52 @@ def _paths() -> JsonObject:
                     "200": {**task_response, "description": "The canceled task."},
                     "409": _error_response("The task is already terminal.", [AlreadyTerminal]),
                     **_common(404),
+                },
+            },
+        },
+        "/v1/tasks/{task_id}/actions": {
+            "parameters": [task_id],
+            "post": {
+                "operationId": "createAction",
+                "summary": "Upscale or vary a finished image: a new task with its own charge",
+                "description": "Only vendors with follow-up actions (midjourney). A parent the "
+                "vendor has finished but taskhook has not caught up with yet is confirmed with "
+                "the vendor first, not refused. Honours Idempotency-Key like submit.",
+                "parameters": [idempotency_key],
+                "requestBody": {
+                    "required": True,
+                    "content": _json(
+                        {
+                            "type": "object",
+                            "required": ["action"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "action": {
+                                    "type": "string",
+                                    "enum": ["upscale", "variation", "reroll"],
+                                },
+                                "index": {
+                                    "type": "integer",
+                                    "minimum": 1,
+                                    "maximum": 4,
+                                    "description": "which image of the grid (upscale, variation)",
+                                },
+                            },
+                        }
+                    ),
+                },
+                "responses": {
+                    "202": {**task_response, "description": "The new (child) task."},
+                    "400": _ref(_RESPONSES + "InvalidJson"),
+                    "402": _ref(_RESPONSES + "InsufficientCredits"),
+                    "413": _ref(_RESPONSES + "PayloadTooLarge"),
+                    "415": _ref(_RESPONSES + "UnsupportedMediaType"),
+                    "409": _error_response(
+                        "The parent failed or was canceled, has not finished yet, or the "
+                        "Idempotency-Key was used with another body.",
+                        [ParentNotSucceeded, ParentNotReady, IdempotencyConflict],
+                    ),
+                    **_common(404, 422),
                 },
             },
         },

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import secrets
 import tempfile
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+KNOWN_VENDORS = ("replicate", "fal", "midjourney")
 
 
 class SettingsError(Exception):
@@ -28,6 +32,28 @@ class ReplicateSettings:
     api_base: str = "https://api.replicate.com/v1"
     # Several `whsec_...` secrets during a rotation; empty = fetch the account's default secret.
     webhook_secrets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class FalSettings:
+    api_key: str = field(repr=False)
+    queue_base: str = "https://queue.fal.run"
+    jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MidjourneySettings:
+    api_base: str
+    api_secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class VendorRoute:
+    """One vendor that can serve a model: its id for the model there and the credit price."""
+
+    vendor: str
+    model: str
+    price: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +75,10 @@ class Settings:
     admin_key: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     allow_private_urls: bool = False
     replicate: ReplicateSettings | None = None
+    fal: FalSettings | None = None
+    midjourney: MidjourneySettings | None = None
+    # Model name -> vendors serving it, in order of preference (TASKHOOK_ROUTES).
+    routes: Mapping[str, tuple[VendorRoute, ...]] = field(default_factory=dict)
     task_cost: int = 1
     webhook_tolerance: float = 300.0
     max_body_bytes: int = 1024 * 1024
@@ -65,7 +95,12 @@ class Settings:
     @property
     def vendors(self) -> tuple[str, ...]:
         """Configured vendors in order of preference; the first is the default."""
-        return ("replicate",) if self.replicate else ()
+        configured = (
+            ("replicate", self.replicate),
+            ("fal", self.fal),
+            ("midjourney", self.midjourney),
+        )
+        return tuple(name for name, value in configured if value is not None)
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -126,6 +161,23 @@ class Settings:
                 api_token=token, api_base=base, webhook_secrets=webhook_secrets
             )
 
+        fal = None
+        fal_key = get("FAL_KEY")
+        if fal_key:
+            fal = FalSettings(
+                api_key=fal_key,
+                queue_base=(get("FAL_QUEUE_BASE") or FalSettings.queue_base).rstrip("/"),
+                jwks_url=get("FAL_JWKS_URL") or FalSettings.jwks_url,
+            )
+        midjourney = None
+        mj_base = get("MJ_PROXY_BASE")
+        if mj_base:
+            if not mj_base.startswith(("http://", "https://")):
+                raise SettingsError(f"MJ_PROXY_BASE must be an http(s) URL, got {mj_base!r}")
+            midjourney = MidjourneySettings(
+                api_base=mj_base.rstrip("/"), api_secret=get("MJ_PROXY_SECRET")
+            )
+
         return cls(
             data_dir=data_dir,
             database_url=database_url,
@@ -143,6 +195,9 @@ class Settings:
             admin_key=get("TASKHOOK_ADMIN_KEY") or generated_secret(data_dir, "admin_key"),
             allow_private_urls=allow_private == "1",
             replicate=replicate,
+            fal=fal,
+            midjourney=midjourney,
+            routes=parse_routes(get("TASKHOOK_ROUTES")),
             registration_timeout=parse("TASKHOOK_VENDOR_TIMEOUT", float, 10.0, "a positive number"),
             poll_rate=parse("TASKHOOK_POLL_RATE", float, 20.0, "a positive number"),
             poll_concurrency=positive_int("TASKHOOK_POLL_CONCURRENCY", 8),
@@ -152,6 +207,50 @@ class Settings:
                 "TASKHOOK_DELIVERY_RETENTION", float, 7 * 86400.0, "a positive number"
             ),
         )
+
+
+def parse_routes(raw: str | None) -> dict[str, tuple[VendorRoute, ...]]:
+    """TASKHOOK_ROUTES: {"<model>": [{"vendor": ..., "model": ..., "price": N}, ...], ...}."""
+    if raw is None:
+        return {}
+    usage = (
+        'TASKHOOK_ROUTES must be JSON like {"flux-schnell": [{"vendor": "replicate", '
+        '"model": "black-forest-labs/flux-schnell", "price": 1}, ...]}'
+    )
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise SettingsError(f"{usage}; it is not valid JSON") from None
+    if not isinstance(doc, dict) or not doc:
+        raise SettingsError(usage)
+    routes: dict[str, tuple[VendorRoute, ...]] = {}
+    for name, entries in doc.items():
+        if not name.strip() or not isinstance(entries, list) or not entries:
+            raise SettingsError(f"{usage}; {name!r} needs a non-empty list of routes")
+        parsed = []
+        for entry in entries:
+            if (
+                not isinstance(entry, dict)
+                or set(entry) - {"vendor", "model", "price"}
+                or not isinstance(entry.get("vendor"), str)
+                or not isinstance(entry.get("model", name), str)
+                or type(entry.get("price", 1)) is not int
+                or entry.get("price", 1) < 0
+            ):
+                raise SettingsError(f"{usage}; bad route for {name!r}: {entry!r}")
+            if entry["vendor"] not in KNOWN_VENDORS:
+                raise SettingsError(
+                    f"TASKHOOK_ROUTES: unknown vendor {entry['vendor']!r} for {name!r} "
+                    f"(known: {', '.join(KNOWN_VENDORS)})"
+                )
+            parsed.append(
+                VendorRoute(entry["vendor"], str(entry.get("model", name)), entry.get("price", 1))
+            )
+        vendors = [r.vendor for r in parsed]
+        if len(set(vendors)) != len(vendors):
+            raise SettingsError(f"{usage}; {name!r} lists a vendor twice")
+        routes[name] = tuple(parsed)
+    return routes
 
 
 def _decodes(text: str) -> bool:

@@ -29,6 +29,8 @@ class VendorAdapter(Protocol):
     name: str
     # Signed vendors' callbacks are authoritative; unsigned ones are only a hint to poll.
     signed_callbacks: bool
+    # Follow-up actions on a finished job (e.g. {"upscale", "variation"}); empty when none.
+    actions: frozenset[str]
 
     async def prepare(self) -> None:
         """Fetch what the adapter needs before it can verify (e.g. webhook secrets, keys)."""
@@ -41,10 +43,21 @@ class VendorAdapter(Protocol):
     ) -> VendorUpdate:
         """Register the job; raises VendorUnavailable (retry) or VendorRejected (give up)."""
 
-    async def fetch(self, vendor_task_id: str) -> VendorUpdate:
-        """The vendor's current view of the job."""
+    async def submit_action(
+        self,
+        *,
+        task_id: uuid.UUID,
+        parent_vendor_task_id: str,
+        action: str,
+        index: int,
+        callback_url: str,
+    ) -> VendorUpdate:
+        """Register a follow-up job (one of `actions`) on a finished parent job."""
 
-    async def cancel(self, vendor_task_id: str) -> None:
+    async def fetch(self, vendor_task_id: str, *, model: str) -> VendorUpdate:
+        """The vendor's current view of the job (`model` is the vendor's model id)."""
+
+    async def cancel(self, vendor_task_id: str, *, model: str) -> None:
         """Ask the vendor to stop; best effort."""
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Delivery:

@@ -95,6 +95,7 @@ def to_update(prediction: Any) -> VendorUpdate:
 class ReplicateAdapter:
     name = NAME
     signed_callbacks = True
+    actions: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -153,10 +154,21 @@ class ReplicateAdapter:
         headers = {"Idempotency-Key": format_task_id(task_id)}
         return self._update(await self._call("POST", path, json=body, headers=headers))
 
-    async def fetch(self, vendor_task_id: str) -> VendorUpdate:
+    async def submit_action(
+        self,
+        *,
+        task_id: uuid.UUID,
+        parent_vendor_task_id: str,
+        action: str,
+        index: int,
+        callback_url: str,
+    ) -> VendorUpdate:
+        raise VendorRejected("Replicate has no follow-up actions on a prediction")
+
+    async def fetch(self, vendor_task_id: str, *, model: str = "") -> VendorUpdate:
         return self._update(await self._call("GET", f"/predictions/{vendor_task_id}"))
 
-    async def cancel(self, vendor_task_id: str) -> None:
+    async def cancel(self, vendor_task_id: str, *, model: str = "") -> None:
         await self._call("POST", f"/predictions/{vendor_task_id}/cancel")
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Delivery:
@@ -193,12 +205,18 @@ class ReplicateAdapter:
                 timeout=self._timeout,
             )
         except httpx.HTTPError as exc:
-            raise VendorUnavailable(f"Replicate unreachable: {exc!r}") from exc
+            raise VendorUnavailable(
+                f"Replicate unreachable: {exc!r}",
+                # No connection was made, so the request cannot have created anything.
+                not_accepted=isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout),
+            ) from exc
         if response.status_code == 429 or response.status_code >= 500:
             raise VendorUnavailable(
                 f"Replicate answered {response.status_code}",
                 retry_after=_retry_after(response),
                 throttled=response.status_code == 429,
+                # 503 is the overload answer before any work; 500/502/504 may hide a created job.
+                not_accepted=response.status_code == 503,
             )
         if response.status_code in (401, 403):
             # Our credentials, not the job: keep the task and let an operator fix the token.

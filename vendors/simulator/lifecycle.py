@@ -14,7 +14,6 @@ decisions on every run even though lifecycles interleave.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import httpx
 
 from vendors.simulator.config import SimulatorConfig
+from vendors.simulator.dialect import Dialect, ReplicateDialect
 from vendors.simulator.predictions import EventKind, Prediction, Status, tqdm_line
 from vendors.simulator.stats import Stats
 from vendors.simulator.validation import FAIL_WORD, CreateRequest
@@ -55,6 +55,7 @@ class Simulator:
         self._given_client = client
         self._own_client: httpx.AsyncClient | None = None
         self._sender = WebhookSender(config, self.stats, self._http)
+        self.replicate = ReplicateDialect(config.webhook_secret)
 
     # -- app lifespan -------------------------------------------------------------------
 
@@ -118,7 +119,12 @@ class Simulator:
         return self._predictions.get(prediction_id)
 
     async def create(
-        self, request: CreateRequest, *, base_url: str, idempotency_key: str | None = None
+        self,
+        request: CreateRequest,
+        *,
+        base_url: str,
+        idempotency_key: str | None = None,
+        dialect: Dialect | None = None,
     ) -> Prediction:
         """Register a prediction, send ``start`` and launch its lifecycle.
 
@@ -127,6 +133,7 @@ class Simulator:
         create response are a real race our receiver must handle.
         """
         cfg = self.config
+        dialect = dialect or self.replicate
         if idempotency_key is not None and idempotency_key in self._by_idempotency_key:
             # A client retrying a create it could not confirm gets the same job, not a second.
             return self._predictions[self._by_idempotency_key[idempotency_key]]
@@ -141,6 +148,8 @@ class Simulator:
             base_url=base_url,
             num_outputs=request.num_outputs,
             will_fail=will_fail,
+            id=dialect.new_id(),
+            dialect=dialect,
         )
         self._predictions[prediction.id] = prediction
         if idempotency_key is not None:
@@ -154,6 +163,9 @@ class Simulator:
                 rng=rng,
                 reorder=cfg.reorder,
                 spawn=self._spawn,
+                sign=lambda message_id, body, forged: dialect.webhook_headers(
+                    message_id, body, forged=forged
+                ),
             )
             self._couriers[prediction.id] = courier
         self._emit(prediction, "start")
@@ -194,6 +206,7 @@ class Simulator:
             if prediction.terminal:
                 return
             if step <= logged_steps:
+                prediction.progress = round(100 * step / cfg.steps)
                 prediction.logs += tqdm_line(step, cfg.steps, time.monotonic() - began)
                 self._emit(prediction, "logs")
         if prediction.will_fail:
@@ -216,8 +229,10 @@ class Simulator:
     def _emit(self, prediction: Prediction, event: EventKind) -> None:
         """Snapshot the prediction into a webhook message, if it wants this event."""
         courier = self._couriers.get(prediction.id)
-        if courier is None or event not in prediction.events_filter:
+        if courier is None:
             return
-        body = json.dumps(prediction.to_json(), separators=(",", ":"), ensure_ascii=False)
+        body = (prediction.dialect or self.replicate).webhook_body(prediction, event)
+        if body is None:
+            return
         self.stats.messages += 1
-        courier.post(event, body.encode())
+        courier.post(event, body)

@@ -11,7 +11,10 @@ import secrets
 import string
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from vendors.simulator.dialect import Dialect
 
 Status = Literal["starting", "processing", "succeeded", "failed", "canceled"]
 EventKind = Literal["start", "output", "logs", "completed"]
@@ -70,8 +73,11 @@ class Prediction:
     num_outputs: int
     will_fail: bool
     id: str = field(default_factory=new_prediction_id)
+    dialect: Dialect | None = field(default=None, repr=False)
     status: Status = "starting"
     logs: str = ""
+    progress: int = 0
+    """Percent of the steps done (Replicate shows it only in ``logs``; other dialects use it)."""
     output: list[str] | None = None
     error: str | None = None
     created_at: str = ""

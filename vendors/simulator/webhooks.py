@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from vendors.simulator.config import SimulatorConfig
-from vendors.simulator.signing import new_webhook_id, webhook_headers
+from vendors.simulator.signing import new_webhook_id
 from vendors.simulator.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ RETRY_BACKOFF_SECONDS = 0.05
 RETRY_BACKOFF_CAP_SECONDS = 1.0
 
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
+# (message id, body, forged) -> headers of one send; each vendor dialect signs its own way.
+Signer = Callable[[str, bytes, bool], dict[str, str]]
 
 
 @dataclass
@@ -61,7 +63,7 @@ class WebhookSender:
         self._stats = stats
         self._client = client
 
-    async def deliver(self, url: str, message: Message, rng: random.Random) -> None:
+    async def deliver(self, url: str, message: Message, rng: random.Random, sign: Signer) -> None:
         """Deliver one message, applying this message's share of the configured faults."""
         cfg = self._config
         # Draw every roll up front so the RNG stream per message is the same whatever the
@@ -74,13 +76,13 @@ class WebhookSender:
             await asyncio.sleep(delay_roll * cfg.delay)
         if junk_roll < cfg.bad_signature:
             self._stats.bad_signature += 1
-            await self._post(url, message, forged=True)
-        await self._deliver_with_retries(url, message)
+            await self._post(url, message, sign, forged=True)
+        await self._deliver_with_retries(url, message, sign)
         if dup_roll < cfg.duplicate:
             self._stats.duplicated += 1
-            await self._deliver_with_retries(url, message)
+            await self._deliver_with_retries(url, message, sign)
 
-    async def _deliver_with_retries(self, url: str, message: Message) -> None:
+    async def _deliver_with_retries(self, url: str, message: Message, sign: Signer) -> None:
         """Send a genuine copy; resend on transport error, 5xx or 429 only."""
         for attempt in range(self._config.webhook_retries + 1):
             if attempt:
@@ -88,7 +90,7 @@ class WebhookSender:
                 backoff = RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1)
                 await asyncio.sleep(min(backoff, RETRY_BACKOFF_CAP_SECONDS))
             self._stats.sent += 1
-            status = await self._post(url, message, forged=False)
+            status = await self._post(url, message, sign, forged=False)
             if status is not None and 200 <= status < 300:
                 self._stats.delivered += 1
                 return
@@ -96,11 +98,9 @@ class WebhookSender:
                 break  # the receiver refused this message for good (or redirected us)
         self._stats.failed_deliveries += 1
 
-    async def _post(self, url: str, message: Message, *, forged: bool) -> int | None:
+    async def _post(self, url: str, message: Message, sign: Signer, *, forged: bool) -> int | None:
         """One POST; the status code, or None when the request never got an answer."""
-        headers = webhook_headers(
-            self._config.webhook_secret, message.webhook_id, message.body, forged=forged
-        )
+        headers = sign(message.webhook_id, message.body, forged)
         try:
             response = await self._client().post(url, content=message.body, headers=headers)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
@@ -120,9 +120,11 @@ class Courier:
         rng: random.Random,
         reorder: bool,
         spawn: Spawn,
+        sign: Signer,
     ) -> None:
         self._url = url
         self._sender = sender
+        self._sign = sign
         # Fault rolls and the shuffle use separate streams: the worker and whoever closes the
         # courier run concurrently, and interleaved draws would break reproducibility.
         self._fault_rng = random.Random(rng.getrandbits(64))
@@ -184,7 +186,7 @@ class Courier:
         try:
             while (message := await self._queue.get()) is not None:
                 try:
-                    await self._sender.deliver(self._url, message, self._fault_rng)
+                    await self._sender.deliver(self._url, message, self._fault_rng, self._sign)
                 except Exception:
                     log.exception("webhook %s could not be delivered", message.webhook_id)
                 self._released.popleft()

@@ -1,0 +1,145 @@
+"""Accepting a task: charge and insert in one statement, honour Idempotency-Key, answer 202.
+
+Shared by submit (POST /v1/tasks) and follow-up actions (POST /v1/tasks/{id}/actions) so both
+charge, deduplicate and start registration the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from db import queries
+from submit.registration import register_new
+from submit.render import render_task
+from submit.routing import Plan
+from taskhook.errors import (
+    ActiveTaskLimit,
+    IdempotencyConflict,
+    InsufficientCredits,
+    Unavailable,
+    ValidationFailed,
+)
+from taskhook.runtime import Runtime
+from taskhook.tracing import trace_id_from
+
+log = structlog.get_logger()
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+async def accept(
+    request: Request,
+    *,
+    user_id: uuid.UUID,
+    model: str,
+    plan: Plan,
+    task_input: dict[str, Any],
+    request_key: list[Any],
+    parent_id: uuid.UUID | None = None,
+) -> JSONResponse:
+    """Charge, insert and answer 202 (or replay the task an Idempotency-Key already made).
+
+    `request_key` is the request as the client sent it: the same key with a different request
+    is a conflict, while a replay that would now be routed differently still matches.
+    """
+    rt: Runtime = request.app.state.runtime
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY):
+        raise ValidationFailed(
+            details=[{"field": "Idempotency-Key", "message": "must be 1-255 characters"}]
+        )
+    canonical = json.dumps(request_key, sort_keys=True, separators=(",", ":"))
+    trace_id = trace_id_from(
+        request.headers.get("traceparent"), request.headers.get("x-request-id")
+    )
+    task_id, created = await _charge_and_insert(
+        rt,
+        user_id=user_id,
+        model=model,
+        plan=plan,
+        task_input=task_input,
+        key=key,
+        request_hash=hashlib.sha256(canonical.encode()).digest(),
+        trace_id=trace_id,
+        parent_id=parent_id,
+    )
+    async with rt.pool.acquire() as conn:
+        task = await queries.get_task(conn, task_id=task_id, user_id=user_id)
+    assert task is not None
+    if created:
+        log.info("task_submitted", task_id=task.public_id, vendor=task.vendor, trace_id=trace_id)
+        rt.spawn(register_new(rt, task.id))
+    headers = {"Location": f"/v1/tasks/{task.public_id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(render_task(task, rt.store), status_code=202, headers=headers)
+
+
+async def _charge_and_insert(
+    rt: Runtime,
+    *,
+    user_id: uuid.UUID,
+    model: str,
+    plan: Plan,
+    task_input: dict[str, Any],
+    key: str | None,
+    request_hash: bytes,
+    trace_id: str,
+    parent_id: uuid.UUID | None = None,
+) -> tuple[uuid.UUID, bool]:
+    """(task id, created). Charge and insert commit together; a lost key race rolls back."""
+    for _ in range(3):
+        async with rt.pool.acquire() as conn:
+            if key is not None:
+                existing = await queries.find_idempotent_task(
+                    conn, user_id=user_id, idempotency_key=key
+                )
+                if existing is not None:
+                    if existing[1] != request_hash:
+                        raise IdempotencyConflict()
+                    return existing[0], False
+            try:
+                async with conn.transaction():
+                    charged, task_id = await queries.create_task(
+                        conn,
+                        task_id=uuid.uuid4(),
+                        user_id=user_id,
+                        vendor=plan.vendor,
+                        model=model,
+                        vendor_model=plan.vendor_model,
+                        fallbacks=plan.fallbacks,
+                        parent_id=parent_id,
+                        input=task_input,
+                        cost=plan.price,
+                        idempotency_key=key,
+                        request_hash=request_hash if key else None,
+                        trace_id=trace_id,
+                        deadline_seconds=rt.settings.task_deadline,
+                        registration_lease_seconds=rt.settings.registration_timeout + 5,
+                        max_active=rt.settings.max_active_tasks,
+                    )
+                    if not charged:
+                        balance, _ = await queries.user_limits(conn, user_id=user_id)
+                        if balance < plan.price:
+                            raise InsufficientCredits(f"This task costs {plan.price} credit(s).")
+                        raise ActiveTaskLimit(
+                            f"You already have {rt.settings.max_active_tasks} unfinished tasks; "
+                            "submit more when some have finished."
+                        )
+                    if task_id is None:
+                        raise _KeyRaceLost()
+                    return task_id, True
+            except _KeyRaceLost:
+                continue
+    raise Unavailable("Could not settle a concurrent request with the same Idempotency-Key.")
+
+
+class _KeyRaceLost(Exception):
+    """A concurrent request inserted the same idempotency key first; roll back and re-read."""
