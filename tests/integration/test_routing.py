@@ -1,0 +1,235 @@
+"""Routing and failover: one model, several vendors, each with its price; never two jobs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from db import queries
+from db.models import parse_task_id
+from db.states import TaskStatus
+from taskhook.app import create_app
+from taskhook.errors import VendorUnavailable
+from taskhook.runtime import Runtime
+from taskhook.settings import VendorRoute
+from tests.factories import make_user
+from tests.scripted_vendor import ScriptedVendor, install, update
+
+Conn = asyncpg.Connection
+ROUTES = {
+    "flux-schnell": (
+        VendorRoute("replicate", "black-forest-labs/flux-schnell", 1),
+        VendorRoute("fal", "fal-ai/flux/schnell", 3),
+    )
+}
+
+
+@pytest.fixture
+def vendors(runtime: Runtime) -> tuple[ScriptedVendor, ScriptedVendor]:
+    first, second = ScriptedVendor("replicate"), ScriptedVendor("fal")
+    install(runtime, first, second)
+    runtime.settings = runtime.settings.with_overrides(routes=ROUTES)
+    return first, second
+
+
+@pytest.fixture
+async def api(runtime: Runtime, vendors: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(runtime.settings, runtime=runtime))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+async def submit(api: httpx.AsyncClient, conn: Conn, body: dict[str, Any]) -> dict[str, Any]:
+    _, key = await make_user(conn, credits=10)
+    r = await api.post("/v1/tasks", json=body, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 202, r.text
+    task: dict[str, Any] = r.json()
+    return task
+
+
+async def stored(runtime: Runtime, public_id: str) -> Any:
+    await runtime.drain()
+    task_id = parse_task_id(public_id)
+    assert task_id is not None
+    async with runtime.pool.acquire() as conn:
+        return await queries.get_task(conn, task_id=task_id, user_id=None)
+
+
+async def open_circuit(conn: Conn, vendor: str) -> None:
+    await conn.execute(
+        "INSERT INTO vendor_state (vendor, tokens, circuit, open_until)"
+        " VALUES ($1, 10, 'open', now() + interval '1 minute')"
+        " ON CONFLICT (vendor) DO UPDATE SET circuit = 'open', open_until = EXCLUDED.open_until",
+        vendor,
+    )
+
+
+BODY = {"model": "flux-schnell", "input": {"prompt": "a fox"}}
+
+
+async def test_submit_takes_the_first_route_at_its_price(
+    api: httpx.AsyncClient, conn: Conn, runtime: Runtime, vendors: Any
+) -> None:
+    first, second = vendors
+    task = await submit(api, conn, BODY)
+    assert (task["vendor"], task["model"], task["cost"]) == ("replicate", "flux-schnell", 1)
+    row = await stored(runtime, task["id"])
+    assert row.status is TaskStatus.SUBMITTED
+    assert first.called("submit")[0]["model"] == "black-forest-labs/flux-schnell"
+    assert second.calls == []
+    assert row.fallbacks == [{"vendor": "fal", "model": "fal-ai/flux/schnell"}]
+
+
+async def test_an_open_circuit_routes_submit_to_the_next_vendor_and_its_price(
+    api: httpx.AsyncClient, conn: Conn, runtime: Runtime, vendors: Any
+) -> None:
+    first, second = vendors
+    await open_circuit(conn, "replicate")
+    task = await submit(api, conn, BODY)
+    assert (task["vendor"], task["cost"]) == ("fal", 3)
+    await stored(runtime, task["id"])
+    assert first.calls == []
+    assert second.called("submit")[0]["model"] == "fal-ai/flux/schnell"
+
+
+async def test_a_create_that_certainly_failed_fails_over_once(
+    api: httpx.AsyncClient, conn: Conn, runtime: Runtime, vendors: Any
+) -> None:
+    first, second = vendors
+    first.on_submit.append(VendorUnavailable("connection refused", not_accepted=True))
+    task = await submit(api, conn, BODY)
+    row = await stored(runtime, task["id"])
+    assert (row.vendor, row.vendor_model, row.status) == (
+        "fal",
+        "fal-ai/flux/schnell",
+        TaskStatus.SUBMITTED,
+    )
+    assert row.cost == 1, "the client pays what it was quoted"
+    assert len(first.called("submit")) == 1 and len(second.called("submit")) == 1
+    # The callback URL names the vendor that holds the job.
+    assert "/hooks/fal/" in second.called("submit")[0]["callback_url"]
+    events = await conn.fetch(
+        "SELECT event_key, cause FROM task_events WHERE task_id = $1 AND cause = 'failover'",
+        row.id,
+    )
+    assert [e["event_key"] for e in events] == ["reroute:replicate->fal"]
+
+
+async def test_an_ambiguous_failure_retries_the_same_vendor_and_never_registers_twice(
+    api: httpx.AsyncClient, conn: Conn, runtime: Runtime, vendors: Any
+) -> None:
+    first, second = vendors
+    first.on_submit.append(VendorUnavailable("Replicate answered 502"))  # may have made a job
+    task = await submit(api, conn, BODY)
+    row = await stored(runtime, task["id"])
+    assert (row.vendor, row.status) == ("replicate", TaskStatus.PENDING)
+    assert row.next_attempt_at is not None and row.last_error == "Replicate answered 502"
+    assert second.calls == []
+
+
+async def test_when_every_route_is_exhausted_the_task_waits_at_its_last_vendor(
+    api: httpx.AsyncClient, conn: Conn, runtime: Runtime, vendors: Any
+) -> None:
+    first, second = vendors
+    first.on_submit.append(VendorUnavailable("refused", not_accepted=True))
+    second.on_submit.append(VendorUnavailable("refused", not_accepted=True))
+    task = await submit(api, conn, BODY)
+    row = await stored(runtime, task["id"])
+    assert (row.vendor, row.status, row.fallbacks) == ("fal", TaskStatus.PENDING, [])
+    assert len(first.called("submit")) == 1 and len(second.called("submit")) == 1
+
+
+async def test_a_pinned_vendor_has_no_fallbacks(
+    api: httpx.AsyncClient, conn: Conn, runtime: Runtime, vendors: Any
+) -> None:
+    first, second = vendors
+    second.on_submit.append(VendorUnavailable("refused", not_accepted=True))
+    task = await submit(api, conn, {**BODY, "vendor": "fal"})
+    assert (task["vendor"], task["cost"]) == ("fal", 3)
+    row = await stored(runtime, task["id"])
+    assert (row.vendor, row.status, row.fallbacks) == ("fal", TaskStatus.PENDING, [])
+    assert first.calls == []
+
+
+async def test_two_workers_cannot_both_move_a_task(
+    conn: Conn, runtime: Runtime, vendors: Any
+) -> None:
+    user_id, _ = await make_user(conn)
+    async with conn.transaction():
+        _, task_id = await queries.create_task(
+            conn,
+            task_id=uuid.uuid4(),
+            user_id=user_id,
+            vendor="replicate",
+            model="flux-schnell",
+            input={"prompt": "x"},
+            cost=1,
+            idempotency_key=None,
+            request_hash=None,
+            trace_id="t",
+            deadline_seconds=60,
+            registration_lease_seconds=30,
+            fallbacks=[{"vendor": "fal", "model": "fal-ai/flux/schnell"}],
+        )
+    assert task_id is not None
+    moves = [
+        await queries.reroute_task(
+            conn, task_id=task_id, from_vendor="replicate", delay_seconds=0, error="x"
+        )
+        for _ in range(2)
+    ]
+    assert moves == ["fal", None]
+
+
+async def test_a_callback_from_the_vendor_a_task_left_is_a_dead_letter_and_its_job_is_stopped(
+    api: httpx.AsyncClient, conn: Conn, runtime: Runtime, vendors: Any
+) -> None:
+    first, _ = vendors
+    first.on_submit.append(VendorUnavailable("refused", not_accepted=True))
+    task = await submit(api, conn, BODY)
+    row = await stored(runtime, task["id"])
+    assert row.vendor == "fal"
+    # A job at replicate exists after all (say the refusal was a lie) and calls back.
+    stray_url = runtime.callback_url(task_id=row.id, vendor="replicate")
+    r = await api.post(
+        stray_url.removeprefix(runtime.public_url),
+        content=b'{"id": "ghost-job", "status": "storing"}',
+        headers={"x-delivery-id": "stray-1"},
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_payload"
+    await runtime.drain()
+    assert first.called("cancel") == [{"job": "ghost-job"}]
+    after = await stored(runtime, task["id"])
+    assert (after.vendor, after.status) == ("fal", TaskStatus.SUBMITTED)
+    dead = await conn.fetchval(
+        "SELECT error FROM webhook_deliveries WHERE delivery_id = 'stray-1' AND status = 'rejected'"
+    )
+    assert "served by fal" in dead
+
+
+async def test_an_unsigned_callback_is_only_a_hint_confirmed_by_the_vendor(
+    conn: Conn, runtime: Runtime
+) -> None:
+    vendor = ScriptedVendor("midjourney", signed_callbacks=False)
+    install(runtime, vendor)
+    transport = httpx.ASGITransport(app=create_app(runtime.settings, runtime=runtime))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as api:
+        task = await submit(api, conn, {**BODY, "vendor": "midjourney"})
+        row = await stored(runtime, task["id"])
+        job = row.vendor_task_id
+        # The callback claims success; the vendor's API says it is still at work.
+        vendor.on_fetch.append(update(job, TaskStatus.PROCESSING, progress=40))
+        path = runtime.callback_url(task_id=row.id, vendor="midjourney")
+        body = f'{{"id": "{job}", "status": "storing"}}'.encode()
+        r = await api.post(path.removeprefix(runtime.public_url), content=body)
+        assert r.status_code == 200 and r.json() == {"status": "confirming"}
+        again = await api.post(path.removeprefix(runtime.public_url), content=body)
+        assert again.json() == {"status": "duplicate"}
+        after = await stored(runtime, task["id"])
+    assert (after.status, after.progress) == (TaskStatus.PROCESSING, 40)
+    assert vendor.called("fetch") == [{"job": job, "model": "flux-schnell"}]

@@ -1,0 +1,97 @@
+"""A vendor adapter whose answers a test scripts, for routing and receiver rules that do not
+depend on any one vendor's wire format (those are tested against the simulator)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from db.states import TaskStatus
+from receiver.signature import Delivery
+from taskhook.errors import PayloadInvalid
+from taskhook.runtime import Runtime
+from vendors.base import VendorUpdate
+from vendors.health import Limits, VendorHealth
+
+
+@dataclass
+class ScriptedVendor:
+    name: str
+    signed_callbacks: bool = True
+    actions: frozenset[str] = frozenset()
+    # What submit/submit_action/fetch do next: an exception to raise or an update to return.
+    on_submit: list[BaseException | VendorUpdate] = field(default_factory=list)
+    on_fetch: list[BaseException | VendorUpdate] = field(default_factory=list)
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    async def prepare(self) -> None:
+        return None
+
+    def model_error(self, model: str) -> str | None:
+        return None
+
+    def _next(self, script: list[BaseException | VendorUpdate], default: VendorUpdate) -> Any:
+        step = script.pop(0) if script else default
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+    async def submit(
+        self, *, task_id: uuid.UUID, model: str, input: Mapping[str, Any], callback_url: str
+    ) -> VendorUpdate:
+        self.calls.append(("submit", {"model": model, "callback_url": callback_url}))
+        job = f"{self.name}-{task_id.hex[:8]}"
+        return self._next(self.on_submit, update(job, TaskStatus.SUBMITTED))  # type: ignore[no-any-return]
+
+    async def submit_action(
+        self,
+        *,
+        task_id: uuid.UUID,
+        parent_vendor_task_id: str,
+        action: str,
+        index: int,
+        callback_url: str,
+    ) -> VendorUpdate:
+        self.calls.append(
+            ("action", {"parent": parent_vendor_task_id, "action": action, "index": index})
+        )
+        job = f"{self.name}-{task_id.hex[:8]}"
+        return self._next(self.on_submit, update(job, TaskStatus.SUBMITTED))  # type: ignore[no-any-return]
+
+    async def fetch(self, vendor_task_id: str, *, model: str) -> VendorUpdate:
+        self.calls.append(("fetch", {"job": vendor_task_id, "model": model}))
+        return self._next(self.on_fetch, update(vendor_task_id, TaskStatus.PROCESSING))  # type: ignore[no-any-return]
+
+    async def cancel(self, vendor_task_id: str, *, model: str) -> None:
+        self.calls.append(("cancel", {"job": vendor_task_id}))
+
+    def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Delivery:
+        return Delivery(delivery_id=headers.get("x-delivery-id", "d1"), timestamp=int(now))
+
+    def parse(self, body: bytes) -> VendorUpdate:
+        try:
+            doc = json.loads(body)
+            return update(doc["id"], TaskStatus(doc["status"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PayloadInvalid(f"not a scripted update: {exc}") from exc
+
+    def called(self, kind: str) -> list[dict[str, Any]]:
+        return [args for name, args in self.calls if name == kind]
+
+
+def update(job: str, status: TaskStatus, **extra: Any) -> VendorUpdate:
+    if status is TaskStatus.STORING and "outputs" not in extra:
+        extra["outputs"] = ["http://files.invalid/1.png"]
+    return VendorUpdate(vendor_task_id=job, status=status, raw_status=status.value, **extra)
+
+
+def install(rt: Runtime, *vendors: ScriptedVendor) -> None:
+    """Replace the runtime's adapters with these (each with its own shared health row)."""
+    rt.vendors.clear()
+    rt.health.clear()
+    for vendor in vendors:
+        rt.vendors[vendor.name] = vendor
+        rt.health[vendor.name] = VendorHealth(rt.pool, vendor.name, Limits())
