@@ -73,6 +73,46 @@ async def transition_row(
     return record
 
 
+async def receive_webhook(
+    conn: Conn,
+    *,
+    vendor: str,
+    delivery_id: str,
+    task_id: uuid.UUID,
+    headers: Mapping[str, str],
+    body: bytes,
+    signed: bool,
+    vendor_task_id: str,
+    to: str,
+    allowed_from: Sequence[str],
+    progress: int | None,
+    outputs: list[str] | None,
+    error: Mapping[str, Any] | None,
+    detail: Mapping[str, Any] | None,
+    next_poll_at: datetime | None,
+) -> Record:
+    """verdict: no_task | rejected (with message) | duplicate | confirming | transition."""
+    record = await conn.fetchrow(
+        QUERIES["receive_webhook"],
+        vendor,
+        delivery_id,
+        task_id,
+        dict(headers),
+        body,
+        signed,
+        vendor_task_id,
+        to,
+        list(allowed_from),
+        progress,
+        outputs,
+        error,
+        detail,
+        next_poll_at,
+    )
+    assert record is not None  # the function always returns one row
+    return record
+
+
 async def create_user(
     conn: Conn, *, user_id: uuid.UUID, email: str, key_id: uuid.UUID, key_hash: bytes, prefix: str
 ) -> None:
@@ -369,3 +409,8 @@ async def list_user_tasks(
         QUERIES["list_user_tasks"], user_id, status, active, before_at, before_id, limit
     )
     return [Task.from_record(r) for r in records]
+
+
+async def lock_task(conn: Conn, *, task_id: uuid.UUID) -> None:
+    """Hold the task's row lock until the caller's transaction ends (see queries.sql)."""
+    await conn.execute(QUERIES["lock_task"], task_id)

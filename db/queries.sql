@@ -1,74 +1,12 @@
 -- transition --
--- The only writer of tasks.status. One statement: lock the task, record the event once, move it
--- if the state machine allows, refund once when it fails or is canceled, and notify listeners.
--- $4 is the set of states the move may start from (db.states.ALLOWED_FROM); a same-state
--- report applies only when its progress grows.
-WITH cur AS (
-    SELECT id, user_id, status, progress, cost
-      FROM tasks
-     WHERE id = $1
-       FOR UPDATE
-), decision AS (
-    SELECT cur.*,
-           (cur.status = ANY($4::task_status[])
-            AND (cur.status <> $3::task_status OR COALESCE($6::int, -1) > cur.progress)) AS applies
-      FROM cur
-), ev AS (
-    INSERT INTO task_events (task_id, event_key, from_status, to_status, applied, cause, detail)
-    SELECT id, $2, status, $3::task_status, applies, $5, $11::jsonb FROM decision
-    ON CONFLICT (task_id, event_key) DO NOTHING
-    RETURNING applied
-), moved AS (
-    UPDATE tasks AS t
-       SET status = CASE WHEN ev.applied THEN $3::task_status ELSE t.status END,
-           progress = CASE
-               WHEN NOT ev.applied THEN t.progress
-               WHEN $3::task_status = 'completed' THEN 100
-               ELSE GREATEST(t.progress, COALESCE($6::int, t.progress))
-           END,
-           vendor_task_id = COALESCE(t.vendor_task_id, $7::text),
-           outputs = CASE WHEN ev.applied THEN COALESCE($8::jsonb, t.outputs) ELSE t.outputs END,
-           result = CASE WHEN ev.applied THEN COALESCE($9::jsonb, t.result) ELSE t.result END,
-           error = CASE WHEN ev.applied THEN COALESCE($10::jsonb, t.error) ELSE t.error END,
-           next_poll_at = CASE WHEN ev.applied THEN $12::timestamptz ELSE t.next_poll_at END,
-           next_attempt_at = CASE WHEN ev.applied THEN NULL ELSE t.next_attempt_at END,
-           lease_owner = CASE WHEN ev.applied THEN NULL ELSE t.lease_owner END,
-           lease_expires_at = CASE WHEN ev.applied THEN NULL ELSE t.lease_expires_at END,
-           updated_at = CASE WHEN ev.applied THEN now() ELSE t.updated_at END,
-           completed_at = CASE
-               WHEN ev.applied AND $3::task_status IN ('completed', 'failed', 'canceled') THEN now()
-               ELSE t.completed_at
-           END
-      FROM ev
-     WHERE t.id = $1
-       AND (ev.applied OR (t.vendor_task_id IS NULL AND $7::text IS NOT NULL))
-    RETURNING t.id, t.user_id, t.cost, t.status, t.progress, ev.applied
-), refund AS (
-    INSERT INTO credit_ledger (user_id, task_id, kind, amount)
-    SELECT user_id, id, 'refund', cost
-      FROM moved
-     WHERE applied AND status IN ('failed', 'canceled')
-    ON CONFLICT (task_id, kind) WHERE task_id IS NOT NULL DO NOTHING
-    RETURNING user_id, amount
-), credited AS (
-    -- One update of the user row: the refund (if any) and one live task fewer.
-    UPDATE users AS u
-       SET balance = u.balance + COALESCE((SELECT sum(r.amount) FROM refund AS r), 0),
-           active_tasks = u.active_tasks - 1
-      FROM moved AS m
-     WHERE u.id = m.user_id AND m.applied AND m.status IN ('completed', 'failed', 'canceled')
-    RETURNING u.id
-)
-SELECT (SELECT status::text FROM decision) AS from_status,
-       (SELECT applied FROM ev) AS applied,
-       (SELECT status::text FROM moved) AS status,
-       (SELECT progress FROM moved) AS progress,
-       (SELECT count(*) FROM refund) AS refunds,
-       (SELECT count(*) FROM credited) AS ended,
-       (SELECT count(pg_notify('taskhook_tasks',
-                               json_build_object('id', m.id, 'status', m.status,
-                                                 'progress', m.progress)::text))
-          FROM moved AS m WHERE m.applied) AS notified;
+-- The only writer of tasks.status: see taskhook_transition in db/migrations/0006_functions.sql.
+SELECT * FROM taskhook_transition($1, $2, $3::task_status, $4::task_status[], $5, $6, $7, $8,
+                                  $9, $10, $11, $12);
+
+-- receive_webhook --
+-- A verified webhook's whole database work in one round trip (taskhook_receive, 0006).
+SELECT * FROM taskhook_receive($1, $2, $3, $4, $5, $6, $7, $8::task_status,
+                               $9::task_status[], $10, $11, $12, $13, $14);
 
 -- create_user --
 -- A new user and their first API key (stored only as a hash).
@@ -410,3 +348,9 @@ SELECT t.* FROM task_rows AS t
    AND ($4::timestamptz IS NULL OR (t.created_at, t.id) < ($4::timestamptz, $5::uuid))
  ORDER BY t.created_at DESC, t.id DESC
  LIMIT $6;
+
+-- lock_task --
+-- A task's row lock, taken first by a transaction that will insert rows referencing the task
+-- (a webhook delivery): the foreign key's KEY SHARE lock followed by the transition's FOR
+-- UPDATE would deadlock with a concurrent delivery for the same task doing the same.
+SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE;

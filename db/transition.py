@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from asyncpg import Record
+
 from db import queries
 from db.queries import Conn
 from db.states import ALLOWED_FROM, PROGRESS_STATES, TaskStatus
@@ -60,9 +62,6 @@ async def transition(
     commit with the move or not at all. `vendor_task_id` is kept even when the move itself is
     stale, so that a callback that overtook registration cannot make us lose the vendor's id.
     """
-    allowed = set(ALLOWED_FROM[to])
-    if to in PROGRESS_STATES:
-        allowed.add(to)
     if progress is not None:
         progress = max(0, min(100, progress))
     row = await queries.transition_row(
@@ -70,7 +69,7 @@ async def transition(
         task_id=task_id,
         event_key=event_key,
         to=to.value,
-        allowed_from=sorted(s.value for s in allowed),
+        allowed_from=allowed_from(to),
         cause=cause,
         progress=progress,
         vendor_task_id=vendor_task_id,
@@ -80,6 +79,19 @@ async def transition(
         detail=detail,
         next_poll_at=next_poll_at,
     )
+    return result_of(row, to)
+
+
+def allowed_from(to: TaskStatus) -> list[str]:
+    """The states a move to `to` may start from, as the SQL function takes them."""
+    allowed = set(ALLOWED_FROM[to])
+    if to in PROGRESS_STATES:
+        allowed.add(to)
+    return sorted(s.value for s in allowed)
+
+
+def result_of(row: Record, to: TaskStatus) -> TransitionResult:
+    """Read taskhook_transition's answer (also relayed by taskhook_receive) and count it."""
     from_status = TaskStatus(row["from_status"]) if row["from_status"] else None
     if from_status is None:
         outcome = Outcome.NOT_FOUND

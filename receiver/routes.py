@@ -1,8 +1,10 @@
 """POST /hooks/{vendor}/{token}: verify, dedupe, apply; answer fast, never download here.
 
 Order of checks: vendor (404), size (413), token (401), signature (401), timestamp (400),
-payload (400, kept as a dead letter), then the delivery row and the transition in one
-transaction, so a delivery is stored exactly when its effect is.
+payload (400, kept as a dead letter), then one call of the server-side function
+taskhook_receive: the inbox row, the task's checks (still at this vendor, the same job) and the
+transition commit together in one round trip, so a delivery is stored exactly when its effect
+is. Unsigned vendors' callbacks stop short of the transition: the vendor's API is asked first.
 """
 
 from __future__ import annotations
@@ -17,17 +19,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from db import queries
-from db.models import Task
 from db.queries import Conn
-from db.transition import Outcome
+from db.transition import Outcome, allowed_from, result_of
+from receiver.signature import Delivery
 from reconciler.confirm import refresh_from_vendor
 from taskhook import metrics
 from taskhook.errors import NotFound, PayloadInvalid, TaskhookError, TokenInvalid, VendorError
 from taskhook.http import read_body
 from taskhook.runtime import Runtime
 from taskhook.tracing import task_context
-from taskhook.vendor_updates import apply_update
-from vendors.base import VendorAdapter, VendorUpdate
+from taskhook.vendor_updates import move_for, note_result
+from vendors.base import VendorAdapter
 
 log = structlog.get_logger()
 
@@ -70,25 +72,33 @@ class _Inbound:
     headers: dict[str, str]
     body: bytes
 
-    async def record(self, conn: Conn, *, status: str, error: str | None = None) -> int | None:
-        """Its inbox row id, or None when this delivery was stored before (a duplicate)."""
-        return await queries.record_delivery(
+    async def reject(self, conn: Conn, message: str, bound: Any) -> PayloadInvalid:
+        """Keep an authentic but unreadable delivery as a dead letter; nothing else changes."""
+        await queries.record_delivery(
             conn,
             vendor=self.vendor,
             delivery_id=self.delivery_id,
             task_id=self.task_id,
-            status=status,
+            status="rejected",
             outcome=None,
-            error=error,
+            error=message,
             headers=self.headers,
             body=self.body,
         )
-
-    async def reject(self, conn: Conn, message: str, bound: Any) -> PayloadInvalid:
-        """Keep a signed but unusable delivery as a dead letter; nothing else changes."""
-        await self.record(conn, status="rejected", error=message)
         bound.warning("webhook_rejected", error=message)
         return PayloadInvalid(message)
+
+
+async def _verify(adapter: VendorAdapter, body: bytes, request: Request) -> Delivery:
+    """Adapters whose keys can rotate under us (fal's JWKS) verify asynchronously: an unknown
+    key fetches the vendor's keys once and tries again, so the first delivery signed with a new
+    key is accepted rather than bounced."""
+    now = request.app.state.runtime.clock()
+    verify_async = getattr(adapter, "verify_async", None)
+    if verify_async is not None:
+        delivery: Delivery = await verify_async(body, request.headers, now=now)
+        return delivery
+    return adapter.verify(body, request.headers, now=now)
 
 
 async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str:
@@ -96,7 +106,7 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
     task_id = rt.tokens.read(request.path_params["token"], vendor=adapter.name)
     if task_id is None:
         raise TokenInvalid()
-    delivery = adapter.verify(body, request.headers, now=rt.clock())
+    delivery = await _verify(adapter, body, request)
     inbound = _Inbound(
         vendor=adapter.name,
         delivery_id=delivery.delivery_id,
@@ -112,83 +122,73 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
     except PayloadInvalid as exc:
         async with rt.pool.acquire() as conn:
             raise await inbound.reject(conn, exc.message, bound) from exc
+    move = move_for(update, vendor=adapter.name, poll_after=rt.settings.poll_after)
+    progress = None if update.progress is None else max(0, min(100, update.progress))
+    # One round trip: inbox row, task checks, transition and outcome (taskhook_receive).
     async with rt.pool.acquire() as conn:
-        async with conn.transaction():
-            task = await queries.get_task(conn, task_id=task_id, user_id=None)
-            if task is None:
-                raise TokenInvalid("The callback token names no task.")
-            bound = bound.bind(trace_id=task.trace_id)
-            problem = _mismatch(task, inbound.vendor, update)
-            if problem is None:
-                if not adapter.signed_callbacks:
-                    return await _hint(rt, conn, inbound, task, bound)
-                return await _apply(rt, conn, inbound, update, bound)
-        # Authentic but about another job (outside the rolled-back transaction).
-        if task.vendor != inbound.vendor:
+        row = await queries.receive_webhook(
+            conn,
+            vendor=adapter.name,
+            delivery_id=inbound.delivery_id,
+            task_id=task_id,
+            headers=inbound.headers,
+            body=body,
+            signed=adapter.signed_callbacks,
+            vendor_task_id=update.vendor_task_id,
+            to=update.status.value,
+            allowed_from=allowed_from(update.status),
+            progress=progress,
+            outputs=update.outputs,
+            error=move.error,
+            detail=move.detail,
+            next_poll_at=move.next_poll_at,
+        )
+    verdict = row["verdict"]
+    bound = bound.bind(trace_id=row["trace_id"])
+    if verdict == "no_task":
+        raise TokenInvalid("The callback token names no task.")
+    if verdict == "rejected":
+        if row["message"].startswith("The task is served by"):
             # A job this vendor holds for a task that failed over elsewhere: stop it there.
-            rt.spawn(_cancel_stray(adapter, update.vendor_task_id, task.vendor_model))
-        raise await inbound.reject(conn, problem, bound)
+            rt.spawn(_cancel_stray(rt, adapter, task_id, update.vendor_task_id))
+        bound.warning("webhook_rejected", error=row["message"])
+        raise PayloadInvalid(row["message"])
+    if verdict == "duplicate":
+        bound.info("webhook_duplicate")
+        return "duplicate"
+    if verdict == "confirming":
+        rt.spawn(_confirm(rt, task_id))
+        bound.info("webhook_hint")
+        return "confirming"
+    result = result_of(row, update.status)
+    note_result(result, update=update, task_id=task_id, vendor=adapter.name, cause="webhook")
+    bound.info("webhook_applied", outcome=result.outcome.value, to=update.status.value)
+    return "applied" if result.outcome is Outcome.APPLIED else "duplicate"
 
 
-def _mismatch(task: Task, vendor: str, update: VendorUpdate) -> str | None:
-    """Why an authentic callback must not touch this task, or None."""
-    if task.vendor != vendor:
-        return f"The task is served by {task.vendor} now, not {vendor}."
-    if task.vendor_task_id and task.vendor_task_id != update.vendor_task_id:
-        return "The payload's job id does not match this callback's task."
-    return None
-
-
-async def _cancel_stray(adapter: VendorAdapter, vendor_task_id: str, model: str) -> None:
+async def _cancel_stray(
+    rt: Runtime, adapter: VendorAdapter, task_id: uuid.UUID, vendor_task_id: str
+) -> None:
+    async with rt.pool.acquire() as conn:
+        task = await queries.get_task(conn, task_id=task_id, user_id=None)
+    if task is None:
+        return
+    # The model id this vendor knows (the task's own vendor_model is its new vendor's).
+    routes = rt.settings.routes.get(task.model, ())
+    model = next((r.model for r in routes if r.vendor == adapter.name), task.model)
     try:
         await adapter.cancel(vendor_task_id, model=model)
     except VendorError as exc:
         log.warning("stray_cancel_failed", vendor=adapter.name, error=str(exc))
 
 
-async def _hint(rt: Runtime, conn: Conn, inbound: _Inbound, task: Task, bound: Any) -> str:
-    """An unsigned callback proves nothing about the job, only that the vendor has news: store
-    it, make the task due for a poll now (the reconciler's fallback, should this process die),
-    and confirm with the vendor's API right after answering."""
-    row_id = await inbound.record(conn, status="accepted")
-    if row_id is None:
-        bound.info("webhook_duplicate")
-        return "duplicate"
-    await queries.set_delivery_outcome(conn, delivery_row_id=row_id, outcome="confirming")
-    await queries.poll_now(conn, task_id=task.id)
-    rt.spawn(_confirm(rt, task.id))
-    bound.info("webhook_hint")
-    return "confirming"
-
-
 async def _confirm(rt: Runtime, task_id: uuid.UUID) -> None:
+    """Ask the vendor what an unsigned callback hinted at, and apply its answer."""
     async with rt.pool.acquire() as conn:
         task = await queries.get_task(conn, task_id=task_id, user_id=None)
     if task is not None:
         with task_context(task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id):
             await refresh_from_vendor(rt, task)
-
-
-async def _apply(
-    rt: Runtime, conn: Conn, inbound: _Inbound, update: VendorUpdate, bound: Any
-) -> str:
-    """Store the delivery and apply it, in the caller's transaction: both or neither."""
-    row_id = await inbound.record(conn, status="accepted")
-    if row_id is None:
-        bound.info("webhook_duplicate")
-        return "duplicate"
-    result = await apply_update(
-        conn,
-        task_id=inbound.task_id,
-        vendor=inbound.vendor,
-        update=update,
-        event_key=f"webhook:{inbound.delivery_id}",
-        cause="webhook",
-        poll_after=rt.settings.poll_after,
-    )
-    await queries.set_delivery_outcome(conn, delivery_row_id=row_id, outcome=result.outcome.value)
-    bound.info("webhook_applied", outcome=result.outcome.value, to=update.status.value)
-    return "applied" if result.outcome is Outcome.APPLIED else "duplicate"
 
 
 routes = [Route("/hooks/{vendor}/{token}", receive, methods=["POST"])]

@@ -7,6 +7,7 @@ whichever way it reached us.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -20,6 +21,39 @@ from vendors.base import VendorUpdate
 log = structlog.get_logger()
 
 
+@dataclass(frozen=True)
+class Move:
+    """What a vendor's report asks of the transition, however the report reached us."""
+
+    error: dict[str, str] | None
+    next_poll_at: datetime | None
+    detail: dict[str, str]
+
+
+def move_for(update: VendorUpdate, *, vendor: str, poll_after: float) -> Move:
+    error = None
+    if update.status is TaskStatus.FAILED:
+        error = {"code": "vendor_failed", "message": update.error or "the vendor reported failure"}
+    next_poll_at = None
+    if update.status in (TaskStatus.SUBMITTED, TaskStatus.PROCESSING):
+        # Fresh news from the vendor: the reconciler need not ask for a while.
+        next_poll_at = datetime.now(UTC) + timedelta(seconds=poll_after)
+    return Move(error, next_poll_at, {"vendor": vendor, "vendor_status": update.raw_status})
+
+
+def note_result(
+    result: TransitionResult, *, update: VendorUpdate, task_id: uuid.UUID, vendor: str, cause: str
+) -> None:
+    if (
+        result.outcome is Outcome.STALE
+        and update.status is TaskStatus.STORING
+        and result.from_status in REFUNDING
+    ):
+        # Success after we gave up: recorded in task_events, counted, never reopened.
+        metrics.LATE_SUCCESS.inc()
+        log.warning("late_success", task_id=str(task_id), vendor=vendor, cause=cause)
+
+
 async def apply_update(
     conn: Conn,
     *,
@@ -30,13 +64,7 @@ async def apply_update(
     cause: str,
     poll_after: float,
 ) -> TransitionResult:
-    error = None
-    if update.status is TaskStatus.FAILED:
-        error = {"code": "vendor_failed", "message": update.error or "the vendor reported failure"}
-    next_poll_at = None
-    if update.status in (TaskStatus.SUBMITTED, TaskStatus.PROCESSING):
-        # Fresh news from the vendor: the reconciler need not ask for a while.
-        next_poll_at = datetime.now(UTC) + timedelta(seconds=poll_after)
+    move = move_for(update, vendor=vendor, poll_after=poll_after)
     result = await transition(
         conn,
         task_id=task_id,
@@ -46,16 +74,9 @@ async def apply_update(
         progress=update.progress,
         vendor_task_id=update.vendor_task_id,
         outputs=update.outputs,
-        error=error,
-        detail={"vendor": vendor, "vendor_status": update.raw_status},
-        next_poll_at=next_poll_at,
+        error=move.error,
+        detail=move.detail,
+        next_poll_at=move.next_poll_at,
     )
-    if (
-        result.outcome is Outcome.STALE
-        and update.status is TaskStatus.STORING
-        and result.from_status in REFUNDING
-    ):
-        # Success after we gave up: recorded in task_events, counted, never reopened.
-        metrics.LATE_SUCCESS.inc()
-        log.warning("late_success", task_id=str(task_id), vendor=vendor, cause=cause)
+    note_result(result, update=update, task_id=task_id, vendor=vendor, cause=cause)
     return result
