@@ -63,6 +63,17 @@ def build_adapters(settings: Settings, http: httpx.AsyncClient) -> dict[str, Ven
             tolerance=settings.webhook_tolerance,
             timeout=settings.registration_timeout,
         )
+    if settings.fal:
+        from vendors.fal import FalAdapter
+
+        adapters["fal"] = FalAdapter(
+            http,
+            api_key=settings.fal.api_key,
+            queue_base=settings.fal.queue_base,
+            jwks_url=settings.fal.jwks_url,
+            tolerance=settings.webhook_tolerance,
+            timeout=settings.registration_timeout,
+        )
     return adapters
 
 

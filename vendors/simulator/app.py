@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from vendors.simulator import fal
 from vendors.simulator.config import SimulatorConfig
 from vendors.simulator.lifecycle import Simulator
 from vendors.simulator.png import gradient_png
@@ -186,6 +187,7 @@ def create_app(
             Route("/v1/webhooks/default/secret", webhook_secret, methods=["GET"]),
             Route("/files/{prediction_id}/{index:int}.png", output_file, methods=["GET"]),
             Route("/_sim/stats", stats, methods=["GET"]),
+            *fal.routes(sim),
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,

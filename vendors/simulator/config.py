@@ -48,6 +48,8 @@ class SimulatorConfig:
     """Standard Webhooks signing secret, ``whsec_<base64 key>``."""
     api_token: str | None = None
     """When set, every ``/v1`` call must carry ``Authorization: Bearer <token>``."""
+    fal_key: str | None = None
+    """When set, every ``/fal`` queue call must carry ``Authorization: Key <key>``."""
     public_url: str = ""
     """Base URL written into ``urls`` and output links; empty = the request's own base URL."""
     webhook_retries: int = 3
