@@ -122,7 +122,7 @@ async def _charge_and_insert(
                         request_hash=request_hash if key else None,
                         trace_id=trace_id,
                         deadline_seconds=rt.settings.task_deadline,
-                        registration_lease_seconds=rt.settings.registration_timeout + 5,
+                        registration_lease_seconds=rt.settings.registration_lease,
                         max_active=rt.settings.max_active_tasks,
                     )
                     if not charged:

@@ -51,8 +51,14 @@ async def _failover(rt: Runtime, task: Task, reason: str) -> bool:
     if not task.fallbacks:
         return False
     async with rt.pool.acquire() as conn:
+        # We go on to register it at once, so hold the registration lease as begin_registration
+        # does: due now, a worker would register it at the new vendor in parallel with us.
         moved_to = await queries.reroute_task(
-            conn, task_id=task.id, from_vendor=task.vendor, delay_seconds=0, error=reason
+            conn,
+            task_id=task.id,
+            from_vendor=task.vendor,
+            delay_seconds=rt.settings.registration_lease,
+            error=reason,
         )
     if moved_to is None:
         return False
@@ -197,7 +203,7 @@ async def register_new(rt: Runtime, task_id: uuid.UUID) -> None:
     try:
         async with rt.pool.acquire() as conn:
             attempt = await queries.begin_registration(
-                conn, task_id=task_id, lease_seconds=rt.settings.registration_timeout + 5
+                conn, task_id=task_id, lease_seconds=rt.settings.registration_lease
             )
         if attempt is not None:
             await register(rt, task_id=task_id, attempt=attempt)

@@ -102,6 +102,11 @@ class Settings:
         )
         return tuple(name for name, value in configured if value is not None)
 
+    @property
+    def registration_lease(self) -> float:
+        """How long a registration in flight keeps other processes off the task."""
+        return self.registration_timeout + 5
+
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 

@@ -3,6 +3,7 @@ depend on any one vendor's wire format (those are tested against the simulator).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Mapping
@@ -26,6 +27,8 @@ class ScriptedVendor:
     on_submit: list[BaseException | VendorUpdate] = field(default_factory=list)
     on_fetch: list[BaseException | VendorUpdate] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # When set, submit waits for it after recording the call (a vendor slow to answer).
+    gate: asyncio.Event | None = None
 
     async def prepare(self) -> None:
         return None
@@ -43,6 +46,8 @@ class ScriptedVendor:
         self, *, task_id: uuid.UUID, model: str, input: Mapping[str, Any], callback_url: str
     ) -> VendorUpdate:
         self.calls.append(("submit", {"model": model, "callback_url": callback_url}))
+        if self.gate is not None:
+            await self.gate.wait()
         job = f"{self.name}-{task_id.hex[:8]}"
         return self._next(self.on_submit, update(job, TaskStatus.SUBMITTED))  # type: ignore[no-any-return]
 

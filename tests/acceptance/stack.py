@@ -15,7 +15,7 @@ from reconciler.reconcile import run_reconciler
 from taskhook.app import create_app
 from taskhook.runtime import Runtime, open_runtime
 from taskhook.serving import bind, running_app, url_for
-from taskhook.settings import ReplicateSettings, Settings
+from taskhook.settings import FalSettings, ReplicateSettings, Settings
 from taskhook.users import create_user
 from taskhook.worker import Worker
 from vendors.simulator import RunningSimulator, SimulatorConfig, running_simulator
@@ -73,8 +73,13 @@ async def wait_all_terminal(
 
 @asynccontextmanager
 async def running_stack(
-    settings: Settings, sim_config: SimulatorConfig, *, reconcile_interval: float = 0.2
+    settings: Settings,
+    sim_config: SimulatorConfig,
+    *,
+    reconcile_interval: float = 0.2,
+    configure: Callable[[Settings, str], Settings] | None = None,
 ) -> AsyncIterator[Stack]:
+    """`configure(settings, simulator_url)` adjusts the settings once the simulator listens."""
     sock = bind("127.0.0.1", 0)
     url = url_for(sock)
     async with running_simulator(sim_config) as sim:
@@ -87,7 +92,15 @@ async def running_stack(
                 api_base=f"{sim.url}/v1",
                 webhook_secrets=(sim_config.webhook_secret,),
             ),
+            # The simulator speaks every vendor's dialect on its own paths.
+            fal=FalSettings(
+                api_key=sim_config.fal_key or "fal-key",
+                queue_base=f"{sim.url}/fal",
+                jwks_url=f"{sim.url}/fal/.well-known/jwks.json",
+            ),
         )
+        if configure is not None:
+            settings = configure(settings, sim.url)
         stop = asyncio.Event()
         async with running_app(create_app(settings), sock=sock), open_runtime(settings) as rt:
             background = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,7 @@ from taskhook.app import create_app
 from taskhook.errors import VendorUnavailable
 from taskhook.runtime import Runtime
 from taskhook.settings import VendorRoute
+from tests.acceptance.stack import wait_for
 from tests.factories import make_user
 from tests.scripted_vendor import ScriptedVendor, install, update
 
@@ -233,3 +235,25 @@ async def test_an_unsigned_callback_is_only_a_hint_confirmed_by_the_vendor(
         after = await stored(runtime, task["id"])
     assert (after.status, after.progress) == (TaskStatus.PROCESSING, 40)
     assert vendor.called("fetch") == [{"job": job, "model": "flux-schnell"}]
+
+
+async def test_a_failover_in_flight_keeps_workers_off_the_task(
+    api: httpx.AsyncClient, conn: Conn, runtime: Runtime, vendors: Any
+) -> None:
+    """Regression: the reroute made the task due at once, so a worker registered it at the
+    new vendor in parallel with the process doing the failover (two jobs at fal, seen e2e)."""
+    first, second = vendors
+    first.on_submit.append(VendorUnavailable("refused", not_accepted=True))
+    second.gate = asyncio.Event()
+    task = await submit(api, conn, BODY)
+
+    async def at_second_vendor() -> bool:
+        return bool(second.called("submit"))
+
+    await wait_for(at_second_vendor, timeout=10, what="the failover's call to fal")
+    claimed = await queries.claim_pending_registrations(conn, limit=10, lease_seconds=30)
+    second.gate.set()
+    row = await stored(runtime, task["id"])
+    assert claimed == [], "a worker could claim a task whose registration is in flight"
+    assert (row.vendor, row.status) == ("fal", TaskStatus.SUBMITTED)
+    assert len(second.called("submit")) == 1
