@@ -195,7 +195,10 @@ def reconcile(once: bool, interval: float) -> None:
     run(main())
 
 
-@cli.command(help="A local vendor speaking Replicate's real API and webhooks, with faults.")
+@cli.command(
+    help="A local vendor speaking the real APIs and webhooks of Replicate (/v1), fal (/fal) "
+    "and midjourney-proxy (/mj), with faults."
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8010, show_default=True, type=int)
 @click.option(
@@ -229,6 +232,14 @@ def reconcile(once: bool, interval: float) -> None:
     help="whsec_... secret to sign with (default: generated, served at "
     "/v1/webhooks/default/secret)",
 )
+@click.option("--fal-key", default=None, help="require `Authorization: Key <key>` on /fal calls")
+@click.option("--mj-secret", default=None, help="require this mj-api-secret on /mj calls")
+@click.option(
+    "--mj-lag",
+    default=0.0,
+    type=click.FloatRange(0),
+    help="seconds a finished midjourney job still looks unfinished to fetch and actions",
+)
 def simulator(
     host: str,
     port: int,
@@ -243,6 +254,9 @@ def simulator(
     job_seconds: float,
     seed: int | None,
     webhook_secret: str | None,
+    fal_key: str | None,
+    mj_secret: str | None,
+    mj_lag: float,
 ) -> None:
     from vendors.simulator import SimulatorConfig, serve
 
@@ -258,6 +272,9 @@ def simulator(
         bad_signature=bad_signature,
         seed=seed,
         job_seconds=job_seconds,
+        fal_key=fal_key,
+        mj_secret=mj_secret,
+        mj_lag=mj_lag,
         **extra,  # type: ignore[arg-type]
     )
     click.echo(

@@ -74,6 +74,15 @@ def build_adapters(settings: Settings, http: httpx.AsyncClient) -> dict[str, Ven
             tolerance=settings.webhook_tolerance,
             timeout=settings.registration_timeout,
         )
+    if settings.midjourney:
+        from vendors.midjourney_proxy import MidjourneyProxyAdapter
+
+        adapters["midjourney"] = MidjourneyProxyAdapter(
+            http,
+            api_base=settings.midjourney.api_base,
+            api_secret=settings.midjourney.api_secret,
+            timeout=settings.registration_timeout,
+        )
     return adapters
 
 

@@ -15,7 +15,7 @@ from reconciler.reconcile import run_reconciler
 from taskhook.app import create_app
 from taskhook.runtime import Runtime, open_runtime
 from taskhook.serving import bind, running_app, url_for
-from taskhook.settings import FalSettings, ReplicateSettings, Settings
+from taskhook.settings import FalSettings, MidjourneySettings, ReplicateSettings, Settings
 from taskhook.users import create_user
 from taskhook.worker import Worker
 from vendors.simulator import RunningSimulator, SimulatorConfig, running_simulator
@@ -98,6 +98,7 @@ async def running_stack(
                 queue_base=f"{sim.url}/fal",
                 jwks_url=f"{sim.url}/fal/.well-known/jwks.json",
             ),
+            midjourney=MidjourneySettings(api_base=sim.url, api_secret=sim_config.mj_secret),
         )
         if configure is not None:
             settings = configure(settings, sim.url)

@@ -4,11 +4,14 @@ model failing over from a vendor that is down to one that is up."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
+from db import queries
+from db.models import parse_task_id
 from taskhook.settings import Settings, VendorRoute
-from tests.acceptance.stack import running_stack, wait_all_terminal
+from tests.acceptance.stack import Stack, running_stack, wait_all_terminal, wait_for
 from tests.acceptance.test_end_to_end import check_books
 from vendors.simulator import SimulatorConfig
 from vendors.simulator.validation import FAIL_WORD
@@ -82,3 +85,82 @@ async def test_a_routed_model_fails_over_to_the_vendor_that_is_up(fast: Settings
         assert stack.sim.simulator.stats.predictions_created == 4, "one job per task, at fal"
         await check_books(stack, final, client, granted=10)
         await client.aclose()
+
+
+async def test_midjourney_end_to_end_with_faults_and_an_upscale(fast: Settings) -> None:
+    async with running_stack(fast, FAULTS) as stack:
+        client = await stack.client_for(credits=20)
+        ids = []
+        for i in range(6):
+            prompt = f"cat {i} {FAIL_WORD}" if i == 0 else f"cat {i}"
+            r = await client.post(
+                "/v1/tasks",
+                json={"model": "midjourney", "vendor": "midjourney", "input": {"prompt": prompt}},
+            )
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+        final = await wait_all_terminal(client, ids, timeout=60)
+        assert [final[i]["status"] for i in ids] == ["failed"] + ["completed"] * 5
+        # Unsigned callbacks were only hints: every transition came from the vendor's API.
+        async with stack.runtime.pool.acquire() as conn:
+            causes = {
+                r["cause"]
+                for r in await conn.fetch("SELECT DISTINCT cause FROM task_events WHERE applied")
+            }
+        assert "webhook" not in causes and "confirm" in causes
+        up = await client.post(
+            f"/v1/tasks/{ids[1]}/actions", json={"action": "upscale", "index": 3}
+        )
+        assert up.status_code == 202, up.text
+        child = await wait_all_terminal(client, [up.json()["id"]], timeout=30)
+        assert child[up.json()["id"]]["status"] == "completed"
+        assert child[up.json()["id"]]["parent_id"] == ids[1]
+        final.update(child)
+        await check_books(stack, final, client, granted=20)
+        await client.aclose()
+
+
+async def test_an_action_on_a_parent_we_have_not_caught_up_with_is_confirmed(
+    settings: Settings,
+) -> None:
+    """The midjourney-proxy `task_status_not_success` trap: every callback lost, our record
+    still says processing, the vendor has finished. The action asks the vendor instead of
+    refusing."""
+    slow_polls = replace(settings, poll_after=600.0, registration_timeout=5.0)
+    async with running_stack(slow_polls, SimulatorConfig(job_seconds=0.2, drop=1.0)) as stack:
+        client = await stack.client_for(credits=5)
+        r = await client.post(
+            "/v1/tasks",
+            json={"model": "midjourney", "vendor": "midjourney", "input": {"prompt": "owl"}},
+        )
+        parent_id = r.json()["id"]
+
+        async def finished_at_vendor() -> bool:
+            task = (await client.get(f"/v1/tasks/{parent_id}")).json()
+            job = await vendor_job(stack, parent_id)
+            return task["status"] == "submitted" and job is not None and job.terminal
+
+        await wait_for(finished_at_vendor, timeout=20, what="the job to finish at the vendor")
+        up = await client.post(
+            f"/v1/tasks/{parent_id}/actions", json={"action": "variation", "index": 1}
+        )
+        assert up.status_code == 202, up.text
+        done = await wait_all_terminal(client, [parent_id], timeout=30)
+        assert done[parent_id]["status"] == "completed"
+        child_id = up.json()["id"]
+
+        async def child_registered() -> bool:
+            return await vendor_job(stack, child_id) is not None
+
+        # Its callbacks are lost too (drop=1.0) and polls are far off: registered is the proof.
+        await wait_for(child_registered, timeout=20, what="the variation's job at the vendor")
+        await client.aclose()
+
+
+async def vendor_job(stack: Stack, public_id: str) -> Any:
+    task_id = parse_task_id(public_id)
+    async with stack.runtime.pool.acquire() as conn:
+        task = await queries.get_task(conn, task_id=task_id, user_id=None) if task_id else None
+    if task is None or task.vendor_task_id is None:
+        return None
+    return stack.sim.simulator.get(task.vendor_task_id)

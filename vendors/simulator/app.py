@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from vendors.simulator import fal
+from vendors.simulator import fal, midjourney
 from vendors.simulator.config import SimulatorConfig
 from vendors.simulator.lifecycle import Simulator
 from vendors.simulator.png import gradient_png
@@ -188,6 +188,7 @@ def create_app(
             Route("/files/{prediction_id}/{index:int}.png", output_file, methods=["GET"]),
             Route("/_sim/stats", stats, methods=["GET"]),
             *fal.routes(sim),
+            *midjourney.routes(sim),
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,

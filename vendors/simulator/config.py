@@ -50,6 +50,11 @@ class SimulatorConfig:
     """When set, every ``/v1`` call must carry ``Authorization: Bearer <token>``."""
     fal_key: str | None = None
     """When set, every ``/fal`` queue call must carry ``Authorization: Key <key>``."""
+    mj_secret: str | None = None
+    """When set, every ``/mj`` call must carry this ``mj-api-secret`` header (else 403)."""
+    mj_lag: float = 0.0
+    """Seconds a finished ``/mj`` job still looks IN_PROGRESS to fetch and change after its final
+    notify went out: a relay's lagging copy, the ``task_status_not_success`` race."""
     public_url: str = ""
     """Base URL written into ``urls`` and output links; empty = the request's own base URL."""
     webhook_retries: int = 3
@@ -65,6 +70,8 @@ class SimulatorConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
         if not (math.isfinite(self.delay) and self.delay >= 0):
             raise ValueError(f"delay must be >= 0, got {self.delay!r}")
+        if not (math.isfinite(self.mj_lag) and self.mj_lag >= 0):
+            raise ValueError(f"mj_lag must be >= 0, got {self.mj_lag!r}")
         if not (math.isfinite(self.job_seconds) and self.job_seconds >= 0):
             raise ValueError(f"job_seconds must be >= 0, got {self.job_seconds!r}")
         if self.steps < 0:

@@ -1,0 +1,278 @@
+"""midjourney-proxy's dialect of the simulator: ``/mj/submit/imagine``, ``/mj/submit/change``
+and ``/mj/task/{id}/fetch`` over the shared job lifecycle.
+
+What it reproduces of novicezk/midjourney-proxy (see ``vendors/midjourney_proxy.py`` for the
+sources): numeric task ids (epoch milliseconds + 3 random digits), submit answers that are HTTP
+200 with a ``code`` whatever happened, 403 with an empty body for a wrong ``mj-api-secret``, an
+empty 200 for an unknown task, and the task JSON POSTed unsigned to ``notifyHook`` on every
+change: SUBMITTED at start, IN_PROGRESS with ``"25%"`` … ``"100%"`` per step (so a 100% callback
+comes before the SUCCESS one, as with the real proxy), then SUCCESS with ``imageUrl`` or FAILURE
+with ``failReason``. A change on a parent that is not SUCCESS gets the proxy's code 4
+``关联任务状态错误``. ``mj_lag`` makes a finished job look IN_PROGRESS to fetch and change for a
+while after its final notify, as a relay's lagging copy does (the ``task_status_not_success``
+race of background note 003).
+
+The fault knobs apply as on the Replicate routes: ``error_rate`` (503/429, no effect) here, the
+webhook faults in the shared courier. There is no signature, so a ``bad_signature`` copy is
+just one more identical POST.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from vendors.simulator.predictions import ALL_EVENTS, EventKind, Prediction
+from vendors.simulator.validation import REJECT_WORD, CreateRequest
+
+if TYPE_CHECKING:
+    from vendors.simulator.lifecycle import Simulator
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+MODEL = "midjourney"
+SECRET_HEADER = "mj-api-secret"  # noqa: S105 - a header name, not a secret
+CHANGE_ACTIONS = ("UPSCALE", "VARIATION", "REROLL")
+# Jobs whose result is a 4-image grid, the only ones a change can act on.
+_CHANGEABLE = frozenset({"IMAGINE", "VARIATION", "REROLL"})
+_INDEXED = frozenset({"UPSCALE", "VARIATION"})
+
+_STATUS = {
+    "starting": "SUBMITTED",
+    "processing": "IN_PROGRESS",
+    "succeeded": "SUCCESS",
+    "failed": "FAILURE",
+    "canceled": "FAILURE",  # trueai's cancel fails the task with this reason
+}
+CANCELED_REASON = "取消任务"
+
+# The proxy's own descriptions (SubmitController, TaskQueueHelper).
+SUBMITTED = "提交成功"
+PROMPT_EMPTY = "prompt不能为空"
+BANNED = "可能包含敏感词"
+TASK_ID_EMPTY = "taskId不能为空"
+BAD_ACTION = "action参数错误"
+PARENT_NOT_FOUND = "关联任务不存在或已失效"
+PARENT_NOT_SUCCESS = "关联任务状态错误"
+PARENT_NOT_CHANGEABLE = "关联任务不允许执行变化"
+
+
+class MjError(Exception):
+    """A submit answer with a failure code; HTTP 200, as the proxy sends it."""
+
+    def __init__(self, code: int, description: str, **properties: Any) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+        self.properties = properties
+
+    def response(self) -> JSONResponse:
+        body = {
+            "code": self.code,
+            "description": self.description,
+            "result": None,
+            "properties": self.properties,
+        }
+        return JSONResponse(body)
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)
+
+
+def _submit_ms(prediction: Prediction) -> int:
+    created = datetime.strptime(prediction.created_at, "%Y-%m-%dT%H:%M:%S.%fZ")
+    return int(created.replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def description(job: dict[str, Any]) -> str:
+    """The proxy's task description: the Discord command it stands for."""
+    action = job.get("action", "IMAGINE")
+    if action == "IMAGINE":
+        return f"/imagine {job['prompt']}"
+    if action == "REROLL":
+        return f"/up {job['parent']} R"
+    return f"/up {job['parent']} {action[0]}{job['index']}"
+
+
+def task_json(prediction: Prediction, *, lagging: bool = False) -> dict[str, Any]:
+    """The proxy's task object; ``lagging`` shows a finished job as still running."""
+    job = prediction.input
+    status = "IN_PROGRESS" if lagging else _STATUS[prediction.status]
+    succeeded = status == "SUCCESS"
+    fail_reason = None
+    if status == "FAILURE":
+        fail_reason = prediction.error or CANCELED_REASON
+    return {
+        "id": prediction.id,
+        "action": job.get("action", "IMAGINE"),
+        "prompt": prediction.prompt,
+        "promptEn": prediction.prompt,
+        "description": description(job),
+        "state": job.get("state"),
+        "submitTime": _submit_ms(prediction),
+        "startTime": _ms(prediction.started_ts),
+        "finishTime": None if lagging else _ms(prediction.completed_ts),
+        "imageUrl": prediction.output[0] if succeeded and prediction.output else None,
+        "status": status,
+        "progress": "100%" if succeeded else f"{prediction.progress}%",
+        "failReason": fail_reason,
+        "properties": {"finalPrompt": prediction.prompt, "notifyHook": prediction.webhook},
+    }
+
+
+class MidjourneyDialect:
+    """midjourney-proxy: the task JSON on every change, unsigned."""
+
+    name = "midjourney"
+
+    def __init__(self) -> None:
+        self._last_ms = 0
+
+    def new_id(self) -> str:
+        """``System.currentTimeMillis() + 3 random digits``; the milliseconds never repeat here,
+        so ids stay unique however fast jobs are created."""
+        ms = max(int(time.time() * 1000), self._last_ms + 1)
+        self._last_ms = ms
+        return f"{ms}{secrets.randbelow(1000):03d}"
+
+    def webhook_body(self, prediction: Prediction, event: EventKind) -> bytes | None:
+        if event == "output":
+            return None  # the completion carries the image; the proxy sends nothing extra
+        return json.dumps(task_json(prediction), separators=(",", ":"), ensure_ascii=False).encode()
+
+    def webhook_headers(self, message_id: str, body: bytes, *, forged: bool) -> dict[str, str]:
+        return {"content-type": "application/json"}
+
+
+def _fault(status: int) -> Response:
+    """What a gateway in front of an overloaded proxy answers."""
+    if status == 429:
+        return Response("Too Many Requests", status_code=429, headers={"retry-after": "1"})
+    return Response("Service Unavailable", status_code=503)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        raise MjError(4, "参数错误")
+    return body
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def routes(sim: Simulator, dialect: MidjourneyDialect | None = None) -> list[Route]:
+    """The ``/mj`` routes over the shared simulator."""
+    mj = dialect or MidjourneyDialect()
+    config = sim.config
+
+    def authorized(request: Request) -> bool:
+        if config.mj_secret is None:
+            return True
+        given = request.headers.get(SECRET_HEADER, "")
+        return hmac.compare_digest(given.encode(), config.mj_secret.encode())
+
+    def api(handler: Handler) -> Handler:
+        """The secret first (403, empty body), then the ``error_rate`` dice (no effect)."""
+
+        @functools.wraps(handler)
+        async def wrapped(request: Request) -> Response:
+            if not authorized(request):
+                return Response(status_code=403)
+            sim.stats.api_requests += 1
+            status = sim.api_fault()
+            if status is not None:
+                return _fault(status)
+            try:
+                return await handler(request)
+            except MjError as err:
+                return err.response()
+
+        return wrapped
+
+    def lagging(prediction: Prediction) -> bool:
+        done = prediction.completed_ts
+        return prediction.terminal and done is not None and time.time() - done < config.mj_lag
+
+    async def create(request: Request, job: dict[str, Any], webhook: Any) -> Response:
+        create = CreateRequest(
+            model=MODEL,
+            version="",
+            input=job,
+            webhook=_text(webhook),
+            events_filter=ALL_EVENTS,
+            num_outputs=1,
+        )
+        base = config.public_url.rstrip("/") or str(request.base_url).rstrip("/")
+        prediction = await sim.create(create, base_url=base, dialect=mj)
+        return JSONResponse(
+            {"code": 1, "description": SUBMITTED, "result": prediction.id, "properties": {}}
+        )
+
+    @api
+    async def imagine(request: Request) -> Response:
+        body = await _body(request)
+        prompt = _text(body.get("prompt"))
+        if prompt is None:
+            raise MjError(4, PROMPT_EMPTY)
+        if REJECT_WORD in prompt:
+            raise MjError(24, BANNED, promptEn=prompt, bannedWord=REJECT_WORD)
+        if not isinstance(body.get("base64Array", []), list):
+            raise MjError(4, "base64格式错误")
+        job = {"prompt": prompt, "action": "IMAGINE", "state": body.get("state")}
+        return await create(request, job, body.get("notifyHook"))
+
+    @api
+    async def change(request: Request) -> Response:
+        body = await _body(request)
+        parent_id, action, index = _text(body.get("taskId")), body.get("action"), body.get("index")
+        if parent_id is None:
+            raise MjError(4, TASK_ID_EMPTY)
+        if action not in CHANGE_ACTIONS:
+            raise MjError(4, BAD_ACTION)
+        if action in _INDEXED and (type(index) is not int or not 1 <= index <= 4):
+            raise MjError(4, "index参数错误")
+        parent = sim.get(parent_id)
+        if parent is None or parent.dialect is not mj:
+            raise MjError(3, PARENT_NOT_FOUND)
+        if parent.status != "succeeded" or lagging(parent):
+            raise MjError(4, PARENT_NOT_SUCCESS)
+        if parent.input.get("action") not in _CHANGEABLE:
+            raise MjError(4, PARENT_NOT_CHANGEABLE)
+        job = {
+            "prompt": parent.prompt,
+            "action": action,
+            "state": body.get("state"),
+            "parent": parent.id,
+            "index": index if action in _INDEXED else None,
+        }
+        return await create(request, job, body.get("notifyHook"))
+
+    @api
+    async def fetch(request: Request) -> Response:
+        prediction = sim.get(request.path_params["task_id"])
+        if prediction is None or prediction.dialect is not mj:
+            return Response(status_code=200)  # Spring's answer to a null task: an empty body
+        sim.stats.fetches[prediction.id] += 1
+        return JSONResponse(task_json(prediction, lagging=lagging(prediction)))
+
+    return [
+        Route("/mj/submit/imagine", imagine, methods=["POST"]),
+        Route("/mj/submit/change", change, methods=["POST"]),
+        Route("/mj/task/{task_id}/fetch", fetch, methods=["GET"]),
+    ]
