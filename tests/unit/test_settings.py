@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from taskhook.settings import ReplicateSettings, Settings, SettingsError
+from taskhook.settings import ReplicateSettings, Settings, SettingsError, VendorRoute
 
 SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SECRET_B = "whsec_QUFBQUFBQUFBQUFBQUFBQQ=="
@@ -211,3 +211,68 @@ def test_secret_values_stay_out_of_repr(env: dict[str, str]) -> None:
     text = repr(Settings.from_env(env))
     assert "very-secret-1" not in text
     assert "very-secret-2" not in text
+
+
+def test_fal_and_midjourney_are_configured_by_their_variables(env: dict[str, str]) -> None:
+    env.update(
+        FAL_KEY="fal-key-xyzzy", MJ_PROXY_BASE="http://mj.local:8080/", MJ_PROXY_SECRET="mj-plugh"
+    )
+    s = Settings.from_env(env)
+    assert s.fal is not None and s.fal.api_key == "fal-key-xyzzy"
+    assert (s.fal.queue_base, s.fal.jwks_url) == (
+        "https://queue.fal.run",
+        "https://rest.alpha.fal.ai/.well-known/jwks.json",
+    )
+    assert s.midjourney is not None
+    assert (s.midjourney.api_base, s.midjourney.api_secret) == ("http://mj.local:8080", "mj-plugh")
+    assert s.vendors == ("fal", "midjourney")
+    assert "xyzzy" not in repr(s) and "plugh" not in repr(s)
+
+
+def test_fal_endpoints_can_be_moved(env: dict[str, str]) -> None:
+    env.update(FAL_KEY="k", FAL_QUEUE_BASE="http://sim/fal/", FAL_JWKS_URL="http://sim/jwks")
+    s = Settings.from_env(env)
+    assert s.fal is not None and (s.fal.queue_base, s.fal.jwks_url) == (
+        "http://sim/fal",
+        "http://sim/jwks",
+    )
+
+
+def test_routes_are_read_in_order_of_preference(env: dict[str, str]) -> None:
+    env["TASKHOOK_ROUTES"] = (
+        '{"flux": [{"vendor": "fal", "model": "fal-ai/flux/dev", "price": 2},'
+        ' {"vendor": "replicate", "model": "black-forest-labs/flux-dev"}]}'
+    )
+    routes = Settings.from_env(env).routes
+    assert routes == {
+        "flux": (
+            VendorRoute("fal", "fal-ai/flux/dev", 2),
+            VendorRoute("replicate", "black-forest-labs/flux-dev", 1),
+        )
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ("not json", "not valid JSON"),
+        ("[]", "TASKHOOK_ROUTES must be JSON"),
+        ('{"flux": []}', "non-empty list"),
+        ('{"flux": [{"vendor": "nope"}]}', "unknown vendor 'nope'"),
+        ('{"flux": [{"vendor": "fal", "price": -1}]}', "bad route"),
+        ('{"flux": [{"vendor": "fal", "price": 1.5}]}', "bad route"),
+        ('{"flux": [{"vendor": "fal", "colour": "red"}]}', "bad route"),
+        ('{"flux": [{"vendor": "fal"}, {"vendor": "fal"}]}', "lists a vendor twice"),
+    ],
+)
+def test_bad_routes_stop_start_up_with_the_reason(env: dict[str, str], raw: str, says: str) -> None:
+    env["TASKHOOK_ROUTES"] = raw
+    with pytest.raises(SettingsError, match="TASKHOOK_ROUTES") as err:
+        Settings.from_env(env)
+    assert says in str(err.value)
+
+
+def test_a_midjourney_base_must_be_a_url(env: dict[str, str]) -> None:
+    env["MJ_PROXY_BASE"] = "mj.local"
+    with pytest.raises(SettingsError, match="MJ_PROXY_BASE"):
+        Settings.from_env(env)
