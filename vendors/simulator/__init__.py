@@ -1,7 +1,8 @@
-"""A local Replicate look-alike with fault injection (``taskhook simulator``).
+"""A local vendor with fault injection (``taskhook simulator``).
 
-It speaks Replicate's predictions API and sends Standard Webhooks signed exactly as Replicate
-does, so the real Replicate adapter can be exercised end to end — including against dropped,
+It speaks Replicate's predictions API (``/v1``, Standard Webhooks), fal's queue API (``/fal``,
+ED25519 webhooks with a JWKS) and midjourney-proxy's (``/mj``, unsigned notifyHook), each as a
+dialect over one job lifecycle, so every real adapter can be exercised end to end — including against dropped,
 duplicated, delayed, reordered, forged and early callbacks, 5xx/429 answers and failed jobs —
 without the real vendor.
 """
