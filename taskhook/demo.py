@@ -12,6 +12,7 @@ import hashlib
 import statistics
 import time
 import uuid
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -28,7 +29,13 @@ from taskhook.audit import run_audit
 from taskhook.logs import configure_logging
 from taskhook.runtime import open_runtime, resolve_services
 from taskhook.serving import bind, running_app, url_for
-from taskhook.settings import ReplicateSettings, Settings
+from taskhook.settings import (
+    FalSettings,
+    MidjourneySettings,
+    ReplicateSettings,
+    Settings,
+    VendorRoute,
+)
 from taskhook.users import create_user
 from taskhook.worker import Worker
 from vendors.simulator import SimulatorConfig, running_simulator
@@ -106,6 +113,19 @@ async def run_demo(
                 api_base=f"{sim.url}/v1",
                 webhook_secrets=(sim_config.webhook_secret,),
             ),
+            # The simulator speaks all three vendors; the demo spreads its tasks over them.
+            fal=FalSettings(
+                api_key=DEMO_TOKEN,
+                queue_base=f"{sim.url}/fal",
+                jwks_url=f"{sim.url}/fal/.well-known/jwks.json",
+            ),
+            midjourney=MidjourneySettings(api_base=sim.url),
+            routes={
+                "flux-schnell": (
+                    VendorRoute("replicate", "black-forest-labs/flux-schnell", 1),
+                    VendorRoute("fal", "fal-ai/flux/schnell", 1),
+                )
+            },
         )
         stop = asyncio.Event()
         async with running_app(create_app(settings), sock=sock), open_runtime(settings) as rt:
@@ -150,6 +170,14 @@ async def _drive(
     return _summary(console, final, me, report.ok, verified, api_key, web_url)
 
 
+# Routed to the first healthy vendor; pinned to fal; pinned to midjourney-proxy.
+_BODIES: tuple[dict[str, Any], ...] = (
+    {"model": "flux-schnell"},
+    {"model": "fal-ai/flux/schnell", "vendor": "fal"},
+    {"model": "midjourney", "vendor": "midjourney"},
+)
+
+
 async def _submit_all(client: httpx.AsyncClient, tasks: int) -> list[str]:
     gate = asyncio.Semaphore(16)
 
@@ -157,7 +185,7 @@ async def _submit_all(client: httpx.AsyncClient, tasks: int) -> list[str]:
         prompt = PROMPTS[n % len(PROMPTS)]
         if n % 10 == 9:
             prompt += " (fail-me)"  # the simulator fails these, so refunds show up too
-        body = {"model": "black-forest-labs/flux-schnell", "input": {"prompt": prompt, "seed": n}}
+        body = _BODIES[n % len(_BODIES)] | {"input": {"prompt": prompt, "seed": n}}
         key = f"demo-{n}-{uuid.uuid4().hex[:6]}"
         async with gate:
             for attempt in range(5):  # a client retrying with its idempotency key is safe
@@ -258,6 +286,12 @@ def _summary(
         ("failed", failed),
         ("refunded", refunded),
         ("still open", still_open),
+        (
+            "by vendor",
+            ", ".join(
+                f"{v} {n}" for v, n in sorted(Counter(t["vendor"] for t in final.values()).items())
+            ),
+        ),
         (
             "credits left",
             f"{me['credits']} (= {submitted} granted - {submitted} charged + {refunded} refunded)",
