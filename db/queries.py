@@ -409,8 +409,3 @@ async def list_user_tasks(
         QUERIES["list_user_tasks"], user_id, status, active, before_at, before_id, limit
     )
     return [Task.from_record(r) for r in records]
-
-
-async def lock_task(conn: Conn, *, task_id: uuid.UUID) -> None:
-    """Hold the task's row lock until the caller's transaction ends (see queries.sql)."""
-    await conn.execute(QUERIES["lock_task"], task_id)

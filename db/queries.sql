@@ -348,9 +348,3 @@ SELECT t.* FROM task_rows AS t
    AND ($4::timestamptz IS NULL OR (t.created_at, t.id) < ($4::timestamptz, $5::uuid))
  ORDER BY t.created_at DESC, t.id DESC
  LIMIT $6;
-
--- lock_task --
--- A task's row lock, taken first by a transaction that will insert rows referencing the task
--- (a webhook delivery): the foreign key's KEY SHARE lock followed by the transition's FOR
--- UPDATE would deadlock with a concurrent delivery for the same task doing the same.
-SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE;

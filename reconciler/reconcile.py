@@ -218,7 +218,13 @@ async def run_reconciler(rt: Runtime, stop: asyncio.Event, *, interval: float = 
                 log.info("reconcile_pass", **summary.as_dict())
                 # more may be due: come back as soon as the bucket has refilled a little
                 pause = min(interval, max(0.01, 1 / rt.settings.poll_rate))
-        except (OSError, VendorError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            VendorError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,  # a connection the database has just dropped
+        ) as exc:
             log.warning("reconcile_pass_failed", error=repr(exc))
         try:
             await asyncio.wait_for(stop.wait(), timeout=pause)

@@ -18,6 +18,7 @@ import web
 from db.migrate import is_current
 from receiver.routes import routes as receiver_routes
 from submit.routes import routes as submit_routes
+from taskhook import queue_metrics
 from taskhook.errors import TaskhookError, Unavailable
 from taskhook.openapi import openapi_json
 from taskhook.runtime import Runtime, open_runtime
@@ -35,14 +36,16 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         async with rt.pool.acquire(timeout=2) as conn:
             current = await is_current(conn)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError):
         raise Unavailable("The database is not reachable.") from None
     if not current:
         raise Unavailable("Database migrations are not current; run `taskhook migrate`.")
     return JSONResponse({"status": "ready"})
 
 
-async def metrics(_request: Request) -> Response:
+async def metrics(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    await queue_metrics.refresh(rt.pool)  # collectors are sync: read the queues first
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -109,6 +112,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Starlet
             asyncpg.PostgresConnectionError: database_error,
             asyncpg.InterfaceError: database_error,
             asyncpg.CannotConnectNowError: database_error,
+            # A connection the server dropped a moment ago (restart, failover) and asyncpg has
+            # not noticed yet: its protocol refuses the next query with InternalClientError.
+            asyncpg.InternalClientError: database_error,
             ConnectionError: database_error,
             OSError: database_error,
             Exception: internal_error,

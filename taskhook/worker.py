@@ -1,7 +1,9 @@
 """The worker process: stores finished results to S3 and retries pending registrations.
 
 Work is claimed in PostgreSQL with SKIP LOCKED and leases, so any number of workers can run;
-NOTIFY wakes a worker early, and a short poll covers any notification that was missed.
+NOTIFY wakes a worker early, and a short poll covers any notification that was missed. The
+LISTEN connection is the worker's own: one lost with the database (a restart) wakes the loop,
+which opens a new one as soon as the database answers again.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncpg
 import structlog
 
 from db import queries
+from db.pool import connect
 from storage.results import store_result
 from submit.registration import register
 from taskhook.runtime import Runtime
@@ -23,6 +26,13 @@ from taskhook.runtime import Runtime
 log = structlog.get_logger()
 
 CHANNEL = "taskhook_tasks"
+# InternalClientError: a connection the database has just dropped (see taskhook/app.py).
+_DB_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 class Worker:
@@ -35,6 +45,7 @@ class Worker:
         self.lease = lease
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
+        self._listener: asyncpg.Connection[Any] | None = None
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         try:
@@ -43,6 +54,29 @@ class Worker:
             return
         if status in ("storing", "pending"):
             self._wake.set()
+
+    def _on_lost(self, _conn: Any) -> None:
+        self._wake.set()  # a pass right away: it listens again and catches up on missed work
+
+    async def _listen(self) -> None:
+        """LISTEN on a connection of our own, unless already listening; without one (database
+        away) the idle poll keeps the work going and the next pass tries again."""
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        assert self.rt.settings.database_url
+        try:
+            conn = await connect(self.rt.settings.database_url)
+        except _DB_ERRORS as exc:
+            log.warning("worker_listen_failed", error=repr(exc))
+            return
+        try:
+            await conn.add_listener(CHANNEL, self._on_notify)
+        except _DB_ERRORS as exc:
+            log.warning("worker_listen_failed", error=repr(exc))
+            conn.terminate()
+            return
+        conn.add_termination_listener(self._on_lost)
+        self._listener = conn
 
     async def run_once(self) -> int:
         """Claim and do one batch of each kind of work; returns how many items were handled."""
@@ -90,20 +124,14 @@ class Worker:
         log.info("worker_released_claims", storing=len(storing), pending=len(pending))
 
     async def run(self, stop: asyncio.Event) -> None:
-        listener = await self.rt.pool.acquire()
-        await listener.add_listener(CHANNEL, self._on_notify)
         log.info("worker_started", owner=self.owner)
         try:
             while not stop.is_set():
                 self._wake.clear()
+                await self._listen()
                 try:
                     handled = await self.run_once()
-                except (
-                    OSError,
-                    TimeoutError,
-                    asyncpg.PostgresError,
-                    asyncpg.InterfaceError,
-                ) as exc:
+                except _DB_ERRORS as exc:
                     # The database is down or restarting: wait and try again, never die.
                     log.warning("worker_pass_failed", error=repr(exc))
                     handled = 0
@@ -119,6 +147,8 @@ class Worker:
                 for waiter in waiters:
                     waiter.cancel()
         finally:
-            await listener.remove_listener(CHANNEL, self._on_notify)
-            await self.rt.pool.release(listener)
+            if self._listener is not None:
+                listener, self._listener = self._listener, None
+                listener.remove_termination_listener(self._on_lost)
+                await listener.close()
             log.info("worker_stopped", owner=self.owner)

@@ -1,0 +1,86 @@
+"""Two webhook deliveries for the same task at the same moment must not deadlock.
+
+Found by tests/acceptance/test_database_outage.py: after PostgreSQL came back, a vendor's retry
+and the vendor's next message for the same task arrived together and one got a 500
+(``DeadlockDetectedError``). A delivery's transaction that inserts its inbox row first (whose
+foreign key takes KEY SHARE on the task row) and only then asks for FOR UPDATE on the task
+deadlocks with a concurrent one doing the same: each holds the lock the other waits for. The
+receiver must lock the task row before it writes anything that references the task (as
+``taskhook_receive`` does); here the other delivery is held half-way, deterministically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import httpx
+
+from db import queries
+from db.pool import connect
+from db.states import TaskStatus
+from db.transition import transition
+from taskhook.runtime import Runtime
+from tests.factories import make_task, make_user
+from tests.integration.test_receiver import hook_url, post_hook, prediction
+
+Conn = asyncpg.Connection
+
+
+async def test_concurrent_deliveries_for_one_task_do_not_deadlock(
+    client: httpx.AsyncClient, runtime: Runtime, conn: Conn, db_url: str
+) -> None:
+    user_id, _ = await make_user(conn, credits=1)
+    task_id = await make_task(conn, user_id)
+    other = await connect(db_url)
+    try:
+        # Another delivery for the same task is half-way through its transaction: its inbox
+        # row is in (holding KEY SHARE on the task), its transition not yet.
+        tx = other.transaction()
+        await tx.start()
+        await queries.record_delivery(
+            other,
+            vendor="replicate",
+            delivery_id="msg_other",
+            task_id=task_id,
+            status="accepted",
+            outcome=None,
+            error=None,
+            headers={},
+            body=b"{}",
+        )
+        hook = asyncio.create_task(
+            post_hook(client, hook_url(runtime, task_id), prediction(logs=""))
+        )
+
+        async def receiver_waits() -> bool:
+            return bool(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+
+        for _ in range(200):
+            if await receiver_waits() or hook.done():
+                break
+            await asyncio.sleep(0.01)
+        # Now the other delivery applies its transition and commits, as it would.
+        result = await transition(
+            other,
+            task_id=task_id,
+            to=TaskStatus.SUBMITTED,
+            event_key="webhook:msg_other",
+            cause="webhook",
+            vendor_task_id="pred1",
+        )
+        await tx.commit()
+        r = await asyncio.wait_for(hook, timeout=10)
+    finally:
+        await other.close()
+    assert result.status is TaskStatus.SUBMITTED
+    assert r.status_code == 200, r.text
+    assert r.json() == {"status": "applied"}
+    assert await conn.fetchval("SELECT status::text FROM tasks WHERE id = $1", task_id) == (
+        "processing"
+    )
