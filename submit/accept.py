@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from db import queries
+from db.models import Task
 from submit.registration import register_new
 from submit.render import render_task
 from submit.routing import Plan
@@ -59,7 +60,7 @@ async def accept(
     trace_id = trace_id_from(
         request.headers.get("traceparent"), request.headers.get("x-request-id")
     )
-    task_id, created = await _charge_and_insert(
+    task, created = await _charge_and_insert(
         rt,
         user_id=user_id,
         model=model,
@@ -70,9 +71,6 @@ async def accept(
         trace_id=trace_id,
         parent_id=parent_id,
     )
-    async with rt.pool.acquire() as conn:
-        task = await queries.get_task(conn, task_id=task_id, user_id=user_id)
-    assert task is not None
     if created:
         log.info("task_submitted", task_id=task.public_id, vendor=task.vendor, trace_id=trace_id)
         rt.spawn(register_new(rt, task.id))
@@ -93,8 +91,12 @@ async def _charge_and_insert(
     request_hash: bytes,
     trace_id: str,
     parent_id: uuid.UUID | None = None,
-) -> tuple[uuid.UUID, bool]:
-    """(task id, created). Charge and insert commit together; a lost key race rolls back."""
+) -> tuple[Task, bool]:
+    """(task, created). Charge and insert commit together; a lost key race rolls back.
+
+    The task is read back in the same transaction: read after the commit, on another
+    connection, a database lost in between would answer 503 for a task that was charged.
+    """
     for _ in range(3):
         async with rt.pool.acquire() as conn:
             if key is not None:
@@ -104,7 +106,9 @@ async def _charge_and_insert(
                 if existing is not None:
                     if existing[1] != request_hash:
                         raise IdempotencyConflict()
-                    return existing[0], False
+                    replayed = await queries.get_task(conn, task_id=existing[0], user_id=user_id)
+                    assert replayed is not None
+                    return replayed, False
             try:
                 async with conn.transaction():
                     charged, task_id = await queries.create_task(
@@ -135,7 +139,9 @@ async def _charge_and_insert(
                         )
                     if task_id is None:
                         raise _KeyRaceLost()
-                    return task_id, True
+                    task = await queries.get_task(conn, task_id=task_id, user_id=user_id)
+                    assert task is not None
+                    return task, True
             except _KeyRaceLost:
                 continue
     raise Unavailable("Could not settle a concurrent request with the same Idempotency-Key.")

@@ -69,7 +69,7 @@ async def database_error(_request: Request, exc: Exception) -> JSONResponse:
     # The transaction rolled back: nothing was half-written, and the caller may retry.
     log.warning("database_unavailable", error=repr(exc))
     err = Unavailable()
-    return JSONResponse(err.body(), status_code=503, headers={"Retry-After": "2"})
+    return JSONResponse(err.body(), status_code=503, headers=err.headers())
 
 
 async def internal_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -183,6 +183,9 @@ class Unavailable(TaskhookError):
     status_code = 503
     code = "unavailable"
 
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "2"}  # every 503 says when to come back, not only DB errors
+
 
 class VendorError(Exception):
     """A vendor call did not succeed."""

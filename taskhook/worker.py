@@ -87,7 +87,7 @@ class Worker:
             pending = await queries.claim_pending_registrations(
                 conn,
                 limit=self.concurrency,
-                lease_seconds=self.rt.settings.registration_timeout + 5,
+                lease_seconds=self.rt.settings.registration_lease,
             )
         jobs = [
             store_result(self.rt, task_id=task_id, attempt=attempt, owner=self.owner)

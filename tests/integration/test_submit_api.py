@@ -252,3 +252,60 @@ async def test_non_ascii_digits_are_not_numbers(client: httpx.AsyncClient, conn:
     """Found by schemathesis: '²'.isdigit() is true but int('²') raises."""
     r = await client.get("/v1/tasks", params={"limit": "²"}, headers=await user(conn))
     assert_error(r, 422, "validation_error")
+
+
+async def test_a_committed_task_is_never_answered_with_a_503(
+    client: httpx.AsyncClient,
+    conn: Conn,
+    runtime: Runtime,
+    quiet_registration: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: the task was read back on a second connection after the commit, so a
+    database lost in between answered 503 for a task that existed and was charged (a client
+    without an Idempotency-Key would then pay twice)."""
+    auth = await user(conn)
+    from db import queries
+
+    real_create = queries.create_task
+    committed = False
+
+    async def create_task(*args: Any, **kwargs: Any) -> Any:
+        nonlocal committed
+        committed = True
+        return await real_create(*args, **kwargs)
+
+    class LostAfterCommit:
+        """The pool, until the charge-and-insert ran: then the database is unreachable."""
+
+        def __init__(self, pool: Any) -> None:
+            self._pool = pool
+
+        def acquire(self, *args: Any, **kwargs: Any) -> Any:
+            if committed:
+                raise ConnectionRefusedError("the database went away")
+            return self._pool.acquire(*args, **kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._pool, name)
+
+    monkeypatch.setattr(queries, "create_task", create_task)
+    monkeypatch.setattr(runtime, "pool", LostAfterCommit(runtime.pool))
+    r = await client.post("/v1/tasks", json=BODY, headers=auth)
+    assert r.status_code == 202, r.text
+
+
+async def test_every_503_says_when_to_retry(
+    client: httpx.AsyncClient, conn: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: only database errors carried Retry-After; an Unavailable raised by the code
+    (migrations not current, no vendor configured) did not."""
+    import taskhook.app
+
+    async def not_current(_conn: Any) -> bool:
+        return False
+
+    monkeypatch.setattr(taskhook.app, "is_current", not_current)
+    answer = await client.get("/readyz")
+    assert_error(answer, 503, "unavailable")
+    assert answer.headers["retry-after"] == "2"
