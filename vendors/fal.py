@@ -28,7 +28,6 @@ import base64
 import binascii
 import hashlib
 import json
-import math
 import re
 import time
 import uuid
@@ -49,8 +48,8 @@ from taskhook.errors import (
     VendorRejected,
     VendorUnavailable,
 )
-from taskhook.tracing import outgoing_headers
 from vendors.base import VendorUpdate
+from vendors.http import json_object, raise_for_transient, send
 
 log = structlog.get_logger()
 
@@ -74,7 +73,6 @@ _MODEL = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})+", re.ASCII)
 _NAMESPACES = frozenset({"workflows", "comfy"})
 # tqdm-style lines ("  50%|█████     | 2/4") are the only progress fal's logs show.
 _PERCENT = re.compile(r"(\d{1,3})(?:\.\d+)?\s*%")
-_MAX_RETRY_AFTER = 3600.0
 
 # The queue's statuses. COMPLETED says nothing about success: the result decides.
 _STATUS_MAP: Mapping[str, TaskStatus] = {
@@ -509,7 +507,10 @@ class FalAdapter:
     async def cancel(self, vendor_task_id: str, *, model: str) -> None:
         url = f"{self._request_url(vendor_task_id, model)}/cancel"
         response = await self._send("PUT", url)
-        if response.status_code == 400 and _json(response).get("status") == "ALREADY_COMPLETED":
+        if (
+            response.status_code == 400
+            and json_object(response).get("status") == "ALREADY_COMPLETED"
+        ):
             return  # nothing left to stop
         self._check(response)
 
@@ -525,7 +526,7 @@ class FalAdapter:
         response = await self._send("GET", url)
         if response.is_success:
             return result_update(request_id, self._check(response))
-        status, body = response.status_code, _json(response)
+        status, body = response.status_code, json_object(response)
         declared = response.headers.get("x-fal-error-type") or body.get("error_type")
         if not declared and (status < 400 or status in (401, 403, 429, 503) or not body):
             self._check(response)  # raises for every error status
@@ -544,59 +545,24 @@ class FalAdapter:
         return self._check(await self._send(method, url, **kwargs))
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return await self._client.request(
-                method,
-                url,
-                headers={**self._headers, **outgoing_headers()},
-                timeout=self._timeout,
-                **kwargs,
-            )
-        except httpx.HTTPError as exc:
-            raise VendorUnavailable(
-                f"fal unreachable: {exc!r}",
-                # No connection was made, so the request cannot have created anything.
-                not_accepted=isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout),
-            ) from exc
+        return await send(
+            self._client,
+            method,
+            url,
+            vendor="fal",
+            headers=self._headers,
+            timeout=self._timeout,
+            **kwargs,
+        )
 
     def _check(self, response: httpx.Response) -> Any:
         """The JSON of a successful answer, or the error it stands for."""
+        raise_for_transient(response, vendor="fal", credential="key")
         status = response.status_code
-        if status == 429 or status >= 500:
-            raise VendorUnavailable(
-                f"fal answered {status}",
-                retry_after=_retry_after(response),
-                throttled=status == 429,
-                # 503 is the overload answer before any work; 500/502/504 may hide a created job.
-                not_accepted=status == 503,
-            )
-        if status in (401, 403):
-            # Our key, not the job: keep the task and let an operator fix the key.
-            raise VendorUnavailable(f"fal refused our key ({status})")
         if status >= 400:
-            detail = detail_text(_json(response).get("detail")) or f"HTTP {status}"
+            detail = detail_text(json_object(response).get("detail")) or f"HTTP {status}"
             raise VendorRejected(f"fal rejected the request: {detail[:500]}")
         try:
             return response.json()
         except ValueError as exc:
             raise VendorUnavailable("fal answered with a body that is not JSON") from exc
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    """The answer's JSON object, or {} when it is not one."""
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        seconds = float(value) if value else None
-    except ValueError:
-        return None
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    return min(max(0.0, seconds), _MAX_RETRY_AFTER)

@@ -46,8 +46,8 @@ from taskhook.errors import (
     VendorRejected,
     VendorUnavailable,
 )
-from taskhook.tracing import outgoing_headers
 from vendors.base import VendorUpdate
+from vendors.http import raise_for_transient, send
 
 NAME = "midjourney"
 SECRET_HEADER = "mj-api-secret"  # noqa: S105 - a header name, not a secret
@@ -91,7 +91,6 @@ MAX_INDEX = 4
 _MODEL = re.compile(r"(?P<family>midjourney|niji)(?:/v?(?P<version>\d{1,2}(?:\.\d{1,2})?))?")
 _VERSION_FLAG = re.compile(r"(?:^|\s)--(?:v|version|niji)(?:\s|$)")
 _PROGRESS = re.compile(r"\s*(\d{1,3})(?:\.\d+)?\s*%?\s*")
-_MAX_RETRY_AFTER = 3600.0
 
 
 def progress_percent(value: Any) -> int | None:
@@ -300,32 +299,17 @@ class MidjourneyProxyAdapter:
     async def _call(self, method: str, path: str, *, json: Any = None) -> tuple[int, Any]:
         """(HTTP status, decoded JSON or None for an empty or non-JSON error body); raises on
         transport errors, 429, 5xx, refused credentials and a 2xx that is not JSON."""
-        try:
-            response = await self._client.request(
-                method,
-                self._base + path,
-                json=json,
-                headers={**self._headers, **outgoing_headers()},
-                timeout=self._timeout,
-            )
-        except httpx.HTTPError as exc:
-            raise VendorUnavailable(
-                f"midjourney-proxy unreachable: {exc!r}",
-                # No connection was made, so the request cannot have created anything.
-                not_accepted=isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout),
-            ) from exc
+        response = await send(
+            self._client,
+            method,
+            self._base + path,
+            vendor="midjourney-proxy",
+            headers=self._headers,
+            timeout=self._timeout,
+            json=json,
+        )
+        raise_for_transient(response, vendor="midjourney-proxy", credential=SECRET_HEADER)
         status = response.status_code
-        if status == 429 or status >= 500:
-            raise VendorUnavailable(
-                f"midjourney-proxy answered {status}",
-                retry_after=_retry_after(response),
-                throttled=status == 429,
-                # 503 is the overload answer before any work; 500/502/504 may hide a created job.
-                not_accepted=status == 503,
-            )
-        if status in (401, 403):
-            # Our mj-api-secret, not the job: keep the task and let an operator fix the secret.
-            raise VendorUnavailable(f"midjourney-proxy refused our {SECRET_HEADER} ({status})")
         if not response.content.strip():
             return status, None
         try:
@@ -351,14 +335,3 @@ def _accepted(code: int, answer: Mapping[str, Any]) -> VendorUpdate:
             pass
     # Just created: queued inside the proxy, which is what a fetch would show now.
     return VendorUpdate(vendor_task_id=result, status=TaskStatus.SUBMITTED, raw_status="NOT_START")
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        seconds = float(value) if value else None
-    except ValueError:
-        return None
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    return min(max(0.0, seconds), _MAX_RETRY_AFTER)

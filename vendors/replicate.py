@@ -8,7 +8,6 @@ webhook-timestamp, webhook-signature over `id.timestamp.body`, `whsec_` secret).
 from __future__ import annotations
 
 import json
-import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -20,8 +19,8 @@ from db.models import format_task_id
 from db.states import TaskStatus
 from receiver.signature import Delivery, decode_secret, verify_standard_webhook
 from taskhook.errors import PayloadInvalid, VendorRejected, VendorUnavailable
-from taskhook.tracing import outgoing_headers
 from vendors.base import VendorUpdate
+from vendors.http import raise_for_transient, send
 
 NAME = "replicate"
 EVENTS_FILTER = ("start", "output", "logs", "completed")
@@ -31,8 +30,6 @@ _MODEL = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+", re.ASCII)
 # tqdm lines in the logs ("  50%|█████     | 2/4 ...") are the only progress Replicate reports.
 _PROGRESS = re.compile(r"(\d{1,3})%\|")
 
-# A vendor asking us to wait longer than this is treated as this: tasks have deadlines.
-_MAX_RETRY_AFTER = 3600.0
 
 _STATUS_MAP: Mapping[str, TaskStatus] = {
     "starting": TaskStatus.SUBMITTED,
@@ -196,48 +193,22 @@ class ReplicateAdapter:
         json: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
-        try:
-            response = await self._client.request(
-                method,
-                self._base + path,
-                json=json,
-                headers={**self._headers, **outgoing_headers(), **(headers or {})},
-                timeout=self._timeout,
-            )
-        except httpx.HTTPError as exc:
-            raise VendorUnavailable(
-                f"Replicate unreachable: {exc!r}",
-                # No connection was made, so the request cannot have created anything.
-                not_accepted=isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout),
-            ) from exc
-        if response.status_code == 429 or response.status_code >= 500:
-            raise VendorUnavailable(
-                f"Replicate answered {response.status_code}",
-                retry_after=_retry_after(response),
-                throttled=response.status_code == 429,
-                # 503 is the overload answer before any work; 500/502/504 may hide a created job.
-                not_accepted=response.status_code == 503,
-            )
-        if response.status_code in (401, 403):
-            # Our credentials, not the job: keep the task and let an operator fix the token.
-            raise VendorUnavailable(f"Replicate refused our token ({response.status_code})")
+        response = await send(
+            self._client,
+            method,
+            self._base + path,
+            vendor="Replicate",
+            headers={**self._headers, **(headers or {})},
+            timeout=self._timeout,
+            json=json,
+        )
+        raise_for_transient(response, vendor="Replicate", credential="token")
         if response.status_code >= 400:
             raise VendorRejected(f"Replicate rejected the request: {_detail(response)}")
         try:
             return response.json()
         except ValueError as exc:
             raise VendorUnavailable("Replicate answered with a body that is not JSON") from exc
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        seconds = float(value) if value else None
-    except ValueError:
-        return None
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    return min(max(0.0, seconds), _MAX_RETRY_AFTER)
 
 
 def _detail(response: httpx.Response) -> str:
