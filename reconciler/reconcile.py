@@ -21,7 +21,7 @@ from db import queries
 from db.states import TaskStatus
 from db.transition import Outcome, transition
 from taskhook import metrics
-from taskhook.errors import VendorError, VendorUnavailable
+from taskhook.errors import VendorError, VendorRejected, VendorUnavailable
 from taskhook.runtime import Runtime
 from taskhook.tracing import task_context
 from taskhook.vendor_updates import apply_update
@@ -88,6 +88,8 @@ class _VendorPass:
                 vendor=self.vendor, operation="fetch", outcome="error" if error else "ok"
             ).observe(time.monotonic() - started)
         await self.health.record(error)
+        if isinstance(error, VendorRejected):
+            return await self.lose(row, error)
         if error is not None:
             self.summary.errors += 1
             metrics.POLLS.labels(vendor=self.vendor, outcome="error").inc()
@@ -119,6 +121,26 @@ class _VendorPass:
         if refunded:
             self.summary.failed += 1
             self.summary.refunded += 1
+
+    async def lose(self, row: Any, error: VendorRejected) -> TaskStatus | None:
+        """The vendor answered, and no longer knows the job (a 404, an id it expired): the job
+        cannot finish, so waiting for the deadline would only delay the refund."""
+        self.summary.polled += 1
+        metrics.POLLS.labels(vendor=self.vendor, outcome="lost").inc()
+        async with self.rt.pool.acquire() as conn:
+            result = await transition(
+                conn,
+                task_id=row["id"],
+                to=TaskStatus.FAILED,
+                event_key="vendor_lost",
+                cause="reconciler",
+                error={"code": "vendor_lost", "message": f"the vendor lost the job: {error}"},
+            )
+        if result.outcome is Outcome.APPLIED:
+            self.summary.advanced += 1
+            self.count_refund(result.refunded)
+            log.warning("vendor_lost", task_id=f"tsk_{row['id'].hex}", error=str(error))
+        return result.status
 
     async def expire(self, row: Any, *, last_poll: bool) -> None:
         """One last poll (when the vendor can be asked), then fail and refund: a success that

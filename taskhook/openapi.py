@@ -143,7 +143,7 @@ def _schemas() -> JsonObject:
             "properties": {
                 "code": {
                     "type": "string",
-                    "description": "vendor_failed, deadline_exceeded, vendor_rejected, "
+                    "description": "vendor_failed, deadline_exceeded, vendor_rejected, vendor_lost, "
                     "vendor_unavailable, storage_failed, ...",
                 },
                 "message": {"type": "string"},

@@ -365,3 +365,19 @@ async def test_confirming_with_the_vendor_catches_up_a_lagging_task(
     done = await queries.get_task(conn, task_id=task_id, user_id=None)
     assert done is not None and (await refresh_from_vendor(rt, done)) == done
     assert len(vendor.calls) == calls
+
+
+async def test_a_job_the_vendor_lost_fails_and_refunds_at_once(
+    runtime: Runtime, conn: Conn
+) -> None:
+    """A 404 for a job we registered means it is gone (the proxy expired it, the vendor lost
+    it): fail and refund now instead of polling an error until the deadline."""
+    vendor = FakeVendor()
+    vendor.answer = lambda r: httpx.Response(404, json={"detail": "Not found."})
+    task_id = await due_task(conn, pid="gone")
+    summary = await reconcile_once(with_vendor(runtime, vendor))
+    assert (summary.polled, summary.errors, summary.refunded) == (1, 0, 1)
+    assert await status_of(conn, task_id) == "failed" and await refunds(conn, task_id) == 1
+    error = await conn.fetchval("SELECT error FROM tasks WHERE id = $1", task_id)
+    assert error["code"] == "vendor_lost" and "Not found." in error["message"]
+    assert (await reconcile_once(with_vendor(runtime, vendor))).claimed == 0
