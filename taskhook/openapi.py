@@ -143,8 +143,8 @@ def _schemas() -> JsonObject:
             "properties": {
                 "code": {
                     "type": "string",
-                    "description": "vendor_failed, deadline_exceeded, vendor_rejected, vendor_lost, "
-                    "vendor_unavailable, storage_failed, ...",
+                    "description": "vendor_failed, deadline_exceeded, vendor_rejected, "
+                    "vendor_lost, vendor_unavailable, storage_failed, ...",
                 },
                 "message": {"type": "string"},
             },
