@@ -158,13 +158,34 @@ def web_app() -> Any:
     return create_app(load_settings())
 
 
+def metrics_port_option(f: Any) -> Any:
+    return click.option(
+        "--metrics-port",
+        type=click.IntRange(1, 65535),
+        default=None,
+        envvar="TASKHOOK_METRICS_PORT",
+        help="serve this process's Prometheus metrics on 127.0.0.1:PORT/metrics "
+        "(web processes have /metrics already)",
+    )(f)
+
+
+def serve_metrics(port: int | None) -> None:
+    """Workers and reconcilers count refunds, polls and storage too: let them be scraped."""
+    if port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr="127.0.0.1")
+
+
 @cli.command(help="Store finished results to S3 and retry pending vendor registrations.")
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64))
-def worker(concurrency: int) -> None:
+@metrics_port_option
+def worker(concurrency: int, metrics_port: int | None) -> None:
     from taskhook.runtime import open_runtime
     from taskhook.worker import Worker
 
     settings = with_services(load_settings(), port=8000)
+    serve_metrics(metrics_port)
 
     async def main() -> None:
         async with open_runtime(settings) as rt:
@@ -179,11 +200,14 @@ def worker(concurrency: int) -> None:
 )
 @click.option("--once", is_flag=True, help="one pass, then print a JSON summary and exit")
 @click.option("--interval", default=5.0, show_default=True, help="seconds between passes")
-def reconcile(once: bool, interval: float) -> None:
+@metrics_port_option
+def reconcile(once: bool, interval: float, metrics_port: int | None) -> None:
     from reconciler.reconcile import reconcile_once, run_reconciler
     from taskhook.runtime import open_runtime
 
     settings = with_services(load_settings(), port=8000)
+    if not once:
+        serve_metrics(metrics_port)  # a cron pass reports in its JSON summary instead
 
     async def main() -> None:
         async with open_runtime(settings) as rt:

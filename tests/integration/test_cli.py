@@ -137,3 +137,46 @@ def test_demo_runs_the_main_job(db_url: str, s3: S3Config, tmp_path: Path) -> No
         "0",
     )
     assert (tmp_path / "demo.log").read_text().count('"event": "stored"') >= 1
+
+
+@pytest.mark.parametrize("command", [["worker"], ["reconcile"]])
+def test_workers_and_reconcilers_can_be_scraped(
+    command: list[str], db_url: str, s3: S3Config, tmp_path: Path
+) -> None:
+    """Their refunds, polls and storage attempts were counted where nobody could read them."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "TASKHOOK_DATA_DIR": str(tmp_path),
+        "TASKHOOK_S3_ENDPOINT_URL": s3.endpoint_url,
+        "TASKHOOK_S3_BUCKET": s3.bucket,
+        "AWS_ACCESS_KEY_ID": s3.access_key_id or "",
+        "AWS_SECRET_ACCESS_KEY": s3.secret_access_key or "",
+        "AWS_REGION": s3.region,
+        "TASKHOOK_METRICS_PORT": str(port),
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "taskhook.cli", *command], env=env)  # noqa: S603
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, "the process exited"
+                assert time.monotonic() < deadline, "no metrics endpoint after 30 s"
+                time.sleep(0.05)
+        assert answer.status_code == 200
+        assert "taskhook_refunds_total" in answer.text
+        assert "taskhook_polls_total" in answer.text or "taskhook_storage_total" in answer.text
+    finally:
+        proc.terminate()  # may land before start-up finished: then it ends with 128 + 15
+        assert proc.wait(timeout=30) in (0, 143)
