@@ -62,7 +62,12 @@ class Simulator:
     async def start(self) -> None:
         """Open the webhook HTTP client unless the caller supplied one."""
         if self._given_client is None and self._own_client is None:
-            self._own_client = httpx.AsyncClient(timeout=10)
+            # Keep every connection alive: with httpx's default of 20, a backlog of webhooks
+            # opened a new TCP connection per delivery (seen in the chaos run).
+            self._own_client = httpx.AsyncClient(
+                timeout=10,
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+            )
 
     async def stop(self) -> None:
         """Cancel every lifecycle and delivery, then close our own client."""
