@@ -239,6 +239,12 @@ async def list_tasks(conn: Conn, *, status: str | None, limit: int) -> list[Task
     return [Task.from_record(r) for r in records]
 
 
+async def renew_storing(
+    conn: Conn, *, task_ids: Sequence[uuid.UUID], owner: str, lease_seconds: float
+) -> None:
+    await conn.execute(QUERIES["renew_storing"], list(task_ids), owner, lease_seconds)
+
+
 async def claim_pending_registrations(
     conn: Conn, *, limit: int, lease_seconds: float
 ) -> list[tuple[uuid.UUID, int]]:

@@ -165,6 +165,11 @@ UPDATE tasks
                  FOR UPDATE SKIP LOCKED)
 RETURNING id, storage_attempts;
 
+-- renew_storing --
+-- The worker still holding these claims is alive: push their leases out again.
+UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $3)
+ WHERE id = ANY($1::uuid[]) AND lease_owner = $2 AND status = 'storing';
+
 -- release_storing --
 -- A failed storage attempt: let the lease lapse after a backoff so another try comes later.
 UPDATE tasks

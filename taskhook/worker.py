@@ -37,7 +37,7 @@ _DB_ERRORS = (
 
 class Worker:
     def __init__(
-        self, rt: Runtime, *, concurrency: int = 4, idle_poll: float = 1.0, lease: float = 120.0
+        self, rt: Runtime, *, concurrency: int = 4, idle_poll: float = 1.0, lease: float = 30.0
     ) -> None:
         self.rt = rt
         self.concurrency = concurrency
@@ -93,17 +93,37 @@ class Worker:
             store_result(self.rt, task_id=task_id, attempt=attempt, owner=self.owner)
             for task_id, attempt in storing
         ] + [register(self.rt, task_id=task_id, attempt=attempt) for task_id, attempt in pending]
+        claimed = [task_id for task_id, _ in storing]
+        heartbeat = asyncio.create_task(self._renew(claimed))
         try:
             results = await asyncio.gather(*jobs, return_exceptions=True)
         except asyncio.CancelledError:
             # Stopped mid-batch (shutdown timeout, or the task was cancelled): hand the claims
             # back at once instead of letting another worker wait for the leases to expire.
+            heartbeat.cancel()
             await asyncio.shield(self._release(storing, pending))
             raise
+        heartbeat.cancel()
         for item in results:
             if isinstance(item, BaseException):
                 log.error("worker_job_crashed", error=repr(item))
         return len(jobs)
+
+    async def _renew(self, task_ids: list[Any]) -> None:
+        """Keep our storing claims while we work on them, so the lease can be short: a worker
+        that dies (SIGKILL) frees its claims within one lease instead of after the longest
+        download we could ever allow."""
+        if not task_ids:
+            return
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                async with self.rt.pool.acquire() as conn:
+                    await queries.renew_storing(
+                        conn, task_ids=task_ids, owner=self.owner, lease_seconds=self.lease
+                    )
+            except _DB_ERRORS as exc:
+                log.warning("worker_renew_failed", error=repr(exc))
 
     async def _release(
         self, storing: list[tuple[Any, int]], pending: list[tuple[Any, int]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -220,3 +221,33 @@ async def test_a_worker_stopped_mid_download_hands_its_lease_back(
     # another worker can take it at once
     claimed = await queries.claim_storing(conn, limit=1, owner="next", lease_seconds=60)
     assert [t for t, _ in claimed] == [task_id]
+
+
+async def test_a_working_worker_keeps_renewing_its_short_lease(
+    runtime: Runtime, conn: Conn
+) -> None:
+    """The lease was 120 s and never renewed, so a SIGKILLed worker's claims sat for two
+    minutes (chaos run). Now it is short and renewed while the download runs."""
+    started, never = asyncio.Event(), asyncio.Event()
+
+    async def stalled(request: httpx.Request) -> httpx.Response:
+        started.set()
+        await never.wait()
+        return httpx.Response(500)
+
+    task_id = await storing_task(conn, ["http://93.184.216.34/x.png"])
+    worker = Worker(
+        replace(runtime, http=httpx.AsyncClient(transport=httpx.MockTransport(stalled))),
+        lease=0.3,
+    )
+    job = asyncio.create_task(worker.run_once())
+    await asyncio.wait_for(started.wait(), timeout=10)
+    first = await conn.fetchval("SELECT lease_expires_at FROM tasks WHERE id=$1", task_id)
+    deadline = time.monotonic() + 10
+    while await conn.fetchval("SELECT lease_expires_at FROM tasks WHERE id=$1", task_id) <= first:
+        assert time.monotonic() < deadline, "the lease was never renewed"
+        await asyncio.sleep(0.02)
+    assert await queries.claim_storing(conn, limit=1, owner="other", lease_seconds=60) == []
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
