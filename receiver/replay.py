@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from db import queries
 from db.transition import Outcome
+from reconciler.confirm import refresh_from_vendor
 from taskhook.errors import NotFound, PayloadInvalid
 from taskhook.runtime import Runtime
 from taskhook.vendor_updates import apply_update
@@ -37,12 +38,28 @@ async def replay_delivery(rt: Runtime, delivery_row_id: int) -> ReplayResult:
         update = adapter.parse(bytes(row["body"]))
     except PayloadInvalid as exc:
         return ReplayResult(delivery_row_id, "rejected", exc.message)
-    async with rt.pool.acquire() as conn, conn.transaction():
+    async with rt.pool.acquire() as conn:
         task = await queries.get_task(conn, task_id=row["task_id"], user_id=None)
-        if task is None:
-            return ReplayResult(delivery_row_id, "rejected", "its task no longer exists")
-        if task.vendor_task_id and task.vendor_task_id != update.vendor_task_id:
-            return ReplayResult(delivery_row_id, "rejected", "the job id still does not match")
+    # The receiver's checks (taskhook_receive) again: an operator may replay too early.
+    if task is None:
+        return ReplayResult(delivery_row_id, "rejected", "its task no longer exists")
+    if task.vendor != adapter.name:
+        return ReplayResult(delivery_row_id, "rejected", f"the task is served by {task.vendor} now")
+    if task.vendor_task_id and task.vendor_task_id != update.vendor_task_id:
+        return ReplayResult(delivery_row_id, "rejected", "the job id still does not match")
+    if not adapter.signed_callbacks:
+        # An unsigned body proves nothing about the job: ask the vendor, as the receiver does.
+        fresh = await refresh_from_vendor(rt, task)
+        async with rt.pool.acquire() as conn:
+            await queries.mark_delivery_replayed(
+                conn, delivery_row_id=delivery_row_id, outcome="confirming"
+            )
+        return ReplayResult(
+            delivery_row_id,
+            "applied",
+            f"task {task.public_id}: asked the vendor, now {fresh.status}",
+        )
+    async with rt.pool.acquire() as conn, conn.transaction():
         result = await apply_update(
             conn,
             task_id=task.id,

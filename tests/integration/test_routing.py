@@ -14,6 +14,7 @@ import pytest
 from db import queries
 from db.models import parse_task_id
 from db.states import TaskStatus
+from receiver.replay import replay_delivery
 from taskhook.app import create_app
 from taskhook.errors import VendorUnavailable
 from taskhook.runtime import Runtime
@@ -257,3 +258,50 @@ async def test_a_failover_in_flight_keeps_workers_off_the_task(
     assert claimed == [], "a worker could claim a task whose registration is in flight"
     assert (row.vendor, row.status) == ("fal", TaskStatus.SUBMITTED)
     assert len(second.called("submit")) == 1
+
+
+async def test_replaying_a_stray_callback_is_still_refused(
+    api: httpx.AsyncClient, conn: Conn, runtime: Runtime, vendors: Any
+) -> None:
+    first, _ = vendors
+    first.on_submit.append(VendorUnavailable("refused", not_accepted=True))
+    task = await submit(api, conn, BODY)
+    row = await stored(runtime, task["id"])
+    stray_url = runtime.callback_url(task_id=row.id, vendor="replicate")
+    await api.post(
+        stray_url.removeprefix(runtime.public_url),
+        content=b'{"id": "ghost-job", "status": "storing"}',
+        headers={"x-delivery-id": "stray-2"},
+    )
+    dead = await conn.fetchval("SELECT id FROM webhook_deliveries WHERE delivery_id = 'stray-2'")
+    result = await replay_delivery(runtime, dead)
+    assert (result.status, result.message) == ("rejected", "the task is served by fal now")
+    assert (await stored(runtime, task["id"])).status is TaskStatus.SUBMITTED
+
+
+async def test_replaying_an_unsigned_dead_letter_asks_the_vendor(
+    conn: Conn, runtime: Runtime
+) -> None:
+    vendor = ScriptedVendor("midjourney", signed_callbacks=False)
+    install(runtime, vendor)
+    transport = httpx.ASGITransport(app=create_app(runtime.settings, runtime=runtime))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as api:
+        task = await submit(api, conn, {**BODY, "vendor": "midjourney"})
+    row = await stored(runtime, task["id"])
+    dead = await queries.record_delivery(
+        conn,
+        vendor="midjourney",
+        delivery_id="mj:old",
+        task_id=row.id,
+        status="rejected",
+        outcome=None,
+        error="could not be read then",
+        headers={},
+        body=f'{{"id": "{row.vendor_task_id}", "status": "storing"}}'.encode(),
+    )
+    assert dead is not None
+    result = await replay_delivery(runtime, dead)
+    assert result.status == "applied" and "asked the vendor" in result.message
+    assert vendor.called("fetch") == [{"job": row.vendor_task_id, "model": "flux-schnell"}]
+    # The body claimed success; the vendor's API (scripted default: processing) decides.
+    assert (await stored(runtime, task["id"])).status is TaskStatus.PROCESSING
