@@ -91,9 +91,12 @@ async def _register(rt: Runtime, task: Task, attempt: int) -> bool:
             raise VendorUnavailable(
                 f"vendor {task.vendor!r} is not configured in this process", not_accepted=True
             )
-        update = await asyncio.wait_for(
-            _submit(rt, adapter, task), timeout=settings.registration_timeout
-        )
+        # Wait for a slot first, outside the timeout: only the vendor's own time may count
+        # against it (and towards opening its circuit), never our local queue.
+        async with rt.registration_slots:
+            update = await asyncio.wait_for(
+                _submit(rt, adapter, task), timeout=settings.registration_timeout
+            )
     except VendorParentNotReady as exc:
         # The vendor has not caught up with the parent's success yet: ask it, then retry later.
         await _record(health, None)

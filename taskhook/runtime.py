@@ -98,6 +98,9 @@ class Runtime:
     events: TaskEvents = field(init=False)
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
+    # Vendor registrations in flight from this process, below the HTTP client's 100
+    # connections so none waits for a connection inside its timeout (submit spawns one each).
+    registration_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:

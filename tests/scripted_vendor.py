@@ -29,6 +29,8 @@ class ScriptedVendor:
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     # When set, submit waits for it after recording the call (a vendor slow to answer).
     gate: asyncio.Event | None = None
+    in_flight: int = 0
+    max_in_flight: int = 0
 
     async def prepare(self) -> None:
         return None
@@ -47,7 +49,12 @@ class ScriptedVendor:
     ) -> VendorUpdate:
         self.calls.append(("submit", {"model": model, "callback_url": callback_url}))
         if self.gate is not None:
-            await self.gate.wait()
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                await self.gate.wait()
+            finally:
+                self.in_flight -= 1
         job = f"{self.name}-{task_id.hex[:8]}"
         return self._next(self.on_submit, update(job, TaskStatus.SUBMITTED))  # type: ignore[no-any-return]
 

@@ -305,3 +305,21 @@ async def test_replaying_an_unsigned_dead_letter_asks_the_vendor(
     assert vendor.called("fetch") == [{"job": row.vendor_task_id, "model": "flux-schnell"}]
     # The body claimed success; the vendor's API (scripted default: processing) decides.
     assert (await stored(runtime, task["id"])).status is TaskStatus.PROCESSING
+
+
+async def test_registrations_beyond_the_slots_wait_without_counting_against_the_vendor(
+    api: httpx.AsyncClient, conn: Conn, runtime: Runtime, vendors: Any
+) -> None:
+    """Regression (bench/submit_throughput.py): every submit spawned its vendor call at once;
+    hundreds queued for a connection inside their timeout, timed out without being sent, and
+    those 'failures' opened the vendor's circuit."""
+    first, _ = vendors
+    first.gate = asyncio.Event()
+    runtime.registration_slots = asyncio.Semaphore(2)
+    runtime.settings = runtime.settings.with_overrides(registration_timeout=0.5)
+    ids = [(await submit(api, conn, BODY))["id"] for _ in range(4)]
+    await runtime.drain()  # the gate never opens: every call times out at the vendor
+    rows = [await stored(runtime, i) for i in ids]
+    assert first.max_in_flight == 2, "no more calls in flight than slots"
+    assert len(first.called("submit")) == 4, "the waiting ones were sent once a slot freed"
+    assert {r.status for r in rows} == {TaskStatus.PENDING}
