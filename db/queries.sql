@@ -308,13 +308,15 @@ RETURNING circuit;
 
 -- record_vendor_result --
 -- After a call: success closes the circuit; the $3-th failure in a row (or a failed probe)
--- opens it for $4 seconds. A 429's Retry-After ($5) blocks every caller that long.
+-- opens it for $4 seconds. Failures of calls still in flight when it opened do not push an
+-- open circuit's cool-down out. A 429's Retry-After ($5) blocks every caller that long.
 UPDATE vendor_state
    SET failures = CASE WHEN $2 THEN 0 ELSE failures + 1 END,
        circuit = CASE WHEN $2 THEN 'closed'
                       WHEN circuit = 'half-open' OR failures + 1 >= $3 THEN 'open'
                       ELSE circuit END,
-       open_until = CASE WHEN NOT $2 AND (circuit = 'half-open' OR failures + 1 >= $3)
+       open_until = CASE WHEN NOT $2 AND circuit <> 'open'
+                              AND (circuit = 'half-open' OR failures + 1 >= $3)
                          THEN clock_timestamp() + make_interval(secs => $4)
                          ELSE open_until END,
        blocked_until = CASE WHEN $5::float8 IS NULL THEN blocked_until

@@ -19,6 +19,7 @@ from db.states import TaskStatus
 from db.transition import transition
 from reconciler.reconcile import reconcile_once
 from taskhook import metrics
+from taskhook.errors import VendorUnavailable
 from taskhook.runtime import Runtime
 from tests.factories import make_task, make_user
 from vendors.health import Limits, VendorHealth
@@ -381,3 +382,23 @@ async def test_a_job_the_vendor_lost_fails_and_refunds_at_once(
     error = await conn.fetchval("SELECT error FROM tasks WHERE id = $1", task_id)
     assert error["code"] == "vendor_lost" and "Not found." in error["message"]
     assert (await reconcile_once(with_vendor(runtime, vendor))).claimed == 0
+
+
+async def test_stragglers_failing_do_not_push_an_open_circuit_out(
+    runtime: Runtime, conn: Conn
+) -> None:
+    """Regression (chaos run): calls in flight when the circuit opened kept failing in, and
+    each pushed the cool-down out again, so healthy work waited far longer than it says."""
+    health = VendorHealth(
+        runtime.pool, "replicate", Limits(breaker_threshold=2, breaker_cooldown=30)
+    )
+    await health.permits()
+    for _ in range(2):
+        await health.record(VendorUnavailable("503"))
+    opened = await conn.fetchval("SELECT open_until FROM vendor_state WHERE vendor='replicate'")
+    for _ in range(5):
+        await health.record(VendorUnavailable("503, from a call made before it opened"))
+    row = await conn.fetchrow(
+        "SELECT circuit, open_until FROM vendor_state WHERE vendor='replicate'"
+    )
+    assert (row["circuit"], row["open_until"]) == ("open", opened)
