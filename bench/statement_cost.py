@@ -1,0 +1,168 @@
+"""What PostgreSQL alone can do per statement of the webhook path, with no HTTP in the way.
+
+Explains bench/webhook_ingest.py's fresh-webhook ceiling: 16 pooled connections (closed loop,
+one process) run each statement for ``--seconds`` against a fresh migrated database with
+2000 submitted tasks, and the rate of each is printed with its ratio to the baseline, the
+one-INSERT statement of webhook_ingest.py's ceiling app:
+
+* ``ceiling``: ``INSERT INTO ceiling_hits (body) VALUES ($1)``;
+* ``inbox``: the inbox row of a delivery (webhook_deliveries, with its body);
+* ``update``: a bare progress UPDATE of a task;
+* ``transition``: taskhook_transition (the state machine's one statement) moving progress;
+* ``receive``: taskhook_receive, a fresh webhook's whole database work (inbox + transition).
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
+        .venv/bin/python bench/statement_cost.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from db import queries
+from db.migrate import migrate
+from db.pool import connect, create_pool, dsn_for_database
+from db.states import TaskStatus
+from db.transition import allowed_from
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seeding import insert_submitted_tasks
+
+CONNECTIONS = 16
+BODY = json.dumps({"id": "p", "status": "processing", "logs": "x" * 600}).encode()
+PROCESSING = allowed_from(TaskStatus.PROCESSING)
+
+Statement = Callable[[Any, uuid.UUID, str, int], Awaitable[object]]
+
+
+async def ceiling(conn: Any, task_id: uuid.UUID, vid: str, n: int) -> object:
+    return await conn.execute("INSERT INTO ceiling_hits (body) VALUES ($1)", BODY)
+
+
+async def inbox(conn: Any, task_id: uuid.UUID, vid: str, n: int) -> object:
+    return await queries.record_delivery(
+        conn,
+        vendor="replicate",
+        delivery_id=f"i{n}",
+        task_id=task_id,
+        status="accepted",
+        outcome=None,
+        error=None,
+        headers={},
+        body=BODY,
+    )
+
+
+async def update(conn: Any, task_id: uuid.UUID, vid: str, n: int) -> object:
+    return await conn.execute(
+        "UPDATE tasks SET progress = $2, updated_at = now() WHERE id = $1", task_id, n % 100
+    )
+
+
+async def transition(conn: Any, task_id: uuid.UUID, vid: str, n: int) -> object:
+    return await queries.transition_row(
+        conn,
+        task_id=task_id,
+        event_key=f"t{n}",
+        to="processing",
+        allowed_from=PROCESSING,
+        cause="bench",
+        progress=n // 2000 % 100,
+        vendor_task_id=vid,
+        outputs=None,
+        result=None,
+        error=None,
+        detail={},
+        next_poll_at=None,
+    )
+
+
+async def receive(conn: Any, task_id: uuid.UUID, vid: str, n: int) -> object:
+    return await queries.receive_webhook(
+        conn,
+        vendor="replicate",
+        delivery_id=f"r{n}",
+        task_id=task_id,
+        headers={"webhook-id": "x"},
+        body=BODY,
+        signed=True,
+        vendor_task_id=vid,
+        to="processing",
+        allowed_from=PROCESSING,
+        progress=n // 2000 % 100,
+        outputs=None,
+        error=None,
+        detail={},
+        next_poll_at=None,
+    )
+
+
+STATEMENTS: dict[str, Statement] = {
+    "ceiling": ceiling,
+    "inbox": inbox,
+    "update": update,
+    "transition": transition,
+    "receive": receive,
+}
+
+
+async def rate(pool: Any, statement: Statement, tasks: list[Any], seconds: float) -> float:
+    numbers = itertools.count()
+    stop = time.monotonic() + seconds
+    done = 0
+
+    async def loop() -> None:
+        nonlocal done
+        while time.monotonic() < stop:
+            n = next(numbers)
+            task_id, vid = tasks[n % len(tasks)]
+            async with pool.acquire() as conn:
+                await statement(conn, task_id, vid, n)
+            done += 1
+
+    await asyncio.gather(*(loop() for _ in range(CONNECTIONS)))
+    return done / seconds
+
+
+async def main(seconds: float) -> None:
+    server = os.environ["DATABASE_URL"]
+    name = f"taskhook_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = dsn_for_database(server, name)
+    try:
+        conn = await connect(dsn)
+        await migrate(conn)
+        await conn.execute("CREATE TABLE ceiling_hits (id bigserial PRIMARY KEY, body bytea)")
+        await conn.close()
+        vids = [f"p_{n}" for n in range(2000)]
+        tasks = list(zip(await insert_submitted_tasks(dsn, vids, model="a/b"), vids, strict=True))
+        pool = await create_pool(dsn, min_size=CONNECTIONS, max_size=CONNECTIONS)
+        base = 0.0
+        print(f"{'statement':>10}  {'per s':>7}  vs ceiling   ({CONNECTIONS} connections)")
+        for label, statement in STATEMENTS.items():
+            per_second = await rate(pool, statement, tasks, seconds)
+            base = base or per_second
+            print(f"{label:>10}  {per_second:7.0f}  {per_second / base:10.2f}", flush=True)
+        await pool.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    asyncio.run(main(parser.parse_args().seconds))
