@@ -297,14 +297,19 @@ UPDATE vendor_state SET tokens = LEAST($3::float8, tokens + $2) WHERE vendor = $
 -- circuit_permits --
 -- May we call this vendor now? Closed: yes. Open past its cool-down: one probe (half-open).
 -- Half-open with a probe out: no, unless the probe is older than the cool-down (lost).
-UPDATE vendor_state
-   SET circuit = CASE WHEN circuit = 'closed' THEN 'closed' ELSE 'half-open' END,
-       open_until = CASE WHEN circuit = 'closed' THEN open_until
-                         ELSE clock_timestamp() + make_interval(secs => $2) END,
-       updated_at = clock_timestamp()
- WHERE vendor = $1
-   AND (circuit = 'closed' OR open_until <= clock_timestamp())
-RETURNING circuit;
+-- A closed circuit is only read: every vendor call asks, and writing the one row per vendor
+-- each time made all callers queue on its lock.
+WITH probe AS (
+    UPDATE vendor_state
+       SET circuit = 'half-open',
+           open_until = clock_timestamp() + make_interval(secs => $2),
+           updated_at = clock_timestamp()
+     WHERE vendor = $1 AND circuit <> 'closed' AND open_until <= clock_timestamp()
+    RETURNING circuit
+)
+SELECT COALESCE((SELECT circuit FROM probe),
+                (SELECT 'closed' FROM vendor_state WHERE vendor = $1 AND circuit = 'closed'))
+       AS circuit;
 
 -- record_vendor_result --
 -- After a call: success closes the circuit; the $3-th failure in a row (or a failed probe)
@@ -324,6 +329,8 @@ UPDATE vendor_state
                                           clock_timestamp() + make_interval(secs => $5)) END,
        updated_at = clock_timestamp()
  WHERE vendor = $1
+   -- A success that changes nothing (closed, no failures, no Retry-After) writes nothing.
+   AND NOT ($2 AND failures = 0 AND circuit = 'closed' AND $5::float8 IS NULL)
 RETURNING circuit, failures;
 
 -- vendor_states --

@@ -402,3 +402,23 @@ async def test_stragglers_failing_do_not_push_an_open_circuit_out(
         "SELECT circuit, open_until FROM vendor_state WHERE vendor='replicate'"
     )
     assert (row["circuit"], row["open_until"]) == ("open", opened)
+
+
+async def test_a_healthy_vendor_call_writes_nothing_to_the_shared_row(
+    runtime: Runtime, conn: Conn
+) -> None:
+    """Every vendor call asked the circuit and recorded its result by UPDATEing the vendor's
+    one row, so all registrations and polls of a process queued on that row's lock
+    (bench/submit_throughput.py: 8 transactions per submit)."""
+    health = VendorHealth(runtime.pool, "replicate", Limits())
+    assert await health.permits() == "closed"
+    version = await conn.fetchval("SELECT xmin::text FROM vendor_state WHERE vendor='replicate'")
+    for _ in range(3):
+        assert await health.permits() == "closed"
+        await health.record(None)
+    after = await conn.fetchval("SELECT xmin::text FROM vendor_state WHERE vendor='replicate'")
+    assert after == version
+    await health.record(VendorUnavailable("503"))  # news: written
+    assert await conn.fetchval("SELECT failures FROM vendor_state WHERE vendor='replicate'") == 1
+    await health.record(None)  # back to clean: written once more
+    assert await conn.fetchval("SELECT failures FROM vendor_state WHERE vendor='replicate'") == 0
