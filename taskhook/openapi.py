@@ -229,13 +229,16 @@ def _schemas() -> JsonObject:
                     "minLength": 1,
                     "maxLength": MAX_MODEL_LENGTH,
                     "pattern": r"\S",
-                    "description": "a model name the vendor accepts (Replicate: 'owner/name', "
-                    "'owner/name:version' or a 64-hex version id)",
+                    "description": "a model named in TASKHOOK_ROUTES (routed to the first healthy "
+                    "vendor serving it), or a model id the vendor accepts (Replicate: "
+                    "'owner/name', 'owner/name:version' or a 64-hex version id; fal: "
+                    "'owner/app[/path]'; midjourney: 'midjourney', 'niji', ...)",
                 },
                 "input": {"type": "object", "description": "the model's inputs"},
                 "vendor": {
                     "type": "string",
-                    "description": "one of the configured vendors; default: the first",
+                    "description": "pin the task to one of the configured vendors (replicate, "
+                    "fal, midjourney): no failover; default: routed, else the first vendor",
                 },
             },
         },
