@@ -91,7 +91,8 @@ async def receive_webhook(
     detail: Mapping[str, Any] | None,
     next_poll_at: datetime | None,
 ) -> Record:
-    """verdict: no_task | rejected (with message) | duplicate | confirming | transition."""
+    """verdict: no_task | rejected or moved (with message) | duplicate | confirming |
+    transition (with the transition's answer)."""
     record = await conn.fetchrow(
         QUERIES["receive_webhook"],
         vendor,

@@ -262,8 +262,10 @@ BEGIN
     ON CONFLICT (vendor, delivery_id) DO NOTHING
     RETURNING d.id INTO row_id;
     IF reason IS NOT NULL THEN
-        RETURN QUERY SELECT 'rejected'::text, reason, task.trace_id, NULL::text, NULL::boolean,
-                            NULL::text, 0::bigint;
+        -- 'moved': the task failed over to another vendor, whose job this is not.
+        RETURN QUERY SELECT CASE WHEN task.vendor <> p_vendor THEN 'moved' ELSE 'rejected' END,
+                            reason, task.trace_id, NULL::text, NULL::boolean, NULL::text,
+                            0::bigint;
         RETURN;
     END IF;
     IF row_id IS NULL THEN

@@ -147,8 +147,8 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
     bound = bound.bind(trace_id=row["trace_id"])
     if verdict == "no_task":
         raise TokenInvalid("The callback token names no task.")
-    if verdict == "rejected":
-        if row["message"].startswith("The task is served by"):
+    if verdict in ("rejected", "moved"):
+        if verdict == "moved":
             # A job this vendor holds for a task that failed over elsewhere: stop it there.
             rt.spawn(_cancel_stray(rt, adapter, task_id, update.vendor_task_id))
         bound.warning("webhook_rejected", error=row["message"])
