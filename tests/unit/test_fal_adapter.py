@@ -366,7 +366,10 @@ async def test_cancel_puts_to_the_cancel_url(make_adapter: MakeAdapter) -> None:
 
 
 async def test_cancel_of_a_finished_request_is_fine(make_adapter: MakeAdapter) -> None:
+    """Nothing left to stop is not an error (the same call with 400 and no status is)."""
     await make_adapter(answer(400, {"status": "ALREADY_COMPLETED"})).cancel(RID, model=MODEL)
+    with pytest.raises(VendorRejected):
+        await make_adapter(answer(400, {"detail": "bad"})).cancel(RID, model=MODEL)
 
 
 async def test_cancel_of_an_unknown_request_is_rejected(make_adapter: MakeAdapter) -> None:
