@@ -192,3 +192,26 @@ async def test_history_pages_back_with_show_older(page: Page, stack: Stack) -> N
     await expect(page.get_by_test_id("task")).to_have_count(23)
     await expect(page.get_by_role("button", name="Show older tasks")).to_be_hidden()
     assert await listed_ids(page) == ids[::-1]
+
+
+@pytest.mark.simulator(job_seconds=0.5, steps=2)
+async def test_a_midjourney_image_is_upscaled_from_the_page(page: Page, stack: Stack) -> None:
+    key = await new_api_key(stack, credits=3)
+    await sign_in(page, stack.url, key)
+    await page.get_by_test_id("model").select_option("midjourney")
+    parent = await submit_prompt(page, "a lighthouse at dusk")
+    await expect(parent).to_have_attribute("data-status", "completed", timeout=30_000)
+    await expect(page.locator("#credits")).to_have_text("2 credits")
+
+    await parent.locator("[data-testid=action][data-action=upscale][data-index='2']").click()
+    child = page.get_by_test_id("task").first
+    await expect(child).not_to_have_attribute("data-task-id", await task_id_of(parent))
+    await expect(child).to_have_attribute("data-status", "completed", timeout=30_000)
+    await expect_image_rendered(child.get_by_test_id("result"))
+    await expect(page.locator("#credits")).to_have_text("1 credit")
+    async with httpx.AsyncClient(
+        base_url=stack.url, headers={"Authorization": f"Bearer {key}"}
+    ) as api:
+        shown = (await api.get(f"/v1/tasks/{await task_id_of(child)}")).json()
+    assert shown["parent_id"] == await task_id_of(parent)
+    assert shown["input"] == {"action": "upscale", "index": 2}

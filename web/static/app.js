@@ -303,8 +303,52 @@
     } else if (done && cancel) {
       cancel.remove();
     }
+    renderFollowUps(entry);
 
     renderFigure(entry);
+  }
+
+  // Upscale / vary one image of a finished grid: vendors with follow-up actions only.
+  const FOLLOW_UPS = {
+    midjourney: [
+      ["upscale", 1], ["upscale", 2], ["upscale", 3], ["upscale", 4],
+      ["variation", 1], ["variation", 2], ["variation", 3], ["variation", 4],
+    ],
+  };
+
+  function renderFollowUps(entry) {
+    const task = entry.data;
+    const offered = task.status === "completed" ? FOLLOW_UPS[task.vendor] : null;
+    if (!offered || entry.node.querySelector(".follow-ups")) return;
+    const row = el("div", { className: "follow-ups" });
+    offered.forEach(function (pair) {
+      const button = el("button", {
+        className: "secondary small", type: "button",
+        text: (pair[0] === "upscale" ? "U" : "V") + pair[1],
+        dataset: { testid: "action", action: pair[0], index: String(pair[1]) },
+      });
+      button.title = pair[0] + " image " + pair[1] + " (a new task, charged)";
+      button.addEventListener("click", function () { followUp(entry, button, pair[0], pair[1]); });
+      row.appendChild(button);
+    });
+    entry.node.querySelector(".task-body").appendChild(row);
+  }
+
+  async function followUp(entry, button, action, index) {
+    button.disabled = true;
+    try {
+      upsert(await call("/v1/tasks/" + encodeURIComponent(entry.data.id) + "/actions", {
+        method: "POST",
+        headers: { "Idempotency-Key": T.randomToken() },
+        body: { action: action, index: index },
+      }));
+      T.clearError();
+      refreshCredits();
+    } catch (err) {
+      if (!handleAuthLoss(err)) T.showError("Could not " + action + ": " + T.describe(err));
+    } finally {
+      button.disabled = false;
+    }
   }
 
   function renderFigure(entry) {
@@ -495,7 +539,7 @@
         method: "POST",
         // One key per click: a retried request can never start the same job twice.
         headers: { "Idempotency-Key": T.randomToken() },
-        body: { model: $("model").value, input: { prompt: prompt } },
+        body: requestFor($("model"), prompt),
       });
       if (session !== state.session) return;
       T.clearError();
@@ -508,6 +552,14 @@
       button.disabled = false;
       button.textContent = "Generate";
     }
+  }
+
+  // A model option may pin a vendor (data-vendor): midjourney is only served by its proxy.
+  function requestFor(select, prompt) {
+    const option = select.options[select.selectedIndex];
+    const body = { model: select.value, input: { prompt: prompt } };
+    if (option && option.dataset.vendor) body.vendor = option.dataset.vendor;
+    return body;
   }
 
   // ---- start --------------------------------------------------------------------------------
