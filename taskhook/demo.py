@@ -29,13 +29,7 @@ from taskhook.audit import run_audit
 from taskhook.logs import configure_logging
 from taskhook.runtime import open_runtime, resolve_services
 from taskhook.serving import bind, running_app, url_for
-from taskhook.settings import (
-    FalSettings,
-    MidjourneySettings,
-    ReplicateSettings,
-    Settings,
-    VendorRoute,
-)
+from taskhook.settings import Settings, VendorRoute
 from taskhook.users import create_user
 from taskhook.worker import Worker
 from vendors.simulator import SimulatorConfig, running_simulator
@@ -108,18 +102,8 @@ async def run_demo(
             public_url=web_url,
             allow_private_urls=True,  # the simulator serves images from 127.0.0.1
             poll_after=3.0 if chaos else settings.poll_after,
-            replicate=ReplicateSettings(
-                api_token=DEMO_TOKEN,
-                api_base=f"{sim.url}/v1",
-                webhook_secrets=(sim_config.webhook_secret,),
-            ),
             # The simulator speaks all three vendors; the demo spreads its tasks over them.
-            fal=FalSettings(
-                api_key=DEMO_TOKEN,
-                queue_base=f"{sim.url}/fal",
-                jwks_url=f"{sim.url}/fal/.well-known/jwks.json",
-            ),
-            midjourney=MidjourneySettings(api_base=sim.url),
+            **sim.vendor_settings(),
             routes={
                 "flux-schnell": (
                     VendorRoute("replicate", "black-forest-labs/flux-schnell", 1),

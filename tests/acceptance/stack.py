@@ -15,7 +15,7 @@ from reconciler.reconcile import run_reconciler
 from taskhook.app import create_app
 from taskhook.runtime import Runtime, open_runtime
 from taskhook.serving import bind, running_app, url_for
-from taskhook.settings import FalSettings, MidjourneySettings, ReplicateSettings, Settings
+from taskhook.settings import Settings
 from taskhook.users import create_user
 from taskhook.worker import Worker
 from vendors.simulator import RunningSimulator, SimulatorConfig, running_simulator
@@ -87,18 +87,7 @@ async def running_stack(
             settings,
             public_url=url,
             allow_private_urls=True,
-            replicate=ReplicateSettings(
-                api_token=sim_config.api_token or "token",
-                api_base=f"{sim.url}/v1",
-                webhook_secrets=(sim_config.webhook_secret,),
-            ),
-            # The simulator speaks every vendor's dialect on its own paths.
-            fal=FalSettings(
-                api_key=sim_config.fal_key or "fal-key",
-                queue_base=f"{sim.url}/fal",
-                jwks_url=f"{sim.url}/fal/.well-known/jwks.json",
-            ),
-            midjourney=MidjourneySettings(api_base=sim.url, api_secret=sim_config.mj_secret),
+            **sim.vendor_settings(),
         )
         if configure is not None:
             settings = configure(settings, sim.url)
