@@ -22,12 +22,11 @@ from db import queries
 from db.queries import Conn
 from db.transition import Outcome, allowed_from, result_of
 from receiver.signature import Delivery
-from reconciler.confirm import refresh_from_vendor
+from reconciler.confirm import refresh_task
 from taskhook import metrics
 from taskhook.errors import NotFound, PayloadInvalid, TaskhookError, TokenInvalid, VendorError
 from taskhook.http import read_body
 from taskhook.runtime import Runtime
-from taskhook.tracing import task_context
 from taskhook.vendor_updates import move_for, note_result
 from vendors.base import VendorAdapter
 
@@ -157,7 +156,7 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
         bound.info("webhook_duplicate")
         return "duplicate"
     if verdict == "confirming":
-        rt.spawn(_confirm(rt, task_id))
+        rt.spawn(refresh_task(rt, task_id))  # what the hint hinted at, from the vendor
         bound.info("webhook_hint")
         return "confirming"
     result = result_of(row, update.status)
@@ -180,15 +179,6 @@ async def _cancel_stray(
         await adapter.cancel(vendor_task_id, model=model)
     except VendorError as exc:
         log.warning("stray_cancel_failed", vendor=adapter.name, error=str(exc))
-
-
-async def _confirm(rt: Runtime, task_id: uuid.UUID) -> None:
-    """Ask the vendor what an unsigned callback hinted at, and apply its answer."""
-    async with rt.pool.acquire() as conn:
-        task = await queries.get_task(conn, task_id=task_id, user_id=None)
-    if task is not None:
-        with task_context(task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id):
-            await refresh_from_vendor(rt, task)
 
 
 routes = [Route("/hooks/{vendor}/{token}", receive, methods=["POST"])]

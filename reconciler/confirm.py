@@ -8,11 +8,14 @@ Callers that are about to refuse because a task is not where they need it call
 
 from __future__ import annotations
 
+import uuid
+
 from db import queries
 from db.models import Task
 from db.states import TaskStatus
 from taskhook.errors import VendorError
 from taskhook.runtime import Runtime
+from taskhook.tracing import task_context
 from taskhook.vendor_updates import apply_update
 
 _ASKABLE = (TaskStatus.SUBMITTED, TaskStatus.PROCESSING)
@@ -46,3 +49,12 @@ async def refresh_from_vendor(rt: Runtime, task: Task) -> Task:
         )
         fresh = await queries.get_task(conn, task_id=task.id, user_id=None)
     return fresh or task
+
+
+async def refresh_task(rt: Runtime, task_id: uuid.UUID) -> None:
+    """`refresh_from_vendor` for a task known only by id, in that task's log context."""
+    async with rt.pool.acquire() as conn:
+        task = await queries.get_task(conn, task_id=task_id, user_id=None)
+    if task is not None:
+        with task_context(task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id):
+            await refresh_from_vendor(rt, task)

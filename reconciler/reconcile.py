@@ -19,7 +19,7 @@ import structlog
 
 from db import queries
 from db.states import TaskStatus
-from db.transition import Outcome, transition
+from db.transition import Outcome, TransitionResult, transition
 from taskhook import metrics
 from taskhook.errors import VendorError, VendorRejected, VendorUnavailable
 from taskhook.runtime import Runtime
@@ -127,20 +127,27 @@ class _VendorPass:
         cannot finish, so waiting for the deadline would only delay the refund."""
         self.summary.polled += 1
         metrics.POLLS.labels(vendor=self.vendor, outcome="lost").inc()
+        message = f"the vendor lost the job: {error}"
+        result = await self.fail(row, "vendor_lost", "vendor_lost", message)
+        if result.outcome is Outcome.APPLIED:
+            self.summary.advanced += 1
+            log.warning("vendor_lost", task_id=f"tsk_{row['id'].hex}", error=str(error))
+        return result.status
+
+    async def fail(self, row: Any, event_key: str, code: str, message: str) -> TransitionResult:
+        """Fail (and so refund) the task, counted in the pass summary."""
         async with self.rt.pool.acquire() as conn:
             result = await transition(
                 conn,
                 task_id=row["id"],
                 to=TaskStatus.FAILED,
-                event_key="vendor_lost",
+                event_key=event_key,
                 cause="reconciler",
-                error={"code": "vendor_lost", "message": f"the vendor lost the job: {error}"},
+                error={"code": code, "message": message},
             )
         if result.outcome is Outcome.APPLIED:
-            self.summary.advanced += 1
             self.count_refund(result.refunded)
-            log.warning("vendor_lost", task_id=f"tsk_{row['id'].hex}", error=str(error))
-        return result.status
+        return result
 
     async def expire(self, row: Any, *, last_poll: bool) -> None:
         """One last poll (when the vendor can be asked), then fail and refund: a success that
@@ -149,20 +156,10 @@ class _VendorPass:
             status = await self.poll(row)
             if status is not None and status not in LIVE:
                 return
-        async with self.rt.pool.acquire() as conn:
-            result = await transition(
-                conn,
-                task_id=row["id"],
-                to=TaskStatus.FAILED,
-                event_key="deadline",
-                cause="reconciler",
-                error={
-                    "code": "deadline_exceeded",
-                    "message": "the task did not finish before its deadline",
-                },
-            )
+        result = await self.fail(
+            row, "deadline", "deadline_exceeded", "the task did not finish before its deadline"
+        )
         if result.outcome is Outcome.APPLIED:
-            self.count_refund(result.refunded)
             log.info("deadline_exceeded", task_id=f"tsk_{row['id'].hex}", vendor=self.vendor)
 
     async def reschedule(self, row: Any, now: datetime) -> None:

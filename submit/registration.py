@@ -15,7 +15,7 @@ from db import queries
 from db.models import Task
 from db.states import TaskStatus
 from db.transition import transition
-from reconciler.confirm import refresh_from_vendor
+from reconciler.confirm import refresh_task
 from taskhook import metrics
 from taskhook.backoff import backoff_delay
 from taskhook.errors import VendorParentNotReady, VendorRejected, VendorUnavailable
@@ -100,7 +100,8 @@ async def _register(rt: Runtime, task: Task, attempt: int) -> bool:
     except VendorParentNotReady as exc:
         # The vendor has not caught up with the parent's success yet: ask it, then retry later.
         await _record(health, None)
-        await _confirm_parent(rt, task)
+        if task.parent_id is not None:
+            await refresh_task(rt, task.parent_id)
         return await _retry_or_give_up(rt, task, attempt, exc)
     except VendorRejected as exc:
         await _record(health, None)  # the vendor answered: it is up
@@ -150,15 +151,6 @@ async def _submit(rt: Runtime, adapter: VendorAdapter, task: Task) -> VendorUpda
         index=int(task.input.get("index") or 0),
         callback_url=callback_url,
     )
-
-
-async def _confirm_parent(rt: Runtime, task: Task) -> None:
-    if task.parent_id is None:
-        return
-    async with rt.pool.acquire() as conn:
-        parent = await queries.get_task(conn, task_id=task.parent_id, user_id=None)
-    if parent is not None:
-        await refresh_from_vendor(rt, parent)
 
 
 async def _retry_or_give_up(rt: Runtime, task: Task, attempt: int, exc: Exception) -> bool:
