@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 from db.states import TaskStatus
 from receiver.signature import Delivery
@@ -98,6 +101,16 @@ def update(job: str, status: TaskStatus, **extra: Any) -> VendorUpdate:
     if status is TaskStatus.STORING and "outputs" not in extra:
         extra["outputs"] = ["http://files.invalid/1.png"]
     return VendorUpdate(vendor_task_id=job, status=status, raw_status=status.value, **extra)
+
+
+@asynccontextmanager
+async def app_client(rt: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    """The app served on `rt`, built after the test replaced its vendors or settings."""
+    from taskhook.app import create_app
+
+    transport = httpx.ASGITransport(app=create_app(rt.settings, runtime=rt))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
 
 
 def install(rt: Runtime, *vendors: ScriptedVendor) -> None:

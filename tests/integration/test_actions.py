@@ -13,11 +13,10 @@ from db import queries
 from db.models import Task, parse_task_id
 from db.states import TaskStatus
 from db.transition import transition
-from taskhook.app import create_app
 from taskhook.errors import VendorParentNotReady
 from taskhook.runtime import Runtime
 from tests.factories import make_user
-from tests.scripted_vendor import ScriptedVendor, install, update
+from tests.scripted_vendor import ScriptedVendor, app_client, install, update
 
 Conn = asyncpg.Connection
 
@@ -33,8 +32,7 @@ def mj(runtime: Runtime) -> ScriptedVendor:
 
 @pytest.fixture
 async def api(runtime: Runtime, mj: ScriptedVendor) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(runtime.settings, runtime=runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+    async with app_client(runtime) as c:
         _, key = await make_user_in(runtime)
         c.headers["Authorization"] = f"Bearer {key}"
         yield c

@@ -15,13 +15,12 @@ from db import queries
 from db.models import parse_task_id
 from db.states import TaskStatus
 from receiver.replay import replay_delivery
-from taskhook.app import create_app
 from taskhook.errors import VendorUnavailable
 from taskhook.runtime import Runtime
 from taskhook.settings import VendorRoute
 from tests.acceptance.stack import wait_for
 from tests.factories import make_user
-from tests.scripted_vendor import ScriptedVendor, install, update
+from tests.scripted_vendor import ScriptedVendor, app_client, install, update
 
 Conn = asyncpg.Connection
 ROUTES = {
@@ -42,8 +41,7 @@ def vendors(runtime: Runtime) -> tuple[ScriptedVendor, ScriptedVendor]:
 
 @pytest.fixture
 async def api(runtime: Runtime, vendors: Any) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(runtime.settings, runtime=runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+    async with app_client(runtime) as c:
         yield c
 
 
@@ -220,8 +218,7 @@ async def test_an_unsigned_callback_is_only_a_hint_confirmed_by_the_vendor(
 ) -> None:
     vendor = ScriptedVendor("midjourney", signed_callbacks=False)
     install(runtime, vendor)
-    transport = httpx.ASGITransport(app=create_app(runtime.settings, runtime=runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as api:
+    async with app_client(runtime) as api:
         task = await submit(api, conn, {**BODY, "vendor": "midjourney"})
         row = await stored(runtime, task["id"])
         job = row.vendor_task_id
@@ -284,8 +281,7 @@ async def test_replaying_an_unsigned_dead_letter_asks_the_vendor(
 ) -> None:
     vendor = ScriptedVendor("midjourney", signed_callbacks=False)
     install(runtime, vendor)
-    transport = httpx.ASGITransport(app=create_app(runtime.settings, runtime=runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as api:
+    async with app_client(runtime) as api:
         task = await submit(api, conn, {**BODY, "vendor": "midjourney"})
     row = await stored(runtime, task["id"])
     dead = await queries.record_delivery(
