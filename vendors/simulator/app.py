@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
@@ -23,11 +23,10 @@ from starlette.routing import Route
 
 from vendors.simulator import fal, midjourney
 from vendors.simulator.config import SimulatorConfig
+from vendors.simulator.guard import Handler, guard
 from vendors.simulator.lifecycle import Simulator
 from vendors.simulator.png import gradient_png
 from vendors.simulator.validation import MODEL_RE, RequestError, parse_create
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 NOT_FOUND = {"detail": "Not found.", "status": 404}
 UNAUTHENTICATED = RequestError(
@@ -80,25 +79,15 @@ def create_app(
 
     def api(*, faults: bool) -> Callable[[Handler], Handler]:
         """Wrap a /v1 handler with auth, then (optionally) injected 503/429 answers."""
-
-        def wrap(handler: Handler) -> Handler:
-            @functools.wraps(handler)
-            async def wrapped(request: Request) -> Response:
-                if not authorized(request):
-                    return _error(UNAUTHENTICATED)
-                if faults:
-                    sim.stats.api_requests += 1
-                    status = sim.api_fault()
-                    if status is not None:
-                        return _fault_response(status)
-                try:
-                    return await handler(request)
-                except RequestError as err:
-                    return _error(err)
-
-            return wrapped
-
-        return wrap
+        return guard(
+            sim,
+            authorized=authorized,
+            refused=lambda: _error(UNAUTHENTICATED),
+            fault=_fault_response,
+            error=RequestError,
+            render=_error,
+            faults=faults,
+        )
 
     def base_url(request: Request) -> str:
         return config.public_url.rstrip("/") or str(request.base_url).rstrip("/")

@@ -19,7 +19,6 @@ A failed job's result answers with the model's error, as fal's does: 422 with a 
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import json
@@ -27,7 +26,6 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -36,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from vendors.simulator.guard import guard
 from vendors.simulator.lifecycle import Simulator
 from vendors.simulator.png import SIZE
 from vendors.simulator.predictions import EventKind, Prediction
@@ -50,8 +49,6 @@ _MODEL = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})+", re.ASCII)
 _NAMESPACES = ("workflows", "comfy")
 _QUEUE_STATUS = {"starting": "IN_QUEUE", "processing": "IN_PROGRESS"}
 _CANCELED_DETAIL = "Request was cancelled by the user"
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 class FalError(Exception):
@@ -278,23 +275,14 @@ def routes(sim: Simulator, dialect: FalDialect | None = None) -> list[Route]:
             key.strip().encode(), config.fal_key.encode()
         )
 
-    def api(handler: Handler) -> Handler:
-        """Auth first, then the ``error_rate`` dice (503/429 with no effect)."""
-
-        @functools.wraps(handler)
-        async def wrapped(request: Request) -> Response:
-            if not authorized(request):
-                return JSONResponse({"detail": "Unauthorized"}, status_code=401)
-            sim.stats.api_requests += 1
-            status = sim.api_fault()
-            if status is not None:
-                return _fault(status)
-            try:
-                return await handler(request)
-            except FalError as err:
-                return err.response()
-
-        return wrapped
+    api = guard(
+        sim,
+        authorized=authorized,
+        refused=lambda: JSONResponse({"detail": "Unauthorized"}, status_code=401),
+        fault=_fault,
+        error=FalError,
+        render=FalError.response,
+    )
 
     def find(request: Request) -> Prediction:
         """The job named in the path, under the app id it was submitted to."""

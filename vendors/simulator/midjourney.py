@@ -19,12 +19,10 @@ just one more identical POST.
 
 from __future__ import annotations
 
-import functools
 import hmac
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -32,13 +30,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from vendors.simulator.guard import guard
 from vendors.simulator.predictions import ALL_EVENTS, EventKind, Prediction
 from vendors.simulator.validation import REJECT_WORD, CreateRequest
 
 if TYPE_CHECKING:
     from vendors.simulator.lifecycle import Simulator
 
-Handler = Callable[[Request], Awaitable[Response]]
 
 MODEL = "midjourney"
 SECRET_HEADER = "mj-api-secret"  # noqa: S105 - a header name, not a secret
@@ -187,23 +185,15 @@ def routes(sim: Simulator, dialect: MidjourneyDialect | None = None) -> list[Rou
         given = request.headers.get(SECRET_HEADER, "")
         return hmac.compare_digest(given.encode(), config.mj_secret.encode())
 
-    def api(handler: Handler) -> Handler:
-        """The secret first (403, empty body), then the ``error_rate`` dice (no effect)."""
-
-        @functools.wraps(handler)
-        async def wrapped(request: Request) -> Response:
-            if not authorized(request):
-                return Response(status_code=403)
-            sim.stats.api_requests += 1
-            status = sim.api_fault()
-            if status is not None:
-                return _fault(status)
-            try:
-                return await handler(request)
-            except MjError as err:
-                return err.response()
-
-        return wrapped
+    # The secret first (403, empty body), then the ``error_rate`` dice (no effect).
+    api = guard(
+        sim,
+        authorized=authorized,
+        refused=lambda: Response(status_code=403),
+        fault=_fault,
+        error=MjError,
+        render=MjError.response,
+    )
 
     def lagging(prediction: Prediction) -> bool:
         done = prediction.completed_ts
