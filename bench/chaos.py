@@ -118,7 +118,7 @@ class ChaosConfig:
     max_active: int = 40
     # "any": SIGKILL worker-0 whatever it is doing. "idle": freeze workers (SIGSTOP) until one
     # holds no `storing` lease and kill that one: a storing claim of a dead worker lapses only
-    # after the worker's fixed 120 s lease, too long for the CI run.
+    # after the worker's lease (30 s since it is renewed while alive), long for the CI run.
     worker_kill: str = "any"
     timeout: float = 900.0  # for every task to be terminal, counted from the first submit
     verify_files: int = 20
