@@ -35,8 +35,14 @@ class Stack:
             _, key = await create_user(
                 conn, email=email or f"u{time.monotonic_ns()}@t.test", credits=credits
             )
+        # Idle connections are dropped after 2 s, before uvicorn's 5 s keep-alive timeout: with
+        # both at 5 s, a request sent on a connection the server was closing that instant
+        # failed with ReadError (seen once in test_every_fault_at_once on a loaded machine).
         return httpx.AsyncClient(
-            base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {key}"}
+            base_url=self.url,
+            timeout=30,
+            headers={"Authorization": f"Bearer {key}"},
+            limits=httpx.Limits(keepalive_expiry=2.0),
         )
 
 
