@@ -5,9 +5,11 @@ Only this module knows the `$n` order of each statement; callers pass keywords.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -73,45 +75,56 @@ async def transition_row(
     return record
 
 
-async def receive_webhook(
-    conn: Conn,
-    *,
-    vendor: str,
-    delivery_id: str,
-    task_id: uuid.UUID,
-    headers: Mapping[str, str],
-    body: bytes,
-    signed: bool,
-    vendor_task_id: str,
-    to: str,
-    allowed_from: Sequence[str],
-    progress: int | None,
-    outputs: list[str] | None,
-    error: Mapping[str, Any] | None,
-    detail: Mapping[str, Any] | None,
-    next_poll_at: datetime | None,
-) -> Record:
-    """verdict: no_task | rejected or moved (with message) | duplicate | confirming |
-    transition (with the transition's answer)."""
-    record = await conn.fetchrow(
-        QUERIES["receive_webhook"],
-        vendor,
-        delivery_id,
-        task_id,
-        dict(headers),
-        body,
-        signed,
-        vendor_task_id,
-        to,
-        list(allowed_from),
-        progress,
-        outputs,
-        error,
-        detail,
-        next_poll_at,
+@dataclass(frozen=True)
+class InboundWebhook:
+    """One verified delivery, as taskhook_receive takes it: the inbox row's fields and the
+    move the vendor's payload asks for."""
+
+    vendor: str
+    delivery_id: str
+    task_id: uuid.UUID
+    headers: Mapping[str, str]
+    body: bytes
+    signed: bool
+    vendor_task_id: str
+    to: str
+    allowed_from: Sequence[str]
+    progress: int | None
+    outputs: list[str] | None
+    error: Mapping[str, Any] | None
+    detail: Mapping[str, Any] | None
+    next_poll_at: datetime | None
+
+
+async def receive_webhooks(conn: Conn, webhooks: Sequence[InboundWebhook]) -> list[Record]:
+    """Several deliveries' whole database work in one round trip and one commit
+    (taskhook_receive_many); the answers come back in the order of `webhooks`.
+
+    Each answer's verdict: no_task | rejected or moved (with message) | duplicate |
+    confirming | transition (with the transition's answer)."""
+    rows = await conn.fetch(
+        QUERIES["receive_webhooks"],
+        [w.vendor for w in webhooks],
+        [w.delivery_id for w in webhooks],
+        [w.task_id for w in webhooks],
+        [_json_text(dict(w.headers)) for w in webhooks],
+        [w.body for w in webhooks],
+        [w.signed for w in webhooks],
+        [w.vendor_task_id for w in webhooks],
+        [w.to for w in webhooks],
+        [",".join(w.allowed_from) for w in webhooks],
+        [w.progress for w in webhooks],
+        [_json_text(w.outputs) for w in webhooks],
+        [_json_text(w.error) for w in webhooks],
+        [_json_text(w.detail) for w in webhooks],
+        [w.next_poll_at for w in webhooks],
     )
-    assert record is not None  # the function always returns one row
-    return record
+    assert len(rows) == len(webhooks)  # the function answers every delivery once
+    return sorted(rows, key=lambda row: int(row["ord"]))
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 async def create_user(

@@ -3,10 +3,11 @@
 SELECT * FROM taskhook_transition($1, $2, $3::task_status, $4::task_status[], $5, $6, $7, $8,
                                   $9, $10, $11, $12);
 
--- receive_webhook --
--- A verified webhook's whole database work in one round trip (taskhook_receive, 0006).
-SELECT * FROM taskhook_receive($1, $2, $3, $4, $5, $6, $7, $8::task_status,
-                               $9::task_status[], $10, $11, $12, $13, $14);
+-- receive_webhooks --
+-- Verified webhooks' whole database work in one round trip and one commit
+-- (taskhook_receive_many, 0007; each delivery as taskhook_receive, 0006).
+SELECT * FROM taskhook_receive_many($1, $2, $3, $4, $5, $6, $7, $8::task_status[], $9, $10,
+                                    $11, $12, $13, $14);
 
 -- create_user --
 -- A new user and their first API key (stored only as a hash).

@@ -1,10 +1,11 @@
 """POST /hooks/{vendor}/{token}: verify, dedupe, apply; answer fast, never download here.
 
 Order of checks: vendor (404), size (413), token (401), signature (401), timestamp (400),
-payload (400, kept as a dead letter), then one call of the server-side function
-taskhook_receive: the inbox row, the task's checks (still at this vendor, the same job) and the
-transition commit together in one round trip, so a delivery is stored exactly when its effect
-is. Unsigned vendors' callbacks stop short of the transition: the vendor's API is asked first.
+payload (400, kept as a dead letter), then the server-side function taskhook_receive, in a
+commit shared with the deliveries arriving meanwhile (db/group_commit.py): the inbox row, the
+task's checks (still at this vendor, the same job) and the transition commit together, so a
+delivery is stored exactly when its effect is. Unsigned vendors' callbacks stop short of the
+transition: the vendor's API is asked first.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -123,25 +125,31 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
             raise await inbound.reject(conn, exc.message, bound) from exc
     move = move_for(update, vendor=adapter.name, poll_after=rt.settings.poll_after)
     progress = None if update.progress is None else max(0, min(100, update.progress))
-    # One round trip: inbox row, task checks, transition and outcome (taskhook_receive).
-    async with rt.pool.acquire() as conn:
-        row = await queries.receive_webhook(
-            conn,
-            vendor=adapter.name,
-            delivery_id=inbound.delivery_id,
-            task_id=task_id,
-            headers=inbound.headers,
-            body=body,
-            signed=adapter.signed_callbacks,
-            vendor_task_id=update.vendor_task_id,
-            to=update.status.value,
-            allowed_from=allowed_from(update.status),
-            progress=progress,
-            outputs=update.outputs,
-            error=move.error,
-            detail=move.detail,
-            next_poll_at=move.next_poll_at,
-        )
+    # One round trip, shared with the deliveries arriving meanwhile (db/group_commit.py):
+    # inbox row, task checks, transition and outcome (taskhook_receive).
+    webhook = queries.InboundWebhook(
+        vendor=adapter.name,
+        delivery_id=inbound.delivery_id,
+        task_id=task_id,
+        headers=inbound.headers,
+        body=body,
+        signed=adapter.signed_callbacks,
+        vendor_task_id=update.vendor_task_id,
+        to=update.status.value,
+        allowed_from=allowed_from(update.status),
+        progress=progress,
+        outputs=update.outputs,
+        error=move.error,
+        detail=move.detail,
+        next_poll_at=move.next_poll_at,
+    )
+    try:
+        row = await rt.webhooks.submit(webhook)
+    except asyncpg.UniqueViolationError:
+        # The same delivery id committed for another task a moment ago; this copy's
+        # transition was rolled back with its inbox row (taskhook_receive).
+        bound.info("webhook_duplicate")
+        return "duplicate"
     verdict = row["verdict"]
     bound = bound.bind(trace_id=row["trace_id"])
     if verdict == "no_task":

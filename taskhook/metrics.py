@@ -12,6 +12,11 @@ TRANSITIONS = Counter(
     "Transition attempts by target state and outcome",
     ["to", "outcome"],
 )
+WEBHOOK_COMMIT_SIZE = Histogram(
+    "taskhook_webhook_commit_size",
+    "Webhook deliveries applied per database commit (the receiver's group commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 REFUNDS = Counter("taskhook_refunds_total", "Refunds written to the ledger")
 LATE_SUCCESS = Counter(
     "taskhook_late_success_total", "Vendor successes reported after the task had ended"

@@ -18,9 +18,12 @@ import asyncpg
 import httpx
 import structlog
 
+from db.group_commit import GroupCommit
 from db.migrate import migrate
 from db.pool import connect, create_pool
+from db.queries import InboundWebhook, receive_webhooks
 from storage.s3 import ResultStore
+from taskhook import metrics
 from taskhook.errors import VendorError
 from taskhook.events import TaskEvents
 from taskhook.settings import Settings
@@ -102,10 +105,15 @@ class Runtime:
     # connections so none waits for a connection inside its timeout (submit spawns one each).
     registration_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+    # Webhooks arriving while another batch commits share the next commit (the receiver).
+    webhooks: GroupCommit[InboundWebhook, asyncpg.Record] = field(init=False)
 
     def __post_init__(self) -> None:
         assert self.settings.database_url
         self.events = TaskEvents(self.settings.database_url)
+        self.webhooks = GroupCommit(
+            self.pool, receive_webhooks, on_commit=metrics.WEBHOOK_COMMIT_SIZE.observe
+        )
 
     @property
     def public_url(self) -> str:

@@ -1,0 +1,117 @@
+"""Group commit: many small writes from one process share a round trip and a commit.
+
+A webhook's database work is tiny next to what PostgreSQL spends per transaction (a backend
+wake-up, the protocol, the commit record and its WAL flush, the NOTIFY queue lock). So while
+one batch is committing, the deliveries that arrive queue up and go together in the next one:
+an idle receiver commits each delivery at once (no timer, no added latency), a busy one
+commits them in batches as large as the load makes them.
+
+Nothing is answered before its batch commits, so a crash loses only unanswered work that the
+vendor retries; no state lives here beyond the requests in flight. A batch is one transaction:
+if the database refuses it for one delivery's sake (a constraint, a deadlock with another
+process), every delivery in it is retried alone, so one bad delivery fails only itself. When
+the connection fails, every caller in the batch gets that error, as each would have alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+import asyncpg
+
+from db.queries import Conn
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# The database is unreachable or the connection broke: retrying alone would not help.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.CannotConnectNowError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+class GroupCommit(Generic[T, R]):
+    """Calls `run(conn, items)` (one transaction, one answer per item, in order) for batches
+    of the items callers `submit`, with at most `concurrency` batches in flight."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        run: Callable[[Conn, Sequence[T]], Awaitable[Sequence[R]]],
+        *,
+        concurrency: int = 2,
+        max_batch: int = 64,
+        on_commit: Callable[[int], object] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._run = run
+        self._concurrency = concurrency
+        self._max_batch = max_batch
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._on_commit = on_commit  # told each batch's size (a metric)
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        self._start()
+        return await future
+
+    def _start(self) -> None:
+        while self._queue and len(self._in_flight) < self._concurrency:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            task = asyncio.create_task(self._commit(batch))
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._start()  # what queued during that commit goes next
+
+    async def _commit(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        items = [item for item, _ in batch]
+        if self._on_commit is not None:
+            self._on_commit(len(items))
+        try:
+            async with self._pool.acquire() as conn:
+                try:
+                    answers = await self._run(conn, items)
+                except asyncpg.PostgresError:
+                    if len(batch) == 1:
+                        raise
+                    await self._one_by_one(conn, batch)
+                    return
+        except BaseException as exc:  # handed to every caller, then re-raised
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), answer in zip(batch, answers, strict=True):
+            if not future.done():  # the caller may have gone (client disconnect)
+                future.set_result(answer)
+
+    async def _one_by_one(self, conn: Conn, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        """The batch was refused as a whole: each item in its own transaction, so only the
+        item the database refuses fails."""
+        for item, future in batch:
+            try:
+                (answer,) = await self._run(conn, [item])
+            except CONNECTION_ERRORS:
+                raise  # the rest fail with it (see _commit)
+            except Exception as exc:  # this caller's error, raised in its request
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            if not future.done():
+                future.set_result(answer)

@@ -1,0 +1,291 @@
+"""Group commit (db/group_commit.py) and the batched receive (taskhook_receive_many).
+
+The batching is only worth having if it changes nothing a caller can see: each delivery gets
+the answer it would have got alone, one bad delivery fails only itself, and a broken
+connection fails exactly the batch it broke. Batches are formed deterministically here by
+holding the first commit open while more callers arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from db import queries
+from db.group_commit import GroupCommit
+from db.pool import connect, create_pool
+from db.states import TaskStatus
+from db.transition import allowed_from
+from taskhook.runtime import Runtime
+from tests.factories import make_task, make_user
+from tests.integration.test_receiver import hook_url, post_hook, prediction
+
+Conn = asyncpg.Connection
+
+
+class _Held:
+    """A run function whose first call waits until released, so later callers queue up."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.calls: list[list[int]] = []
+
+    async def __call__(self, conn: Any, items: Sequence[int]) -> list[float]:
+        self.calls.append(list(items))
+        if len(self.calls) == 1:
+            self.started.set()
+            await self.release.wait()
+        # The database does the work, so a refusal is a real PostgresError: 1/0 for item 0.
+        rows = await conn.fetch(
+            "SELECT 1.0 / x AS r FROM unnest($1::int[]) WITH ORDINALITY AS u(x, n) ORDER BY n",
+            list(items),
+        )
+        return [float(r["r"]) for r in rows]
+
+
+@pytest.fixture
+async def pool(db_url: str) -> Any:
+    pool = await create_pool(db_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+async def test_an_idle_caller_commits_alone_and_at_once(pool: Any) -> None:
+    run = _Held()
+    run.release.set()
+    group = GroupCommit(pool, run)
+    assert await group.submit(4) == 0.25
+    assert run.calls == [[4]]
+
+
+async def test_callers_arriving_during_a_commit_share_the_next_one(pool: Any) -> None:
+    run, sizes = _Held(), list[int]()
+    group = GroupCommit(pool, run, concurrency=1, on_commit=sizes.append)
+    first = asyncio.create_task(group.submit(1))
+    await asyncio.wait_for(run.started.wait(), timeout=5)
+    rest = [asyncio.create_task(group.submit(x)) for x in (2, 4, 5, 8)]
+    await asyncio.sleep(0)  # they queue behind the commit in flight
+    assert len(run.calls) == 1
+    run.release.set()
+    assert await first == 1.0
+    assert [await t for t in rest] == [0.5, 0.25, 0.2, 0.125]  # each caller its own answer
+    assert run.calls == [[1], [2, 4, 5, 8]]
+    assert sizes == [1, 4]
+
+
+async def test_batches_are_capped_and_run_side_by_side(pool: Any) -> None:
+    run = _Held()
+    group = GroupCommit(pool, run, concurrency=2, max_batch=3)
+    first = asyncio.create_task(group.submit(1))
+    await asyncio.wait_for(run.started.wait(), timeout=5)
+    # The second slot is free: the next caller commits at once, beside the held one.
+    assert await group.submit(2) == 0.5
+    queued = [asyncio.create_task(group.submit(x)) for x in range(10, 17)]
+    await asyncio.sleep(0)
+    run.release.set()
+    await first
+    await asyncio.gather(*queued)
+    assert run.calls[:2] == [[1], [2]]
+    assert sorted(len(c) for c in run.calls[2:]) == [1, 3, 3]
+
+
+async def test_a_refused_batch_is_retried_one_by_one(pool: Any) -> None:
+    run = _Held()
+    group = GroupCommit(pool, run, concurrency=1)
+    first = asyncio.create_task(group.submit(1))
+    await asyncio.wait_for(run.started.wait(), timeout=5)
+    others = [asyncio.create_task(group.submit(x)) for x in (2, 0, 4)]
+    await asyncio.sleep(0)
+    run.release.set()
+    await first
+    results = await asyncio.gather(*others, return_exceptions=True)
+    assert results[0] == 0.5 and results[2] == 0.25
+    assert isinstance(results[1], asyncpg.DivisionByZeroError)  # only the bad one fails
+    assert run.calls == [[1], [2, 0, 4], [2], [0], [4]]
+
+
+async def test_a_broken_connection_fails_the_whole_batch(pool: Any) -> None:
+    calls: list[list[int]] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def run(conn: Any, items: Sequence[int]) -> list[int]:
+        calls.append(list(items))
+        if len(calls) == 1:
+            started.set()
+            await release.wait()
+            return list(items)
+        raise ConnectionResetError("the server went away")
+
+    group = GroupCommit(pool, run, concurrency=1)
+    first = asyncio.create_task(group.submit(1))
+    await asyncio.wait_for(started.wait(), timeout=5)
+    others = [asyncio.create_task(group.submit(x)) for x in (2, 3)]
+    await asyncio.sleep(0)
+    release.set()
+    assert await first == 1
+    results = await asyncio.gather(*others, return_exceptions=True)
+    assert all(isinstance(r, ConnectionResetError) for r in results)
+    assert calls == [[1], [2, 3]]  # not retried one by one: that would not help
+
+
+async def test_a_caller_that_goes_away_does_not_hurt_the_others(pool: Any) -> None:
+    run = _Held()
+    group = GroupCommit(pool, run, concurrency=1)
+    first = asyncio.create_task(group.submit(1))
+    await asyncio.wait_for(run.started.wait(), timeout=5)
+    gone = asyncio.create_task(group.submit(2))
+    stays = asyncio.create_task(group.submit(4))
+    await asyncio.sleep(0)
+    gone.cancel()
+    run.release.set()
+    await first
+    assert await stays == 0.25
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+
+
+# -- taskhook_receive_many: one call, many deliveries, each answered as if alone ----------
+
+
+def _webhook(task_id: uuid.UUID, delivery_id: str, **changes: Any) -> queries.InboundWebhook:
+    fields: dict[str, Any] = {
+        "vendor": "replicate",
+        "delivery_id": delivery_id,
+        "task_id": task_id,
+        "headers": {"webhook-id": delivery_id},
+        "body": b"{}",
+        "signed": True,
+        "vendor_task_id": f"pred-{task_id.hex[:8]}",
+        "to": "processing",
+        "allowed_from": allowed_from(TaskStatus.PROCESSING),
+        "progress": 10,
+        "outputs": None,
+        "error": None,
+        "detail": {"vendor": "replicate"},
+        "next_poll_at": None,
+    }
+    fields.update(changes)
+    return queries.InboundWebhook(**fields)
+
+
+async def test_one_batch_answers_every_kind_of_delivery_in_order(conn: Conn) -> None:
+    user_id, _ = await make_user(conn, credits=10)
+    a, b, c, moved = [await make_task(conn, user_id) for _ in range(4)]
+    await conn.execute("UPDATE tasks SET vendor = 'fal' WHERE id = $1", moved)
+    failed = allowed_from(TaskStatus.FAILED)
+    batch = [
+        _webhook(b, "b1", progress=20),
+        _webhook(a, "a1", progress=30),
+        _webhook(b, "b1", progress=20),  # the same delivery again, in the same batch
+        _webhook(uuid.uuid4(), "ghost"),  # a token for a task that does not exist
+        _webhook(moved, "m1"),  # a vendor the task has left
+        _webhook(c, "c1", signed=False),  # unsigned: a hint only
+        _webhook(b, "b2", progress=50),  # the same task's next message
+        _webhook(a, "a2", to="failed", allowed_from=failed, error={"code": "vendor_failed"}),
+    ]
+    rows = await queries.receive_webhooks(conn, batch)
+    answers = [(r["verdict"], r["applied"]) for r in rows]
+    assert answers == [
+        ("transition", True),
+        ("transition", True),
+        ("duplicate", None),
+        ("no_task", None),
+        ("moved", None),
+        ("confirming", None),
+        ("transition", True),
+        ("transition", True),
+    ]
+    assert rows[7]["refunds"] == 1
+    progress = await conn.fetchval("SELECT progress FROM tasks WHERE id = $1", b)
+    assert progress == 50
+    inbox = await conn.fetch(
+        "SELECT delivery_id, status, outcome FROM webhook_deliveries ORDER BY delivery_id"
+    )
+    assert [tuple(r) for r in inbox] == [
+        ("a1", "accepted", "applied"),
+        ("a2", "accepted", "applied"),
+        ("b1", "accepted", "applied"),
+        ("b2", "accepted", "applied"),
+        ("c1", "accepted", "confirming"),
+        ("m1", "rejected", None),
+    ]
+    balance = await conn.fetchval("SELECT balance FROM users WHERE id = $1", user_id)
+    assert balance == 10 - 4 + 1  # four charges, one refund
+
+
+async def test_a_delivery_id_raced_for_two_tasks_applies_to_one(
+    client: httpx.AsyncClient, runtime: Runtime, conn: Conn, db_url: str
+) -> None:
+    """The inbox row is written after the transition; two tasks' locks do not serialize the
+    same delivery id, so the second one's insert meets the first's and everything it did is
+    rolled back: it answers duplicate and its task does not move."""
+    user_id, _ = await make_user(conn, credits=2)
+    first_task = await make_task(conn, user_id)
+    second_task = await make_task(conn, user_id)
+    other = await connect(db_url)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        rows = await queries.receive_webhooks(other, [_webhook(first_task, "msg_shared")])
+        assert rows[0]["applied"] is True
+        hook = asyncio.create_task(
+            post_hook(
+                client,
+                hook_url(runtime, second_task),
+                prediction(pid=f"pred-{second_task.hex[:8]}", logs=""),
+                webhook_id="msg_shared",
+            )
+        )
+
+        async def receiver_waits() -> bool:
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return bool(waiting) or hook.done()
+
+        for _ in range(1000):  # until the receiver waits on the first one's inbox row
+            if await receiver_waits():
+                break
+            await asyncio.sleep(0.01)
+        await tx.commit()
+        response = await asyncio.wait_for(hook, timeout=10)
+    finally:
+        await other.close()
+    assert response.status_code == 200
+    assert response.json() == {"status": "duplicate"}
+    second = await conn.fetchrow(
+        "SELECT status::text, vendor_task_id FROM tasks WHERE id = $1", second_task
+    )
+    assert tuple(second) == ("pending", None)
+    events = await conn.fetchval("SELECT count(*) FROM task_events WHERE task_id = $1", second_task)
+    assert events == 0
+    owners = await conn.fetch(
+        "SELECT task_id FROM webhook_deliveries WHERE delivery_id = 'msg_shared'"
+    )
+    assert [r["task_id"] for r in owners] == [first_task]
+
+
+async def test_commit_sizes_are_a_metric(
+    client: httpx.AsyncClient, runtime: Runtime, conn: Conn
+) -> None:
+    def commits() -> float:
+        value = REGISTRY.get_sample_value("taskhook_webhook_commit_size_count")
+        return value or 0.0
+
+    user_id, _ = await make_user(conn, credits=1)
+    task_id = await make_task(conn, user_id)
+    before = commits()
+    response = await post_hook(client, hook_url(runtime, task_id), prediction(logs=""))
+    assert response.json() == {"status": "applied"}
+    assert commits() == before + 1
+    scraped = (await client.get("/metrics")).text
+    assert "taskhook_webhook_commit_size_bucket" in scraped
