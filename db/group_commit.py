@@ -85,8 +85,8 @@ class GroupCommit(Generic[T, R]):
             async with self._pool.acquire() as conn:
                 try:
                     answers = await self._run(conn, items)
-                except asyncpg.PostgresError:
-                    if len(batch) == 1:
+                except asyncpg.PostgresError as exc:
+                    if len(batch) == 1 or isinstance(exc, CONNECTION_ERRORS):
                         raise
                     await self._one_by_one(conn, batch)
                     return

@@ -112,7 +112,15 @@ async def test_a_refused_batch_is_retried_one_by_one(pool: Any) -> None:
     assert run.calls == [[1], [2, 0, 4], [2], [0], [4]]
 
 
-async def test_a_broken_connection_fails_the_whole_batch(pool: Any) -> None:
+@pytest.mark.parametrize(
+    "broken",
+    [
+        ConnectionResetError("the server went away"),
+        # A PostgresError too, yet retrying its items one by one on that connection is futile.
+        asyncpg.ConnectionFailureError("the server went away"),
+    ],
+)
+async def test_a_broken_connection_fails_the_whole_batch(pool: Any, broken: Exception) -> None:
     calls: list[list[int]] = []
     started, release = asyncio.Event(), asyncio.Event()
 
@@ -122,7 +130,7 @@ async def test_a_broken_connection_fails_the_whole_batch(pool: Any) -> None:
             started.set()
             await release.wait()
             return list(items)
-        raise ConnectionResetError("the server went away")
+        raise broken
 
     group = GroupCommit(pool, run, concurrency=1)
     first = asyncio.create_task(group.submit(1))
@@ -132,7 +140,7 @@ async def test_a_broken_connection_fails_the_whole_batch(pool: Any) -> None:
     release.set()
     assert await first == 1
     results = await asyncio.gather(*others, return_exceptions=True)
-    assert all(isinstance(r, ConnectionResetError) for r in results)
+    assert all(r is broken for r in results)
     assert calls == [[1], [2, 3]]  # not retried one by one: that would not help
 
 
