@@ -9,7 +9,9 @@ one-INSERT statement of webhook_ingest.py's ceiling app:
 * ``inbox``: the inbox row of a delivery (webhook_deliveries, with its body);
 * ``update``: a bare progress UPDATE of a task;
 * ``transition``: taskhook_transition (the state machine's one statement) moving progress;
-* ``receive``: taskhook_receive, a fresh webhook's whole database work (inbox + transition).
+* ``receive``: taskhook_receive, a fresh webhook's whole database work (inbox + transition);
+* ``receive8``: the same for 8 webhooks in one call and one commit, as the receiver's group
+  commit sends them under load (counted per webhook).
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
         .venv/bin/python bench/statement_cost.py
@@ -41,10 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seeding import insert_submitted_tasks
 
 CONNECTIONS = 16
+BATCH = 8
 BODY = json.dumps({"id": "p", "status": "processing", "logs": "x" * 600}).encode()
 PROCESSING = allowed_from(TaskStatus.PROCESSING)
 
 Statement = Callable[[Any, uuid.UUID, str, int], Awaitable[object]]
+TASKS: list[tuple[uuid.UUID, str]] = []  # (task id, vendor job id), filled by main()
 
 
 async def ceiling(conn: Any, task_id: uuid.UUID, vid: str, n: int) -> object:
@@ -89,9 +93,8 @@ async def transition(conn: Any, task_id: uuid.UUID, vid: str, n: int) -> object:
     )
 
 
-async def receive(conn: Any, task_id: uuid.UUID, vid: str, n: int) -> object:
-    return await queries.receive_webhook(
-        conn,
+def _webhook(task_id: uuid.UUID, vid: str, n: int) -> queries.InboundWebhook:
+    return queries.InboundWebhook(
         vendor="replicate",
         delivery_id=f"r{n}",
         task_id=task_id,
@@ -109,16 +112,31 @@ async def receive(conn: Any, task_id: uuid.UUID, vid: str, n: int) -> object:
     )
 
 
+async def receive(conn: Any, task_id: uuid.UUID, vid: str, n: int) -> object:
+    return await queries.receive_webhooks(conn, [_webhook(task_id, vid, n)])
+
+
+async def receive_batch(conn: Any, task_id: uuid.UUID, vid: str, n: int) -> object:
+    # BATCH deliveries to BATCH tasks in one call and one commit (the group commit).
+    numbers = [n * BATCH + k for k in range(BATCH)]
+    webhooks = [_webhook(*TASKS[m % len(TASKS)], m) for m in numbers]
+    return await queries.receive_webhooks(conn, webhooks)
+
+
 STATEMENTS: dict[str, Statement] = {
     "ceiling": ceiling,
     "inbox": inbox,
     "update": update,
     "transition": transition,
     "receive": receive,
+    f"receive{BATCH}": receive_batch,
 }
+PER_CALL = {f"receive{BATCH}": BATCH}
 
 
-async def rate(pool: Any, statement: Statement, tasks: list[Any], seconds: float) -> float:
+async def rate(
+    pool: Any, statement: Statement, tasks: list[Any], seconds: float, per_call: int = 1
+) -> float:
     numbers = itertools.count()
     stop = time.monotonic() + seconds
     done = 0
@@ -130,7 +148,7 @@ async def rate(pool: Any, statement: Statement, tasks: list[Any], seconds: float
             task_id, vid = tasks[n % len(tasks)]
             async with pool.acquire() as conn:
                 await statement(conn, task_id, vid, n)
-            done += 1
+            done += per_call
 
     await asyncio.gather(*(loop() for _ in range(CONNECTIONS)))
     return done / seconds
@@ -149,11 +167,12 @@ async def main(seconds: float) -> None:
         await conn.close()
         vids = [f"p_{n}" for n in range(2000)]
         tasks = list(zip(await insert_submitted_tasks(dsn, vids, model="a/b"), vids, strict=True))
+        TASKS[:] = tasks
         pool = await create_pool(dsn, min_size=CONNECTIONS, max_size=CONNECTIONS)
         base = 0.0
         print(f"{'statement':>10}  {'per s':>7}  vs ceiling   ({CONNECTIONS} connections)")
         for label, statement in STATEMENTS.items():
-            per_second = await rate(pool, statement, tasks, seconds)
+            per_second = await rate(pool, statement, tasks, seconds, PER_CALL.get(label, 1))
             base = base or per_second
             print(f"{label:>10}  {per_second:7.0f}  {per_second / base:10.2f}", flush=True)
         await pool.close()
