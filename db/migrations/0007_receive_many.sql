@@ -99,22 +99,28 @@ CREATE FUNCTION taskhook_receive_many(
     status text, refunds bigint
 ) LANGUAGE plpgsql AS $fn$
 DECLARE
-    i int;
+    d record;
 BEGIN
-    -- p_allowed[i] is the comma-joined set of states delivery i may move from, and the JSON
+    -- d.allowed is the comma-joined set of states delivery d may move from, and the JSON
     -- arguments come as text: PostgreSQL arrays cannot be ragged, and a JSON list inside a
-    -- parameter array would read as another dimension.
-    FOR i IN SELECT s.i FROM generate_subscripts(p_task_id, 1) AS s(i)
-              ORDER BY p_task_id[s.i], s.i
+    -- parameter array would read as another dimension. unnest walks the arrays once.
+    FOR d IN
+        SELECT *
+          FROM unnest(p_vendor, p_delivery_id, p_task_id, p_headers, p_body, p_signed,
+                      p_vendor_task_id, p_to, p_allowed, p_progress, p_outputs, p_error,
+                      p_detail, p_next_poll_at)
+               WITH ORDINALITY AS u(vendor, delivery_id, task_id, headers, body, signed,
+                                    vendor_task_id, to_status, allowed, progress, outputs,
+                                    error, detail, next_poll_at, n)
+         ORDER BY u.task_id, u.n
     LOOP
         RETURN QUERY
-        SELECT i, r.*
-          FROM taskhook_receive(p_vendor[i], p_delivery_id[i], p_task_id[i], p_headers[i]::jsonb,
-                                p_body[i], p_signed[i], p_vendor_task_id[i], p_to[i],
-                                string_to_array(p_allowed[i], ',')::task_status[],
-                                p_progress[i], p_outputs[i]::jsonb, p_error[i]::jsonb,
-                                p_detail[i]::jsonb,
-                                p_next_poll_at[i]) AS r;
+        SELECT d.n::int, r.*
+          FROM taskhook_receive(d.vendor, d.delivery_id, d.task_id, d.headers::jsonb, d.body,
+                                d.signed, d.vendor_task_id, d.to_status,
+                                string_to_array(d.allowed, ',')::task_status[], d.progress,
+                                d.outputs::jsonb, d.error::jsonb, d.detail::jsonb,
+                                d.next_poll_at) AS r;
     END LOOP;
 END
 $fn$;
