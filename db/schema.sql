@@ -317,6 +317,11 @@ BEGIN
     -- d.allowed is the comma-joined set of states delivery d may move from, and the JSON
     -- arguments come as text: PostgreSQL arrays cannot be ragged, and a JSON list inside a
     -- parameter array would read as another dimension. unnest walks the arrays once.
+    -- One task's row lock held elsewhere must not keep a batch (and the receiver's commit
+    -- slot) waiting: after a second it gives up (lock_not_available, all rolled back), the
+    -- caller applies each delivery alone (db/group_commit.py), and only the delivery for the
+    -- locked task fails, with a 503 its vendor retries. Writers hold task rows for a statement.
+    PERFORM set_config('lock_timeout', '1s', true);
     FOR d IN
         SELECT *
           FROM unnest(p_vendor, p_delivery_id, p_task_id, p_headers, p_body, p_signed,

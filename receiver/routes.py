@@ -26,7 +26,14 @@ from db.transition import Outcome, allowed_from, result_of
 from receiver.signature import Delivery
 from reconciler.confirm import refresh_task
 from taskhook import metrics
-from taskhook.errors import NotFound, PayloadInvalid, TaskhookError, TokenInvalid, VendorError
+from taskhook.errors import (
+    NotFound,
+    PayloadInvalid,
+    TaskhookError,
+    TokenInvalid,
+    Unavailable,
+    VendorError,
+)
 from taskhook.http import read_body
 from taskhook.runtime import Runtime
 from taskhook.vendor_updates import move_for, note_result
@@ -150,6 +157,11 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
         # transition was rolled back with its inbox row (taskhook_receive).
         bound.info("webhook_duplicate")
         return "duplicate"
+    except asyncpg.LockNotAvailableError:
+        # The task's row stayed locked for over a second (taskhook_receive_many): nothing was
+        # written; the vendor retries.
+        bound.warning("webhook_task_busy")
+        raise Unavailable("The task is busy; retry this delivery.") from None
     verdict = row["verdict"]
     bound = bound.bind(trace_id=row["trace_id"])
     if verdict == "no_task":

@@ -5,7 +5,7 @@
 -- queue lock) for the lot instead of one each. Each delivery still gets exactly
 -- taskhook_receive's work and answer; the arrays are parallel, one element per delivery, and
 -- `ord` says which answer is whose. Tasks are locked in id order, so two batches (from two
--- processes) cannot deadlock on each other.
+-- processes) cannot deadlock on each other, and a call waits at most a second for a row lock.
 --
 -- taskhook_receive now writes the inbox row once, after the transition and with its outcome,
 -- instead of inserting it and updating it in the same transaction: a duplicate is found by
@@ -104,6 +104,11 @@ BEGIN
     -- d.allowed is the comma-joined set of states delivery d may move from, and the JSON
     -- arguments come as text: PostgreSQL arrays cannot be ragged, and a JSON list inside a
     -- parameter array would read as another dimension. unnest walks the arrays once.
+    -- One task's row lock held elsewhere must not keep a batch (and the receiver's commit
+    -- slot) waiting: after a second it gives up (lock_not_available, all rolled back), the
+    -- caller applies each delivery alone (db/group_commit.py), and only the delivery for the
+    -- locked task fails, with a 503 its vendor retries. Writers hold task rows for a statement.
+    PERFORM set_config('lock_timeout', '1s', true);
     FOR d IN
         SELECT *
           FROM unnest(p_vendor, p_delivery_id, p_task_id, p_headers, p_body, p_signed,

@@ -297,3 +297,77 @@ async def test_commit_sizes_are_a_metric(
     assert commits() == before + 1
     scraped = (await client.get("/metrics")).text
     assert "taskhook_webhook_commit_size_bucket" in scraped
+
+
+async def test_a_locked_task_holds_up_only_its_own_delivery(conn: Conn, db_url: str) -> None:
+    """A call gives up on a task's row lock after a second, all rolled back; the group commit
+    then applies the batch's deliveries one by one, so only the delivery for the locked task
+    fails (the receiver answers it 503 and its vendor retries) and the rest are applied."""
+    user_id, _ = await make_user(conn, credits=2)
+    locked, free = [await make_task(conn, user_id) for _ in range(2)]
+    holder, receiver = await connect(db_url), await connect(db_url)
+    pool = await create_pool(db_url, min_size=1, max_size=2)
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", locked)
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await queries.receive_webhooks(receiver, [_webhook(free, "f1"), _webhook(locked, "l1")])
+        run = _HeldReceive()
+        group = GroupCommit(pool, run, concurrency=1)
+        first = asyncio.create_task(group.submit(_webhook(free, "f0", progress=5)))
+        await asyncio.wait_for(run.started.wait(), timeout=5)
+        on_locked = asyncio.create_task(group.submit(_webhook(locked, "l2")))
+        on_free = asyncio.create_task(group.submit(_webhook(free, "f2")))
+        await asyncio.sleep(0)
+        run.release.set()
+        assert (await first)["applied"] is True
+        assert (await asyncio.wait_for(on_free, timeout=10))["applied"] is True
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await asyncio.wait_for(on_locked, timeout=10)
+        assert run.calls == [["f0"], ["l2", "f2"], ["l2"], ["f2"]]
+        await held.rollback()
+        inbox = await conn.fetch("SELECT delivery_id FROM webhook_deliveries ORDER BY 1")
+        assert [r["delivery_id"] for r in inbox] == ["f0", "f2"]  # l2 left no trace
+    finally:
+        await pool.close()
+        await holder.close()
+        await receiver.close()
+
+
+class _HeldReceive:
+    """receive_webhooks whose first call waits until released, so a batch forms behind it."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.calls: list[list[str]] = []
+
+    async def __call__(self, conn: Any, webhooks: Sequence[queries.InboundWebhook]) -> Any:
+        self.calls.append([w.delivery_id for w in webhooks])
+        if len(self.calls) == 1:
+            self.started.set()
+            await self.release.wait()
+        return await queries.receive_webhooks(conn, webhooks)
+
+
+async def test_a_delivery_for_a_locked_task_is_503_and_retried(
+    client: httpx.AsyncClient, runtime: Runtime, conn: Conn, db_url: str
+) -> None:
+    user_id, _ = await make_user(conn, credits=1)
+    task_id = await make_task(conn, user_id)
+    holder = await connect(db_url)
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+        url, body = hook_url(runtime, task_id), prediction(logs="")
+        busy = await post_hook(client, url, body, webhook_id="msg_busy")
+        await held.rollback()
+    finally:
+        await holder.close()
+    assert busy.status_code == 503 and "retry-after" in busy.headers
+    assert busy.json()["error"]["code"] == "unavailable"
+    assert await conn.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
+    retried = await post_hook(client, url, body, webhook_id="msg_busy")
+    assert retried.status_code == 200 and retried.json() == {"status": "applied"}
