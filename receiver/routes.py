@@ -11,8 +11,6 @@ transition: the vendor's API is asked first.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import structlog
@@ -21,7 +19,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from db import queries
-from db.queries import Conn
 from db.transition import Outcome, allowed_from, result_of
 from receiver.signature import Delivery
 from reconciler.confirm import refresh_task
@@ -70,31 +67,29 @@ async def receive(request: Request) -> JSONResponse:
     return JSONResponse({"status": status})
 
 
-@dataclass(frozen=True)
-class _Inbound:
-    """One verified delivery, as stored in the webhook inbox."""
-
-    vendor: str
-    delivery_id: str
-    task_id: uuid.UUID
-    headers: dict[str, str]
-    body: bytes
-
-    async def reject(self, conn: Conn, message: str, bound: Any) -> PayloadInvalid:
-        """Keep an authentic but unreadable delivery as a dead letter; nothing else changes."""
+async def _dead_letter(
+    rt: Runtime,
+    *,
+    vendor: str,
+    delivery_id: str,
+    task_id: uuid.UUID,
+    headers: dict[str, str],
+    body: bytes,
+    message: str,
+) -> None:
+    """Keep an authentic but unreadable delivery as a dead letter; nothing else changes."""
+    async with rt.pool.acquire() as conn:
         await queries.record_delivery(
             conn,
-            vendor=self.vendor,
-            delivery_id=self.delivery_id,
-            task_id=self.task_id,
+            vendor=vendor,
+            delivery_id=delivery_id,
+            task_id=task_id,
             status="rejected",
             outcome=None,
             error=message,
-            headers=self.headers,
-            body=self.body,
+            headers=headers,
+            body=body,
         )
-        bound.warning("webhook_rejected", error=message)
-        return PayloadInvalid(message)
 
 
 async def _verify(adapter: VendorAdapter, body: bytes, request: Request) -> Delivery:
@@ -115,30 +110,33 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
     if task_id is None:
         raise TokenInvalid()
     delivery = await _verify(adapter, body, request)
-    inbound = _Inbound(
-        vendor=adapter.name,
-        delivery_id=delivery.delivery_id,
-        task_id=task_id,
-        headers={k: v for k, v in request.headers.items() if k in _KEPT_HEADERS},
-        body=body,
-    )
+    headers = {k: v for k, v in request.headers.items() if k in _KEPT_HEADERS}
     bound = log.bind(
         task_id=f"tsk_{task_id.hex}", vendor=adapter.name, delivery_id=delivery.delivery_id
     )
     try:
         update = adapter.parse(body)
     except PayloadInvalid as exc:
-        async with rt.pool.acquire() as conn:
-            raise await inbound.reject(conn, exc.message, bound) from exc
+        await _dead_letter(
+            rt,
+            vendor=adapter.name,
+            delivery_id=delivery.delivery_id,
+            task_id=task_id,
+            headers=headers,
+            body=body,
+            message=exc.message,
+        )
+        bound.warning("webhook_rejected", error=exc.message)
+        raise
     move = move_for(update, vendor=adapter.name, poll_after=rt.settings.poll_after)
     progress = None if update.progress is None else max(0, min(100, update.progress))
     # One round trip, shared with the deliveries arriving meanwhile (db/group_commit.py):
     # inbox row, task checks, transition and outcome (taskhook_receive).
     webhook = queries.InboundWebhook(
         vendor=adapter.name,
-        delivery_id=inbound.delivery_id,
+        delivery_id=delivery.delivery_id,
         task_id=task_id,
-        headers=inbound.headers,
+        headers=headers,
         body=body,
         signed=adapter.signed_callbacks,
         vendor_task_id=update.vendor_task_id,
