@@ -52,10 +52,10 @@ from typing import Any
 
 import asyncpg
 import httpx
+from seeding import fresh_database
 from submit_throughput import (
     MODEL,
     create_users,
-    fresh_database,
     run_main,
     stack_arguments,
     taskhook_stack,

@@ -44,7 +44,6 @@ import asyncio
 import json
 import math
 import os
-import secrets
 import signal
 import sys
 import tempfile
@@ -56,10 +55,8 @@ from typing import Any
 
 import asyncpg
 import httpx
-from seeding import insert_submitted_tasks
+from seeding import fresh_database, insert_submitted_tasks
 
-from db.migrate import migrate
-from db.pool import connect, dsn_for_database
 from taskhook.embedded import EmbeddedS3, start_postgres, start_s3
 from vendors.simulator import RunningSimulator, SimulatorConfig, running_simulator
 
@@ -222,100 +219,98 @@ async def run_scenario(
 ) -> Result:
     tasks = args.tasks
     result = Result(reconcilers=reconcilers, rate=args.rate, tasks=tasks)
-    name = f"taskhook_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(server_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = dsn_for_database(server_dsn, name)
-    log_dir = Path(args.data_dir) / "logs" / name
-    log_dir.mkdir(parents=True, exist_ok=True)
-    procs: list[asyncio.subprocess.Process] = []
-    try:
-        conn = await connect(dsn)
+    async with fresh_database(server_dsn) as (_admin, name, dsn):
+        log_dir = Path(args.data_dir) / "logs" / name
+        log_dir.mkdir(parents=True, exist_ok=True)
+        procs: list[asyncio.subprocess.Process] = []
         try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-        config = SimulatorConfig(job_seconds=3600, api_token=API_TOKEN)
-        async with running_simulator(config) as sim:
-            started = time.monotonic()
-            prediction_ids = await create_predictions(sim, tasks)
-            await insert_submitted_tasks(dsn, prediction_ids, model="a/b")
-            print(
-                f"[{reconcilers} reconciler(s)] {tasks} predictions and tasks ready in "
-                f"{time.monotonic() - started:.1f}s; logs in {log_dir}",
-                file=sys.stderr,
-            )
-            env = {
-                **os.environ,
-                "DATABASE_URL": dsn,
-                "REPLICATE_API_TOKEN": API_TOKEN,
-                "REPLICATE_API_BASE": f"{sim.url}/v1",
-                "REPLICATE_WEBHOOK_SECRET": config.webhook_secret,
-                "TASKHOOK_POLL_RATE": str(args.rate),
-                "TASKHOOK_POLL_AFTER": str(POLL_AFTER),
-                "TASKHOOK_DATA_DIR": str(args.data_dir),
-                "TASKHOOK_S3_ENDPOINT_URL": s3.endpoint_url,
-                "AWS_ACCESS_KEY_ID": s3.access_key_id,
-                "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
-                "AWS_REGION": s3.region,
-            }
-            logs = [log_dir / f"reconciler-{i}.log" for i in range(reconcilers)]
-            for path in logs:
-                with path.open("wb") as out:
-                    procs.append(
-                        await asyncio.create_subprocess_exec(
-                            sys.executable,
-                            *("-m", "taskhook.cli", "reconcile", "--interval", str(args.interval)),
-                            env=env,
-                            cwd=REPO,
-                            stdin=asyncio.subprocess.DEVNULL,
-                            stdout=out,
-                            stderr=out,
+            config = SimulatorConfig(job_seconds=3600, api_token=API_TOKEN)
+            async with running_simulator(config) as sim:
+                started = time.monotonic()
+                prediction_ids = await create_predictions(sim, tasks)
+                await insert_submitted_tasks(dsn, prediction_ids, model="a/b")
+                print(
+                    f"[{reconcilers} reconciler(s)] {tasks} predictions and tasks ready in "
+                    f"{time.monotonic() - started:.1f}s; logs in {log_dir}",
+                    file=sys.stderr,
+                )
+                env = {
+                    **os.environ,
+                    "DATABASE_URL": dsn,
+                    "REPLICATE_API_TOKEN": API_TOKEN,
+                    "REPLICATE_API_BASE": f"{sim.url}/v1",
+                    "REPLICATE_WEBHOOK_SECRET": config.webhook_secret,
+                    "TASKHOOK_POLL_RATE": str(args.rate),
+                    "TASKHOOK_POLL_AFTER": str(POLL_AFTER),
+                    "TASKHOOK_DATA_DIR": str(args.data_dir),
+                    "TASKHOOK_S3_ENDPOINT_URL": s3.endpoint_url,
+                    "AWS_ACCESS_KEY_ID": s3.access_key_id,
+                    "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+                    "AWS_REGION": s3.region,
+                }
+                logs = [log_dir / f"reconciler-{i}.log" for i in range(reconcilers)]
+                for path in logs:
+                    with path.open("wb") as out:
+                        procs.append(
+                            await asyncio.create_subprocess_exec(
+                                sys.executable,
+                                *(
+                                    "-m",
+                                    "taskhook.cli",
+                                    "reconcile",
+                                    "--interval",
+                                    str(args.interval),
+                                ),
+                                env=env,
+                                cwd=REPO,
+                                stdin=asyncio.subprocess.DEVNULL,
+                                stdout=out,
+                                stderr=out,
+                            )
                         )
-                    )
 
-            async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
-                passed: set[Path] = set()
+                async with httpx.AsyncClient(base_url=sim.url, timeout=30) as client:
+                    passed: set[Path] = set()
 
-                async def all_passed() -> bool:
-                    for proc in procs:
-                        if proc.returncode is not None:
-                            raise SystemExit(f"a reconciler exited early; see {log_dir}")
-                    passed.update(path for path in logs if path not in passed and read_passes(path))
-                    return len(passed) == len(logs)
+                    async def all_passed() -> bool:
+                        for proc in procs:
+                            if proc.returncode is not None:
+                                raise SystemExit(f"a reconciler exited early; see {log_dir}")
+                        passed.update(
+                            path for path in logs if path not in passed and read_passes(path)
+                        )
+                        return len(passed) == len(logs)
 
-                await wait_until(all_passed, 60, "every reconciler to finish a pass")
-                await asyncio.sleep(WARMUP_SECONDS)
-                pids = [proc.pid for proc in procs]
-                first = await snapshot(client, dsn, pids)
-                last_total = first.fetches["total"]
-                for _ in range(math.ceil(args.seconds)):
-                    await asyncio.sleep(args.seconds / math.ceil(args.seconds))
-                    total = (await client.get("/_sim/stats")).json()["fetches"]["total"]
-                    result.per_second.append(total - last_total)
-                    last_total = total
-                end = await snapshot(client, dsn, pids)
-                result.stuck = await stop_processes(procs)
-                final = (await client.get("/_sim/stats")).json()
-            result.elapsed = end.at - first.at
-            result.cpu = {
-                k: (end.cpu[k] - first.cpu[k]) / result.elapsed
-                for k in end.cpu.keys() & first.cpu.keys()
-            }
-            result.polls = end.fetches["total"] - first.fetches["total"]
-            result.db_polled = end.polled - first.polled
-            result.due_left = end.due
-            result.duplicates = final["fetches"]["fetched_more_than_once"]
-            result.max_per_prediction = final["fetches"]["max_per_prediction"]
-            result.api_errors = final["api"]["errors_503"] + final["api"]["errors_429"]
-            result.passes = [p for path in logs for p in read_passes(path)]
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+                    await wait_until(all_passed, 60, "every reconciler to finish a pass")
+                    await asyncio.sleep(WARMUP_SECONDS)
+                    pids = [proc.pid for proc in procs]
+                    first = await snapshot(client, dsn, pids)
+                    last_total = first.fetches["total"]
+                    for _ in range(math.ceil(args.seconds)):
+                        await asyncio.sleep(args.seconds / math.ceil(args.seconds))
+                        total = (await client.get("/_sim/stats")).json()["fetches"]["total"]
+                        result.per_second.append(total - last_total)
+                        last_total = total
+                    end = await snapshot(client, dsn, pids)
+                    result.stuck = await stop_processes(procs)
+                    final = (await client.get("/_sim/stats")).json()
+                result.elapsed = end.at - first.at
+                result.cpu = {
+                    k: (end.cpu[k] - first.cpu[k]) / result.elapsed
+                    for k in end.cpu.keys() & first.cpu.keys()
+                }
+                result.polls = end.fetches["total"] - first.fetches["total"]
+                result.db_polled = end.polled - first.polled
+                result.due_left = end.due
+                result.duplicates = final["fetches"]["fetched_more_than_once"]
+                result.max_per_prediction = final["fetches"]["max_per_prediction"]
+                result.api_errors = final["api"]["errors_503"] + final["api"]["errors_429"]
+                result.passes = [p for path in logs for p in read_passes(path)]
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
     return result
 
 

@@ -1,4 +1,4 @@
-"""Tasks for benchmarks, made through the product's own queries and transition.
+"""A fresh database and tasks for benchmarks, made through the product's own queries.
 
 Each worker connection has its own user, so charges do not queue on one user row, and commits
 in batches. The tasks are `submitted` with the given vendor ids and due for a poll now.
@@ -7,16 +7,51 @@ in batches. The tasks are `submitted` with the given vendor ids and due for a po
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import secrets
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
 
 from db import queries
-from db.pool import connect
+from db.migrate import migrate
+from db.pool import connect, dsn_for_database
 from db.states import TaskStatus
 from db.transition import transition
 from taskhook.users import create_user
 
 BATCH = 250
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(
+    server_dsn: str | None = None,
+) -> AsyncIterator[tuple[asyncpg.Connection[Any], str, str]]:
+    """(admin connection, database name, its DSN) on `server_dsn` (else DATABASE_URL's server):
+    a new database, migrated, dropped on exit."""
+    server_dsn = (
+        server_dsn
+        or os.environ.get("DATABASE_URL")
+        or "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    name = f"taskhook_bench_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(server_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = dsn_for_database(server_dsn, name)
+    try:
+        conn = await connect(dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        yield admin, name, dsn
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 async def insert_submitted_tasks(

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import sys
 import time
 import uuid
@@ -31,16 +30,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from db import queries
-from db.migrate import migrate
-from db.pool import connect, create_pool, dsn_for_database
+from db.pool import connect, create_pool
 from db.states import TaskStatus
 from db.transition import allowed_from
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seeding import insert_submitted_tasks
+from seeding import fresh_database, insert_submitted_tasks
 
 CONNECTIONS = 16
 BATCH = 8
@@ -155,14 +151,8 @@ async def rate(
 
 
 async def main(seconds: float) -> None:
-    server = os.environ["DATABASE_URL"]
-    name = f"taskhook_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = dsn_for_database(server, name)
-    try:
+    async with fresh_database() as (_admin, _name, dsn):
         conn = await connect(dsn)
-        await migrate(conn)
         await conn.execute("CREATE TABLE ceiling_hits (id bigserial PRIMARY KEY, body bytea)")
         await conn.close()
         vids = [f"p_{n}" for n in range(2000)]
@@ -176,9 +166,6 @@ async def main(seconds: float) -> None:
             base = base or per_second
             print(f"{label:>10}  {per_second:7.0f}  {per_second / base:10.2f}", flush=True)
         await pool.close()
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -67,7 +67,6 @@ import contextlib
 import functools
 import json
 import os
-import secrets
 import sys
 import tempfile
 import time
@@ -78,6 +77,7 @@ from typing import Any, NoReturn
 
 import asyncpg
 import httpx
+from seeding import fresh_database
 from webhook_ingest import (
     CALLBACK_SECRET,
     WEBHOOK_SECRET,
@@ -91,8 +91,7 @@ from webhook_ingest import (
     wait_http,
 )
 
-from db.migrate import migrate
-from db.pool import connect, dsn_for_database
+from db.pool import connect
 from taskhook.users import create_user
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,27 +102,7 @@ KEEP_UP = 0.90
 
 
 # --------------------------------------------------------------------------------------------
-# The deployment: a fresh database, the simulator and one `taskhook serve` (memory.py uses it).
-
-
-@contextlib.asynccontextmanager
-async def fresh_database() -> AsyncIterator[tuple[asyncpg.Connection[Any], str, str]]:
-    """(admin connection, database name, its DSN); migrated, dropped on exit."""
-    server_dsn = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
-    name = f"taskhook_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(server_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = dsn_for_database(server_dsn, name)
-    try:
-        conn = await connect(dsn)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-        yield admin, name, dsn
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+# The deployment: the simulator and one `taskhook serve` (memory.py uses it).
 
 
 @dataclass

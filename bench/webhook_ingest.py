@@ -44,7 +44,6 @@ import contextlib
 import json
 import os
 import pickle
-import secrets
 import shutil
 import signal
 import socket
@@ -60,10 +59,9 @@ from typing import Any
 
 import asyncpg
 import httpx
-from seeding import insert_submitted_tasks
+from seeding import fresh_database, insert_submitted_tasks
 
-from db.migrate import migrate
-from db.pool import connect, dsn_for_database
+from db.pool import connect
 from taskhook.tokens import CallbackTokens
 from vendors.simulator.signing import new_webhook_id, webhook_headers
 
@@ -443,138 +441,134 @@ async def s3_env(data_dir: Path) -> dict[str, str]:
 
 
 async def main(args: argparse.Namespace) -> int:
-    server_dsn = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
     data_dir = Path(args.data_dir)
     work = Path(tempfile.mkdtemp(prefix="webhook-ingest-", dir=data_dir))
-    name = f"taskhook_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(server_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = dsn_for_database(server_dsn, name)
     runs: list[Run] = []
     procs: list[asyncio.subprocess.Process] = []
-    try:
-        conn = await connect(dsn)
+    async with fresh_database() as (admin, name, dsn):
         try:
-            await migrate(conn)
-            await conn.execute("CREATE TABLE ceiling_hits (id bigserial PRIMARY KEY, body bytea)")
+            conn = await connect(dsn)
+            try:
+                await conn.execute(
+                    "CREATE TABLE ceiling_hits (id bigserial PRIMARY KEY, body bytea)"
+                )
+            finally:
+                await conn.close()
+            started = time.monotonic()
+            task_ids = await insert_submitted_tasks(
+                dsn, [f"p_{n}" for n in range(args.tasks)], model="black-forest-labs/flux-schnell"
+            )
+            print(f"{args.tasks} tasks ready in {time.monotonic() - started:.1f}s", file=sys.stderr)
+            concurrencies = args.concurrency
+
+            # Both servers stay up; each round drives the ceiling, then fresh, then duplicate
+            # deliveries back to back, so every ratio compares windows seconds apart (this
+            # machine's CPU steal drifts over minutes, and a ceiling measured once early misleads).
+            ceiling_port = free_port()
+            log = work / "ceiling.log"
+            with log.open("wb") as out:
+                ceiling = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    *(__file__, "--serve-ceiling", dsn, str(ceiling_port)),
+                    cwd=REPO,
+                    stdout=out,
+                    stderr=out,
+                )
+            procs.append(ceiling)
+            await wait_http(ceiling_port, ceiling, log)
+            one = http_request(
+                ceiling_port,
+                "/hooks/replicate/x",
+                webhook_headers(WEBHOOK_SECRET, new_webhook_id(), prediction_body("p_0", 1)),
+                prediction_body("p_0", 1),
+            )
+
+            port = free_port()
+            env = {
+                **os.environ,
+                "DATABASE_URL": dsn,
+                "REPLICATE_API_TOKEN": "x",
+                "REPLICATE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "TASKHOOK_SECRET": CALLBACK_SECRET,
+                "TASKHOOK_PUBLIC_URL": f"http://127.0.0.1:{port}",
+                "TASKHOOK_RATE_LIMIT": "0",
+                "TASKHOOK_DATA_DIR": str(data_dir),
+                **(await s3_env(data_dir)),
+            }
+            log = work / "taskhook-serve.log"
+            with log.open("wb") as out:
+                server = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    *("-m", "taskhook.cli", "serve", "--port", str(port)),
+                    env=env,
+                    cwd=REPO,
+                    stdout=out,
+                    stderr=out,
+                )
+            procs.append(server)
+            await wait_http(port, server, log)
+            tokens = CallbackTokens(CALLBACK_SECRET)
+            hooks = Webhooks(
+                port=port,
+                paths=[
+                    f"/hooks/replicate/{tokens.issue(task_id=t, vendor='replicate')}"
+                    for t in task_ids
+                ],
+                predictions=[f"p_{n}" for n in range(len(task_ids))],
+                progress=[0] * len(task_ids),
+            )
+            common = {"admin": admin, "dbname": name, "work": work}
+            for round_no in range(args.rounds):
+                for c in concurrencies:
+                    run, _ = await drive(
+                        args,
+                        scenario="ceiling",
+                        concurrency=c,
+                        port=ceiling_port,
+                        server_pid=ceiling.pid,
+                        requests=[one],
+                        wrap=True,
+                        expect="stored",
+                        **common,
+                    )
+                    runs.append(replace(run, round=round_no))
+                    requests, made = hooks.fresh(args.max_requests)
+                    profiled = args.profile and c == 16 and round_no == 0
+                    run, sent = await drive(
+                        args,
+                        scenario="fresh",
+                        concurrency=c,
+                        port=port,
+                        server_pid=server.pid,
+                        requests=requests,
+                        wrap=False,
+                        expect='"applied"',
+                        profile=Path(args.profile) if profiled else None,
+                        **common,
+                    )
+                    hooks.delivered += made[:sent]
+                    runs.append(replace(run, round=round_no))
+                    run, _ = await drive(
+                        args,
+                        scenario="duplicate",
+                        concurrency=c,
+                        port=port,
+                        server_pid=server.pid,
+                        requests=hooks.duplicates(args.max_requests),
+                        wrap=True,
+                        expect='"duplicate"',
+                        **common,
+                    )
+                    runs.append(replace(run, round=round_no))
+            await stop(ceiling)
+            await stop(server)
         finally:
-            await conn.close()
-        started = time.monotonic()
-        task_ids = await insert_submitted_tasks(
-            dsn, [f"p_{n}" for n in range(args.tasks)], model="black-forest-labs/flux-schnell"
-        )
-        print(f"{args.tasks} tasks ready in {time.monotonic() - started:.1f}s", file=sys.stderr)
-        concurrencies = args.concurrency
-
-        # Both servers stay up; each round drives the ceiling, then fresh, then duplicate
-        # deliveries back to back, so every ratio compares windows seconds apart (this
-        # machine's CPU steal drifts over minutes, and a ceiling measured once early misleads).
-        ceiling_port = free_port()
-        log = work / "ceiling.log"
-        with log.open("wb") as out:
-            ceiling = await asyncio.create_subprocess_exec(
-                sys.executable,
-                *(__file__, "--serve-ceiling", dsn, str(ceiling_port)),
-                cwd=REPO,
-                stdout=out,
-                stderr=out,
-            )
-        procs.append(ceiling)
-        await wait_http(ceiling_port, ceiling, log)
-        one = http_request(
-            ceiling_port,
-            "/hooks/replicate/x",
-            webhook_headers(WEBHOOK_SECRET, new_webhook_id(), prediction_body("p_0", 1)),
-            prediction_body("p_0", 1),
-        )
-
-        port = free_port()
-        env = {
-            **os.environ,
-            "DATABASE_URL": dsn,
-            "REPLICATE_API_TOKEN": "x",
-            "REPLICATE_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "TASKHOOK_SECRET": CALLBACK_SECRET,
-            "TASKHOOK_PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "TASKHOOK_RATE_LIMIT": "0",
-            "TASKHOOK_DATA_DIR": str(data_dir),
-            **(await s3_env(data_dir)),
-        }
-        log = work / "taskhook-serve.log"
-        with log.open("wb") as out:
-            server = await asyncio.create_subprocess_exec(
-                sys.executable,
-                *("-m", "taskhook.cli", "serve", "--port", str(port)),
-                env=env,
-                cwd=REPO,
-                stdout=out,
-                stderr=out,
-            )
-        procs.append(server)
-        await wait_http(port, server, log)
-        tokens = CallbackTokens(CALLBACK_SECRET)
-        hooks = Webhooks(
-            port=port,
-            paths=[
-                f"/hooks/replicate/{tokens.issue(task_id=t, vendor='replicate')}" for t in task_ids
-            ],
-            predictions=[f"p_{n}" for n in range(len(task_ids))],
-            progress=[0] * len(task_ids),
-        )
-        common = {"admin": admin, "dbname": name, "work": work}
-        for round_no in range(args.rounds):
-            for c in concurrencies:
-                run, _ = await drive(
-                    args,
-                    scenario="ceiling",
-                    concurrency=c,
-                    port=ceiling_port,
-                    server_pid=ceiling.pid,
-                    requests=[one],
-                    wrap=True,
-                    expect="stored",
-                    **common,
-                )
-                runs.append(replace(run, round=round_no))
-                requests, made = hooks.fresh(args.max_requests)
-                profiled = args.profile and c == 16 and round_no == 0
-                run, sent = await drive(
-                    args,
-                    scenario="fresh",
-                    concurrency=c,
-                    port=port,
-                    server_pid=server.pid,
-                    requests=requests,
-                    wrap=False,
-                    expect='"applied"',
-                    profile=Path(args.profile) if profiled else None,
-                    **common,
-                )
-                hooks.delivered += made[:sent]
-                runs.append(replace(run, round=round_no))
-                run, _ = await drive(
-                    args,
-                    scenario="duplicate",
-                    concurrency=c,
-                    port=port,
-                    server_pid=server.pid,
-                    requests=hooks.duplicates(args.max_requests),
-                    wrap=True,
-                    expect='"duplicate"',
-                    **common,
-                )
-                runs.append(replace(run, round=round_no))
-        await stop(ceiling)
-        await stop(server)
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-        for path in await asyncio.to_thread(lambda: list(work.glob("*.requests"))):
-            path.unlink()
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            for path in await asyncio.to_thread(lambda: list(work.glob("*.requests"))):
+                path.unlink()
 
     print_table(args, runs)
     print(f"\nserver logs: {work}")

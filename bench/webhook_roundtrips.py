@@ -13,21 +13,16 @@ release). Statement preparation is cached after the first use and not counted.
 
 from __future__ import annotations
 
-import os
-import secrets
 import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import structlog
 from asyncpg.connection import Connection
 
-from db.migrate import migrate
-from db.pool import connect, dsn_for_database
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime
 from taskhook.settings import Settings
@@ -35,7 +30,7 @@ from taskhook.tokens import CallbackTokens
 from vendors.simulator.signing import new_webhook_id, webhook_headers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seeding import insert_submitted_tasks
+from seeding import fresh_database, insert_submitted_tasks
 from webhook_ingest import (
     CALLBACK_SECRET,
     WEBHOOK_SECRET,
@@ -68,17 +63,7 @@ async def counted_simple(self: Any, query: str, *args: Any, **kw: Any) -> Any:
 
 async def main() -> int:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings up
-    server_dsn = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
-    name = f"taskhook_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(server_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = dsn_for_database(server_dsn, name)
-    try:
-        conn = await connect(dsn)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
+    async with fresh_database() as (_admin, _name, dsn):
         task_ids = await insert_submitted_tasks(
             dsn, [f"p_{n}" for n in range(SENDS)], model="black-forest-labs/flux-schnell"
         )
@@ -118,9 +103,6 @@ async def main() -> int:
                     print(f"\n{label}: {total / SENDS:.2f} round trips per webhook")
                     for query, count in trips.most_common():
                         print(f"  {count / SENDS:5.2f}  {query}")
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
     return 0
 
 
