@@ -12,6 +12,7 @@ receiver must lock the task row before it writes anything that references the ta
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import httpx
@@ -25,6 +26,19 @@ from tests.factories import make_task, make_user
 from tests.integration.test_receiver import hook_url, post_hook, prediction
 
 Conn = asyncpg.Connection
+
+
+async def until_waiting_on_a_lock(conn: Conn, hook: asyncio.Task[Any], *, checks: int) -> None:
+    """Until some session of this database waits on a lock (or the hook ended early), checking
+    every 10 ms at most `checks` times."""
+    for _ in range(checks):
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        if waiting or hook.done():
+            return
+        await asyncio.sleep(0.01)
 
 
 async def test_concurrent_deliveries_for_one_task_do_not_deadlock(
@@ -53,18 +67,7 @@ async def test_concurrent_deliveries_for_one_task_do_not_deadlock(
             post_hook(client, hook_url(runtime, task_id), prediction(logs=""))
         )
 
-        async def receiver_waits() -> bool:
-            return bool(
-                await conn.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-            )
-
-        for _ in range(200):
-            if await receiver_waits() or hook.done():
-                break
-            await asyncio.sleep(0.01)
+        await until_waiting_on_a_lock(conn, hook, checks=200)
         # Now the other delivery applies its transition and commits, as it would.
         result = await transition(
             other,

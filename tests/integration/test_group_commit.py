@@ -25,30 +25,36 @@ from db.states import TaskStatus
 from db.transition import allowed_from
 from taskhook.runtime import Runtime
 from tests.factories import make_task, make_user
+from tests.integration.test_concurrent_deliveries import until_waiting_on_a_lock
 from tests.integration.test_receiver import hook_url, post_hook, prediction
 
 Conn = asyncpg.Connection
 
 
+async def _reciprocals(conn: Any, items: Sequence[int]) -> list[float]:
+    # The database does the work, so a refusal is a real PostgresError: 1/0 for item 0.
+    rows = await conn.fetch(
+        "SELECT 1.0 / x AS r FROM unnest($1::int[]) WITH ORDINALITY AS u(x, n) ORDER BY n",
+        list(items),
+    )
+    return [float(r["r"]) for r in rows]
+
+
 class _Held:
     """A run function whose first call waits until released, so later callers queue up."""
 
-    def __init__(self) -> None:
+    def __init__(self, run: Any = _reciprocals) -> None:
+        self.run = run
         self.started = asyncio.Event()
         self.release = asyncio.Event()
-        self.calls: list[list[int]] = []
+        self.calls: list[list[Any]] = []
 
-    async def __call__(self, conn: Any, items: Sequence[int]) -> list[float]:
+    async def __call__(self, conn: Any, items: Sequence[Any]) -> Any:
         self.calls.append(list(items))
         if len(self.calls) == 1:
             self.started.set()
             await self.release.wait()
-        # The database does the work, so a refusal is a real PostgresError: 1/0 for item 0.
-        rows = await conn.fetch(
-            "SELECT 1.0 / x AS r FROM unnest($1::int[]) WITH ORDINALITY AS u(x, n) ORDER BY n",
-            list(items),
-        )
-        return [float(r["r"]) for r in rows]
+        return await self.run(conn, items)
 
 
 @pytest.fixture
@@ -253,17 +259,7 @@ async def test_a_delivery_id_raced_for_two_tasks_applies_to_one(
             )
         )
 
-        async def receiver_waits() -> bool:
-            waiting = await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            return bool(waiting) or hook.done()
-
-        for _ in range(1000):  # until the receiver waits on the first one's inbox row
-            if await receiver_waits():
-                break
-            await asyncio.sleep(0.01)
+        await until_waiting_on_a_lock(conn, hook, checks=1000)  # on the first copy's inbox row
         await tx.commit()
         response = await asyncio.wait_for(hook, timeout=10)
     finally:
@@ -313,7 +309,7 @@ async def test_a_locked_task_holds_up_only_its_own_delivery(conn: Conn, db_url: 
         await holder.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", locked)
         with pytest.raises(asyncpg.LockNotAvailableError):
             await queries.receive_webhooks(receiver, [_webhook(free, "f1"), _webhook(locked, "l1")])
-        run = _HeldReceive()
+        run = _Held(queries.receive_webhooks)
         group = GroupCommit(pool, run, concurrency=1)
         first = asyncio.create_task(group.submit(_webhook(free, "f0", progress=5)))
         await asyncio.wait_for(run.started.wait(), timeout=5)
@@ -325,7 +321,8 @@ async def test_a_locked_task_holds_up_only_its_own_delivery(conn: Conn, db_url: 
         assert (await asyncio.wait_for(on_free, timeout=10))["applied"] is True
         with pytest.raises(asyncpg.LockNotAvailableError):
             await asyncio.wait_for(on_locked, timeout=10)
-        assert run.calls == [["f0"], ["l2", "f2"], ["l2"], ["f2"]]
+        ids = [[w.delivery_id for w in call] for call in run.calls]
+        assert ids == [["f0"], ["l2", "f2"], ["l2"], ["f2"]]
         await held.rollback()
         inbox = await conn.fetch("SELECT delivery_id FROM webhook_deliveries ORDER BY 1")
         assert [r["delivery_id"] for r in inbox] == ["f0", "f2"]  # l2 left no trace
@@ -333,22 +330,6 @@ async def test_a_locked_task_holds_up_only_its_own_delivery(conn: Conn, db_url: 
         await pool.close()
         await holder.close()
         await receiver.close()
-
-
-class _HeldReceive:
-    """receive_webhooks whose first call waits until released, so a batch forms behind it."""
-
-    def __init__(self) -> None:
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
-        self.calls: list[list[str]] = []
-
-    async def __call__(self, conn: Any, webhooks: Sequence[queries.InboundWebhook]) -> Any:
-        self.calls.append([w.delivery_id for w in webhooks])
-        if len(self.calls) == 1:
-            self.started.set()
-            await self.release.wait()
-        return await queries.receive_webhooks(conn, webhooks)
 
 
 async def test_a_delivery_for_a_locked_task_is_503_and_retried(
