@@ -56,7 +56,8 @@ class GroupCommit(Generic[T, R]):
         self._concurrency = concurrency
         self._max_batch = max_batch
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._running = 0  # batches holding a slot
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references until done
         self._on_commit = on_commit  # told each batch's size (a metric)
 
     async def submit(self, item: T) -> R:
@@ -66,52 +67,62 @@ class GroupCommit(Generic[T, R]):
         return await future
 
     def _start(self) -> None:
-        while self._queue and len(self._in_flight) < self._concurrency:
+        while self._queue and self._running < self._concurrency:
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
+            self._running += 1
             task = asyncio.create_task(self._commit(batch))
-            self._in_flight.add(task)
-            task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        self._start()  # what queued during that commit goes next
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _commit(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            answers = await self._answers(batch)
+        except BaseException as exc:
+            answers = [exc] * len(batch)
+            raise
+        finally:
+            # The slot is free: what queued during this commit goes to the database now,
+            # before this batch's callers are woken to write their responses. Waking them
+            # first would leave the database idle for as long as that takes.
+            self._running -= 1
+            self._start()
+            for (_, future), answer in zip(batch, answers, strict=True):
+                if future.done():  # the caller has gone (client disconnect)
+                    continue
+                if isinstance(answer, BaseException):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)
+
+    async def _answers(self, batch: list[tuple[T, asyncio.Future[R]]]) -> list[R | BaseException]:
+        """One answer or error per item, in order. A refused batch is retried one by one; a
+        broken connection is every item's error."""
         items = [item for item, _ in batch]
         if self._on_commit is not None:
             self._on_commit(len(items))
         try:
             async with self._pool.acquire() as conn:
                 try:
-                    answers = await self._run(conn, items)
+                    return list(await self._run(conn, items))
                 except asyncpg.PostgresError as exc:
                     if len(batch) == 1 or isinstance(exc, CONNECTION_ERRORS):
                         raise
-                    await self._one_by_one(conn, batch)
-                    return
-        except BaseException as exc:  # handed to every caller, then re-raised
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, future), answer in zip(batch, answers, strict=True):
-            if not future.done():  # the caller may have gone (client disconnect)
-                future.set_result(answer)
+                    return await self._one_by_one(conn, items)
+        except Exception as exc:  # handed to every caller
+            return [exc] * len(batch)
 
-    async def _one_by_one(self, conn: Conn, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _one_by_one(self, conn: Conn, items: list[T]) -> list[R | BaseException]:
         """The batch was refused as a whole: each item in its own transaction, so only the
         item the database refuses fails."""
-        for item, future in batch:
+        answers: list[R | BaseException] = []
+        for item in items:
             try:
                 (answer,) = await self._run(conn, [item])
-            except CONNECTION_ERRORS:
-                raise  # the rest fail with it (see _commit)
+            except CONNECTION_ERRORS as exc:  # this item and the rest fail with it
+                return answers + [exc] * (len(items) - len(answers))
             except Exception as exc:  # this caller's error, raised in its request
-                if not future.done():
-                    future.set_exception(exc)
-                continue
-            if not future.done():
-                future.set_result(answer)
+                answers.append(exc)
+            else:
+                answers.append(answer)
+        return answers

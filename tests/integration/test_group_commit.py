@@ -166,6 +166,32 @@ async def test_a_caller_that_goes_away_does_not_hurt_the_others(pool: Any) -> No
         await gone
 
 
+async def test_the_next_batch_starts_before_the_last_ones_callers_resume(pool: Any) -> None:
+    """Waking a batch's callers (each writes its response) takes a while; the database must
+    not sit idle meanwhile, so what queued during a commit is sent first."""
+    order: list[str] = []
+    run = _Held()
+
+    async def logged(conn: Any, items: Sequence[int]) -> list[float]:
+        order.append(f"commit {list(items)}")
+        return await run(conn, items)
+
+    group = GroupCommit(pool, logged, concurrency=1)
+
+    async def caller(x: int) -> None:
+        await group.submit(x)
+        order.append(f"resumed {x}")
+
+    first = asyncio.create_task(caller(1))
+    await asyncio.wait_for(run.started.wait(), timeout=5)
+    queued = [asyncio.create_task(caller(x)) for x in (2, 4)]
+    await asyncio.sleep(0)
+    run.release.set()
+    await asyncio.gather(first, *queued)
+    assert order.index("commit [2, 4]") < order.index("resumed 1")
+    assert order[-2:] == ["resumed 2", "resumed 4"]
+
+
 # -- taskhook_receive_many: one call, many deliveries, each answered as if alone ----------
 
 
