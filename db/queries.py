@@ -61,14 +61,14 @@ async def transition_row(
         task_id,
         event_key,
         to,
-        list(allowed_from),
+        ",".join(allowed_from),
         cause,
         progress,
         vendor_task_id,
-        outputs,
-        result,
-        error,
-        detail,
+        _json_text(outputs),
+        _json_text(None if result is None else dict(result)),
+        _json_text(None if error is None else dict(error)),
+        _json_text(None if detail is None else dict(detail)),
         next_poll_at,
     )
     assert record is not None  # the final SELECT always yields one row
@@ -77,7 +77,7 @@ async def transition_row(
 
 @dataclass(frozen=True)
 class InboundWebhook:
-    """One verified delivery, as taskhook_receive takes it: the inbox row's fields and the
+    """One verified delivery, as taskhook_receive_many takes it: the inbox row's fields and the
     move the vendor's payload asks for."""
 
     vendor: str

@@ -1,11 +1,15 @@
 -- transition --
--- The only writer of tasks.status: see taskhook_transition in db/migrations/0006_functions.sql.
-SELECT * FROM taskhook_transition($1, $2, $3::task_status, $4::task_status[], $5, $6, $7, $8,
-                                  $9, $10, $11, $12);
+-- The only writer of tasks.status: taskhook_transition_many (db/migrations/0008_set_based.sql),
+-- here for one task. JSON arguments come as text, the allowed states comma-joined.
+SELECT from_status, applied, status, progress, refunds, ended, notified
+  FROM taskhook_transition_many(ARRAY[$1::uuid], ARRAY[$2::text], ARRAY[$3::task_status],
+                                ARRAY[$4::text], ARRAY[$5::text], ARRAY[$6::int],
+                                ARRAY[$7::text], ARRAY[$8::text], ARRAY[$9::text],
+                                ARRAY[$10::text], ARRAY[$11::text], ARRAY[$12::timestamptz]);
 
 -- receive_webhooks --
 -- Verified webhooks' whole database work in one round trip and one commit
--- (taskhook_receive_many, 0007; each delivery as taskhook_receive, 0006).
+-- (taskhook_receive_many, 0008).
 SELECT * FROM taskhook_receive_many($1, $2, $3, $4, $5, $6, $7, $8::task_status[], $9, $10,
                                     $11, $12, $13, $14);
 

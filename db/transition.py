@@ -91,7 +91,8 @@ def allowed_from(to: TaskStatus) -> list[str]:
 
 
 def result_of(row: Record, to: TaskStatus) -> TransitionResult:
-    """Read taskhook_transition's answer (also relayed by taskhook_receive) and count it."""
+    """Read taskhook_transition_many's answer (also relayed by taskhook_receive_many) and
+    count it."""
     from_status = TaskStatus(row["from_status"]) if row["from_status"] else None
     if from_status is None:
         outcome = Outcome.NOT_FOUND

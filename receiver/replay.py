@@ -40,7 +40,7 @@ async def replay_delivery(rt: Runtime, delivery_row_id: int) -> ReplayResult:
         return ReplayResult(delivery_row_id, "rejected", exc.message)
     async with rt.pool.acquire() as conn:
         task = await queries.get_task(conn, task_id=row["task_id"], user_id=None)
-    # The receiver's checks (taskhook_receive) again: an operator may replay too early.
+    # The receiver's checks (taskhook_receive_many) again: an operator may replay too early.
     if task is None:
         return ReplayResult(delivery_row_id, "rejected", "its task no longer exists")
     if task.vendor != adapter.name:

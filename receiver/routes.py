@@ -1,7 +1,7 @@
 """POST /hooks/{vendor}/{token}: verify, dedupe, apply; answer fast, never download here.
 
 Order of checks: vendor (404), size (413), token (401), signature (401), timestamp (400),
-payload (400, kept as a dead letter), then the server-side function taskhook_receive, in a
+payload (400, kept as a dead letter), then the server-side function taskhook_receive_many, in a
 commit shared with the deliveries arriving meanwhile (db/group_commit.py): the inbox row, the
 task's checks (still at this vendor, the same job) and the transition commit together, so a
 delivery is stored exactly when its effect is. Unsigned vendors' callbacks stop short of the
@@ -131,7 +131,7 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
     move = move_for(update, vendor=adapter.name, poll_after=rt.settings.poll_after)
     progress = None if update.progress is None else max(0, min(100, update.progress))
     # One round trip, shared with the deliveries arriving meanwhile (db/group_commit.py):
-    # inbox row, task checks, transition and outcome (taskhook_receive).
+    # inbox row, task checks, transition and outcome (taskhook_receive_many).
     webhook = queries.InboundWebhook(
         vendor=adapter.name,
         delivery_id=delivery.delivery_id,
@@ -152,7 +152,7 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
         row = await rt.webhooks.submit(webhook)
     except asyncpg.UniqueViolationError:
         # The same delivery id committed for another task a moment ago; this copy's
-        # transition was rolled back with its inbox row (taskhook_receive).
+        # transition was rolled back with its inbox row (taskhook_receive_many).
         bound.info("webhook_duplicate")
         return "duplicate"
     except asyncpg.LockNotAvailableError:

@@ -6,7 +6,7 @@ and the vendor's next message for the same task arrived together and one got a 5
 foreign key takes KEY SHARE on the task row) and only then asks for FOR UPDATE on the task
 deadlocks with a concurrent one doing the same: each holds the lock the other waits for. The
 receiver must lock the task row before it writes anything that references the task (as
-``taskhook_receive`` does); here the other delivery is held half-way, deterministically.
+``taskhook_receive_many`` does); here the other delivery is held half-way, deterministically.
 """
 
 from __future__ import annotations

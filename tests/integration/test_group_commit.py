@@ -9,6 +9,7 @@ holding the first commit open while more callers arrive.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -259,6 +260,87 @@ async def test_one_batch_answers_every_kind_of_delivery_in_order(conn: Conn) -> 
     ]
     balance = await conn.fetchval("SELECT balance FROM users WHERE id = $1", user_id)
     assert balance == 10 - 4 + 1  # four charges, one refund
+
+
+async def test_one_batch_ends_several_tasks_of_one_user(conn: Conn) -> None:
+    """A batch moves its tasks in one statement: each user's row is updated once, by the sum
+    of their tasks' refunds and the count of their tasks that ended."""
+    user_id, _ = await make_user(conn, credits=10)
+    other_id, _ = await make_user(conn, credits=10)
+    a, b, c, d = [await make_task(conn, user_id, cost=2) for _ in range(4)]
+    theirs = await make_task(conn, other_id, cost=3)
+    failed = allowed_from(TaskStatus.FAILED)
+    storing = allowed_from(TaskStatus.STORING)
+    fail = {"to": "failed", "allowed_from": failed, "error": {"code": "vendor_failed"}}
+    batch = [
+        _webhook(a, "a1", **fail),
+        _webhook(theirs, "t1", **fail),
+        _webhook(b, "b1", **fail),
+        _webhook(c, "c1", progress=40),
+        _webhook(d, "d1", to="storing", allowed_from=storing, outputs=["https://x/1.png"]),
+    ]
+    rows = await queries.receive_webhooks(conn, batch)
+    assert [(r["status"], r["refunds"]) for r in rows] == [
+        ("failed", 1),
+        ("failed", 1),
+        ("failed", 1),
+        ("processing", 0),
+        ("storing", 0),
+    ]
+    mine = await conn.fetchrow("SELECT balance, active_tasks FROM users WHERE id = $1", user_id)
+    assert tuple(mine) == (10 - 4 * 2 + 2 * 2, 2)  # two refunds; c and d still live
+    their = await conn.fetchrow("SELECT balance, active_tasks FROM users WHERE id = $1", other_id)
+    assert tuple(their) == (10, 0)
+    refunds = await conn.fetch(
+        "SELECT task_id, amount FROM credit_ledger WHERE kind = 'refund' ORDER BY amount, task_id"
+    )
+    assert sorted((r["task_id"], r["amount"]) for r in refunds) == sorted(
+        [(a, 2), (b, 2), (theirs, 3)]
+    )
+
+
+async def test_every_task_a_batch_moves_is_notified(conn: Conn, db_url: str) -> None:
+    user_id, _ = await make_user(conn, credits=3)
+    tasks = [await make_task(conn, user_id) for _ in range(3)]
+    listener = await connect(db_url)
+    received: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener("taskhook_tasks", lambda *args: received.put_nowait(args[3]))
+    try:
+        batch = [_webhook(t, f"n{i}", progress=10 + i) for i, t in enumerate(tasks)]
+        rows = await queries.receive_webhooks(conn, batch)
+        assert [r["applied"] for r in rows] == [True, True, True]
+        payloads = [await asyncio.wait_for(received.get(), 5) for _ in tasks]
+    finally:
+        await listener.close()
+    assert sorted(json.loads(p)["id"] for p in payloads) == sorted(str(t) for t in tasks)
+    assert sorted(json.loads(p)["progress"] for p in payloads) == [10, 11, 12]
+
+
+async def test_the_transition_statement_takes_one_row_per_task(conn: Conn) -> None:
+    """Each row decides against its task's state before the statement, so two rows for one
+    task would both decide against the same state; the statement refuses them."""
+    user_id, _ = await make_user(conn, credits=1)
+    task_id = await make_task(conn, user_id)
+    with pytest.raises(asyncpg.RaiseError, match="one row per task"):
+        await conn.fetch(
+            """SELECT * FROM taskhook_transition_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                                                      $11, $12)""",
+            [task_id, task_id],
+            ["e1", "e2"],
+            ["failed", "canceled"],
+            ["pending", "pending"],
+            ["t", "t"],
+            [None, None],
+            [None, None],
+            [None, None],
+            [None, None],
+            [None, None],
+            [None, None],
+            [None, None],
+        )
+    assert await conn.fetchval("SELECT status::text FROM tasks WHERE id = $1", task_id) == (
+        "pending"
+    )
 
 
 async def test_a_delivery_id_raced_for_two_tasks_applies_to_one(

@@ -24,6 +24,10 @@ CATALOG = {
                    AND tablename <> 'schema_migrations'""",
     "enums": """SELECT t.typname, e.enumlabel, e.enumsortorder FROM pg_enum e
                   JOIN pg_type t ON t.oid = e.enumtypid""",
+    # Functions by signature, body and settings (schema.sql repeats the migrations' text).
+    "functions": """SELECT p.proname, pg_get_function_identity_arguments(p.oid), md5(p.prosrc),
+                           p.proconfig::text
+                      FROM pg_proc AS p WHERE p.pronamespace = 'public'::regnamespace""",
 }
 
 

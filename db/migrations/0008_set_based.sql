@@ -1,0 +1,301 @@
+-- 0008_set_based: the state machine and the receiver work on sets of rows, not one at a time.
+--
+-- A batch of webhooks (the receiver's group commit) used to run taskhook_receive, and so
+-- taskhook_transition, once per delivery: five or six statements each, every one with its
+-- executor start-up, for deliveries that touch different tasks. Now a batch is a few
+-- statements whatever its size: lock and classify, move (taskhook_transition_many), write
+-- the inbox rows and answer.
+--
+-- taskhook_transition_many is the state machine's one statement, for any number of tasks:
+-- db/transition.py calls it with one, the receiver with a batch. Its rows must name distinct
+-- tasks (each row decides against its task's state before the statement); a batch holding
+-- two deliveries for one task is applied in rounds, the second delivery after the first.
+
+DROP FUNCTION taskhook_receive_many(text[], text[], uuid[], text[], bytea[], boolean[], text[],
+                                    task_status[], text[], int[], text[], text[], text[],
+                                    timestamptz[]);
+DROP FUNCTION taskhook_receive(text, text, uuid, jsonb, bytea, boolean, text, task_status,
+                               task_status[], int, jsonb, jsonb, jsonb, timestamptz);
+DROP FUNCTION taskhook_transition(uuid, text, task_status, task_status[], text, int, text,
+                                  jsonb, jsonb, jsonb, jsonb, timestamptz);
+
+CREATE FUNCTION taskhook_transition_many(
+    p_task_id uuid[], p_event_key text[], p_to task_status[], p_allowed text[], p_cause text[],
+    p_progress int[], p_vendor_task_id text[], p_outputs text[], p_result text[],
+    p_error text[], p_detail text[], p_next_poll_at timestamptz[]
+) RETURNS TABLE (
+    ord int, from_status text, applied boolean, status text, progress int, refunds bigint,
+    ended bigint, notified bigint
+) LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+BEGIN
+    -- Per row: lock the task, record the event once, move it if the state machine allows
+    -- (allowed: db.states.ALLOWED_FROM, comma-joined; a same-state report applies only when
+    -- its progress grows), refund once when it fails or is canceled, and notify listeners.
+    -- Tasks are locked in id order, so two callers cannot deadlock on each other's tasks;
+    -- users are updated once each, in id order, with the sum of their tasks' refunds.
+    IF cardinality(p_task_id) > (SELECT count(DISTINCT t) FROM unnest(p_task_id) AS t) THEN
+        RAISE EXCEPTION 'taskhook_transition_many: one row per task';
+    END IF;
+    RETURN QUERY
+    WITH input AS (
+        SELECT *
+          FROM unnest(p_task_id, p_event_key, p_to, p_allowed, p_cause, p_progress,
+                      p_vendor_task_id, p_outputs, p_result, p_error, p_detail, p_next_poll_at)
+               WITH ORDINALITY AS u(task_id, event_key, to_status, allowed, cause, progress,
+                                    vendor_task_id, outputs, result, error, detail,
+                                    next_poll_at, n)
+    ), cur AS (
+        SELECT t.id, t.status, t.progress
+          FROM tasks AS t
+         WHERE t.id = ANY(p_task_id)
+         ORDER BY t.id
+           FOR UPDATE
+    ), decision AS (
+        SELECT i.*, c.status AS from_status,
+               (c.status = ANY(string_to_array(i.allowed, ',')::task_status[])
+                AND (c.status <> i.to_status OR COALESCE(i.progress, -1) > c.progress))
+                   AS applies
+          FROM input AS i JOIN cur AS c ON c.id = i.task_id
+    ), ev AS (
+        INSERT INTO task_events (task_id, event_key, from_status, to_status, applied, cause,
+                                 detail)
+        SELECT d.task_id, d.event_key, d.from_status, d.to_status, d.applies, d.cause,
+               d.detail::jsonb
+          FROM decision AS d
+        ON CONFLICT (task_id, event_key) DO NOTHING
+        RETURNING task_id, applied
+    ), moved AS (
+        UPDATE tasks AS t
+           SET status = CASE WHEN ev.applied THEN d.to_status ELSE t.status END,
+               progress = CASE
+                   WHEN NOT ev.applied THEN t.progress
+                   WHEN d.to_status = 'completed' THEN 100
+                   ELSE GREATEST(t.progress, COALESCE(d.progress, t.progress))
+               END,
+               vendor_task_id = COALESCE(t.vendor_task_id, d.vendor_task_id),
+               outputs = CASE WHEN ev.applied THEN COALESCE(d.outputs::jsonb, t.outputs)
+                              ELSE t.outputs END,
+               result = CASE WHEN ev.applied THEN COALESCE(d.result::jsonb, t.result)
+                             ELSE t.result END,
+               error = CASE WHEN ev.applied THEN COALESCE(d.error::jsonb, t.error)
+                            ELSE t.error END,
+               next_poll_at = CASE WHEN ev.applied THEN d.next_poll_at ELSE t.next_poll_at END,
+               next_attempt_at = CASE WHEN ev.applied THEN NULL ELSE t.next_attempt_at END,
+               lease_owner = CASE WHEN ev.applied THEN NULL ELSE t.lease_owner END,
+               lease_expires_at = CASE WHEN ev.applied THEN NULL ELSE t.lease_expires_at END,
+               updated_at = CASE WHEN ev.applied THEN now() ELSE t.updated_at END,
+               completed_at = CASE
+                   WHEN ev.applied AND d.to_status IN ('completed', 'failed', 'canceled')
+                       THEN now()
+                   ELSE t.completed_at
+               END
+          FROM decision AS d JOIN ev ON ev.task_id = d.task_id
+         WHERE t.id = d.task_id
+           AND (ev.applied OR (t.vendor_task_id IS NULL AND d.vendor_task_id IS NOT NULL))
+        RETURNING t.id, t.user_id, t.cost, t.status, t.progress, ev.applied
+    ), refund AS (
+        INSERT INTO credit_ledger (user_id, task_id, kind, amount)
+        SELECT m.user_id, m.id, 'refund', m.cost
+          FROM moved AS m
+         WHERE m.applied AND m.status IN ('failed', 'canceled')
+        ON CONFLICT (task_id, kind) WHERE task_id IS NOT NULL DO NOTHING
+        RETURNING user_id, task_id, amount
+    ), ending AS (
+        SELECT m.user_id, count(*) AS ended
+          FROM moved AS m
+         WHERE m.applied AND m.status IN ('completed', 'failed', 'canceled')
+         GROUP BY m.user_id
+    ), credited AS (
+        -- One update per user: their refunds (if any) and their live tasks that ended.
+        UPDATE users AS u
+           SET balance = u.balance + COALESCE((SELECT sum(r.amount) FROM refund AS r
+                                                WHERE r.user_id = u.id), 0),
+               active_tasks = u.active_tasks - e.ended
+          FROM (SELECT * FROM ending ORDER BY user_id) AS e
+         WHERE u.id = e.user_id
+        RETURNING u.id
+    ), notified AS (
+        SELECT m.id
+          FROM moved AS m
+         WHERE m.applied
+           AND pg_notify('taskhook_tasks',
+                         json_build_object('id', m.id, 'status', m.status,
+                                           'progress', m.progress)::text) IS NOT NULL
+    )
+    SELECT i.n::int,
+           d.from_status::text,
+           ev.applied,
+           m.status::text,
+           m.progress::int,
+           (r.task_id IS NOT NULL)::int::bigint,
+           COALESCE(m.applied AND m.status IN ('completed', 'failed', 'canceled')
+                    AND c.id IS NOT NULL, false)::int::bigint,
+           (x.id IS NOT NULL)::int::bigint
+      FROM input AS i
+      LEFT JOIN decision AS d ON d.n = i.n
+      LEFT JOIN ev ON ev.task_id = i.task_id
+      LEFT JOIN moved AS m ON m.id = i.task_id
+      LEFT JOIN refund AS r ON r.task_id = i.task_id
+      LEFT JOIN credited AS c ON c.id = m.user_id
+      LEFT JOIN notified AS x ON x.id = i.task_id;
+END
+$fn$;
+
+CREATE FUNCTION taskhook_receive_many(
+    p_vendor text[], p_delivery_id text[], p_task_id uuid[], p_headers text[],
+    p_body bytea[], p_signed boolean[], p_vendor_task_id text[], p_to task_status[],
+    p_allowed text[], p_progress int[], p_outputs text[], p_error text[], p_detail text[],
+    p_next_poll_at timestamptz[]
+) RETURNS TABLE (
+    ord int, verdict text, message text, trace_id text, from_status text, applied boolean,
+    status text, refunds bigint
+) LANGUAGE plpgsql AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_round int[];  -- per delivery: 1 for the first delivery to its task in the batch, 2 ...
+    v_rounds int;
+    r int;
+    c_n int[];  -- this round's deliveries (ordinals), their verdicts and what goes with them
+    c_verdict text[];
+    c_message text[];
+    c_trace text[];
+BEGIN
+    -- One batch of verified deliveries, each given exactly the work and answer it would get
+    -- alone, in one round trip and one commit. The arrays are parallel, one element per
+    -- delivery, `ord` says which answer is whose; JSON comes as text and `allowed` as a
+    -- comma-joined list (PostgreSQL arrays cannot be ragged).
+    --
+    -- A task's row lock held elsewhere must not keep a batch (and the receiver's commit
+    -- slot) waiting: after a second the call gives up (lock_not_available, all rolled back),
+    -- the caller applies each delivery alone (db/group_commit.py), and only the delivery for
+    -- the locked task fails, with a 503 its vendor retries.
+    PERFORM set_config('lock_timeout', '1s', true);
+    SELECT array_agg(s.rk ORDER BY s.n), max(s.rk) INTO v_round, v_rounds
+      FROM (SELECT u.n, row_number() OVER (PARTITION BY u.task_id ORDER BY u.n)::int AS rk
+              FROM unnest(p_task_id) WITH ORDINALITY AS u(task_id, n)) AS s;
+    FOR r IN 1 .. COALESCE(v_rounds, 0) LOOP
+        -- Lock this round's tasks (in id order) and judge each delivery. The lock comes
+        -- before everything else: the inbox row's foreign key takes KEY SHARE, and taking
+        -- FOR UPDATE after it would deadlock with a concurrent delivery for the same task;
+        -- it also serializes a task's deliveries, so the duplicate check sees any copy of
+        -- this one that committed before us.
+        WITH input AS (
+            SELECT *
+              FROM unnest(p_vendor, p_delivery_id, p_task_id, p_signed, p_vendor_task_id,
+                          v_round)
+                   WITH ORDINALITY AS u(vendor, delivery_id, task_id, signed, vendor_task_id,
+                                        rk, n)
+             WHERE u.rk = r
+        ), locked AS (
+            SELECT t.id, t.vendor, t.vendor_task_id, t.trace_id
+              FROM tasks AS t
+             WHERE t.id IN (SELECT i.task_id FROM input AS i)
+             ORDER BY t.id
+               FOR UPDATE
+        ), judged AS (
+            SELECT i.n::int AS n, t.trace_id,
+                   CASE
+                       WHEN t.id IS NULL THEN 'no_task'
+                       WHEN t.vendor <> i.vendor THEN 'moved'
+                       WHEN t.vendor_task_id <> i.vendor_task_id THEN 'rejected'
+                       WHEN EXISTS (SELECT FROM webhook_deliveries AS w
+                                     WHERE w.vendor = i.vendor
+                                       AND w.delivery_id = i.delivery_id) THEN 'duplicate'
+                       WHEN NOT i.signed THEN 'confirming'
+                       ELSE 'transition'
+                   END AS verdict,
+                   CASE
+                       WHEN t.vendor <> i.vendor
+                           THEN format('The task is served by %s now, not %s.', t.vendor,
+                                       i.vendor)
+                       WHEN t.vendor_task_id <> i.vendor_task_id
+                           THEN 'The payload''s job id does not match this callback''s task.'
+                   END AS message
+              FROM input AS i LEFT JOIN locked AS t ON t.id = i.task_id
+        )
+        SELECT array_agg(j.n ORDER BY j.n), array_agg(j.verdict ORDER BY j.n),
+               array_agg(j.message ORDER BY j.n), array_agg(j.trace_id ORDER BY j.n)
+          INTO c_n, c_verdict, c_message, c_trace
+          FROM judged AS j;
+
+        IF 'moved' = ANY(c_verdict) OR 'rejected' = ANY(c_verdict) THEN
+            -- Kept for forensics; 'moved': the task failed over to another vendor, whose
+            -- job this is not.
+            INSERT INTO webhook_deliveries (vendor, delivery_id, task_id, status, error,
+                                            headers, body)
+            SELECT p_vendor[c.n], p_delivery_id[c.n], p_task_id[c.n], 'rejected', c.message,
+                   p_headers[c.n]::jsonb, p_body[c.n]
+              FROM unnest(c_n, c_verdict, c_message) AS c(n, verdict, message)
+             WHERE c.verdict IN ('moved', 'rejected')
+             ORDER BY c.n
+            ON CONFLICT (vendor, delivery_id) DO NOTHING;
+        END IF;
+        IF 'confirming' = ANY(c_verdict) THEN
+            -- Unsigned vendors' callbacks are hints: due for a poll now, confirmed by the
+            -- caller from the vendor's API.
+            INSERT INTO webhook_deliveries (vendor, delivery_id, task_id, status, outcome,
+                                            headers, body)
+            SELECT p_vendor[c.n], p_delivery_id[c.n], p_task_id[c.n], 'accepted',
+                   'confirming', p_headers[c.n]::jsonb, p_body[c.n]
+              FROM unnest(c_n, c_verdict) AS c(n, verdict)
+             WHERE c.verdict = 'confirming'
+             ORDER BY c.n;
+            UPDATE tasks AS t SET next_poll_at = now()
+              FROM unnest(c_n, c_verdict) AS c(n, verdict)
+             WHERE c.verdict = 'confirming' AND t.id = p_task_id[c.n]
+               AND t.status IN ('submitted', 'processing');
+        END IF;
+
+        -- The moves, then the inbox rows, written once with what each delivery did. A plain
+        -- INSERT: the same delivery id arriving for another task at this moment (no shared
+        -- row lock) fails with unique_violation and takes the batch back with it; alone, the
+        -- later copy is then answered as a duplicate.
+        RETURN QUERY
+        WITH picked AS (
+            SELECT c.n, row_number() OVER (ORDER BY c.n) AS k
+              FROM unnest(c_n, c_verdict) AS c(n, verdict)
+             WHERE c.verdict = 'transition'
+        ), moved AS (
+            SELECT p.n, tr.*
+              FROM taskhook_transition_many(
+                       ARRAY(SELECT p_task_id[p.n] FROM picked AS p ORDER BY p.k),
+                       ARRAY(SELECT 'webhook:' || p_delivery_id[p.n] FROM picked AS p
+                              ORDER BY p.k),
+                       ARRAY(SELECT p_to[p.n] FROM picked AS p ORDER BY p.k),
+                       ARRAY(SELECT p_allowed[p.n] FROM picked AS p ORDER BY p.k),
+                       ARRAY(SELECT 'webhook'::text FROM picked AS p ORDER BY p.k),
+                       ARRAY(SELECT p_progress[p.n] FROM picked AS p ORDER BY p.k),
+                       ARRAY(SELECT p_vendor_task_id[p.n] FROM picked AS p ORDER BY p.k),
+                       ARRAY(SELECT p_outputs[p.n] FROM picked AS p ORDER BY p.k),
+                       ARRAY(SELECT NULL::text FROM picked AS p ORDER BY p.k),
+                       ARRAY(SELECT p_error[p.n] FROM picked AS p ORDER BY p.k),
+                       ARRAY(SELECT p_detail[p.n] FROM picked AS p ORDER BY p.k),
+                       ARRAY(SELECT p_next_poll_at[p.n] FROM picked AS p ORDER BY p.k)
+                   ) AS tr
+              JOIN picked AS p ON p.k = tr.ord
+        ), inbox AS (
+            INSERT INTO webhook_deliveries (vendor, delivery_id, task_id, status, outcome,
+                                            headers, body)
+            SELECT p_vendor[m.n], p_delivery_id[m.n], p_task_id[m.n], 'accepted',
+                   CASE WHEN m.from_status IS NULL THEN 'not_found'
+                        WHEN m.applied IS NULL THEN 'duplicate'
+                        WHEN m.applied THEN 'applied'
+                        ELSE 'stale' END,
+                   p_headers[m.n]::jsonb, p_body[m.n]
+              FROM moved AS m
+             ORDER BY m.n
+        )
+        SELECT c.n, c.verdict, c.message, c.trace_id, m.from_status, m.applied, m.status,
+               COALESCE(m.refunds, 0)
+          FROM unnest(c_n, c_verdict, c_message, c_trace) AS c(n, verdict, message, trace_id)
+          LEFT JOIN moved AS m ON m.n = c.n;
+    END LOOP;
+END
+$fn$;
+
+-- Generic plans, made once per session: the arrays' sizes vary from call to call, and left to
+-- choose, PostgreSQL kept planning these statements afresh on every call (custom plans
+-- estimated cheaper for small arrays), which cost more than running them.
+ALTER FUNCTION taskhook_transition_many SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION taskhook_receive_many SET plan_cache_mode = force_generic_plan;
