@@ -6,6 +6,11 @@ one batch is committing, the deliveries that arrive queue up and go together in 
 an idle receiver commits each delivery at once (no timer, no added latency), a busy one
 commits them in batches as large as the load makes them.
 
+One batch is in flight at a time: a second one beside it would halve both batches and compete
+with it for the same cores, and measured slower. But a batch that takes much longer than usual
+(waiting on a row lock, a slow disk) must not hold up everything queued behind it, so once the
+newest batch in flight has run for `stall` seconds, another may start, up to `concurrency`.
+
 Nothing is answered before its batch commits, so a crash loses only unanswered work that the
 vendor retries; no state lives here beyond the requests in flight. A batch is one transaction:
 if the database refuses it for one delivery's sake (a constraint, a deadlock with another
@@ -40,23 +45,27 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 class GroupCommit(Generic[T, R]):
     """Calls `run(conn, items)` (one transaction, one answer per item, in order) for batches
-    of the items callers `submit`, with at most `concurrency` batches in flight."""
+    of the items callers `submit`: one batch in flight, more (up to `concurrency`) only while
+    those in flight have all run longer than `stall` seconds."""
 
     def __init__(
         self,
         pool: asyncpg.Pool[Any],
         run: Callable[[Conn, Sequence[T]], Awaitable[Sequence[R]]],
         *,
-        concurrency: int = 2,
+        concurrency: int = 4,
+        stall: float = 0.05,
         max_batch: int = 64,
         on_commit: Callable[[int], object] | None = None,
     ) -> None:
         self._pool = pool
         self._run = run
         self._concurrency = concurrency
+        self._stall = stall
         self._max_batch = max_batch
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
-        self._running = 0  # batches holding a slot
+        self._started: list[float] = []  # when each batch in flight started (loop time)
+        self._timer: asyncio.TimerHandle | None = None  # a check when the newest stalls
         self._tasks: set[asyncio.Task[None]] = set()  # strong references until done
         self._on_commit = on_commit  # told each batch's size (a metric)
 
@@ -67,15 +76,28 @@ class GroupCommit(Generic[T, R]):
         return await future
 
     def _start(self) -> None:
-        while self._queue and self._running < self._concurrency:
+        loop = asyncio.get_running_loop()
+        while self._queue and self._may_start(loop.time()):
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
-            self._running += 1
-            task = asyncio.create_task(self._commit(batch))
+            started = loop.time()
+            self._started.append(started)
+            task = asyncio.create_task(self._commit(batch, started))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if self._queue and self._timer is None and len(self._started) < self._concurrency:
+            self._timer = loop.call_at(max(self._started) + self._stall, self._stalled)
 
-    async def _commit(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    def _may_start(self, now: float) -> bool:
+        if not self._started:
+            return True
+        return len(self._started) < self._concurrency and now - max(self._started) >= self._stall
+
+    def _stalled(self) -> None:
+        self._timer = None
+        self._start()
+
+    async def _commit(self, batch: list[tuple[T, asyncio.Future[R]]], started: float) -> None:
         try:
             answers = await self._answers(batch)
         except BaseException as exc:
@@ -85,7 +107,7 @@ class GroupCommit(Generic[T, R]):
             # The slot is free: what queued during this commit goes to the database now,
             # before this batch's callers are woken to write their responses. Waking them
             # first would leave the database idle for as long as that takes.
-            self._running -= 1
+            self._started.remove(started)
             self._start()
             for (_, future), answer in zip(batch, answers, strict=True):
                 if future.done():  # the caller has gone (client disconnect)

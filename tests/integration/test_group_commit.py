@@ -90,7 +90,7 @@ async def test_callers_arriving_during_a_commit_share_the_next_one(pool: Any) ->
 
 async def test_batches_are_capped_and_run_side_by_side(pool: Any) -> None:
     run = _Held()
-    group = GroupCommit(pool, run, concurrency=2, max_batch=3)
+    group = GroupCommit(pool, run, concurrency=2, stall=0, max_batch=3)
     first = asyncio.create_task(group.submit(1))
     await asyncio.wait_for(run.started.wait(), timeout=5)
     # The second slot is free: the next caller commits at once, beside the held one.
@@ -102,6 +102,28 @@ async def test_batches_are_capped_and_run_side_by_side(pool: Any) -> None:
     await asyncio.gather(*queued)
     assert run.calls[:2] == [[1], [2]]
     assert sorted(len(c) for c in run.calls[2:]) == [1, 3, 3]
+
+
+async def test_one_batch_in_flight_until_it_stalls(pool: Any) -> None:
+    """A second batch beside the first only once the first has run for `stall` seconds: a
+    batch stuck on a lock must not hold up the callers queued behind it."""
+    run = _Held()
+    group = GroupCommit(pool, run, concurrency=2, stall=0.5)
+    first = asyncio.create_task(group.submit(1))
+    try:
+        await asyncio.wait_for(run.started.wait(), timeout=5)
+        waiting = asyncio.create_task(group.submit(2))
+        await asyncio.sleep(0)
+        assert run.calls == [[1]]  # not yet: the first has only just started
+        assert await asyncio.wait_for(waiting, timeout=5) == 0.5  # beside the held first
+        assert not first.done()
+        # Only the stalled batch is in flight now: the next caller need not wait for it.
+        assert await asyncio.wait_for(group.submit(4), timeout=5) == 0.25
+        assert not first.done()
+    finally:
+        run.release.set()
+    assert await first == 1.0
+    assert run.calls == [[1], [2], [4]]
 
 
 async def test_a_refused_batch_is_retried_one_by_one(pool: Any) -> None:
