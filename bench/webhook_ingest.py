@@ -668,12 +668,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rounds", type=int, default=3, help="ceiling/fresh/duplicate rounds, medians reported"
     )
     parser.add_argument("--warmup", type=float, default=2.0, help="load before the window")
-    parser.add_argument("--tasks", type=int, default=4000, help="tasks the webhooks spread over")
+    parser.add_argument("--tasks", type=int, default=8000, help="tasks the webhooks spread over")
     parser.add_argument(
         "--concurrency", type=int, nargs="+", default=[16, 64], help="connections per run"
     )
     parser.add_argument(
-        "--max-requests", type=int, default=30000, help="pre-built fresh requests per run"
+        "--max-requests", type=int, default=60000, help="pre-built fresh requests per run"
     )
     parser.add_argument("--profile", help="directory for a py-spy profile of fresh c16")
     parser.add_argument(

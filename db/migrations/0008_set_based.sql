@@ -153,40 +153,54 @@ CREATE FUNCTION taskhook_receive_many(
 ) LANGUAGE plpgsql AS $fn$
 #variable_conflict use_column
 DECLARE
-    v_round int[];  -- per delivery: 1 for the first delivery to its task in the batch, 2 ...
-    v_rounds int;
-    r int;
-    c_n int[];  -- this round's deliveries (ordinals), their verdicts and what goes with them
+    v_rounds int := 1;  -- the most deliveries the batch holds for one task
+    r int := 0;
+    -- This round's deliveries (ordinals), their verdicts and what goes with them.
+    c_n int[];
     c_verdict text[];
     c_message text[];
     c_trace text[];
+    -- The round's deliveries that move their task: taskhook_transition_many's arguments.
+    m_n int[];
+    m_task uuid[];
+    m_key text[];
+    m_to task_status[];
+    m_allowed text[];
+    m_cause text[];
+    m_progress int[];
+    m_vendor_task_id text[];
+    m_outputs text[];
+    m_result text[];
+    m_error text[];
+    m_detail text[];
+    m_next_poll_at timestamptz[];
 BEGIN
     -- One batch of verified deliveries, each given exactly the work and answer it would get
     -- alone, in one round trip and one commit. The arrays are parallel, one element per
     -- delivery, `ord` says which answer is whose; JSON comes as text and `allowed` as a
-    -- comma-joined list (PostgreSQL arrays cannot be ragged).
+    -- comma-joined list (PostgreSQL arrays cannot be ragged). A batch holding n deliveries
+    -- for one task runs in n rounds, each taking the next delivery of every task.
     --
     -- A task's row lock held elsewhere must not keep a batch (and the receiver's commit
     -- slot) waiting: after a second the call gives up (lock_not_available, all rolled back),
     -- the caller applies each delivery alone (db/group_commit.py), and only the delivery for
     -- the locked task fails, with a 503 its vendor retries.
     PERFORM set_config('lock_timeout', '1s', true);
-    SELECT array_agg(s.rk ORDER BY s.n), max(s.rk) INTO v_round, v_rounds
-      FROM (SELECT u.n, row_number() OVER (PARTITION BY u.task_id ORDER BY u.n)::int AS rk
-              FROM unnest(p_task_id) WITH ORDINALITY AS u(task_id, n)) AS s;
-    FOR r IN 1 .. COALESCE(v_rounds, 0) LOOP
+    WHILE r < v_rounds LOOP
+        r := r + 1;
         -- Lock this round's tasks (in id order) and judge each delivery. The lock comes
         -- before everything else: the inbox row's foreign key takes KEY SHARE, and taking
         -- FOR UPDATE after it would deadlock with a concurrent delivery for the same task;
         -- it also serializes a task's deliveries, so the duplicate check sees any copy of
-        -- this one that committed before us.
-        WITH input AS (
-            SELECT *
-              FROM unnest(p_vendor, p_delivery_id, p_task_id, p_signed, p_vendor_task_id,
-                          v_round)
+        -- this one that committed before us. (Every array_agg of one query sees the rows in
+        -- the same order, so the arrays stay parallel.)
+        WITH ranked AS (
+            SELECT u.*, row_number() OVER (PARTITION BY u.task_id ORDER BY u.n)::int AS rk
+              FROM unnest(p_vendor, p_delivery_id, p_task_id, p_signed, p_vendor_task_id)
                    WITH ORDINALITY AS u(vendor, delivery_id, task_id, signed, vendor_task_id,
-                                        rk, n)
-             WHERE u.rk = r
+                                        n)
+        ), input AS (
+            SELECT * FROM ranked WHERE ranked.rk = r
         ), locked AS (
             SELECT t.id, t.vendor, t.vendor_task_id, t.trace_id
               FROM tasks AS t
@@ -214,9 +228,9 @@ BEGIN
                    END AS message
               FROM input AS i LEFT JOIN locked AS t ON t.id = i.task_id
         )
-        SELECT array_agg(j.n ORDER BY j.n), array_agg(j.verdict ORDER BY j.n),
-               array_agg(j.message ORDER BY j.n), array_agg(j.trace_id ORDER BY j.n)
-          INTO c_n, c_verdict, c_message, c_trace
+        SELECT array_agg(j.n), array_agg(j.verdict), array_agg(j.message),
+               array_agg(j.trace_id), (SELECT max(x.rk) FROM ranked AS x)
+          INTO c_n, c_verdict, c_message, c_trace, v_rounds
           FROM judged AS j;
 
         IF 'moved' = ANY(c_verdict) OR 'rejected' = ANY(c_verdict) THEN
@@ -247,33 +261,35 @@ BEGIN
                AND t.status IN ('submitted', 'processing');
         END IF;
 
+        IF NOT 'transition' = ANY(c_verdict) THEN
+            RETURN QUERY
+            SELECT c.n, c.verdict, c.message, c.trace_id, NULL::text, NULL::boolean,
+                   NULL::text, 0::bigint
+              FROM unnest(c_n, c_verdict, c_message, c_trace)
+                   AS c(n, verdict, message, trace_id);
+            CONTINUE;
+        END IF;
+        SELECT array_agg(c.n), array_agg(p_task_id[c.n]),
+               array_agg('webhook:' || p_delivery_id[c.n]), array_agg(p_to[c.n]),
+               array_agg(p_allowed[c.n]), array_agg('webhook'::text),
+               array_agg(p_progress[c.n]), array_agg(p_vendor_task_id[c.n]),
+               array_agg(p_outputs[c.n]), array_agg(NULL::text), array_agg(p_error[c.n]),
+               array_agg(p_detail[c.n]), array_agg(p_next_poll_at[c.n])
+          INTO m_n, m_task, m_key, m_to, m_allowed, m_cause, m_progress, m_vendor_task_id,
+               m_outputs, m_result, m_error, m_detail, m_next_poll_at
+          FROM unnest(c_n, c_verdict) AS c(n, verdict)
+         WHERE c.verdict = 'transition';
         -- The moves, then the inbox rows, written once with what each delivery did. A plain
         -- INSERT: the same delivery id arriving for another task at this moment (no shared
         -- row lock) fails with unique_violation and takes the batch back with it; alone, the
         -- later copy is then answered as a duplicate.
         RETURN QUERY
-        WITH picked AS (
-            SELECT c.n, row_number() OVER (ORDER BY c.n) AS k
-              FROM unnest(c_n, c_verdict) AS c(n, verdict)
-             WHERE c.verdict = 'transition'
-        ), moved AS (
-            SELECT p.n, tr.*
-              FROM taskhook_transition_many(
-                       ARRAY(SELECT p_task_id[p.n] FROM picked AS p ORDER BY p.k),
-                       ARRAY(SELECT 'webhook:' || p_delivery_id[p.n] FROM picked AS p
-                              ORDER BY p.k),
-                       ARRAY(SELECT p_to[p.n] FROM picked AS p ORDER BY p.k),
-                       ARRAY(SELECT p_allowed[p.n] FROM picked AS p ORDER BY p.k),
-                       ARRAY(SELECT 'webhook'::text FROM picked AS p ORDER BY p.k),
-                       ARRAY(SELECT p_progress[p.n] FROM picked AS p ORDER BY p.k),
-                       ARRAY(SELECT p_vendor_task_id[p.n] FROM picked AS p ORDER BY p.k),
-                       ARRAY(SELECT p_outputs[p.n] FROM picked AS p ORDER BY p.k),
-                       ARRAY(SELECT NULL::text FROM picked AS p ORDER BY p.k),
-                       ARRAY(SELECT p_error[p.n] FROM picked AS p ORDER BY p.k),
-                       ARRAY(SELECT p_detail[p.n] FROM picked AS p ORDER BY p.k),
-                       ARRAY(SELECT p_next_poll_at[p.n] FROM picked AS p ORDER BY p.k)
-                   ) AS tr
-              JOIN picked AS p ON p.k = tr.ord
+        WITH moved AS (
+            SELECT m_n[tr.ord] AS n, tr.*
+              FROM taskhook_transition_many(m_task, m_key, m_to, m_allowed, m_cause,
+                                            m_progress, m_vendor_task_id, m_outputs,
+                                            m_result, m_error, m_detail, m_next_poll_at)
+                   AS tr
         ), inbox AS (
             INSERT INTO webhook_deliveries (vendor, delivery_id, task_id, status, outcome,
                                             headers, body)
