@@ -8,8 +8,10 @@ one-INSERT statement of webhook_ingest.py's ceiling app:
 * ``ceiling``: ``INSERT INTO ceiling_hits (body) VALUES ($1)``;
 * ``inbox``: the inbox row of a delivery (webhook_deliveries, with its body);
 * ``update``: a bare progress UPDATE of a task;
-* ``transition``: taskhook_transition (the state machine's one statement) moving progress;
-* ``receive``: taskhook_receive, a fresh webhook's whole database work (inbox + transition);
+* ``transition``: taskhook_transition_many (the state machine's one statement) moving one
+  task's progress;
+* ``receive``: taskhook_receive_many with one delivery, a fresh webhook's whole database work
+  (inbox + transition);
 * ``receive8``: the same for 8 webhooks in one call and one commit, as the receiver's group
   commit sends them under load (counted per webhook).
 
@@ -27,6 +29,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,13 @@ CONNECTIONS = 16
 BATCH = 8
 BODY = json.dumps({"id": "p", "status": "processing", "logs": "x" * 600}).encode()
 PROCESSING = allowed_from(TaskStatus.PROCESSING)
+
+
+def _next_poll() -> datetime:
+    # What the receiver passes for a "processing" report (TASKHOOK_POLL_AFTER, default 15 s):
+    # the indexed next_poll_at moves, so the task's new row version is not a HOT update.
+    return datetime.now(UTC) + timedelta(seconds=15)
+
 
 Statement = Callable[[Any, uuid.UUID, str, int], Awaitable[object]]
 TASKS: list[tuple[uuid.UUID, str]] = []  # (task id, vendor job id), filled by main()
@@ -85,7 +95,7 @@ async def transition(conn: Any, task_id: uuid.UUID, vid: str, n: int) -> object:
         result=None,
         error=None,
         detail={},
-        next_poll_at=None,
+        next_poll_at=_next_poll(),
     )
 
 
@@ -104,7 +114,7 @@ def _webhook(task_id: uuid.UUID, vid: str, n: int) -> queries.InboundWebhook:
         outputs=None,
         error=None,
         detail={},
-        next_poll_at=None,
+        next_poll_at=_next_poll(),
     )
 
 
