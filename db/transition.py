@@ -8,6 +8,7 @@ errors.
 from __future__ import annotations
 
 import enum
+import functools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -82,12 +83,14 @@ async def transition(
     return result_of(row, to)
 
 
-def allowed_from(to: TaskStatus) -> list[str]:
-    """The states a move to `to` may start from, as the SQL function takes them."""
+@functools.cache
+def allowed_from(to: TaskStatus) -> tuple[str, ...]:
+    """The states a move to `to` may start from, as the SQL function takes them (computed
+    once per state: the receiver asks for every webhook)."""
     allowed = set(ALLOWED_FROM[to])
     if to in PROGRESS_STATES:
         allowed.add(to)
-    return sorted(s.value for s in allowed)
+    return tuple(sorted(s.value for s in allowed))
 
 
 def result_of(row: Record, to: TaskStatus) -> TransitionResult:
