@@ -21,52 +21,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import sys
 import time
-import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from db import queries
 from db.pool import connect
-from db.states import TaskStatus
-from db.transition import allowed_from
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seeding import fresh_database, insert_submitted_tasks
+from seeding import REPORT_BODY, fresh_database, insert_submitted_tasks, processing_report
 
-BODY = json.dumps({"id": "p", "status": "processing", "logs": "x" * 600}).encode()
-HEADERS = {
-    "content-type": "application/json",
-    "user-agent": "bench",
-    "webhook-id": "msg_" + "x" * 24,
-    "webhook-timestamp": "1700000000",
-    "webhook-signature": "v1," + "a" * 44,
-}
-PROCESSING = allowed_from(TaskStatus.PROCESSING)
 CEILING_SQL = "INSERT INTO ceiling_hits (body) VALUES ($1)"
-
-
-def _webhook(task: tuple[uuid.UUID, str], n: int, tasks: int) -> queries.InboundWebhook:
-    task_id, vendor_task_id = task
-    return queries.InboundWebhook(
-        vendor="replicate",
-        delivery_id=f"msg_{n}",
-        task_id=task_id,
-        headers=HEADERS,
-        body=BODY,
-        signed=True,
-        vendor_task_id=vendor_task_id,
-        to="processing",
-        allowed_from=PROCESSING,
-        progress=1 + n // tasks,  # grows by one each time the round-robin comes back
-        outputs=None,
-        error=None,
-        detail={"vendor": "replicate", "vendor_status": "processing"},
-        next_poll_at=datetime.now(UTC) + timedelta(seconds=15),  # TASKHOOK_POLL_AFTER
-    )
 
 
 async def _wal(conn: Any) -> tuple[int, int]:
@@ -85,7 +51,7 @@ async def main(seconds: float, sizes: list[int], task_count: int) -> None:
             start = time.perf_counter()
             calls = 0
             while time.perf_counter() - start < seconds:
-                await conn.execute(CEILING_SQL, BODY)
+                await conn.execute(CEILING_SQL, REPORT_BODY)
                 calls += 1
             ceiling = calls / (time.perf_counter() - start)
             print(f"ceiling INSERT: {1e6 / ceiling:.0f} us per commit, {ceiling:.0f}/s")
@@ -97,7 +63,16 @@ async def main(seconds: float, sizes: list[int], task_count: int) -> None:
                     batch = []
                     for _ in range(size):
                         n = next(numbers)
-                        batch.append(_webhook(tasks[n % len(tasks)], n, len(tasks)))
+                        task_id, vendor_task_id = tasks[n % len(tasks)]
+                        # progress grows by one each time the round-robin comes back
+                        batch.append(
+                            processing_report(
+                                task_id,
+                                vendor_task_id,
+                                delivery_id=f"msg_{n}",
+                                progress=1 + n // len(tasks),
+                            )
+                        )
                     rows = await queries.receive_webhooks(conn, batch)
                     assert all(r["applied"] for r in rows), "every delivery must apply"
                     calls += 1

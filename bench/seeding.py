@@ -1,4 +1,4 @@
-"""A fresh database and tasks for benchmarks, made through the product's own queries.
+"""A fresh database, tasks and webhooks for benchmarks, made through the product's own queries.
 
 Each worker connection has its own user, so charges do not queue on one user row, and commits
 in batches. The tasks are `submitted` with the given vendor ids and due for a poll now.
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -21,10 +22,43 @@ from db import queries
 from db.migrate import migrate
 from db.pool import connect, dsn_for_database
 from db.states import TaskStatus
-from db.transition import transition
+from db.transition import allowed_from, transition
 from taskhook.users import create_user
 
 BATCH = 250
+POLL_AFTER = timedelta(seconds=15)  # TASKHOOK_POLL_AFTER's default
+REPORT_BODY = json.dumps({"id": "p", "status": "processing", "logs": "x" * 600}).encode()
+REPORT_HEADERS = {
+    "content-type": "application/json",
+    "user-agent": "bench",
+    "webhook-id": "msg_" + "x" * 24,
+    "webhook-timestamp": "1700000000",
+    "webhook-signature": "v1," + "a" * 44,
+}
+
+
+def processing_report(
+    task_id: uuid.UUID, vendor_task_id: str, *, delivery_id: str, progress: int
+) -> queries.InboundWebhook:
+    """A verified Replicate "processing" delivery as the receiver hands it to the database,
+    with the poll it pushes out: the task's indexed next_poll_at moves, as it does for real,
+    so the task's new row version is not a HOT update."""
+    return queries.InboundWebhook(
+        vendor="replicate",
+        delivery_id=delivery_id,
+        task_id=task_id,
+        headers=REPORT_HEADERS,
+        body=REPORT_BODY,
+        signed=True,
+        vendor_task_id=vendor_task_id,
+        to="processing",
+        allowed_from=allowed_from(TaskStatus.PROCESSING),
+        progress=progress,
+        outputs=None,
+        error=None,
+        detail={"vendor": "replicate", "vendor_status": "processing"},
+        next_poll_at=datetime.now(UTC) + POLL_AFTER,
+    )
 
 
 @contextlib.asynccontextmanager

@@ -24,12 +24,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +38,18 @@ from db.states import TaskStatus
 from db.transition import allowed_from
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seeding import fresh_database, insert_submitted_tasks
+from seeding import (
+    POLL_AFTER,
+    REPORT_BODY,
+    fresh_database,
+    insert_submitted_tasks,
+    processing_report,
+)
 
 CONNECTIONS = 16
 BATCH = 8
-BODY = json.dumps({"id": "p", "status": "processing", "logs": "x" * 600}).encode()
+BODY = REPORT_BODY
 PROCESSING = allowed_from(TaskStatus.PROCESSING)
-
-
-def _next_poll() -> datetime:
-    # What the receiver passes for a "processing" report (TASKHOOK_POLL_AFTER, default 15 s):
-    # the indexed next_poll_at moves, so the task's new row version is not a HOT update.
-    return datetime.now(UTC) + timedelta(seconds=15)
 
 
 Statement = Callable[[Any, uuid.UUID, str, int], Awaitable[object]]
@@ -95,27 +94,12 @@ async def transition(conn: Any, task_id: uuid.UUID, vid: str, n: int) -> object:
         result=None,
         error=None,
         detail={},
-        next_poll_at=_next_poll(),
+        next_poll_at=datetime.now(UTC) + POLL_AFTER,
     )
 
 
 def _webhook(task_id: uuid.UUID, vid: str, n: int) -> queries.InboundWebhook:
-    return queries.InboundWebhook(
-        vendor="replicate",
-        delivery_id=f"r{n}",
-        task_id=task_id,
-        headers={"webhook-id": "x"},
-        body=BODY,
-        signed=True,
-        vendor_task_id=vid,
-        to="processing",
-        allowed_from=PROCESSING,
-        progress=n // 2000 % 100,
-        outputs=None,
-        error=None,
-        detail={},
-        next_poll_at=_next_poll(),
-    )
+    return processing_report(task_id, vid, delivery_id=f"r{n}", progress=n // 2000 % 100)
 
 
 async def receive(conn: Any, task_id: uuid.UUID, vid: str, n: int) -> object:
