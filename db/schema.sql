@@ -141,7 +141,8 @@ SELECT t.id, t.user_id, t.vendor, t.model, COALESCE(t.vendor_model, t.model) AS 
            AS refunded
   FROM tasks AS t;
 
--- The state machine's one statement and a batch of webhooks' whole database work (0008).
+-- The state machine's one statement and a batch of webhooks' whole database work (0008);
+-- taskhook_transition is the previous release's entry point, a wrapper.
 CREATE FUNCTION taskhook_transition_many(
     p_task_id uuid[], p_event_key text[], p_to task_status[], p_allowed text[], p_cause text[],
     p_progress int[], p_vendor_task_id text[], p_outputs text[], p_result text[],
@@ -263,6 +264,22 @@ BEGIN
       LEFT JOIN credited AS c ON c.id = m.user_id
       LEFT JOIN notified AS x ON x.id = i.task_id;
 END
+$fn$;
+
+CREATE FUNCTION taskhook_transition(
+    p_task_id uuid, p_event_key text, p_to task_status, p_allowed task_status[], p_cause text,
+    p_progress int, p_vendor_task_id text, p_outputs jsonb, p_result jsonb, p_error jsonb,
+    p_detail jsonb, p_next_poll_at timestamptz
+) RETURNS TABLE (
+    from_status text, applied boolean, status text, progress int, refunds bigint, ended bigint,
+    notified bigint
+) LANGUAGE sql AS $fn$
+    SELECT t.from_status, t.applied, t.status, t.progress, t.refunds, t.ended, t.notified
+      FROM taskhook_transition_many(
+               ARRAY[p_task_id], ARRAY[p_event_key], ARRAY[p_to],
+               ARRAY[array_to_string(p_allowed, ',')], ARRAY[p_cause], ARRAY[p_progress],
+               ARRAY[p_vendor_task_id], ARRAY[p_outputs::text], ARRAY[p_result::text],
+               ARRAY[p_error::text], ARRAY[p_detail::text], ARRAY[p_next_poll_at]) AS t
 $fn$;
 
 CREATE FUNCTION taskhook_receive_many(

@@ -10,14 +10,14 @@
 -- db/transition.py calls it with one, the receiver with a batch. Its rows must name distinct
 -- tasks (each row decides against its task's state before the statement); a batch holding
 -- two deliveries for one task is applied in rounds, the second delivery after the first.
+--
+-- The Procfile's release phase migrates while the previous release's processes still run,
+-- and they call taskhook_transition and taskhook_receive_many until they are replaced. So
+-- taskhook_receive_many keeps its signature and answer, and taskhook_transition stays, as a
+-- wrapper with no rules of its own (a later migration may drop it).
 
-DROP FUNCTION taskhook_receive_many(text[], text[], uuid[], text[], bytea[], boolean[], text[],
-                                    task_status[], text[], int[], text[], text[], text[],
-                                    timestamptz[]);
 DROP FUNCTION taskhook_receive(text, text, uuid, jsonb, bytea, boolean, text, task_status,
                                task_status[], int, jsonb, jsonb, jsonb, timestamptz);
-DROP FUNCTION taskhook_transition(uuid, text, task_status, task_status[], text, int, text,
-                                  jsonb, jsonb, jsonb, jsonb, timestamptz);
 
 CREATE FUNCTION taskhook_transition_many(
     p_task_id uuid[], p_event_key text[], p_to task_status[], p_allowed text[], p_cause text[],
@@ -142,7 +142,23 @@ BEGIN
 END
 $fn$;
 
-CREATE FUNCTION taskhook_receive_many(
+CREATE OR REPLACE FUNCTION taskhook_transition(
+    p_task_id uuid, p_event_key text, p_to task_status, p_allowed task_status[], p_cause text,
+    p_progress int, p_vendor_task_id text, p_outputs jsonb, p_result jsonb, p_error jsonb,
+    p_detail jsonb, p_next_poll_at timestamptz
+) RETURNS TABLE (
+    from_status text, applied boolean, status text, progress int, refunds bigint, ended bigint,
+    notified bigint
+) LANGUAGE sql AS $fn$
+    SELECT t.from_status, t.applied, t.status, t.progress, t.refunds, t.ended, t.notified
+      FROM taskhook_transition_many(
+               ARRAY[p_task_id], ARRAY[p_event_key], ARRAY[p_to],
+               ARRAY[array_to_string(p_allowed, ',')], ARRAY[p_cause], ARRAY[p_progress],
+               ARRAY[p_vendor_task_id], ARRAY[p_outputs::text], ARRAY[p_result::text],
+               ARRAY[p_error::text], ARRAY[p_detail::text], ARRAY[p_next_poll_at]) AS t
+$fn$;
+
+CREATE OR REPLACE FUNCTION taskhook_receive_many(
     p_vendor text[], p_delivery_id text[], p_task_id uuid[], p_headers text[],
     p_body bytea[], p_signed boolean[], p_vendor_task_id text[], p_to task_status[],
     p_allowed text[], p_progress int[], p_outputs text[], p_error text[], p_detail text[],
