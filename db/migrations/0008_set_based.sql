@@ -32,8 +32,11 @@ BEGIN
     -- Per row: lock the task, record the event once, move it if the state machine allows
     -- (allowed: db.states.ALLOWED_FROM, comma-joined; a same-state report applies only when
     -- its progress grows), refund once when it fails or is canceled, and notify listeners.
-    -- Tasks are locked in id order, so two callers cannot deadlock on each other's tasks;
-    -- users are updated once each, in id order, with the sum of their tasks' refunds.
+    -- Tasks are locked in id order, so two callers cannot deadlock on each other's tasks.
+    -- Users are updated once each, with the sum of their tasks' refunds, and visited in id
+    -- order by the plan PostgreSQL picks for a batch's few rows; were another plan ever to
+    -- deadlock with a concurrent caller, PostgreSQL breaks it and the receiver retries its
+    -- batch one delivery at a time.
     IF cardinality(p_task_id) > (SELECT count(DISTINCT t) FROM unnest(p_task_id) AS t) THEN
         RAISE EXCEPTION 'taskhook_transition_many: one row per task';
     END IF;
