@@ -237,9 +237,12 @@ SELECT status::text AS status, count(*) AS n FROM tasks GROUP BY status;
 
 -- claim_due_polls --
 -- Live tasks with no news from the vendor for a while. The new next_poll_at is the lease: two
--- reconcilers never poll the same task in one round, and a crashed one's claim lapses.
+-- reconcilers never poll the same task in one round, and a crashed one's claim lapses. A task
+-- whose latest news asked for a later date (poll_not_before: progress reports leave the
+-- indexed next_poll_at alone) is not polled but moved to that date ("deferred").
 UPDATE tasks
-   SET next_poll_at = now() + make_interval(secs => $2)
+   SET next_poll_at = CASE WHEN poll_not_before > now() THEN poll_not_before
+                           ELSE now() + make_interval(secs => $2) END
  WHERE id IN (SELECT id FROM tasks
                WHERE status IN ('submitted', 'processing') AND next_poll_at <= now()
                  AND vendor = $3
@@ -247,7 +250,7 @@ UPDATE tasks
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)
 RETURNING id, vendor, vendor_task_id, COALESCE(vendor_model, model) AS vendor_model, deadline_at,
-          updated_at, trace_id;
+          updated_at, trace_id, COALESCE(poll_not_before > now(), false) AS deferred;
 
 -- claim_overdue --
 -- Tasks not yet at the vendor's finish line whose deadline passed (storing is the worker's).
@@ -266,11 +269,12 @@ RETURNING id, vendor, vendor_task_id, COALESCE(vendor_model, model) AS vendor_mo
 
 -- poll_now --
 -- An unsigned callback said the vendor has news: make the task due for the next poll.
-UPDATE tasks SET next_poll_at = now() WHERE id = $1 AND status IN ('submitted', 'processing');
+UPDATE tasks SET next_poll_at = now(), poll_not_before = NULL
+ WHERE id = $1 AND status IN ('submitted', 'processing');
 
 -- reschedule_poll --
--- After a poll that left the task live: ask again later, unless news already moved the date.
-UPDATE tasks SET next_poll_at = now() + make_interval(secs => $2)
+-- After a poll that left the task live: ask again after the reconciler's back-off.
+UPDATE tasks SET next_poll_at = now() + make_interval(secs => $2), poll_not_before = NULL
  WHERE id = $1 AND status IN ('submitted', 'processing');
 
 -- ensure_vendor --

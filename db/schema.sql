@@ -51,8 +51,9 @@ CREATE TABLE tasks (
     vendor_model     text,
     fallbacks        jsonb NOT NULL DEFAULT '[]'::jsonb,
     parent_id        uuid REFERENCES tasks (id),
+    poll_not_before  timestamptz,
     UNIQUE (user_id, idempotency_key)
-);
+) WITH (fillfactor = 80);
 
 CREATE INDEX tasks_user_created ON tasks (user_id, created_at DESC, id DESC);
 CREATE INDEX tasks_vendor_task ON tasks (vendor, vendor_task_id) WHERE vendor_task_id IS NOT NULL;
@@ -207,7 +208,16 @@ BEGIN
                              ELSE t.result END,
                error = CASE WHEN ev.applied THEN COALESCE(d.error::jsonb, t.error)
                             ELSE t.error END,
-               next_poll_at = CASE WHEN ev.applied THEN d.next_poll_at ELSE t.next_poll_at END,
+               -- Same status, a later date: the indexed next_poll_at stays (a HOT update) and
+               -- the claim defers the poll to poll_not_before (claim_due_polls).
+               next_poll_at = CASE
+                   WHEN NOT ev.applied THEN t.next_poll_at
+                   WHEN d.to_status = t.status AND d.next_poll_at >= t.next_poll_at
+                       THEN t.next_poll_at
+                   ELSE d.next_poll_at
+               END,
+               poll_not_before = CASE WHEN ev.applied THEN d.next_poll_at
+                                      ELSE t.poll_not_before END,
                next_attempt_at = CASE WHEN ev.applied THEN NULL ELSE t.next_attempt_at END,
                lease_owner = CASE WHEN ev.applied THEN NULL ELSE t.lease_owner END,
                lease_expires_at = CASE WHEN ev.applied THEN NULL ELSE t.lease_expires_at END,
@@ -398,7 +408,7 @@ BEGIN
               FROM unnest(c_n, c_verdict) AS c(n, verdict)
              WHERE c.verdict = 'confirming'
              ORDER BY c.n;
-            UPDATE tasks AS t SET next_poll_at = now()
+            UPDATE tasks AS t SET next_poll_at = now(), poll_not_before = NULL
               FROM unnest(c_n, c_verdict) AS c(n, verdict)
              WHERE c.verdict = 'confirming' AND t.id = p_task_id[c.n]
                AND t.status IN ('submitted', 'processing');

@@ -182,9 +182,11 @@ class _VendorPass:
                 limit=batch if state is None else granted,
                 lease_seconds=lease,
             )
-            due = await queries.claim_due_polls(
+            claimed = await queries.claim_due_polls(
                 conn, vendor=self.vendor, limit=granted - len(overdue), lease_seconds=lease
             )
+        # Deferred: news since the date was set asked for a later one; not polled, no token used.
+        due = [row for row in claimed if not row["deferred"]]
         self.summary.claimed += len(overdue) + len(due)
         now = datetime.now(UTC)
 

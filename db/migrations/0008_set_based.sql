@@ -11,6 +11,12 @@
 -- tasks (each row decides against its task's state before the statement); a batch holding
 -- two deliveries for one task is applied in rounds, the second delivery after the first.
 --
+-- A progress report (the same status, more progress) is now a HOT update of its task: it no
+-- longer moves the indexed next_poll_at forward, it records the date in poll_not_before (not
+-- indexed), and the reconciler's claim pushes a task whose poll_not_before is still ahead out
+-- to that date instead of polling it. With room on the page (fillfactor 80), the update then
+-- writes no entries into the six indexes of tasks.
+--
 -- The Procfile's release phase migrates while the previous release's processes still run,
 -- and they call taskhook_transition and taskhook_receive_many until they are replaced. So
 -- taskhook_receive_many keeps its signature and answer, and taskhook_transition stays, as a
@@ -18,6 +24,10 @@
 
 DROP FUNCTION taskhook_receive(text, text, uuid, jsonb, bytea, boolean, text, task_status,
                                task_status[], int, jsonb, jsonb, jsonb, timestamptz);
+
+-- The earliest the reconciler may poll: the date the task's latest news asked for.
+ALTER TABLE tasks ADD COLUMN poll_not_before timestamptz;
+ALTER TABLE tasks SET (fillfactor = 80);
 
 CREATE FUNCTION taskhook_transition_many(
     p_task_id uuid[], p_event_key text[], p_to task_status[], p_allowed text[], p_cause text[],
@@ -83,7 +93,16 @@ BEGIN
                              ELSE t.result END,
                error = CASE WHEN ev.applied THEN COALESCE(d.error::jsonb, t.error)
                             ELSE t.error END,
-               next_poll_at = CASE WHEN ev.applied THEN d.next_poll_at ELSE t.next_poll_at END,
+               -- Same status, a later date: the indexed next_poll_at stays (a HOT update) and
+               -- the claim defers the poll to poll_not_before (claim_due_polls).
+               next_poll_at = CASE
+                   WHEN NOT ev.applied THEN t.next_poll_at
+                   WHEN d.to_status = t.status AND d.next_poll_at >= t.next_poll_at
+                       THEN t.next_poll_at
+                   ELSE d.next_poll_at
+               END,
+               poll_not_before = CASE WHEN ev.applied THEN d.next_poll_at
+                                      ELSE t.poll_not_before END,
                next_attempt_at = CASE WHEN ev.applied THEN NULL ELSE t.next_attempt_at END,
                lease_owner = CASE WHEN ev.applied THEN NULL ELSE t.lease_owner END,
                lease_expires_at = CASE WHEN ev.applied THEN NULL ELSE t.lease_expires_at END,
@@ -274,7 +293,7 @@ BEGIN
               FROM unnest(c_n, c_verdict) AS c(n, verdict)
              WHERE c.verdict = 'confirming'
              ORDER BY c.n;
-            UPDATE tasks AS t SET next_poll_at = now()
+            UPDATE tasks AS t SET next_poll_at = now(), poll_not_before = NULL
               FROM unnest(c_n, c_verdict) AS c(n, verdict)
              WHERE c.verdict = 'confirming' AND t.id = p_task_id[c.n]
                AND t.status IN ('submitted', 'processing');

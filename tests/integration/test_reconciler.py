@@ -127,6 +127,45 @@ async def test_task_with_fresh_news_is_not_polled(runtime: Runtime, conn: Conn) 
     assert vendor.calls == []
 
 
+async def test_news_defers_a_due_poll_to_the_date_it_asked_for(
+    runtime: Runtime, conn: Conn
+) -> None:
+    """A progress report leaves the indexed next_poll_at alone (a HOT update) and records its
+    date in poll_not_before: a task due by next_poll_at but with news since is not polled,
+    it is moved to the date the news asked for."""
+    vendor = FakeVendor()
+    rt = with_vendor(runtime, vendor)
+    task_id = await due_task(conn, pid="p1", status=TaskStatus.PROCESSING)
+    await transition(
+        conn,
+        task_id=task_id,
+        to=TaskStatus.PROCESSING,
+        event_key="webhook:2",
+        cause="webhook",
+        progress=50,
+        vendor_task_id="p1",
+        next_poll_at=datetime.now(UTC) + timedelta(seconds=15),
+    )
+    assert await conn.fetchval("SELECT next_poll_at <= now() FROM tasks WHERE id=$1", task_id)
+    summary = await reconcile_once(rt)
+    assert (summary.claimed, summary.polled) == (0, 0)
+    assert vendor.calls == []
+    row = await conn.fetchrow(
+        "SELECT next_poll_at = poll_not_before AS moved, next_poll_at > now() AS later "
+        "FROM tasks WHERE id=$1",
+        task_id,
+    )
+    assert tuple(row) == (True, True)
+    # once that date has come, the task is polled as before
+    await conn.execute(
+        "UPDATE tasks SET next_poll_at = now() - interval '1 second', "
+        "poll_not_before = now() - interval '1 second' WHERE id = $1",
+        task_id,
+    )
+    assert (await reconcile_once(rt)).polled == 1
+    assert vendor.calls == ["/v1/predictions/p1"]
+
+
 async def test_deadline_fails_and_refunds_once_then_late_success_never_reopens(
     runtime: Runtime, conn: Conn
 ) -> None:

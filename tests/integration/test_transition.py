@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -295,3 +296,48 @@ async def test_the_previous_release_still_moves_tasks(conn: Conn) -> None:
     assert await ledger(conn, task_id) == [("charge", -1), ("refund", 1)]
     balance = await conn.fetchval("SELECT balance FROM users WHERE id = $1", user_id)
     assert balance == 5
+
+
+async def test_a_progress_report_is_a_hot_update_that_keeps_the_poll_date(conn: Conn) -> None:
+    """Progress reports come every second or so for a running job. One that leaves the status
+    as it was records its later poll date in poll_not_before (not indexed) and leaves the
+    indexed next_poll_at alone, so with room on the page the new row version is HOT: no
+    entries in the six indexes of tasks. The reconciler's claim honours poll_not_before."""
+    _, task_id = await task_in(conn, TaskStatus.PROCESSING)
+    first = datetime.now(UTC) + timedelta(seconds=15)
+    later = first + timedelta(seconds=5)
+
+    async def report(key: str, progress: int, poll: datetime) -> None:
+        result = await transition(
+            conn,
+            task_id=task_id,
+            to=TaskStatus.PROCESSING,
+            event_key=key,
+            cause="test",
+            progress=progress,
+            next_poll_at=poll,
+        )
+        assert result.outcome is Outcome.APPLIED
+
+    async def poll_dates() -> tuple[Any, ...]:
+        row = await conn.fetchrow(
+            "SELECT next_poll_at, poll_not_before FROM tasks WHERE id = $1", task_id
+        )
+        return tuple(row)
+
+    await report("p1", 10, first)  # no date stored yet: it is set
+    assert await poll_dates() == (first, first)
+    hot = "SELECT pg_stat_get_xact_tuples_hot_updated('tasks'::regclass)"
+    async with conn.transaction():
+        before = await conn.fetchval(hot)
+        await report("p2", 20, later)
+        assert await conn.fetchval(hot) == before + 1
+    assert await poll_dates() == (first, later)
+    sooner = datetime.now(UTC) + timedelta(seconds=1)
+    await report("p3", 30, sooner)  # an earlier date does move the index
+    assert await poll_dates() == (sooner, sooner)
+    storing = await transition(
+        conn, task_id=task_id, to=TaskStatus.STORING, event_key="s", cause="t"
+    )
+    assert storing.outcome is Outcome.APPLIED
+    assert await poll_dates() == (None, None)  # a new status sets the date it asks for
