@@ -150,6 +150,26 @@ async def test_queue_depths_are_exact(client: httpx.AsyncClient, conn: Conn) -> 
     assert queue_samples(samples) == expected(
         pending=3, submitted=2, processing=4, storing=1, overdue=3, due_polls=3, dead_letters=3
     )
+    # News that asked for a later date: due by next_poll_at, but the claim would only defer.
+    await conn.execute(
+        "UPDATE tasks SET poll_not_before = $1 WHERE next_poll_at = $2 AND status = 'processing'",
+        FUTURE,
+        PAST,
+    )
+    deferred = await conn.fetchval(
+        "SELECT count(*) FROM tasks WHERE next_poll_at = $1 AND poll_not_before = $2", PAST, FUTURE
+    )
+    samples = await scrape(client)
+    assert queue_samples(samples) == expected(
+        pending=3,
+        submitted=2,
+        processing=4,
+        storing=1,
+        overdue=3,
+        due_polls=3 - deferred,
+        dead_letters=3,
+    )
+    assert deferred > 0
     # Read at scrape time: a change shows in the very next scrape.
     await conn.execute("UPDATE webhook_deliveries SET status = 'replayed'")
     await conn.execute("UPDATE tasks SET next_poll_at = $1", FUTURE)
