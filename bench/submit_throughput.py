@@ -87,6 +87,7 @@ from webhook_ingest import (
     http_request,
     proc_cpu,
     s3_env,
+    spawn,
     stop,
     wait_http,
 )
@@ -94,7 +95,6 @@ from webhook_ingest import (
 from db.pool import connect
 from taskhook.users import create_user
 
-REPO = Path(__file__).resolve().parent.parent
 INGEST = Path(__file__).resolve().parent / "webhook_ingest.py"
 MODEL = "black-forest-labs/flux-schnell"
 CREDITS = 10_000_000
@@ -112,13 +112,6 @@ class Stack:
     server: asyncio.subprocess.Process
     simulator: asyncio.subprocess.Process
     logs: Path
-
-
-async def spawn(argv: list[str], env: dict[str, str] | None, log: Path) -> Any:
-    with log.open("wb") as out:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, *argv, env=env, cwd=REPO, stdout=out, stderr=out
-        )
 
 
 @contextlib.asynccontextmanager

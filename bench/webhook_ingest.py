@@ -298,6 +298,16 @@ class Webhooks:
         ]
 
 
+async def spawn(
+    argv: list[str], env: dict[str, str] | None, log: Path
+) -> asyncio.subprocess.Process:
+    """`python argv...` from the repository, its output in `log`."""
+    with log.open("wb") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, *argv, env=env, cwd=REPO, stdout=out, stderr=out
+        )
+
+
 async def wait_http(port: int, proc: asyncio.subprocess.Process, log: Path) -> None:
     deadline = time.monotonic() + 30
     async with httpx.AsyncClient(timeout=2) as client:
@@ -466,14 +476,7 @@ async def main(args: argparse.Namespace) -> int:
             # machine's CPU steal drifts over minutes, and a ceiling measured once early misleads).
             ceiling_port = free_port()
             log = work / "ceiling.log"
-            with log.open("wb") as out:
-                ceiling = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    *(__file__, "--serve-ceiling", dsn, str(ceiling_port)),
-                    cwd=REPO,
-                    stdout=out,
-                    stderr=out,
-                )
+            ceiling = await spawn([__file__, "--serve-ceiling", dsn, str(ceiling_port)], None, log)
             procs.append(ceiling)
             await wait_http(ceiling_port, ceiling, log)
             one = http_request(
@@ -496,15 +499,7 @@ async def main(args: argparse.Namespace) -> int:
                 **(await s3_env(data_dir)),
             }
             log = work / "taskhook-serve.log"
-            with log.open("wb") as out:
-                server = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    *("-m", "taskhook.cli", "serve", "--port", str(port)),
-                    env=env,
-                    cwd=REPO,
-                    stdout=out,
-                    stderr=out,
-                )
+            server = await spawn(["-m", "taskhook.cli", "serve", "--port", str(port)], env, log)
             procs.append(server)
             await wait_http(port, server, log)
             tokens = CallbackTokens(CALLBACK_SECRET)
