@@ -59,6 +59,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from seeding import fresh_database, insert_submitted_tasks
 
 from db.pool import connect
@@ -205,6 +206,7 @@ class Run:
     statuses: dict[str, int] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
     xacts_per_request: float = 0.0
+    per_commit: float | None = None  # deliveries per group commit (taskhook's own metric)
     notes: list[str] = field(default_factory=list)
 
 
@@ -340,6 +342,23 @@ async def xact_count(admin: asyncpg.Connection[Any], name: str) -> int:
     return int(value or 0)
 
 
+async def commit_sizes(port: int) -> tuple[float, float] | None:
+    """Deliveries and commits so far, from the server's `taskhook_webhook_commit_size`
+    histogram; None for the ceiling app, which has no /metrics."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics")
+    if response.status_code != 200:
+        return None
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+        if s.name.startswith("taskhook_webhook_commit_size")
+    }
+    name = "taskhook_webhook_commit_size"
+    return samples[f"{name}_sum"], samples[f"{name}_count"]
+
+
 async def drive(
     args: argparse.Namespace,
     *,
@@ -380,6 +399,7 @@ async def drive(
     await asyncio.sleep(args.warmup)
     before = (proc_cpu(server_pid), proc_cpu(gen.pid), machine_busy(), time.monotonic())
     xacts = await xact_count(admin, dbname)
+    commits = await commit_sizes(port)
     spy = None
     if profile is not None:
         spy = await asyncio.create_subprocess_exec(
@@ -393,6 +413,7 @@ async def drive(
     await asyncio.sleep(args.seconds - 0.2)
     after = (proc_cpu(server_pid), proc_cpu(gen.pid), machine_busy(), time.monotonic())
     xacts = await xact_count(admin, dbname) - xacts
+    commits_after = await commit_sizes(port)
     out, _ = await gen.communicate()
     if spy is not None:
         await spy.wait()
@@ -416,6 +437,8 @@ async def drive(
         },
         xacts_per_request=xacts / data["count"] if data["count"] else 0.0,
     )
+    if commits is not None and commits_after is not None and commits_after[1] > commits[1]:
+        run.per_commit = (commits_after[0] - commits[0]) / (commits_after[1] - commits[1])
     if data["ran_out"]:
         run.notes.append("INVALID: ran out of pre-built requests; raise --max-requests")
     if data["failures"]:
@@ -623,7 +646,7 @@ def print_table(args: argparse.Namespace, runs: list[Run]) -> None:
     header = (
         f"{'round':>5}  {'scenario':>9}  {'conc':>4}  {'req/s':>7}  {'p50 ms':>7}  "
         f"{'p99 ms':>7}  {'max ms':>7}  {'errors':>6}  {'vs ceil':>7}  {'xact/req':>8}  "
-        f"{'srv CPU':>7}  {'gen CPU':>7}  {'machine':>7}  {'CPU us/req':>10}"
+        f"{'batch':>5}  {'srv CPU':>7}  {'gen CPU':>7}  {'machine':>7}  {'CPU us/req':>10}"
     )
     print(header)
     print("-" * len(header))
@@ -633,7 +656,9 @@ def print_table(args: argparse.Namespace, runs: list[Run]) -> None:
         print(
             f"{r.round + 1:>5}  {r.scenario:>9}  {r.concurrency:>4}  {r.rps:>7.0f}  "
             f"{r.p50:>7.2f}  {r.p99:>7.2f}  {r.max:>7.1f}  {r.errors:>6}  {ratio:>7.2f}  "
-            f"{r.xacts_per_request:>8.2f}  {r.cpu.get('server', 0):>7.0%}  "
+            f"{r.xacts_per_request:>8.2f}  "
+            f"{'-' if r.per_commit is None else f'{r.per_commit:.1f}':>5}  "
+            f"{r.cpu.get('server', 0):>7.0%}  "
             f"{r.cpu.get('loadgen', 0):>7.0%}  {r.cpu.get('machine', 0):>7.0%}  "
             f"{r.cpu.get('machine', 0) / r.rps * 1e6 if r.rps else 0.0:>10.0f}"
         )
