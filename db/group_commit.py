@@ -11,6 +11,11 @@ with it for the same cores, and measured slower. But a batch that takes much lon
 (waiting on a row lock, a slow disk) must not hold up everything queued behind it, so once the
 newest batch in flight has run for `stall` seconds, another may start, up to `concurrency`.
 
+While work keeps queuing, one task commits batch after batch on one connection, sending the
+next batch in the same event-loop step that received the last one's answer: going back through
+the pool and a new task each time cost two loop turns per batch, each running every callback
+then ready while the database sat idle (fresh ingest rose 13 % without them; bench/RESULTS.md).
+
 Nothing is answered before its batch commits, so a crash loses only unanswered work that the
 vendor retries; no state lives here beyond the requests in flight. A batch is one transaction:
 if the database refuses it for one delivery's sake (a constraint, a deadlock with another
@@ -25,6 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from db.queries import Conn
 
@@ -78,14 +84,21 @@ class GroupCommit(Generic[T, R]):
     def _start(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queue and self._may_start(loop.time()):
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-            started = loop.time()
-            self._started.append(started)
-            task = asyncio.create_task(self._commit(batch, started))
+            task = asyncio.create_task(self._drain(self._take(loop.time())))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        self._arm()
+
+    def _take(self, now: float) -> tuple[list[tuple[T, asyncio.Future[R]]], float]:
+        batch = self._queue[: self._max_batch]
+        del self._queue[: self._max_batch]
+        self._started.append(now)
+        return batch, now
+
+    def _arm(self) -> None:
+        """A check for when the newest batch in flight will have stalled, if work waits."""
         if self._queue and self._timer is None and len(self._started) < self._concurrency:
+            loop = asyncio.get_running_loop()
             self._timer = loop.call_at(max(self._started) + self._stall, self._stalled)
 
     def _may_start(self, now: float) -> bool:
@@ -97,42 +110,74 @@ class GroupCommit(Generic[T, R]):
         self._timer = None
         self._start()
 
-    async def _commit(self, batch: list[tuple[T, asyncio.Future[R]]], started: float) -> None:
+    async def _drain(self, first: tuple[list[tuple[T, asyncio.Future[R]]], float]) -> None:
+        """Commit batches back to back on one connection while work keeps queuing: the next
+        batch goes to the database in the same step as the previous one's answers, before
+        its callers are woken to write their responses. Handing over through the pool or a
+        new task instead costs event-loop turns, each running every callback then ready
+        (other requests' parsing, responses), all while the database sits idle."""
+        loop = asyncio.get_running_loop()
+        conn: PoolConnectionProxy[Any] | None = None
+        batch, started = first
+        pending = True  # `batch` holds callers not yet answered, and a slot in _started
         try:
-            answers = await self._answers(batch)
-        except BaseException as exc:
-            answers = [exc] * len(batch)
+            while True:
+                if conn is None:
+                    try:
+                        conn = await self._pool.acquire()
+                    except Exception as exc:  # database away: every caller's error
+                        answers: list[R | BaseException] = [exc] * len(batch)
+                if conn is not None:
+                    answers = await self._answers(conn, [item for item, _ in batch])
+                    if any(isinstance(a, CONNECTION_ERRORS) for a in answers):
+                        # A broken connection goes back (the pool replaces it); the next
+                        # batch takes a fresh one.
+                        held, conn = conn, None
+                        await self._pool.release(held)
+                done = batch
+                self._started.remove(started)
+                pending = bool(self._queue) and self._may_start(loop.time())
+                if pending:
+                    batch, started = self._take(loop.time())
+                self._start()  # any further batches the stall rule allows
+                self._wake(done, answers)
+                if not pending:
+                    return
+        except BaseException as exc:  # cancelled: this batch's callers get the error
+            if pending:
+                self._started.remove(started)
+                self._wake(batch, [exc] * len(batch))
             raise
         finally:
-            # The slot is free: what queued during this commit goes to the database now,
-            # before this batch's callers are woken to write their responses. Waking them
-            # first would leave the database idle for as long as that takes.
-            self._started.remove(started)
-            self._start()
-            for (_, future), answer in zip(batch, answers, strict=True):
-                if future.done():  # the caller has gone (client disconnect)
-                    continue
-                if isinstance(answer, BaseException):
-                    future.set_exception(answer)
-                else:
-                    future.set_result(answer)
+            if conn is not None:
+                await self._pool.release(conn)
 
-    async def _answers(self, batch: list[tuple[T, asyncio.Future[R]]]) -> list[R | BaseException]:
+    @staticmethod
+    def _wake(
+        batch: list[tuple[T, asyncio.Future[R]]], answers: Sequence[R | BaseException]
+    ) -> None:
+        for (_, future), answer in zip(batch, answers, strict=True):
+            if future.done():  # the caller has gone (client disconnect)
+                continue
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+
+    async def _answers(self, conn: Conn, items: list[T]) -> list[R | BaseException]:
         """One answer or error per item, in order. A refused batch is retried one by one; a
         broken connection is every item's error."""
-        items = [item for item, _ in batch]
         if self._on_commit is not None:
             self._on_commit(len(items))
         try:
-            async with self._pool.acquire() as conn:
-                try:
-                    return list(await self._run(conn, items))
-                except asyncpg.PostgresError as exc:
-                    if len(batch) == 1 or isinstance(exc, CONNECTION_ERRORS):
-                        raise
-                    return await self._one_by_one(conn, items)
+            try:
+                return list(await self._run(conn, items))
+            except asyncpg.PostgresError as exc:
+                if len(items) == 1 or isinstance(exc, CONNECTION_ERRORS):
+                    raise
+                return await self._one_by_one(conn, items)
         except Exception as exc:  # handed to every caller
-            return [exc] * len(batch)
+            return [exc] * len(items)
 
     async def _one_by_one(self, conn: Conn, items: list[T]) -> list[R | BaseException]:
         """The batch was refused as a whole: each item in its own transaction, so only the

@@ -215,6 +215,61 @@ async def test_the_next_batch_starts_before_the_last_ones_callers_resume(pool: A
     assert order[-2:] == ["resumed 2", "resumed 4"]
 
 
+async def test_the_next_batch_goes_out_in_the_same_step_as_the_last_ones_answer(
+    pool: Any,
+) -> None:
+    """Between one commit's answer and the next batch's start, no event-loop turn: a turn runs
+    every callback then ready (other requests' parsing and responses) while the database idles.
+    Handing the connection back to the pool and starting a new task took two."""
+    order: list[str] = []
+    run = _Held()
+
+    async def logged(conn: Any, items: Sequence[int]) -> list[float]:
+        order.append(f"commit {list(items)}")
+        answer = await run(conn, items)
+        # Runs at the loop's next turn: after the next batch was sent, if no turn came between.
+        asyncio.get_running_loop().call_soon(order.append, f"turn after {list(items)}")
+        return answer
+
+    group = GroupCommit(pool, logged, concurrency=1)
+    first = asyncio.create_task(group.submit(1))
+    await asyncio.wait_for(run.started.wait(), timeout=5)
+    queued = [asyncio.create_task(group.submit(x)) for x in (2, 4)]
+    await asyncio.sleep(0)
+    run.release.set()
+    assert await first == 1.0
+    assert [await t for t in queued] == [0.5, 0.25]
+    assert order.index("commit [2, 4]") < order.index("turn after [1]")
+
+
+async def test_a_batch_after_a_broken_connection_takes_a_fresh_one(pool: Any) -> None:
+    """Batches run back to back on one connection; one that broke goes back to the pool, and
+    the batch queued behind it commits on another."""
+    run = _Held()
+    later: list[asyncio.Task[float]] = []
+
+    async def breaking(conn: Any, items: Sequence[int]) -> list[float]:
+        if list(items) == [2]:
+            later.append(asyncio.create_task(group.submit(4)))
+            await asyncio.sleep(0)  # it queues behind this batch
+            conn.terminate()
+            raise ConnectionResetError("the server went away")
+        return await _reciprocals(conn, items)
+
+    run.run = breaking
+    group = GroupCommit(pool, run, concurrency=1)
+    first = asyncio.create_task(group.submit(1))
+    await asyncio.wait_for(run.started.wait(), timeout=5)
+    second = asyncio.create_task(group.submit(2))
+    await asyncio.sleep(0)
+    run.release.set()
+    assert await first == 1.0
+    with pytest.raises(ConnectionResetError):
+        await second
+    assert await asyncio.wait_for(later[0], timeout=5) == 0.25
+    assert run.calls == [[1], [2], [4]]
+
+
 # -- taskhook_receive_many: one call, many deliveries, each answered as if alone ----------
 
 
