@@ -50,6 +50,7 @@ _KEPT_HEADERS = (
     "x-fal-webhook-timestamp",
     "x-fal-webhook-signature",
 )
+_KEPT_RAW = frozenset(name.encode() for name in _KEPT_HEADERS)
 
 
 async def receive(request: Request) -> JSONResponse:
@@ -110,7 +111,13 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
     if task_id is None:
         raise TokenInvalid()
     delivery = await _verify(adapter, body, request)
-    headers = {k: v for k, v in request.headers.items() if k in _KEPT_HEADERS}
+    # From the raw ASGI pairs (lower-case names, latin-1 as Starlette decodes them): only
+    # the kept ones are decoded.
+    headers = {
+        k.decode("latin-1"): v.decode("latin-1")
+        for k, v in request.scope["headers"]
+        if k in _KEPT_RAW
+    }
     bound = log.bind(
         task_id=f"tsk_{task_id.hex}", vendor=adapter.name, delivery_id=delivery.delivery_id
     )

@@ -154,7 +154,7 @@ def web_app() -> Any:
     from taskhook.app import create_app
     from taskhook.logs import configure_logging
 
-    configure_logging(json=True)
+    configure_logging(json=True, cache=True)  # a web process: its whole life, one config
     return create_app(load_settings())
 
 
