@@ -169,6 +169,10 @@ async def audit_active_counts(conn: Conn) -> list[Record]:
     return list(await conn.fetch(QUERIES["audit_active_counts"]))
 
 
+async def audit_orphans(conn: Conn) -> list[Record]:
+    return list(await conn.fetch(QUERIES["audit_orphans"]))
+
+
 async def grant_credits(conn: Conn, *, user_id: uuid.UUID, amount: int, note: str | None) -> int:
     balance: int = await conn.fetchval(QUERIES["grant_credits"], user_id, amount, note)
     return balance

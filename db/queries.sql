@@ -225,6 +225,24 @@ SELECT u.id, u.email, u.active_tasks,
  WHERE u.active_tasks <> (SELECT count(*) FROM tasks AS t WHERE t.user_id = u.id
            AND t.status IN ('pending', 'submitted', 'processing', 'storing'));
 
+-- audit_orphans --
+-- Log rows naming a task that does not exist. task_events and webhook_deliveries carry no
+-- foreign keys (0009_log_tables.sql): the functions write them under the task's row lock, and
+-- this checks it. Deliveries: accepted ones only; a dead letter keeps whatever task id its
+-- callback token named.
+SELECT 'task_events' AS log, e.task_id, count(*) AS rows
+  FROM task_events AS e
+ WHERE NOT EXISTS (SELECT FROM tasks AS t WHERE t.id = e.task_id)
+ GROUP BY e.task_id
+UNION ALL
+SELECT 'webhook_deliveries', w.task_id, count(*)
+  FROM webhook_deliveries AS w
+ WHERE w.status = 'accepted'
+   AND NOT EXISTS (SELECT FROM tasks AS t WHERE t.id = w.task_id)
+ GROUP BY w.task_id
+ ORDER BY 1, 2
+ LIMIT 100;
+
 -- audit_overdue --
 -- Open tasks past their deadline by more than the grace period.
 SELECT id, status::text AS status, deadline_at

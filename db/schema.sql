@@ -68,7 +68,7 @@ CREATE INDEX tasks_deadline_open ON tasks (deadline_at)
 
 CREATE TABLE task_events (
     id          bigserial PRIMARY KEY,
-    task_id     uuid NOT NULL REFERENCES tasks (id),
+    task_id     uuid NOT NULL,  -- no foreign key: a log (0009_log_tables.sql)
     event_key   text NOT NULL,
     from_status task_status NOT NULL,
     to_status   task_status NOT NULL,
@@ -100,7 +100,7 @@ CREATE TABLE webhook_deliveries (
     id          bigserial PRIMARY KEY,
     vendor      text NOT NULL,
     delivery_id text NOT NULL,
-    task_id     uuid REFERENCES tasks (id),
+    task_id     uuid,  -- no foreign key: a log (0009_log_tables.sql)
     status      text NOT NULL CHECK (status IN ('accepted', 'rejected', 'replayed')),
     outcome     text,
     error       text,
@@ -335,18 +335,17 @@ BEGIN
     -- for one task runs in n rounds, each taking the next delivery of every task.
     --
     -- A task's row lock held elsewhere must not keep a batch (and the receiver's commit
-    -- slot) waiting: after a second the call gives up (lock_not_available, all rolled back),
-    -- the caller applies each delivery alone (db/group_commit.py), and only the delivery for
-    -- the locked task fails, with a 503 its vendor retries.
-    PERFORM set_config('lock_timeout', '1s', true);
+    -- slot) waiting: after a second (the function's lock_timeout setting) the call gives up
+    -- (lock_not_available, all rolled back), the caller applies each delivery alone
+    -- (db/group_commit.py), and only the delivery for the locked task fails, with a 503 its
+    -- vendor retries.
     WHILE r < v_rounds LOOP
         r := r + 1;
         -- Lock this round's tasks (in id order) and judge each delivery. The lock comes
-        -- before everything else: the inbox row's foreign key takes KEY SHARE, and taking
-        -- FOR UPDATE after it would deadlock with a concurrent delivery for the same task;
-        -- it also serializes a task's deliveries, so the duplicate check sees any copy of
-        -- this one that committed before us. (Every array_agg of one query sees the rows in
-        -- the same order, so the arrays stay parallel.)
+        -- before everything else: it serializes a task's deliveries, so the duplicate check
+        -- sees any copy of this one that committed before us, and every row written below
+        -- (events, inbox) is written under it, for a task that exists. (Every array_agg of
+        -- one query sees the rows in the same order, so the arrays stay parallel.)
         WITH ranked AS (
             SELECT u.*, row_number() OVER (PARTITION BY u.task_id ORDER BY u.n)::int AS rk
               FROM unnest(p_vendor, p_delivery_id, p_task_id, p_signed, p_vendor_task_id)
@@ -468,3 +467,4 @@ $fn$;
 -- estimated cheaper for small arrays), which cost more than running them.
 ALTER FUNCTION taskhook_transition_many SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION taskhook_receive_many SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION taskhook_receive_many SET lock_timeout = '1s';

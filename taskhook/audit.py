@@ -15,6 +15,7 @@ class AuditReport:
     ledger_mismatches: list[dict[str, Any]] = field(default_factory=list)
     overdue_open_tasks: list[dict[str, Any]] = field(default_factory=list)
     active_count_mismatches: list[dict[str, Any]] = field(default_factory=list)
+    orphan_log_rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -23,6 +24,7 @@ class AuditReport:
             or self.ledger_mismatches
             or self.overdue_open_tasks
             or self.active_count_mismatches
+            or self.orphan_log_rows
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -32,6 +34,7 @@ class AuditReport:
             "ledger_mismatches": self.ledger_mismatches,
             "overdue_open_tasks": self.overdue_open_tasks,
             "active_count_mismatches": self.active_count_mismatches,
+            "orphan_log_rows": self.orphan_log_rows,
         }
 
 
@@ -41,7 +44,9 @@ def _plain(row: Any) -> dict[str, Any]:
 
 async def run_audit(conn: Conn, *, grace_seconds: float = 120.0) -> AuditReport:
     """Balance = sum(ledger) per user; one charge and at most one refund per task, a refund
-    exactly for failed/canceled ones; no open task past its deadline (plus a grace period)."""
+    exactly for failed/canceled ones; no open task past its deadline (plus a grace period);
+    no event or accepted delivery naming a task that does not exist (the log tables' foreign
+    keys, checked here instead of on every insert: 0009_log_tables.sql)."""
     return AuditReport(
         balance_mismatches=[_plain(r) for r in await queries.audit_balances(conn)],
         ledger_mismatches=[_plain(r) for r in await queries.audit_refunds(conn)],
@@ -49,4 +54,5 @@ async def run_audit(conn: Conn, *, grace_seconds: float = 120.0) -> AuditReport:
             _plain(r) for r in await queries.audit_overdue(conn, grace_seconds=grace_seconds)
         ],
         active_count_mismatches=[_plain(r) for r in await queries.audit_active_counts(conn)],
+        orphan_log_rows=[_plain(r) for r in await queries.audit_orphans(conn)],
     )

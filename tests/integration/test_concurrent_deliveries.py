@@ -2,11 +2,12 @@
 
 Found by tests/acceptance/test_database_outage.py: after PostgreSQL came back, a vendor's retry
 and the vendor's next message for the same task arrived together and one got a 500
-(``DeadlockDetectedError``). A delivery's transaction that inserts its inbox row first (whose
-foreign key takes KEY SHARE on the task row) and only then asks for FOR UPDATE on the task
-deadlocks with a concurrent one doing the same: each holds the lock the other waits for. The
-receiver must lock the task row before it writes anything that references the task (as
-``taskhook_receive_many`` does); here the other delivery is held half-way, deterministically.
+(``DeadlockDetectedError``): each had inserted its inbox row, whose foreign key took KEY SHARE
+on the task row, and then asked for FOR UPDATE on it. The receiver now locks the task row before
+it writes anything for the task (``taskhook_receive_many``), and since 0009_log_tables.sql the
+inbox has no foreign key at all. What must still hold: a delivery that finds its task locked by
+another delivery's open transaction waits for it, then applies on top of it. Here the other
+delivery is held half-way, deterministically.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ async def test_concurrent_deliveries_for_one_task_do_not_deadlock(
     other = await connect(db_url)
     try:
         # Another delivery for the same task is half-way through its transaction: its inbox
-        # row is in (holding KEY SHARE on the task), its transition not yet.
+        # row is in and its transition applied (the task's row locked), not yet committed.
         tx = other.transaction()
         await tx.start()
         await queries.record_delivery(
@@ -63,12 +64,6 @@ async def test_concurrent_deliveries_for_one_task_do_not_deadlock(
             headers={},
             body=b"{}",
         )
-        hook = asyncio.create_task(
-            post_hook(client, hook_url(runtime, task_id), prediction(logs=""))
-        )
-
-        await until_waiting_on_a_lock(conn, hook, checks=200)
-        # Now the other delivery applies its transition and commits, as it would.
         result = await transition(
             other,
             task_id=task_id,
@@ -77,6 +72,12 @@ async def test_concurrent_deliveries_for_one_task_do_not_deadlock(
             cause="webhook",
             vendor_task_id="pred1",
         )
+        hook = asyncio.create_task(
+            post_hook(client, hook_url(runtime, task_id), prediction(logs=""))
+        )
+
+        await until_waiting_on_a_lock(conn, hook, checks=200)
+        assert not hook.done(), "the delivery did not wait for the task's row lock"
         await tx.commit()
         r = await asyncio.wait_for(hook, timeout=10)
     finally:
