@@ -14,6 +14,7 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
+import orjson
 from asyncpg import Connection, Record
 from asyncpg.pool import PoolConnectionProxy
 
@@ -107,7 +108,7 @@ async def receive_webhooks(conn: Conn, webhooks: Sequence[InboundWebhook]) -> li
         [w.vendor for w in webhooks],
         [w.delivery_id for w in webhooks],
         [w.task_id for w in webhooks],
-        [_json_text(dict(w.headers)) for w in webhooks],
+        [orjson.dumps(dict(w.headers)).decode() for w in webhooks],  # str to str: orjson
         [w.body for w in webhooks],
         [w.signed for w in webhooks],
         [w.vendor_task_id for w in webhooks],

@@ -106,7 +106,7 @@ def result_of(row: Record, to: TaskStatus) -> TransitionResult:
     else:
         outcome = Outcome.STALE
     status = TaskStatus(row["status"]) if row["status"] else from_status
-    metrics.TRANSITIONS.labels(to=to.value, outcome=outcome.value).inc()
+    metrics.TRANSITIONS.labels(to.value, outcome.value).inc()
     if row["refunds"]:
         metrics.REFUNDS.inc()
     return TransitionResult(
