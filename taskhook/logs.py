@@ -9,6 +9,7 @@ commands run inside them (click's runner), so only `taskhook serve` caches.
 
 from __future__ import annotations
 
+import json as std_json  # the `json` parameter below names a format
 import logging
 import sys
 from collections.abc import Callable
@@ -19,7 +20,12 @@ import structlog
 
 
 def _render(value: Any, *, default: Callable[[Any], Any] | None = None, **_: Any) -> str:
-    return orjson.dumps(value, default=default).decode()
+    try:
+        return orjson.dumps(value, default=default).decode()
+    except TypeError:
+        # What orjson refuses and the standard encoder writes (an integer past 64 bits, a
+        # non-string key): a log line must never fail the request that writes it.
+        return std_json.dumps(value, default=default)
 
 
 def configure_logging(
