@@ -14,7 +14,6 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
-import orjson
 from asyncpg import Connection, Record
 from asyncpg.pool import PoolConnectionProxy
 
@@ -67,9 +66,9 @@ async def transition_row(
         progress,
         vendor_task_id,
         _json_text(outputs),
-        _json_text(None if result is None else dict(result)),
-        _json_text(None if error is None else dict(error)),
-        _json_text(None if detail is None else dict(detail)),
+        _json_text(result),
+        _json_text(error),
+        _json_text(detail),
         next_poll_at,
     )
     assert record is not None  # the final SELECT always yields one row
@@ -108,7 +107,7 @@ async def receive_webhooks(conn: Conn, webhooks: Sequence[InboundWebhook]) -> li
         [w.vendor for w in webhooks],
         [w.delivery_id for w in webhooks],
         [w.task_id for w in webhooks],
-        [orjson.dumps(dict(w.headers)).decode() for w in webhooks],  # str to str: orjson
+        [_json_text(w.headers) for w in webhooks],
         [w.body for w in webhooks],
         [w.signed for w in webhooks],
         [w.vendor_task_id for w in webhooks],
@@ -125,7 +124,10 @@ async def receive_webhooks(conn: Conn, webhooks: Sequence[InboundWebhook]) -> li
 
 
 def _json_text(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
+    """JSON as text for the functions' text arguments; any Mapping encodes as an object."""
+    if value is None:
+        return None
+    return json.dumps(dict(value) if isinstance(value, Mapping) else value)
 
 
 async def create_user(
