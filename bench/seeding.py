@@ -41,8 +41,9 @@ def processing_report(
     task_id: uuid.UUID, vendor_task_id: str, *, delivery_id: str, progress: int
 ) -> queries.InboundWebhook:
     """A verified Replicate "processing" delivery as the receiver hands it to the database,
-    with the poll it pushes out: the task's indexed next_poll_at moves, as it does for real,
-    so the task's new row version is not a HOT update."""
+    with the later poll date it asks for, as for real: the first report moves a submitted
+    task (and its indexed next_poll_at); later ones keep the status and record the date in
+    poll_not_before, a HOT update (0008_set_based.sql)."""
     return queries.InboundWebhook(
         vendor="replicate",
         delivery_id=delivery_id,
