@@ -8,6 +8,8 @@ TEMPLATE), so tests see committed rows, can race two connections, and never shar
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -29,6 +31,29 @@ TEST_WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 # Plain JSON lines as in production: structlog's dev renderer formats tracebacks with rich and
 # pygments, which under hypothesis's tracer turns one logged 500 into minutes of work.
 configure_logging(json=True)
+
+_OWN_BASETEMP_KEY = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give this run a temporary folder of its own, outside pytest's shared one.
+
+    pytest's default base folder (/tmp/pytest-of-<user>/pytest-N) is rotated by every new run on
+    the machine: a fourth run deletes the first one's folder, and with it the embedded
+    PostgreSQL and S3 this session runs on. A folder that only this run knows is never rotated.
+    `--basetemp` still wins when given.
+    """
+    if config.option.basetemp or hasattr(config, "workerinput"):
+        return
+    own = Path(tempfile.mkdtemp(prefix="taskhook-tests-"))
+    config.option.basetemp = str(own)
+    config.stash[_OWN_BASETEMP_KEY] = own
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_BASETEMP_KEY, None)
+    if own is not None:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
