@@ -7,6 +7,7 @@ user when we are root) needs. The suite keeps its servers in a folder only it kn
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import subprocess
 import sys
@@ -21,7 +22,7 @@ def _shared_root() -> Path:
     return Path(tempfile.gettempdir()).resolve() / f"pytest-of-{getpass.getuser()}"
 
 
-async def test_other_runs_leave_this_runs_servers_alone(
+def test_other_runs_leave_this_runs_servers_alone(
     tmp_path_factory: pytest.TempPathFactory, server_dsn: str, tmp_path: Path
 ) -> None:
     base = tmp_path_factory.getbasetemp().resolve()
@@ -30,7 +31,7 @@ async def test_other_runs_leave_this_runs_servers_alone(
     )
     (tmp_path / "test_other.py").write_text("def test_other(tmp_path):\n    assert tmp_path\n")
     for _ in range(4):  # more than pytest keeps (3): the oldest numbered folder goes
-        subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
+        subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_other.py"],
             cwd=tmp_path,
             check=True,
@@ -38,8 +39,12 @@ async def test_other_runs_leave_this_runs_servers_alone(
             timeout=120,
         )
     assert base.is_dir()
-    conn = await asyncpg.connect(server_dsn)
+    assert asyncio.run(_select_one(server_dsn)) == 1
+
+
+async def _select_one(dsn: str) -> object:
+    conn = await asyncpg.connect(dsn)
     try:
-        assert await conn.fetchval("SELECT 1") == 1
+        return await conn.fetchval("SELECT 1")
     finally:
         await conn.close()
