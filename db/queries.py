@@ -288,11 +288,24 @@ async def schedule_registration_retry(
     )
 
 
+@dataclass(frozen=True)
+class StoringClaim:
+    task_id: uuid.UUID
+    attempt: int
+    time_left: float  # seconds to the task's storing deadline (negative: passed)
+
+
 async def claim_storing(
-    conn: Conn, *, limit: int, owner: str, lease_seconds: float
-) -> list[tuple[uuid.UUID, int]]:
-    records = await conn.fetch(QUERIES["claim_storing"], limit, owner, lease_seconds)
-    return [(r["id"], r["storage_attempts"]) for r in records]
+    conn: Conn, *, limit: int, owner: str, lease_seconds: float, storage_deadline: float
+) -> list[StoringClaim]:
+    records = await conn.fetch(
+        QUERIES["claim_storing"], limit, owner, lease_seconds, storage_deadline
+    )
+    return [StoringClaim(r["id"], r["storage_attempts"], r["time_left"]) for r in records]
+
+
+async def storing_overdue(conn: Conn, *, storage_deadline: float, limit: int) -> list[Record]:
+    return list(await conn.fetch(QUERIES["storing_overdue"], storage_deadline, limit))
 
 
 async def release_storing(

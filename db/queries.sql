@@ -158,7 +158,10 @@ UPDATE tasks
  WHERE id = $1 AND status = 'pending';
 
 -- claim_storing --
--- Finished tasks whose output still has to reach S3, under a lease that expires by itself.
+-- Finished tasks whose output still has to reach S3, under a lease that expires by itself, with
+-- the seconds left to their storing deadline: $4 seconds after they entered storing (updated_at:
+-- nothing moves a storing task but its end). Not the task's deadline: a success the last poll
+-- found at the deadline must still be stored.
 UPDATE tasks
    SET lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3),
        storage_attempts = storage_attempts + 1
@@ -168,7 +171,17 @@ UPDATE tasks
                ORDER BY lease_expires_at NULLS FIRST
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)
-RETURNING id, storage_attempts;
+RETURNING id, storage_attempts,
+          extract(epoch FROM updated_at + make_interval(secs => $4) - now())::float8
+              AS time_left;
+
+-- storing_overdue --
+-- Tasks still storing past their storing deadline (see claim_storing), whoever holds them: a
+-- stuck or dead worker must not keep a task there for ever. The reconciler fails them.
+SELECT id, vendor, trace_id FROM tasks
+ WHERE status = 'storing' AND updated_at <= now() - make_interval(secs => $1)
+ ORDER BY updated_at
+ LIMIT $2;
 
 -- renew_storing --
 -- The worker still holding these claims is alive: push their leases out again.

@@ -210,6 +210,39 @@ class _VendorPass:
         await self.health.give_back(granted - used)
 
 
+async def expire_storing(rt: Runtime, summary: PassSummary, *, batch: int) -> None:
+    """Fail (and refund) tasks still storing past their storing deadline: the worker's own
+    budget ends there too, so only a stuck or dead worker leaves one behind, and no lease it
+    keeps renewing may hold a task in storing for ever."""
+    async with rt.pool.acquire() as conn:
+        rows = await queries.storing_overdue(
+            conn, storage_deadline=rt.settings.storage_deadline, limit=batch
+        )
+    for row in rows:
+        summary.claimed += 1
+        with task_context(
+            task_id=f"tsk_{row['id'].hex}", vendor=row["vendor"], trace_id=row["trace_id"]
+        ):
+            async with rt.pool.acquire() as conn:
+                result = await transition(
+                    conn,
+                    task_id=row["id"],
+                    to=TaskStatus.FAILED,
+                    event_key="storage:deadline",
+                    cause="reconciler",
+                    error={
+                        "code": "storage_failed",
+                        "message": "the result was not stored before its storing deadline",
+                    },
+                )
+            if result.outcome is Outcome.APPLIED:
+                summary.advanced += 1
+                if result.refunded:
+                    summary.failed += 1
+                    summary.refunded += 1
+                log.warning("storing_deadline_exceeded")
+
+
 async def reconcile_once(rt: Runtime, *, batch: int = 200) -> PassSummary:
     """One pass over every configured vendor; one task's error never stops the pass."""
     started = time.monotonic()
@@ -219,6 +252,7 @@ async def reconcile_once(rt: Runtime, *, batch: int = 200) -> PassSummary:
     await asyncio.gather(
         *(_VendorPass(rt, health, summary).run(batch, lease) for health in rt.health.values())
     )
+    await expire_storing(rt, summary, batch=batch)
     async with rt.pool.acquire() as conn:
         summary.pruned = await queries.prune_deliveries(
             conn, older_than_seconds=rt.settings.delivery_retention, limit=10_000

@@ -77,7 +77,7 @@ async def accept(
     headers = {"Location": f"/v1/tasks/{task.public_id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(render_task(task, rt.store), status_code=202, headers=headers)
+    return JSONResponse(await render_task(task, rt.store), status_code=202, headers=headers)
 
 
 async def _charge_and_insert(

@@ -61,4 +61,4 @@ async def cancel_task(request: Request) -> JSONResponse:
     if task.vendor_task_id:
         rt.spawn(_tell_vendor(rt, task.vendor, task.vendor_task_id, task.vendor_model))
     log.info("task_canceled", task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id)
-    return JSONResponse(render_task(task, rt.store))
+    return JSONResponse(await render_task(task, rt.store))

@@ -18,7 +18,7 @@ from db import queries
 from db.models import Task
 from db.states import TaskStatus
 from submit.auth import current_user
-from submit.render import render_task
+from submit.render import render_tasks
 from taskhook.errors import ValidationFailed
 from taskhook.runtime import Runtime
 
@@ -86,7 +86,7 @@ async def list_tasks(request: Request) -> JSONResponse:
     page, more = tasks[:limit], len(tasks) > limit
     return JSONResponse(
         {
-            "data": [render_task(t, rt.store) for t in page],
+            "data": await render_tasks(page, rt.store),
             "next_cursor": encode_cursor(rt, page[-1], status_filter) if more else None,
         }
     )

@@ -98,7 +98,7 @@ async def get_task(request: Request) -> JSONResponse:
             task = await queries.get_task(conn, task_id=task_id, user_id=user.id)
     if task is None:
         raise NotFound("No task with this id belongs to you.")
-    return JSONResponse(render_task(task, rt.store))
+    return JSONResponse(await render_task(task, rt.store))
 
 
 async def me(request: Request) -> JSONResponse:

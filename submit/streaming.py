@@ -31,8 +31,8 @@ def sequence(task: Task) -> int:
     return int(task.updated_at.timestamp() * 1_000_000)
 
 
-def _event(rt: Runtime, task: Task) -> str:
-    data = json.dumps(render_task(task, rt.store), separators=(",", ":"))
+async def _event(rt: Runtime, task: Task) -> str:
+    data = json.dumps(await render_task(task, rt.store), separators=(",", ":"))
     return f"id: {sequence(task)}\nevent: task\ndata: {data}\n\n"
 
 
@@ -59,7 +59,7 @@ async def task_events(request: Request) -> StreamingResponse:
                     return
                 if sequence(current) > last_seen:
                     last_seen = sequence(current)
-                    yield _event(rt, current)
+                    yield await _event(rt, current)
                 if current.status in TERMINAL:
                     return
                 try:

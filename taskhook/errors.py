@@ -27,7 +27,34 @@ The docstring of each class is its default message; one handler renders them all
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
+
+# Why a task failed, as its owner sees it (the task object's `error`, API.md): a stable code
+# and a plain sentence, nothing else. What really happened (addresses, exception reprs, the
+# vendor's own words) is kept for operators in the task's stored error and events, its
+# last_error and the logs (`taskhook tasks show`, /admin): shown to clients it would be a DNS
+# and network oracle, and unreadable to an end user.
+TASK_ERRORS: Mapping[str, str] = {
+    "vendor_failed": "The provider could not complete this job.",
+    "vendor_rejected": "The provider refused this job; check the model and its input.",
+    "vendor_unavailable": "The provider could not be reached, so the job never started.",
+    "vendor_lost": "The provider lost this job.",
+    "deadline_exceeded": "The job did not finish before its deadline.",
+    "storage_failed": "The job finished, but its result could not be saved.",
+    "output_limit_exceeded": "The job produced more files or bytes than one task may keep.",
+}
+# For a code without its own sentence (a newer writer, an old row).
+TASK_ERROR_DEFAULT = "The task failed."
+
+
+def task_error_for_client(error: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """A stored task error as its owner may see it: the code and the code's sentence."""
+    if not error:
+        return None
+    code = error.get("code")
+    code = code if isinstance(code, str) and code else "failed"
+    return {"code": code, "message": TASK_ERRORS.get(code, TASK_ERROR_DEFAULT)}
 
 
 class TaskhookError(Exception):

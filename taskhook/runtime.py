@@ -26,6 +26,7 @@ from storage.s3 import ResultStore
 from taskhook import metrics
 from taskhook.errors import VendorError
 from taskhook.events import TaskEvents
+from taskhook.net import public_only_client
 from taskhook.settings import Settings
 from taskhook.tokens import CallbackTokens
 from vendors.base import VendorAdapter
@@ -97,6 +98,8 @@ class Runtime:
     store: ResultStore
     vendors: dict[str, VendorAdapter]
     tokens: CallbackTokens
+    # For URLs that come from outside (vendors' outputs): public addresses only (taskhook.net).
+    downloads: httpx.AsyncClient
     health: dict[str, VendorHealth] = field(default_factory=dict)
     events: TaskEvents = field(init=False)
     clock: Callable[[], float] = time.time
@@ -158,6 +161,10 @@ async def open_runtime(
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         headers={"User-Agent": "taskhook/0.1"},
     )
+    downloads = public_only_client(
+        allow_private=settings.allow_private_urls,
+        timeout=httpx.Timeout(30.0, connect=5.0),
+    )
     store = ResultStore(
         endpoint_url=settings.s3_endpoint_url,
         bucket=settings.s3_bucket,
@@ -172,6 +179,7 @@ async def open_runtime(
         store=store,
         vendors=build_adapters(settings, client),
         tokens=CallbackTokens(settings.secret),
+        downloads=downloads,
     )
     limits = Limits(
         rate=settings.poll_rate,
@@ -196,4 +204,5 @@ async def open_runtime(
         await runtime.events.close()
         if own_http:
             await client.aclose()
+        await downloads.aclose()
         await pool.close()

@@ -91,6 +91,15 @@ class Settings:
     breaker_threshold: int = 10
     breaker_cooldown: float = 30.0
     delivery_retention: float = 7 * 86400.0
+    # Storing results (issue 14): one download's wall clock and minimum rate (bytes/s after
+    # download_grace seconds, 0 = none), a task's whole time in storing, and its outputs' count
+    # and total size.
+    download_timeout: float = 60.0
+    download_min_rate: float = 32 * 1024.0
+    download_grace: float = 10.0
+    storage_deadline: float = 90.0
+    max_outputs: int = 16
+    max_output_bytes: int = 256 * 1024 * 1024
 
     @property
     def vendors(self) -> tuple[str, ...]:
@@ -211,6 +220,13 @@ class Settings:
             delivery_retention=parse(
                 "TASKHOOK_DELIVERY_RETENTION", float, 7 * 86400.0, "a positive number"
             ),
+            download_timeout=parse("TASKHOOK_DOWNLOAD_TIMEOUT", float, 60.0, "a positive number"),
+            download_min_rate=float(
+                parse("TASKHOOK_DOWNLOAD_MIN_RATE", int, 32 * 1024, "a non-negative integer")
+            ),
+            storage_deadline=parse("TASKHOOK_STORAGE_DEADLINE", float, 90.0, "a positive number"),
+            max_outputs=positive_int("TASKHOOK_MAX_OUTPUTS", 16),
+            max_output_bytes=positive_int("TASKHOOK_MAX_OUTPUT_BYTES", 256 * 1024 * 1024),
         )
 
 

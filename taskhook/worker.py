@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import socket
+from collections.abc import Coroutine
 from typing import Any
 
 import asyncpg
@@ -37,10 +38,21 @@ _DB_ERRORS = (
 
 class Worker:
     def __init__(
-        self, rt: Runtime, *, concurrency: int = 4, idle_poll: float = 1.0, lease: float = 30.0
+        self,
+        rt: Runtime,
+        *,
+        concurrency: int = 4,
+        idle_poll: float = 1.0,
+        lease: float = 30.0,
+        shutdown_grace: float = 10.0,
     ) -> None:
         self.rt = rt
+        # Storing jobs and registrations each get this many slots, so slow downloads never
+        # hold back registrations.
         self.concurrency = concurrency
+        self.shutdown_grace = shutdown_grace
+        self._storing: dict[Any, asyncio.Task[None]] = {}
+        self._registering: dict[Any, asyncio.Task[None]] = {}
         self.idle_poll = idle_poll
         self.lease = lease
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -78,58 +90,100 @@ class Worker:
         conn.add_termination_listener(self._on_lost)
         self._listener = conn
 
+    @property
+    def busy(self) -> int:
+        """Jobs running now (storing and registrations)."""
+        return len(self._storing) + len(self._registering)
+
     async def run_once(self) -> int:
-        """Claim and do one batch of each kind of work; returns how many items were handled."""
+        """Claim as much work as free slots allow and start each job on its own; returns how
+        many were started. Jobs run independently: one stuck download holds its own slot and
+        nothing else, and a slot that frees up is filled by the next pass."""
+        free_storing = self.concurrency - len(self._storing)
+        free_pending = self.concurrency - len(self._registering)
+        if free_storing <= 0 and free_pending <= 0:
+            return 0
         async with self.rt.pool.acquire() as conn:
             storing = await queries.claim_storing(
-                conn, limit=self.concurrency, owner=self.owner, lease_seconds=self.lease
+                conn,
+                limit=max(0, free_storing),
+                owner=self.owner,
+                lease_seconds=self.lease,
+                storage_deadline=self.rt.settings.storage_deadline,
             )
             pending = await queries.claim_pending_registrations(
                 conn,
-                limit=self.concurrency,
+                limit=max(0, free_pending),
                 lease_seconds=self.rt.settings.registration_lease,
             )
-        jobs = [
-            store_result(self.rt, task_id=task_id, attempt=attempt, owner=self.owner)
-            for task_id, attempt in storing
-        ] + [register(self.rt, task_id=task_id, attempt=attempt) for task_id, attempt in pending]
-        claimed = [task_id for task_id, _ in storing]
-        heartbeat = asyncio.create_task(self._renew(claimed))
-        try:
-            results = await asyncio.gather(*jobs, return_exceptions=True)
-        except asyncio.CancelledError:
-            # Stopped mid-batch (shutdown timeout, or the task was cancelled): hand the claims
-            # back at once instead of letting another worker wait for the leases to expire.
-            heartbeat.cancel()
-            await asyncio.shield(self._release(storing, pending))
-            raise
-        heartbeat.cancel()
-        for item in results:
-            if isinstance(item, BaseException):
-                log.error("worker_job_crashed", error=repr(item))
-        return len(jobs)
+        for claim in storing:
+            self._start(self._storing, claim.task_id, self._store(claim))
+        for task_id, attempt in pending:
+            self._start(self._registering, task_id, self._register(task_id, attempt))
+        return len(storing) + len(pending)
 
-    async def _renew(self, task_ids: list[Any]) -> None:
-        """Keep our storing claims while we work on them, so the lease can be short: a worker
+    def _start(
+        self,
+        jobs: dict[Any, asyncio.Task[None]],
+        task_id: Any,
+        coro: Coroutine[Any, Any, None],
+    ) -> None:
+        job = asyncio.create_task(coro)
+        jobs[task_id] = job
+
+        def done(_job: asyncio.Task[None]) -> None:
+            jobs.pop(task_id, None)
+            self._wake.set()  # a slot is free: claim more
+
+        job.add_done_callback(done)
+
+    async def _store(self, claim: queries.StoringClaim) -> None:
+        """One storing attempt with its own heartbeat; handed back at once when cancelled."""
+        heartbeat = asyncio.create_task(self._renew(claim.task_id))
+        try:
+            await store_result(
+                self.rt,
+                task_id=claim.task_id,
+                attempt=claim.attempt,
+                owner=self.owner,
+                time_left=claim.time_left,
+            )
+        except asyncio.CancelledError:
+            # Stopped mid-attempt (shutdown): hand the claim back at once instead of letting
+            # another worker wait for the lease to expire.
+            await asyncio.shield(self._release_storing(claim.task_id))
+            raise
+        except Exception as exc:
+            log.error("worker_job_crashed", task_id=str(claim.task_id), error=repr(exc))
+        finally:
+            heartbeat.cancel()
+
+    async def _register(self, task_id: Any, attempt: int) -> None:
+        try:
+            await register(self.rt, task_id=task_id, attempt=attempt)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release_pending(task_id))
+            raise
+        except Exception as exc:
+            log.error("worker_job_crashed", task_id=str(task_id), error=repr(exc))
+
+    async def _renew(self, task_id: Any) -> None:
+        """Keep our storing claim while we work on it, so the lease can be short: a worker
         that dies (SIGKILL) frees its claims within one lease instead of after the longest
         download we could ever allow."""
-        if not task_ids:
-            return
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
                 async with self.rt.pool.acquire() as conn:
                     await queries.renew_storing(
-                        conn, task_ids=task_ids, owner=self.owner, lease_seconds=self.lease
+                        conn, task_ids=[task_id], owner=self.owner, lease_seconds=self.lease
                     )
             except _DB_ERRORS as exc:
                 log.warning("worker_renew_failed", error=repr(exc))
 
-    async def _release(
-        self, storing: list[tuple[Any, int]], pending: list[tuple[Any, int]]
-    ) -> None:
-        async with self.rt.pool.acquire() as conn:
-            for task_id, _ in storing:
+    async def _release_storing(self, task_id: Any) -> None:
+        try:
+            async with self.rt.pool.acquire() as conn:
                 await queries.release_storing(
                     conn,
                     task_id=task_id,
@@ -137,14 +191,39 @@ class Worker:
                     delay_seconds=0,
                     error="worker stopped mid-attempt",
                 )
-            for task_id, _ in pending:
+        except _DB_ERRORS as exc:  # the lease lapses by itself
+            log.warning("worker_release_failed", error=repr(exc))
+
+    async def _release_pending(self, task_id: Any) -> None:
+        try:
+            async with self.rt.pool.acquire() as conn:
                 await queries.schedule_registration_retry(
                     conn, task_id=task_id, delay_seconds=0, error="worker stopped mid-attempt"
                 )
-        log.info("worker_released_claims", storing=len(storing), pending=len(pending))
+        except _DB_ERRORS as exc:
+            log.warning("worker_release_failed", error=repr(exc))
+
+    async def wait_idle(self) -> None:
+        """Until every job started so far has finished (tests, and shutdown)."""
+        while self._storing or self._registering:
+            await asyncio.wait({*self._storing.values(), *self._registering.values()})
+
+    async def stop_jobs(self, grace: float) -> None:
+        """Let running jobs finish for up to `grace` seconds, then cancel the rest (each hands
+        its claim back)."""
+        jobs = {*self._storing.values(), *self._registering.values()}
+        if not jobs:
+            return
+        _done, late = await asyncio.wait(jobs, timeout=grace)
+        for job in late:
+            job.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
+            log.info("worker_released_claims", jobs=len(late))
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("worker_started", owner=self.owner)
+        grace = self.shutdown_grace
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -166,7 +245,11 @@ class Worker:
                 )
                 for waiter in waiters:
                     waiter.cancel()
+        except asyncio.CancelledError:
+            grace = 0  # cancelled, not asked to stop: hand every claim back now
+            raise
         finally:
+            await self.stop_jobs(grace)
             if self._listener is not None:
                 listener, self._listener = self._listener, None
                 listener.remove_termination_listener(self._on_lost)

@@ -18,6 +18,7 @@ from db.pool import connect
 from db.states import TaskStatus
 from db.transition import transition
 from storage.results import store_result
+from taskhook.net import public_only_client
 from taskhook.runtime import Runtime
 from taskhook.worker import Worker
 from tests.factories import make_task, make_user
@@ -27,11 +28,22 @@ Conn = asyncpg.Connection
 PNG = gradient_png("pred", 0, "a fox")
 
 
-def vendor_files(status: int = 200, content_type: str = "image/png") -> httpx.AsyncClient:
+def guarded(handler: Any, *, allow_private: bool = False) -> httpx.AsyncClient:
+    """The runtime's download client (public addresses only) in front of a fake file server."""
+    return public_only_client(
+        allow_private=allow_private,
+        timeout=httpx.Timeout(10.0),
+        inner=httpx.MockTransport(handler),
+    )
+
+
+def vendor_files(
+    status: int = 200, content_type: str = "image/png", *, allow_private: bool = False
+) -> httpx.AsyncClient:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, content=PNG, headers={"content-type": content_type})
 
-    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return guarded(handler, allow_private=allow_private)
 
 
 async def storing_task(conn: Conn, outputs: list[str]) -> uuid.UUID:
@@ -51,7 +63,7 @@ async def storing_task(conn: Conn, outputs: list[str]) -> uuid.UUID:
 
 async def test_result_is_stored_under_a_deterministic_key(runtime: Runtime, conn: Conn) -> None:
     task_id = await storing_task(conn, ["http://93.184.216.34/out/0.png"])
-    rt = replace(runtime, http=vendor_files())
+    rt = replace(runtime, downloads=vendor_files())
     await store_result(rt, task_id=task_id, attempt=1, owner="me")
     task = await queries.get_task(conn, task_id=task_id, user_id=None)
     assert task is not None and task.status is TaskStatus.COMPLETED
@@ -80,9 +92,11 @@ async def test_failed_attempt_backs_off_and_keeps_the_task(
     runtime: Runtime, conn: Conn, client: httpx.AsyncClient, url: str, reason: str
 ) -> None:
     task_id = await storing_task(conn, [url])
-    (claimed,) = await queries.claim_storing(conn, limit=5, owner="me", lease_seconds=60)
+    (claimed,) = await queries.claim_storing(
+        conn, limit=5, owner="me", lease_seconds=60, storage_deadline=600
+    )
     await store_result(
-        replace(runtime, http=client), task_id=task_id, attempt=claimed[1], owner="me"
+        replace(runtime, downloads=client), task_id=task_id, attempt=claimed.attempt, owner="me"
     )
     row = await conn.fetchrow(
         "SELECT status::text, lease_owner, lease_expires_at > now() AS "
@@ -95,14 +109,15 @@ async def test_failed_attempt_backs_off_and_keeps_the_task(
 
 async def test_private_address_refused_unless_allowed(runtime: Runtime, conn: Conn) -> None:
     task_id = await storing_task(conn, ["http://127.0.0.1:9/secret.png"])
-    strict = replace(
-        runtime, http=vendor_files(), settings=replace(runtime.settings, allow_private_urls=False)
-    )
-    await queries.claim_storing(conn, limit=1, owner="me", lease_seconds=60)
+    strict = replace(runtime, downloads=vendor_files())
+    await queries.claim_storing(conn, limit=1, owner="me", lease_seconds=60, storage_deadline=600)
     await store_result(strict, task_id=task_id, attempt=1, owner="me")
     assert "non-public" in await conn.fetchval("SELECT last_error FROM tasks WHERE id=$1", task_id)
     await store_result(
-        replace(runtime, http=vendor_files()), task_id=task_id, attempt=2, owner="me"
+        replace(runtime, downloads=vendor_files(allow_private=True)),
+        task_id=task_id,
+        attempt=2,
+        owner="me",
     )
     assert await conn.fetchval("SELECT status::text FROM tasks WHERE id=$1", task_id) == "completed"
 
@@ -111,7 +126,7 @@ async def test_last_attempt_fails_with_storage_failed_and_refunds(
     runtime: Runtime, conn: Conn
 ) -> None:
     task_id = await storing_task(conn, ["http://93.184.216.34/x.png"])
-    rt = replace(runtime, http=vendor_files(status=500))
+    rt = replace(runtime, downloads=vendor_files(status=500))
     await store_result(
         rt, task_id=task_id, attempt=runtime.settings.max_storage_attempts, owner="me"
     )
@@ -127,29 +142,35 @@ async def test_two_workers_never_claim_the_same_task(
     a, b = await connect(db_url), await connect(db_url)
     try:
         claims = await asyncio.gather(
-            queries.claim_storing(a, limit=6, owner="a", lease_seconds=60),
-            queries.claim_storing(b, limit=6, owner="b", lease_seconds=60),
+            queries.claim_storing(a, limit=6, owner="a", lease_seconds=60, storage_deadline=600),
+            queries.claim_storing(b, limit=6, owner="b", lease_seconds=60, storage_deadline=600),
         )
     finally:
         await a.close()
         await b.close()
-    got_a, got_b = ({task_id for task_id, _ in c} for c in claims)
+    got_a, got_b = ({claim.task_id for claim in c} for c in claims)
     assert not got_a & got_b
     assert got_a | got_b == ids
     # leased: nobody else gets them until the lease lapses
-    assert await queries.claim_storing(conn, limit=10, owner="c", lease_seconds=60) == []
+    assert (
+        await queries.claim_storing(
+            conn, limit=10, owner="c", lease_seconds=60, storage_deadline=600
+        )
+        == []
+    )
 
 
 async def test_worker_pass_stores_and_registers(runtime: Runtime, conn: Conn) -> None:
     task_id = await storing_task(conn, ["http://93.184.216.34/x.png"])
-    worker = Worker(replace(runtime, http=vendor_files()))
+    worker = Worker(replace(runtime, downloads=vendor_files()))
     assert await worker.run_once() == 1
+    await worker.wait_idle()
     assert await conn.fetchval("SELECT status::text FROM tasks WHERE id=$1", task_id) == "completed"
     assert await worker.run_once() == 0
 
 
 async def test_worker_is_woken_by_notify(runtime: Runtime, conn: Conn) -> None:
-    rt = replace(runtime, http=vendor_files())
+    rt = replace(runtime, downloads=vendor_files())
     worker = Worker(rt, idle_poll=30)  # only a NOTIFY can wake it in time
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
@@ -203,10 +224,10 @@ async def test_a_worker_stopped_mid_download_hands_its_lease_back(
         await never.wait()  # the vendor's file server hangs
         return httpx.Response(500)
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(stalled))
+    client = guarded(stalled)
     task_id = await storing_task(conn, ["http://93.184.216.34/x.png"])
-    worker = Worker(replace(runtime, http=client))
-    job = asyncio.create_task(worker.run_once())
+    worker = Worker(replace(runtime, downloads=client))
+    job = asyncio.create_task(worker.run(asyncio.Event()))
     await asyncio.wait_for(started.wait(), timeout=10)
     assert await conn.fetchval("SELECT lease_owner FROM tasks WHERE id=$1", task_id)
     job.cancel()
@@ -219,8 +240,10 @@ async def test_a_worker_stopped_mid_download_hands_its_lease_back(
     )
     assert tuple(row) == ("storing", None, True)
     # another worker can take it at once
-    claimed = await queries.claim_storing(conn, limit=1, owner="next", lease_seconds=60)
-    assert [t for t, _ in claimed] == [task_id]
+    claimed = await queries.claim_storing(
+        conn, limit=1, owner="next", lease_seconds=60, storage_deadline=600
+    )
+    assert [c.task_id for c in claimed] == [task_id]
 
 
 async def test_a_working_worker_keeps_renewing_its_short_lease(
@@ -236,18 +259,20 @@ async def test_a_working_worker_keeps_renewing_its_short_lease(
         return httpx.Response(500)
 
     task_id = await storing_task(conn, ["http://93.184.216.34/x.png"])
-    worker = Worker(
-        replace(runtime, http=httpx.AsyncClient(transport=httpx.MockTransport(stalled))),
-        lease=0.3,
-    )
-    job = asyncio.create_task(worker.run_once())
+    worker = Worker(replace(runtime, downloads=guarded(stalled)), lease=0.3)
+    job = asyncio.create_task(worker.run(asyncio.Event()))
     await asyncio.wait_for(started.wait(), timeout=10)
     first = await conn.fetchval("SELECT lease_expires_at FROM tasks WHERE id=$1", task_id)
     deadline = time.monotonic() + 10
     while await conn.fetchval("SELECT lease_expires_at FROM tasks WHERE id=$1", task_id) <= first:
         assert time.monotonic() < deadline, "the lease was never renewed"
         await asyncio.sleep(0.02)
-    assert await queries.claim_storing(conn, limit=1, owner="other", lease_seconds=60) == []
+    assert (
+        await queries.claim_storing(
+            conn, limit=1, owner="other", lease_seconds=60, storage_deadline=600
+        )
+        == []
+    )
     job.cancel()
     with pytest.raises(asyncio.CancelledError):
         await job
