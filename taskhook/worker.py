@@ -248,6 +248,9 @@ class Worker:
         except asyncio.CancelledError:
             grace = 0  # cancelled, not asked to stop: hand every claim back now
             raise
+        except Exception:
+            log.exception("worker_crashed", owner=self.owner)
+            raise
         finally:
             await self.stop_jobs(grace)
             if self._listener is not None:
