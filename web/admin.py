@@ -118,6 +118,7 @@ async def overview(request: Request) -> JSONResponse:
                 "amount": r.amount,
                 "task_status": r.task_status,
                 "error_code": r.error_code,
+                "error_detail": r.error_detail,
                 "created_at": _time(r.created_at),
             }
             for r in refunds

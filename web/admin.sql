@@ -35,9 +35,10 @@ SELECT vendor, circuit, failures, open_until, blocked_until, updated_at
  ORDER BY vendor;
 
 -- recent_refunds --
--- The newest refunds with their task, who got the credits back and why.
+-- The newest refunds with their task, who got the credits back and why (the stored error's
+-- detail, which its client never sees: taskhook.errors.TASK_ERRORS).
 SELECT l.id, l.task_id, u.email, l.amount, l.created_at, t.status::text AS task_status,
-       t.error ->> 'code' AS error_code
+       t.error ->> 'code' AS error_code, t.error ->> 'message' AS error_detail
   FROM credit_ledger AS l
   JOIN users AS u ON u.id = l.user_id
   JOIN tasks AS t ON t.id = l.task_id

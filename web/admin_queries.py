@@ -78,6 +78,7 @@ class Refund:
     created_at: datetime
     task_status: str
     error_code: str | None
+    error_detail: str | None
 
     @classmethod
     def from_record(cls, record: Record) -> Refund:

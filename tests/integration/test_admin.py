@@ -184,9 +184,11 @@ async def test_overview_reports_states_stuck_tasks_vendors_refunds_and_credits(
     assert vendors["fal"]["configured"] is False
     assert vendors["fal"]["failures"] == 1 and vendors["fal"]["open_until"]
 
-    assert [(r["task_id"], r["amount"], r["error_code"]) for r in body["refunds"]] == [
-        (format_task_id(failed), 1, "vendor_failed")
+    refunds = [
+        (r["task_id"], r["amount"], r["error_code"], r["error_detail"]) for r in body["refunds"]
     ]
+    # the operator sees the detail its client never does (issue 14.10)
+    assert refunds == [(format_task_id(failed), 1, "vendor_failed", "boom")]
     users = {u["email"]: u for u in body["users"]}
     # 10 credits, five charged, one refunded; four tasks still open.
     assert users["ops@example.test"]["balance"] == 6

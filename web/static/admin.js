@@ -256,7 +256,7 @@
         el("td", {}, taskId(r.task_id)),
         cell(r.email),
         cell("+" + r.amount),
-        cell(r.error_code || r.task_status),
+        Object.assign(cell(r.error_code || r.task_status), { title: r.error_detail || "" }),
         cell(T.formatTime(r.created_at), "time"));
     });
     $("refunds").replaceChildren(...rows);
