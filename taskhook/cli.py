@@ -117,6 +117,7 @@ def serve(host: str, port: int, workers: int) -> None:
     import uvicorn
 
     from db.migrate import migrate as apply
+    from taskhook.slow_clients import guarded_protocol
 
     settings = with_services(load_settings(), port=port)
     if load_settings().database_url is None:
@@ -133,6 +134,9 @@ def serve(host: str, port: int, workers: int) -> None:
         proxy_headers=True,
         # SIGTERM: stop accepting, let in-flight requests finish (up to this long), then exit.
         timeout_graceful_shutdown=30,
+        # Slow and idle clients (taskhook/slow_clients.py; web_app adds the in-flight cap).
+        http=guarded_protocol(settings.server),
+        timeout_keep_alive=settings.server.keepalive_timeout,  # type: ignore[arg-type]
     )
 
 
@@ -153,9 +157,11 @@ def export_settings(settings: Settings) -> None:
 def web_app() -> Any:
     from taskhook.app import create_app
     from taskhook.logs import configure_logging
+    from taskhook.slow_clients import InFlightLimit
 
     configure_logging(json=True, cache=True)  # a web process: its whole life, one config
-    return create_app(load_settings())
+    settings = load_settings()
+    return InFlightLimit(create_app(settings), limit=settings.server.max_requests)
 
 
 def metrics_port_option(f: Any) -> Any:

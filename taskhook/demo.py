@@ -112,7 +112,10 @@ async def run_demo(
             },
         )
         stop = asyncio.Event()
-        async with running_app(create_app(settings), sock=sock), open_runtime(settings) as rt:
+        async with (
+            running_app(create_app(settings), sock=sock, limits=settings.server),
+            open_runtime(settings) as rt,
+        ):
             background = [
                 asyncio.create_task(Worker(rt).run(stop)),
                 asyncio.create_task(run_reconciler(rt, stop, interval=1.0)),

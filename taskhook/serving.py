@@ -17,6 +17,9 @@ from typing import Any
 
 import uvicorn
 
+from taskhook.settings import ServerLimits
+from taskhook.slow_clients import InFlightLimit, guarded_protocol
+
 _STARTUP_POLL_SECONDS = 0.01
 
 
@@ -76,16 +79,33 @@ async def _serve(server: uvicorn.Server, sock: socket.socket) -> None:
         raise RuntimeError(f"server failed to start (exit code {exc.code})") from None
 
 
+def limited(app: Any, limits: ServerLimits) -> dict[str, Any]:
+    """uvicorn options for a web process under `limits` (taskhook/slow_clients.py): the
+    guarded protocol, the keep-alive timeout and the app behind the in-flight cap."""
+    return {
+        "app": InFlightLimit(app, limit=limits.max_requests),
+        "http": guarded_protocol(limits),
+        "timeout_keep_alive": limits.keepalive_timeout,
+    }
+
+
 @contextlib.asynccontextmanager
 async def running_app(
-    app: Any, *, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    sock: socket.socket | None = None,
+    limits: ServerLimits | None = None,
 ) -> AsyncIterator[RunningApp]:
     """Serve ``app`` for the duration of the block (on ``sock`` when the caller bound one
-    already, e.g. because the app must know its own URL before it is built)."""
+    already, e.g. because the app must know its own URL before it is built), under the web
+    process's client `limits` when given (taskhook's own app; the simulator goes without)."""
     sock = sock or bind(host, port)
+    options: dict[str, Any] = {"app": app} if limits is None else limited(app, limits)
     server = _EmbeddedServer(
         uvicorn.Config(
-            app,
+            **options,
             log_config=None,
             log_level="warning",
             access_log=False,

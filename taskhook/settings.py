@@ -47,6 +47,20 @@ class MidjourneySettings:
     api_secret: str | None = field(default=None, repr=False)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ServerLimits:
+    """What one web process gives a client connection (taskhook/slow_clients.py): time to send
+    a request's headers (from connecting, or from the previous response) and then its body, the
+    headers' size, idle keep-alive, open connections and requests in flight."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_header_bytes: int = 32 * 1024
+    keepalive_timeout: float = 5.0
+    max_connections: int = 1000
+    max_requests: int = 500
+
+
 @dataclass(frozen=True)
 class VendorRoute:
     """One vendor that can serve a model: its id for the model there and the credit price."""
@@ -100,6 +114,7 @@ class Settings:
     storage_deadline: float = 90.0
     max_outputs: int = 16
     max_output_bytes: int = 256 * 1024 * 1024
+    server: ServerLimits = field(default_factory=ServerLimits)
 
     @property
     def vendors(self) -> tuple[str, ...]:
@@ -227,6 +242,16 @@ class Settings:
             storage_deadline=parse("TASKHOOK_STORAGE_DEADLINE", float, 90.0, "a positive number"),
             max_outputs=positive_int("TASKHOOK_MAX_OUTPUTS", 16),
             max_output_bytes=positive_int("TASKHOOK_MAX_OUTPUT_BYTES", 256 * 1024 * 1024),
+            server=ServerLimits(
+                header_timeout=parse("TASKHOOK_HEADER_TIMEOUT", float, 10.0, "a positive number"),
+                body_timeout=parse("TASKHOOK_BODY_TIMEOUT", float, 30.0, "a positive number"),
+                max_header_bytes=positive_int("TASKHOOK_MAX_HEADER_BYTES", 32 * 1024),
+                keepalive_timeout=parse(
+                    "TASKHOOK_KEEPALIVE_TIMEOUT", float, 5.0, "a positive number"
+                ),
+                max_connections=positive_int("TASKHOOK_MAX_CONNECTIONS", 1000),
+                max_requests=positive_int("TASKHOOK_MAX_REQUESTS", 500),
+            ),
         )
 
 

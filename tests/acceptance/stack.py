@@ -98,7 +98,10 @@ async def running_stack(
         if configure is not None:
             settings = configure(settings, sim.url)
         stop = asyncio.Event()
-        async with running_app(create_app(settings), sock=sock), open_runtime(settings) as rt:
+        async with (
+            running_app(create_app(settings), sock=sock, limits=settings.server),
+            open_runtime(settings) as rt,
+        ):
             background = [
                 asyncio.create_task(Worker(rt, idle_poll=0.1).run(stop)),
                 asyncio.create_task(run_reconciler(rt, stop, interval=reconcile_interval)),
