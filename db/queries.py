@@ -418,6 +418,22 @@ async def record_vendor_result(
     )
 
 
+async def vendor_account(conn: Conn, *, vendor: str) -> str | None:
+    value: str | None = await conn.fetchval(QUERIES["vendor_account"], vendor)
+    return value
+
+
+async def pin_vendor_account(conn: Conn, *, vendor: str, account_id: str) -> str:
+    """The pinned account: this one, unless another was pinned first."""
+    value: str = await conn.fetchval(QUERIES["pin_vendor_account"], vendor, account_id)
+    return value
+
+
+async def task_job(conn: Conn, *, task_id: uuid.UUID, vendor: str) -> str | None:
+    value: str | None = await conn.fetchval(QUERIES["task_job"], task_id, vendor)
+    return value
+
+
 async def vendor_states(conn: Conn) -> list[Record]:
     return list(await conn.fetch(QUERIES["vendor_states"]))
 

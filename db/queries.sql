@@ -373,6 +373,20 @@ UPDATE vendor_state
    AND NOT ($2 AND failures = 0 AND circuit = 'closed' AND $5::float8 IS NULL)
 RETURNING circuit, failures;
 
+-- vendor_account --
+-- The account a vendor's webhooks must come from, once learned (0011).
+SELECT account_id FROM vendor_accounts WHERE vendor = $1;
+
+-- pin_vendor_account --
+-- Learn the account; the first writer wins, and everyone gets the pinned value back.
+INSERT INTO vendor_accounts (vendor, account_id) VALUES ($1, $2)
+ON CONFLICT (vendor) DO UPDATE SET vendor = EXCLUDED.vendor
+RETURNING account_id;
+
+-- task_job --
+-- The job a task has at a vendor, if registration recorded it.
+SELECT vendor_task_id FROM tasks WHERE id = $1 AND vendor = $2;
+
 -- vendor_states --
 SELECT vendor, circuit, failures, open_until, blocked_until, tokens FROM vendor_state
  ORDER BY vendor;

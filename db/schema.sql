@@ -52,6 +52,7 @@ CREATE TABLE tasks (
     fallbacks        jsonb NOT NULL DEFAULT '[]'::jsonb,
     parent_id        uuid REFERENCES tasks (id),
     poll_not_before  timestamptz,
+    confirmed_at     timestamptz,  -- the last confirmation fetch (0011)
     UNIQUE (user_id, idempotency_key)
 ) WITH (fillfactor = 80);
 
@@ -123,6 +124,13 @@ CREATE TABLE vendor_state (
                   CHECK (circuit IN ('closed', 'open', 'half-open')),
     open_until    timestamptz,
     updated_at    timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- The vendor account webhooks must come from, configured or learned and pinned (0011).
+CREATE TABLE vendor_accounts (
+    vendor     text PRIMARY KEY,
+    account_id text NOT NULL,
+    learned_at timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE TABLE rate_windows (

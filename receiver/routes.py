@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from db import queries
 from db.transition import Outcome, allowed_from, result_of
+from receiver.accounts import check_account
 from receiver.signature import Delivery
 from reconciler.confirm import refresh_task
 from taskhook import metrics
@@ -111,6 +112,7 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
     if task_id is None:
         raise TokenInvalid()
     delivery = await _verify(adapter, body, request)
+    await check_account(rt, vendor=adapter.name, delivery=delivery, task_id=task_id)
     # From the raw ASGI pairs (lower-case names, latin-1 as Starlette decodes them): only
     # the kept ones are decoded.
     headers = {

@@ -20,10 +20,14 @@ _SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
 
 @dataclass(frozen=True)
 class Delivery:
-    """A verified webhook: its id (the same on the vendor's retries) and when it was signed."""
+    """A verified webhook: its id (the same on the vendor's retries) and when it was signed;
+    for vendors that sign many customers' webhooks with one key (fal), the signed account it
+    comes from and the job it names (receiver/accounts.py)."""
 
     delivery_id: str
     timestamp: int
+    account: str | None = None
+    job: str | None = None
 
 
 def decode_secret(secret: str) -> bytes:

@@ -7,6 +7,7 @@ TaskhookError
   Unauthorized            401 unauthorized
   SignatureInvalid        401 invalid_signature
   TokenInvalid            401 invalid_token
+  WrongAccount            401 wrong_account       (signed by the vendor for another customer)
   InsufficientCredits     402 insufficient_credits
   NotFound                404 not_found
   IdempotencyConflict     409 idempotency_conflict
@@ -111,6 +112,13 @@ class SignatureInvalid(TaskhookError):
 
     status_code = 401
     code = "invalid_signature"
+
+
+class WrongAccount(TaskhookError):
+    """The webhook is signed, but for another account at this vendor than ours."""
+
+    status_code = 401
+    code = "wrong_account"
 
 
 class TokenInvalid(TaskhookError):

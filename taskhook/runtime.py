@@ -101,6 +101,8 @@ class Runtime:
     # For URLs that come from outside (vendors' outputs): public addresses only (taskhook.net).
     downloads: httpx.AsyncClient
     health: dict[str, VendorHealth] = field(default_factory=dict)
+    # Vendor accounts learned and pinned in the database (receiver/accounts.py), once read.
+    accounts: dict[str, str] = field(default_factory=dict)
     events: TaskEvents = field(init=False)
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)

@@ -39,6 +39,8 @@ class FalSettings:
     api_key: str = field(repr=False)
     queue_base: str = "https://queue.fal.run"
     jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+    # Our fal account (X-Fal-Webhook-User-Id); None: learned and pinned (receiver/accounts.py).
+    user_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,6 +199,7 @@ class Settings:
                 api_key=fal_key,
                 queue_base=(get("FAL_QUEUE_BASE") or FalSettings.queue_base).rstrip("/"),
                 jwks_url=get("FAL_JWKS_URL") or FalSettings.jwks_url,
+                user_id=get("FAL_USER_ID"),
             )
         midjourney = None
         mj_base = get("MJ_PROXY_BASE")

@@ -275,7 +275,12 @@ def verify_signature(
             f"X-Fal-Webhook-Timestamp is more than {int(tolerance)} s away from our clock"
         )
     digest = hashlib.sha256(body).hexdigest()
-    return Delivery(delivery_id=f"{request_id}:{digest[:16]}", timestamp=int(timestamp))
+    return Delivery(
+        delivery_id=f"{request_id}:{digest[:16]}",
+        timestamp=int(timestamp),
+        account=user_id,
+        job=request_id,
+    )
 
 
 def _verifies(key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:

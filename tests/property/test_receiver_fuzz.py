@@ -149,7 +149,9 @@ async def scenario(
 ) -> None:
     settings = replace(
         settings,
-        fal=FalSettings(api_key="k", queue_base="http://fal.invalid", jwks_url=FAL_JWKS),
+        fal=FalSettings(
+            api_key="k", queue_base="http://fal.invalid", jwks_url=FAL_JWKS, user_id="u1"
+        ),
         midjourney=MidjourneySettings(api_base="http://mj.invalid"),
     )
     async with open_runtime(settings, pool_size=4, http=fal_vendor_http()) as rt:

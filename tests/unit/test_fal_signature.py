@@ -105,7 +105,9 @@ def verify(headers: dict[str, str], body: bytes = BODY, *, now: float = TS) -> D
 def test_valid_signature_gives_a_delivery_stable_across_retries() -> None:
     delivery = verify(signed(KEY))
     expected_id = f"{REQUEST_ID}:{hashlib.sha256(BODY).hexdigest()[:16]}"
-    assert delivery == Delivery(delivery_id=expected_id, timestamp=TS)
+    assert delivery == Delivery(
+        delivery_id=expected_id, timestamp=TS, account=USER_ID, job=REQUEST_ID
+    )
     # fal's retry: same request, same bytes, a new timestamp and signature.
     retry = verify(signed(KEY, timestamp=str(TS + 60)), now=TS + 60)
     assert retry.delivery_id == expected_id

@@ -72,3 +72,12 @@ def test_a_bad_value_names_its_variable(env: dict[str, str], name: str, value: s
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(env)
     assert name in str(caught.value)
+
+
+def test_fal_user_id_is_read(env: dict[str, str]) -> None:
+    env.update(FAL_KEY="k", FAL_USER_ID="user-123")
+    fal = Settings.from_env(env).fal
+    assert fal is not None and fal.user_id == "user-123"
+    del env["FAL_USER_ID"]
+    fal = Settings.from_env(env).fal
+    assert fal is not None and fal.user_id is None  # learned and pinned instead
