@@ -242,6 +242,10 @@ async def reroute_task(
     return value
 
 
+async def claim_confirmation(conn: Conn, *, task_id: uuid.UUID, interval: float) -> bool:
+    return await conn.fetchval(QUERIES["claim_confirmation"], task_id, interval) is not None
+
+
 async def poll_now(conn: Conn, *, task_id: uuid.UUID) -> None:
     await conn.execute(QUERIES["poll_now"], task_id)
 
@@ -446,8 +450,12 @@ async def mark_delivery_replayed(conn: Conn, *, delivery_row_id: int, outcome: s
     await conn.execute(QUERIES["mark_delivery_replayed"], delivery_row_id, outcome)
 
 
-async def prune_deliveries(conn: Conn, *, older_than_seconds: float, limit: int) -> int:
-    status: str = await conn.execute(QUERIES["prune_deliveries"], older_than_seconds, limit)
+async def prune_deliveries(
+    conn: Conn, *, older_than_seconds: float, limit: int, unsigned_vendors: Sequence[str] = ()
+) -> int:
+    status: str = await conn.execute(
+        QUERIES["prune_deliveries"], older_than_seconds, limit, list(unsigned_vendors)
+    )
     return int(status.split()[-1])
 
 

@@ -298,6 +298,14 @@ UPDATE tasks
 RETURNING id, vendor, vendor_task_id, COALESCE(vendor_model, model) AS vendor_model, deadline_at,
           updated_at, trace_id;
 
+-- claim_confirmation --
+-- May this process ask the vendor about this task now? Yes unless some process asked within
+-- the last $2 seconds (0011): confirmations coalesce per task, whoever asks.
+UPDATE tasks SET confirmed_at = now()
+ WHERE id = $1 AND status IN ('submitted', 'processing')
+   AND (confirmed_at IS NULL OR confirmed_at <= now() - make_interval(secs => $2))
+RETURNING id;
+
 -- poll_now --
 -- An unsigned callback said the vendor has news: make the task due for the next poll.
 UPDATE tasks SET next_poll_at = now(), poll_not_before = NULL
@@ -399,10 +407,12 @@ SELECT id, vendor, delivery_id, task_id, status, outcome, error, headers, body, 
 UPDATE webhook_deliveries SET status = 'replayed', outcome = $2, error = NULL WHERE id = $1;
 
 -- prune_deliveries --
--- Accepted deliveries older than the retention period; dead letters stay until replayed.
+-- Accepted deliveries older than the retention period. Dead letters stay until replayed,
+-- except those of unsigned vendors ($3): anyone with a callback URL can make one (issue 14.7).
 DELETE FROM webhook_deliveries
  WHERE id IN (SELECT id FROM webhook_deliveries
-               WHERE status IN ('accepted', 'replayed')
+               WHERE (status IN ('accepted', 'replayed')
+                      OR (status = 'rejected' AND vendor = ANY($3::text[])))
                  AND received_at < now() - make_interval(secs => $1)
                LIMIT $2);
 

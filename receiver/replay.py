@@ -34,10 +34,6 @@ async def replay_delivery(rt: Runtime, delivery_row_id: int) -> ReplayResult:
     adapter = rt.vendors.get(row["vendor"])
     if adapter is None:
         raise NotFound(f"vendor {row['vendor']!r} is not configured")
-    try:
-        update = adapter.parse(bytes(row["body"]))
-    except PayloadInvalid as exc:
-        return ReplayResult(delivery_row_id, "rejected", exc.message)
     async with rt.pool.acquire() as conn:
         task = await queries.get_task(conn, task_id=row["task_id"], user_id=None)
     # The receiver's checks (taskhook_receive_many) again: an operator may replay too early.
@@ -45,10 +41,9 @@ async def replay_delivery(rt: Runtime, delivery_row_id: int) -> ReplayResult:
         return ReplayResult(delivery_row_id, "rejected", "its task no longer exists")
     if task.vendor != adapter.name:
         return ReplayResult(delivery_row_id, "rejected", f"the task is served by {task.vendor} now")
-    if task.vendor_task_id and task.vendor_task_id != update.vendor_task_id:
-        return ReplayResult(delivery_row_id, "rejected", "the job id still does not match")
     if not adapter.signed_callbacks:
-        # An unsigned body proves nothing about the job: ask the vendor, as the receiver does.
+        # An unsigned body proves nothing about the job (and is kept truncated): ask the
+        # vendor about the task's own job, as the receiver does.
         fresh = await refresh_from_vendor(rt, task)
         async with rt.pool.acquire() as conn:
             await queries.mark_delivery_replayed(
@@ -59,6 +54,12 @@ async def replay_delivery(rt: Runtime, delivery_row_id: int) -> ReplayResult:
             "applied",
             f"task {task.public_id}: asked the vendor, now {fresh.status}",
         )
+    try:
+        update = adapter.parse(bytes(row["body"]))
+    except PayloadInvalid as exc:
+        return ReplayResult(delivery_row_id, "rejected", exc.message)
+    if task.vendor_task_id and task.vendor_task_id != update.vendor_task_id:
+        return ReplayResult(delivery_row_id, "rejected", "the job id still does not match")
     async with rt.pool.acquire() as conn, conn.transaction():
         result = await apply_update(
             conn,

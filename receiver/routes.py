@@ -52,6 +52,9 @@ _KEPT_HEADERS = (
     "x-fal-webhook-signature",
 )
 _KEPT_RAW = frozenset(name.encode() for name in _KEPT_HEADERS)
+# An unsigned vendor's body proves nothing (the vendor's API is asked instead) and anyone
+# holding a callback URL can send one: only its start is kept, for forensics (issue 14.7).
+UNSIGNED_BODY_KEEP = 16 * 1024
 
 
 async def receive(request: Request) -> JSONResponse:
@@ -123,6 +126,10 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
     bound = log.bind(
         task_id=f"tsk_{task_id.hex}", vendor=adapter.name, delivery_id=delivery.delivery_id
     )
+    kept = body
+    if not adapter.signed_callbacks and len(body) > UNSIGNED_BODY_KEEP:
+        kept = body[:UNSIGNED_BODY_KEEP]
+        headers["x-taskhook-body-bytes"] = str(len(body))  # what it was before truncation
     try:
         update = adapter.parse(body)
     except PayloadInvalid as exc:
@@ -132,7 +139,7 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
             delivery_id=delivery.delivery_id,
             task_id=task_id,
             headers=headers,
-            body=body,
+            body=kept,
             message=exc.message,
         )
         bound.warning("webhook_rejected", error=exc.message)
@@ -146,7 +153,7 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
         delivery_id=delivery.delivery_id,
         task_id=task_id,
         headers=headers,
-        body=body,
+        body=kept,
         signed=adapter.signed_callbacks,
         vendor_task_id=update.vendor_task_id,
         to=update.status.value,

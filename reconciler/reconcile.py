@@ -255,7 +255,10 @@ async def reconcile_once(rt: Runtime, *, batch: int = 200) -> PassSummary:
     await expire_storing(rt, summary, batch=batch)
     async with rt.pool.acquire() as conn:
         summary.pruned = await queries.prune_deliveries(
-            conn, older_than_seconds=rt.settings.delivery_retention, limit=10_000
+            conn,
+            older_than_seconds=rt.settings.delivery_retention,
+            limit=10_000,
+            unsigned_vendors=[n for n, a in rt.vendors.items() if not a.signed_callbacks],
         )
         await queries.prune_rate_windows(conn)
     summary.duration = round(time.monotonic() - started, 3)

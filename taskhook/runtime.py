@@ -103,6 +103,8 @@ class Runtime:
     health: dict[str, VendorHealth] = field(default_factory=dict)
     # Vendor accounts learned and pinned in the database (receiver/accounts.py), once read.
     accounts: dict[str, str] = field(default_factory=dict)
+    # Confirmations with a vendor in flight from this process, by task (reconciler/confirm.py).
+    confirming: dict[Any, asyncio.Future[Any]] = field(default_factory=dict)
     events: TaskEvents = field(init=False)
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)

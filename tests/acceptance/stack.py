@@ -26,9 +26,15 @@ TERMINAL = {"completed", "failed", "canceled"}
 @dataclass
 class Stack:
     url: str
-    runtime: Runtime
+    runtime: Runtime  # the worker's and reconciler's
     sim: RunningSimulator
     settings: Settings
+    web: Any = None  # the web app (its own runtime: `web.state.runtime`)
+
+    @property
+    def web_runtime(self) -> Runtime:
+        runtime: Runtime = self.web.state.runtime
+        return runtime
 
     async def client_for(self, *, credits: int, email: str | None = None) -> httpx.AsyncClient:
         async with self.runtime.pool.acquire() as conn:
@@ -98,8 +104,9 @@ async def running_stack(
         if configure is not None:
             settings = configure(settings, sim.url)
         stop = asyncio.Event()
+        web = create_app(settings)
         async with (
-            running_app(create_app(settings), sock=sock, limits=settings.server),
+            running_app(web, sock=sock, limits=settings.server),
             open_runtime(settings) as rt,
         ):
             background = [
@@ -107,7 +114,7 @@ async def running_stack(
                 asyncio.create_task(run_reconciler(rt, stop, interval=reconcile_interval)),
             ]
             try:
-                yield Stack(url=url, runtime=rt, sim=sim, settings=settings)
+                yield Stack(url=url, runtime=rt, sim=sim, settings=settings, web=web)
             finally:
                 stop.set()
                 await asyncio.gather(*background, return_exceptions=True)
