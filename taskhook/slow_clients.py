@@ -65,6 +65,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.limits = limits
         self.timeout_keep_alive = limits.keepalive_timeout  # type: ignore[assignment]
         self._in_head = True  # waiting for (the rest of) a request's headers
+        self._heads = 0  # request heads completed on this connection
         self._head_bytes = 0
         self._idle_since = self.loop.time()
         self._head_timer: asyncio.TimerHandle | None = None
@@ -83,10 +84,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        in_head = self._in_head
+        in_head, heads = self._in_head, self._heads
         super().data_received(data)
-        if in_head and self._in_head and not self.transport.is_closing():
-            # The whole chunk was header bytes (a chunk that completed them reset the count).
+        if in_head and self._heads == heads and not self.transport.is_closing():
+            # No head completed in this chunk: all of it was header bytes.
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(
@@ -99,6 +100,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._heads += 1
         self._head_bytes = 0
         if self._head_timer is not None:
             self._head_timer.cancel()

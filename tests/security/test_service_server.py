@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -23,7 +29,7 @@ from taskhook.app import create_app
 from taskhook.runtime import Runtime
 from taskhook.serving import running_app
 from taskhook.settings import ServerLimits
-from tests.conftest import TEST_WEBHOOK_SECRET
+from tests.conftest import TEST_WEBHOOK_SECRET, S3Config
 from tests.factories import make_task, make_user
 from vendors.simulator.signing import new_webhook_id, webhook_headers
 
@@ -184,3 +190,72 @@ async def test_an_idle_connection_is_closed_after_the_header_timeout(
         writer.close()
     assert answer.startswith(b"HTTP/1.1 408 ") or answer == b""
     assert loop.time() - started < 5
+
+
+def test_taskhook_serve_runs_with_these_limits(db_url: str, s3: S3Config, tmp_path: Path) -> None:
+    """`taskhook serve` itself (two uvicorn worker processes, so the limits travel to them):
+    an idle connection gets its 408 at TASKHOOK_HEADER_TIMEOUT, a large head its 431."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "TASKHOOK_DATA_DIR": str(tmp_path),
+        "TASKHOOK_S3_ENDPOINT_URL": s3.endpoint_url,
+        "TASKHOOK_S3_BUCKET": s3.bucket,
+        "AWS_ACCESS_KEY_ID": s3.access_key_id or "",
+        "AWS_SECRET_ACCESS_KEY": s3.secret_access_key or "",
+        "AWS_REGION": s3.region,
+        "TASKHOOK_SECRET": "x" * 48,
+        "TASKHOOK_ADMIN_KEY": "y" * 48,
+        "TASKHOOK_HEADER_TIMEOUT": "1",
+        "TASKHOOK_MAX_HEADER_BYTES": "8192",
+    }
+    command = ["serve", "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "taskhook.cli", *command], env=env)  # noqa: S603
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, "taskhook serve exited"
+            assert time.monotonic() < deadline, "taskhook serve did not answer in 60 s"
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as idle:
+            started = time.monotonic()
+            answer = idle.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            assert time.monotonic() - started < 5
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as big:
+            big.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 9000)
+            assert big.recv(4096).startswith(b"HTTP/1.1 431 ")
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) in (0, 143)
+
+
+async def test_a_large_body_is_not_mistaken_for_large_headers(
+    served: tuple[str, int], conn: Conn
+) -> None:
+    """Headers and a whole body four times the header cap in one write: read as a body."""
+    _, key = await make_user(conn, credits=1)
+    body = json.dumps(
+        {"model": "a/b", "input": {"prompt": "x" * (4 * LIMITS.max_header_bytes)}}
+    ).encode()
+    head = (
+        f"POST /v1/tasks HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(*served)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        answer = await read_answer(reader, timeout=10)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 202 "), answer[:300]
