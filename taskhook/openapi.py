@@ -18,6 +18,7 @@ from db.states import TaskStatus
 from submit.accept import MAX_IDEMPOTENCY_KEY
 from submit.listing import DEFAULT_LIMIT, MAX_LIMIT
 from taskhook.errors import (
+    TASK_ERRORS,
     ActiveTaskLimit,
     AlreadyTerminal,
     IdempotencyConflict,
@@ -143,10 +144,13 @@ def _schemas() -> JsonObject:
             "properties": {
                 "code": {
                     "type": "string",
-                    "description": "vendor_failed, deadline_exceeded, vendor_rejected, "
-                    "vendor_lost, vendor_unavailable, storage_failed, ...",
+                    "description": ", ".join(TASK_ERRORS) + ", ...",
                 },
-                "message": {"type": "string"},
+                "message": {
+                    "type": "string",
+                    "description": "the code's fixed sentence, never details: "
+                    + "; ".join(f"{code}: {text}" for code, text in TASK_ERRORS.items()),
+                },
             },
         },
         "Task": {
