@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING
 
 import boto3
@@ -39,6 +40,10 @@ class ResultStore:
         self.bucket = bucket
         # key -> (presigned URL, until when to hand it out); oldest first.
         self._urls: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # keys being signed now, for other requests to wait on; the one signing thread.
+        self._signing: dict[str, asyncio.Future[str]] = {}
+        self._signer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presign")
+        self._batches: set[asyncio.Task[None]] = set()
         self._client: S3Client = boto3.client(
             "s3",
             endpoint_url=endpoint_url,
@@ -81,26 +86,60 @@ class ResultStore:
 
         Signing is local computation, but botocore's takes ~0.3 ms a URL: a page of tasks
         with many files each, signed on the event loop, stalled every other request. So
-        URLs are remembered for the first half of their life (a task's files never change)
-        and the missing ones are signed in a worker thread, all at once.
+        URLs are remembered for the first half of their life (a task's files never change),
+        a key already being signed for another request is waited for rather than signed
+        again, and the rest are signed together on one signing thread (one, so that signing
+        competes with the event loop for the GIL from one thread at most).
         """
         now = time.monotonic()
         urls: dict[str, str] = {}
-        for key in keys:
+        waiting: dict[str, asyncio.Future[str]] = {}
+        missing: list[str] = []
+        for key in dict.fromkeys(keys):
             cached = self._urls.get(key)
             if cached is not None and cached[1] > now:
                 urls[key] = cached[0]
-        missing = [key for key in dict.fromkeys(keys) if key not in urls]
+            elif key in self._signing:
+                waiting[key] = self._signing[key]
+            else:
+                missing.append(key)
         if missing:
-            signed = await asyncio.to_thread(lambda: [self._sign(key) for key in missing])
-            fresh_until = now + PRESIGN_SECONDS / 2
-            for key, url in zip(missing, signed, strict=True):
-                urls[key] = url
-                self._urls[key] = (url, fresh_until)
-                self._urls.move_to_end(key)
-            while len(self._urls) > PRESIGN_CACHE_SIZE:
-                self._urls.popitem(last=False)
+            batch = {key: asyncio.get_running_loop().create_future() for key in missing}
+            self._signing.update(batch)
+            # A task of its own: a request that goes away does not take the batch with it.
+            job = asyncio.ensure_future(
+                self._sign_batch(batch, fresh_until=now + PRESIGN_SECONDS / 2)
+            )
+            self._batches.add(job)
+            job.add_done_callback(self._batches.discard)
+            waiting.update(batch)
+        for key, future in waiting.items():
+            urls[key] = await asyncio.shield(future)
         return [urls[key] for key in keys]
+
+    async def _sign_batch(
+        self, batch: dict[str, asyncio.Future[str]], *, fresh_until: float
+    ) -> None:
+        keys = list(batch)
+        try:
+            signed = await asyncio.get_running_loop().run_in_executor(
+                self._signer, lambda: [self._sign(key) for key in keys]
+            )
+        except Exception as exc:
+            for key, future in batch.items():
+                self._signing.pop(key, None)
+                future.set_exception(exc)
+            return
+        for key, url in zip(keys, signed, strict=True):
+            self._urls[key] = (url, fresh_until)
+            self._urls.move_to_end(key)
+            self._signing.pop(key, None)
+            batch[key].set_result(url)
+        while len(self._urls) > PRESIGN_CACHE_SIZE:
+            self._urls.popitem(last=False)
+
+    def close(self) -> None:
+        self._signer.shutdown(wait=False, cancel_futures=True)
 
     def _sign(self, key: str) -> str:
         return self._client.generate_presigned_url(

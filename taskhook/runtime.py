@@ -209,4 +209,5 @@ async def open_runtime(
         if own_http:
             await client.aclose()
         await downloads.aclose()
+        store.close()
         await pool.close()
