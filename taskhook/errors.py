@@ -2,6 +2,7 @@
 
 TaskhookError
   RequestInvalid          400 invalid_json
+  ClientDisconnected      400 client_disconnected (the body never ended; nobody reads this)
   PayloadInvalid          400 invalid_payload     (a signed webhook we cannot read)
   TimestampOutOfRange     400 stale_timestamp
   Unauthorized            401 unauthorized
@@ -56,6 +57,13 @@ class RequestInvalid(TaskhookError):
 
     status_code = 400
     code = "invalid_json"
+
+
+class ClientDisconnected(TaskhookError):
+    """The client closed the connection before sending the whole body; nothing was done."""
+
+    status_code = 400
+    code = "client_disconnected"
 
 
 class PayloadInvalid(TaskhookError):
@@ -150,7 +158,7 @@ class UnsupportedMediaType(TaskhookError):
 
 
 class ValidationFailed(TaskhookError):
-    """The request is well-formed JSON but its fields are not valid."""
+    """Some of the request's values are not valid; `details` lists every problem."""
 
     status_code = 422
     code = "validation_error"

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 from db.states import TaskStatus
 from submit.accept import MAX_IDEMPOTENCY_KEY
 from submit.listing import DEFAULT_LIMIT, MAX_LIMIT
+from submit.streaming import MAX_EVENT_ID_DIGITS
 from taskhook.errors import (
     ActiveTaskLimit,
     AlreadyTerminal,
@@ -554,8 +555,12 @@ def _paths() -> JsonObject:
                         "name": "Last-Event-ID",
                         "in": "header",
                         "required": False,
-                        "description": "skip the events up to this id",
-                        "schema": {"type": "string"},
+                        "description": "skip the events up to this id (an `id` the stream "
+                        "sent; anything else is a 422)",
+                        "schema": {
+                            "type": "string",
+                            "pattern": f"^[0-9]{{1,{MAX_EVENT_ID_DIGITS}}}$",
+                        },
                     },
                 ],
                 "responses": {
@@ -586,7 +591,7 @@ def _paths() -> JsonObject:
                             }
                         },
                     },
-                    **_common(404),
+                    **_common(404, 422),
                 },
             },
         },

@@ -138,9 +138,12 @@ async def overview(request: Request) -> JSONResponse:
 
 async def replay(request: Request) -> JSONResponse:
     rt = require_admin(request)
-    delivery_row_id: int = request.path_params["delivery_id"]
-    if delivery_row_id > 2**63 - 1:
-        raise NotFound(f"no delivery {delivery_row_id}")
+    # Parsed here, after the key check: the router's int converter ran before it, on any
+    # number of digits (int() refuses more than 4300). A bigserial has at most 19.
+    raw = request.path_params["delivery_id"]
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) <= 2**63 - 1):
+        raise NotFound("No delivery with this id.")
+    delivery_row_id = int(raw)
     result = await replay_delivery(rt, delivery_row_id)
     return JSONResponse(
         {"id": result.delivery_row_id, "status": result.status, "message": result.message},
