@@ -104,11 +104,14 @@ async def run_demo(
             poll_after=3.0 if chaos else settings.poll_after,
             # The simulator speaks all three vendors; the demo spreads its tasks over them.
             **sim.vendor_settings(),
+            # Every model the demo and its web page offer: with routes, others are refused.
             routes={
                 "flux-schnell": (
                     VendorRoute("replicate", "black-forest-labs/flux-schnell", 1),
                     VendorRoute("fal", "fal-ai/flux/schnell", 1),
-                )
+                ),
+                "flux-dev": (VendorRoute("replicate", "black-forest-labs/flux-dev", 1),),
+                "midjourney": (VendorRoute("midjourney", "midjourney", 1),),
             },
         )
         stop = asyncio.Event()

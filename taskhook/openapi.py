@@ -231,9 +231,11 @@ def _schemas() -> JsonObject:
                     "maxLength": MAX_MODEL_LENGTH,
                     "pattern": r"\S",
                     "description": "a model named in TASKHOOK_ROUTES (routed to the first healthy "
-                    "vendor serving it), or a model id the vendor accepts (Replicate: "
-                    "'owner/name', 'owner/name:version' or a 64-hex version id; fal: "
-                    "'owner/app[/path]'; midjourney: 'midjourney', 'niji', ...)",
+                    "vendor serving it), or a vendor's own model id (Replicate: 'owner/name', "
+                    "'owner/name:version' or a 64-hex version id; fal: 'owner/app[/path]'; "
+                    "midjourney: 'midjourney', 'niji', ...): one a route lists costs that "
+                    "route's price at that vendor; with routes configured, others are refused "
+                    "(422) unless TASKHOOK_ALLOW_UNROUTED_MODELS=1",
                 },
                 "input": {"type": "object", "description": "the model's inputs"},
                 "vendor": {

@@ -466,6 +466,10 @@ class FalAdapter:
             return None
         return "model must be a fal model id like 'fal-ai/flux/dev' (owner/app[/path])"
 
+    def model_key(self, model: str) -> str:
+        # Every path is its own endpoint with its own price (fal-ai/flux/dev, .../schnell).
+        return model.lower()
+
     async def submit(
         self, *, task_id: uuid.UUID, model: str, input: Mapping[str, Any], callback_url: str
     ) -> VendorUpdate:

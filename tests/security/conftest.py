@@ -35,4 +35,5 @@ async def auth_header(runtime: Runtime, *, credits: int = 10) -> dict[str, str]:
 
 
 def assert_error(r: httpx.Response, status: int, code: str) -> None:
-    assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code, r.text
