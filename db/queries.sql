@@ -64,8 +64,19 @@ RETURNING u.balance;
 -- find_idempotent_task --
 SELECT id, request_hash FROM tasks WHERE user_id = $1 AND idempotency_key = $2;
 
+-- lock_parent --
+-- A follow-up action's parent, locked before create_task charges the user: rows are locked in
+-- one order everywhere, task rows (several: in id order) before user rows, as the transition
+-- locks its tasks and then refunds their users. (Charging first and then reaching the parent
+-- through the foreign key, while a cancel held the parent and waited for the user, deadlocked.)
+-- FOR SHARE, held until the child commits: other follow-ups of the parent pass, while the
+-- parent's own moves (the transition's FOR UPDATE) wait, so the status read here is still
+-- the parent's when the child is inserted.
+SELECT status::text FROM tasks WHERE id = $1 AND user_id = $2 FOR SHARE;
+
 -- create_task --
 -- Charge and insert in one statement: no charge without a task, no task without a charge.
+-- Locks the user's row; a follow-up's parent must be locked before (lock_parent).
 -- No row means the balance was short or the user is at the active-task cap $12 (0 = none);
 -- a row with task_id NULL means a concurrent request with the same idempotency key won (the
 -- caller rolls back and returns that task).

@@ -12,6 +12,7 @@ TaskhookError
   NotFound                404 not_found
   IdempotencyConflict     409 idempotency_conflict
   AlreadyTerminal         409 already_terminal
+  AlreadyFinished         409 already_finished    (the vendor succeeded: no cancel)
   PayloadTooLarge         413 payload_too_large
   UnsupportedMediaType    415 unsupported_media_type
   ValidationFailed        422 validation_error    (with details)
@@ -127,6 +128,13 @@ class AlreadyTerminal(TaskhookError):
 
     status_code = 409
     code = "already_terminal"
+
+
+class AlreadyFinished(TaskhookError):
+    """The vendor has already finished this task, so it can no longer be canceled."""
+
+    status_code = 409
+    code = "already_finished"
 
 
 class ParentNotSucceeded(TaskhookError):

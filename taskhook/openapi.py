@@ -20,6 +20,7 @@ from submit.listing import DEFAULT_LIMIT, MAX_LIMIT
 from submit.streaming import MAX_EVENT_ID_DIGITS
 from taskhook.errors import (
     ActiveTaskLimit,
+    AlreadyFinished,
     AlreadyTerminal,
     IdempotencyConflict,
     InsufficientCredits,
@@ -489,10 +490,15 @@ def _paths() -> JsonObject:
             "post": {
                 "operationId": "cancelTask",
                 "summary": "Cancel a task",
-                "description": "Refunds the task and tells the vendor (best effort).",
+                "description": "Refunds the task and tells the vendor (best effort); only "
+                "until the vendor reports success.",
                 "responses": {
                     "200": {**task_response, "description": "The canceled task."},
-                    "409": _error_response("The task is already terminal.", [AlreadyTerminal]),
+                    "409": _error_response(
+                        "The vendor already finished the task (`already_finished`: storing or "
+                        "completed, not refunded), or it failed or was canceled.",
+                        [AlreadyFinished, AlreadyTerminal],
+                    ),
                     **_common(404),
                 },
             },
