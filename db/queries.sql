@@ -283,13 +283,17 @@ RETURNING id, vendor, vendor_task_id, COALESCE(vendor_model, model) AS vendor_mo
 
 -- claim_overdue --
 -- Tasks not yet at the vendor's finish line whose deadline passed (storing is the worker's).
+-- Claimed whatever next_poll_at says: fresh vendor news and the poll back-off push that far
+-- out (TASKHOOK_POLL_AFTER may be minutes), and a deadline must not wait for it. The lease is
+-- lease_expires_at, which only the worker uses otherwise (for storing tasks) and every applied
+-- move clears; next_poll_at moves too, so the same pass does not also poll the task as due.
 UPDATE tasks
-   SET next_poll_at = now() + make_interval(secs => $2)
+   SET next_poll_at = now() + make_interval(secs => $2),
+       lease_expires_at = now() + make_interval(secs => $2)
  WHERE id IN (SELECT id FROM tasks
                WHERE status IN ('pending', 'submitted', 'processing')
                  AND deadline_at <= now() AND vendor = $3
-                 AND (next_poll_at IS NULL OR next_poll_at <= now()
-                      OR status = 'pending')
+                 AND (lease_expires_at IS NULL OR lease_expires_at <= now())
                ORDER BY deadline_at
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)
