@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ from structlog.testing import capture_logs
 from db.states import TaskStatus
 from db.transition import transition
 from taskhook.runtime import Runtime
-from tests.conftest import TEST_WEBHOOK_SECRET
+from tests.conftest import TEST_WEBHOOK_SECRET, S3Config
 from tests.factories import make_task, make_user
 from tests.security.conftest import assert_error, auth_header
 from vendors.simulator.signing import webhook_headers
@@ -188,3 +189,33 @@ def test_a_fal_signed_timestamp_of_309_digits_is_stale_not_an_overflow() -> None
         headers = signed(key, timestamp=timestamp)
         with pytest.raises(TimestampOutOfRange):
             verify_signature(BODY, headers, [key.public_key()], now=1e9, tolerance=300)
+
+
+@pytest.mark.parametrize(("delivery_id", "exit_code"), [("9" * 20, 1), ("0", 1), ("9" * 5000, 2)])
+def test_taskhook_deliveries_replay_of_an_impossible_id_is_a_clear_error(
+    db_url: str,
+    s3: S3Config,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    delivery_id: str,
+    exit_code: int,
+) -> None:
+    """The CLI twin of the admin API's replay: one line, no traceback."""
+    from click.testing import CliRunner
+
+    from taskhook.cli import cli
+
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.setenv("TASKHOOK_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TASKHOOK_S3_ENDPOINT_URL", s3.endpoint_url)
+    monkeypatch.setenv("TASKHOOK_S3_BUCKET", s3.bucket)
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", s3.access_key_id),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_access_key),
+    ):
+        if value:
+            monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(cli, ["deliveries", "replay", delivery_id])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert result.exit_code == exit_code, result.output
+    assert ("no delivery" if exit_code == 1 else "not a valid integer") in result.output
