@@ -1,3 +1,9 @@
+-- Every statement, named. Lock order, for every statement and transaction: task rows first
+-- (several: in id order), then user rows. The transition (taskhook_transition_many) locks its
+-- tasks and then credits their users; a follow-up action locks its parent (lock_parent)
+-- before create_task charges the user. Transactions that take rows in one order can wait for
+-- each other but never deadlock.
+
 -- transition --
 -- The only writer of tasks.status: taskhook_transition_many (db/migrations/0008_set_based.sql),
 -- here for one task. JSON arguments come as text, the allowed states comma-joined.
