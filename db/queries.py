@@ -368,8 +368,10 @@ async def audit_refunds(conn: Conn) -> list[Record]:
     return list(await conn.fetch(QUERIES["audit_refunds"]))
 
 
-async def audit_overdue(conn: Conn, *, grace_seconds: float) -> list[Record]:
-    return list(await conn.fetch(QUERIES["audit_overdue"], grace_seconds))
+async def audit_overdue(
+    conn: Conn, *, grace_seconds: float, storage_deadline: float
+) -> list[Record]:
+    return list(await conn.fetch(QUERIES["audit_overdue"], grace_seconds, storage_deadline))
 
 
 async def count_by_status(conn: Conn) -> dict[str, int]:

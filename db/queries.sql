@@ -274,11 +274,16 @@ SELECT 'webhook_deliveries', w.task_id, count(*)
  LIMIT 100;
 
 -- audit_overdue --
--- Open tasks past their deadline by more than the grace period.
+-- Open tasks past their deadline by more than the grace period. A task storing has until the
+-- later of its deadline and its storing deadline ($2 seconds after it entered storing): a
+-- success the last poll found at the deadline is still stored (storage/results.py).
 SELECT id, status::text AS status, deadline_at
   FROM tasks
  WHERE status IN ('pending', 'submitted', 'processing', 'storing')
-   AND deadline_at < now() - make_interval(secs => $1);
+   AND CASE WHEN status = 'storing'
+            THEN GREATEST(deadline_at, updated_at + make_interval(secs => $2))
+            ELSE deadline_at END
+       < now() - make_interval(secs => $1);
 
 -- count_by_status --
 SELECT status::text AS status, count(*) AS n FROM tasks GROUP BY status;

@@ -55,17 +55,24 @@ def _plain(row: Any) -> dict[str, Any]:
 
 
 async def run_audit(
-    conn: Conn, *, grace_seconds: float = CRON_INTERVAL + Settings.registration_timeout
+    conn: Conn,
+    *,
+    grace_seconds: float = CRON_INTERVAL + Settings.registration_timeout,
+    storage_deadline: float = Settings.storage_deadline,
 ) -> AuditReport:
     """Balance = sum(ledger) per user; one charge and at most one refund per task, a refund
-    exactly for failed/canceled ones; no open task past its deadline (plus a grace period);
+    exactly for failed/canceled ones; no open task past its deadline (plus a grace period;
+    a storing task past the later of its deadline and its storing deadline);
     no event or accepted delivery naming a task that does not exist (the log tables' foreign
     keys, checked here instead of on every insert: 0009_log_tables.sql)."""
     return AuditReport(
         balance_mismatches=[_plain(r) for r in await queries.audit_balances(conn)],
         ledger_mismatches=[_plain(r) for r in await queries.audit_refunds(conn)],
         overdue_open_tasks=[
-            _plain(r) for r in await queries.audit_overdue(conn, grace_seconds=grace_seconds)
+            _plain(r)
+            for r in await queries.audit_overdue(
+                conn, grace_seconds=grace_seconds, storage_deadline=storage_deadline
+            )
         ],
         active_count_mismatches=[_plain(r) for r in await queries.audit_active_counts(conn)],
         orphan_log_rows=[_plain(r) for r in await queries.audit_orphans(conn)],

@@ -503,7 +503,14 @@ def audit(grace: float | None) -> None:
 
     settings = with_database(load_settings())
     allowed = default_grace(settings) if grace is None else grace
-    report = run(with_conn(settings, lambda c: run_audit(c, grace_seconds=allowed)))
+    report = run(
+        with_conn(
+            settings,
+            lambda c: run_audit(
+                c, grace_seconds=allowed, storage_deadline=settings.storage_deadline
+            ),
+        )
+    )
     echo_json(report.as_dict())
     sys.exit(0 if report.ok else 1)
 

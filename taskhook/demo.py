@@ -155,7 +155,11 @@ async def _drive(
         final = await _watch(console, client, ids, timeout=120 + tasks * 0.2 + (60 if chaos else 0))
         me = (await client.get("/v1/me")).json()
     async with rt.pool.acquire() as conn:
-        report = await run_audit(conn, grace_seconds=default_grace(settings))
+        report = await run_audit(
+            conn,
+            grace_seconds=default_grace(settings),
+            storage_deadline=settings.storage_deadline,
+        )
     verified = await _verify_files(rt, final)
     return _summary(console, final, me, report.ok, verified, api_key, web_url)
 

@@ -18,6 +18,7 @@ from db import queries
 from db.states import TaskStatus
 from db.transition import transition
 from reconciler.reconcile import reconcile_once
+from taskhook.audit import run_audit
 from taskhook.runtime import Runtime
 from taskhook.settings import Settings
 from tests.acceptance.stack import running_stack, wait_all_terminal, wait_for
@@ -164,3 +165,29 @@ async def test_a_worker_attempt_stops_at_the_storing_deadline(fast: Settings) ->
             final = await wait_status(client, task_id, {"failed", "completed"}, timeout=30)
             assert final["status"] == "failed" and final["error"]["code"] == "storage_failed"
             assert loop.time() - started < 20
+
+
+async def test_the_audit_gives_a_storing_task_its_storing_deadline(
+    runtime: Runtime, conn: Conn
+) -> None:
+    """A success found by the deadline's last poll is still stored: `taskhook audit` allows a
+    storing task the later of its deadline and its storing deadline, plus the same grace."""
+    user_id, _ = await make_user(conn, credits=2)
+    storing = []
+    for _ in range(2):
+        task_id = await make_task(conn, user_id, deadline_seconds=-80)
+        await transition(
+            conn, task_id=task_id, to=TaskStatus.STORING, event_key="done", cause="t",
+            vendor_task_id="p", outputs=["http://93.184.216.34/x.png"],
+        )  # fmt: skip
+        storing.append(task_id)
+    within, stale = storing  # both past their deadline; `within` entered storing just now
+    await conn.execute(  # entered storing long enough ago to be past even its storing deadline
+        "UPDATE tasks SET updated_at = now() - make_interval(secs => $2) WHERE id = $1",
+        stale,
+        runtime.settings.storage_deadline + 71,
+    )
+    report = await run_audit(
+        conn, grace_seconds=70, storage_deadline=runtime.settings.storage_deadline
+    )
+    assert {r["id"] for r in report.overdue_open_tasks} == {str(stale)}, within
