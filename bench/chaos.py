@@ -439,12 +439,18 @@ async def storing_leases(dsn: str, pid: int) -> list[str]:
         await conn.close()
 
 
+IDLE_SEARCH_SECONDS = 10.0
+
+
 async def idle_worker(config: ChaosConfig, stack: ChaosStack) -> Service:
     """A worker frozen (SIGSTOP) while it holds no storing lease; the caller kills it.
 
     A statement sent just before the freeze still commits, so the leases are read after a
-    short settle; a worker found holding some is let go on (SIGCONT) and the next one tried."""
-    deadline = time.monotonic() + 60
+    short settle; a worker found holding some is let go on (SIGCONT) and the next one tried.
+    The search is short: a worker runs each storing job on its own and claims the next as a
+    slot frees (issue 14.4), so under load it is seldom without a claim, and every freeze slows
+    it; one killed with claims costs their lease (30 s), less than a long search."""
+    deadline = time.monotonic() + IDLE_SEARCH_SECONDS
     while True:
         for worker in stack.workers:
             assert worker.proc is not None
@@ -459,7 +465,11 @@ async def idle_worker(config: ChaosConfig, stack: ChaosStack) -> Service:
             if idle:
                 return worker
             if time.monotonic() > deadline:
-                log(config, "no worker without storing claims found in 60 s: killing one anyway")
+                log(
+                    config,
+                    f"no worker without storing claims found in {IDLE_SEARCH_SECONDS:g} s: "
+                    "killing one anyway",
+                )
                 return worker
             await asyncio.sleep(0.05)  # let it run on before the next look
 

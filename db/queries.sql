@@ -185,7 +185,9 @@ UPDATE tasks
  WHERE id IN (SELECT id FROM tasks
                WHERE status = 'storing'
                  AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-               ORDER BY lease_expires_at NULLS FIRST
+               -- Oldest first: a dead worker's claims, free again once their lease lapses,
+               -- must not wait behind newer work, with their storing deadline running.
+               ORDER BY updated_at
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)
 RETURNING id, storage_attempts,

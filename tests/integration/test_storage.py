@@ -276,3 +276,23 @@ async def test_a_working_worker_keeps_renewing_its_short_lease(
     job.cancel()
     with pytest.raises(asyncio.CancelledError):
         await job
+
+
+async def test_a_dead_workers_claims_go_first_once_their_lease_lapses(
+    runtime: Runtime, conn: Conn
+) -> None:
+    """Claims were ordered by lease, unleased first: under steady load a dead worker's tasks
+    waited behind every newer one (74 s in the chaos run, with the storing deadline running).
+    Oldest in storing first."""
+    orphan = await storing_task(conn, ["http://93.184.216.34/x.png"])
+    await conn.execute(
+        "UPDATE tasks SET updated_at = now() - interval '20 seconds', lease_owner = 'dead',"
+        " lease_expires_at = now() - interval '1 second' WHERE id = $1",
+        orphan,
+    )
+    for _ in range(3):
+        await storing_task(conn, ["http://93.184.216.34/x.png"])
+    (first,) = await queries.claim_storing(
+        conn, limit=1, owner="alive", lease_seconds=60, storage_deadline=600
+    )
+    assert first.task_id == orphan
