@@ -5,8 +5,6 @@ Only `Settings.from_env` reads the environment; tests build `Settings(...)` dire
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 import secrets
@@ -15,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
+
+from taskhook.whsec import decode_secret
 
 T = TypeVar("T")
 
@@ -158,7 +158,7 @@ class Settings:
             secrets_raw = get("REPLICATE_WEBHOOK_SECRET") or ""
             webhook_secrets = tuple(s.strip() for s in secrets_raw.split(",") if s.strip())
             for s in webhook_secrets:
-                if not s.startswith("whsec_") or not _decodes(s[len("whsec_") :]):
+                if not s.startswith("whsec_") or not _decodes(s):
                     raise SettingsError(
                         "REPLICATE_WEBHOOK_SECRET must be whsec_<base64> secrets, comma-separated"
                     )
@@ -258,11 +258,12 @@ def parse_routes(raw: str | None) -> dict[str, tuple[VendorRoute, ...]]:
     return routes
 
 
-def _decodes(text: str) -> bool:
+def _decodes(secret: str) -> bool:
     try:
-        return bool(base64.b64decode(text, validate=True))
-    except binascii.Error:
+        decode_secret(secret)
+    except ValueError:
         return False
+    return True
 
 
 def generated_secret(data_dir: Path, name: str) -> str:

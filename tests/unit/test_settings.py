@@ -173,6 +173,14 @@ def test_an_undecodable_webhook_secret_names_its_variable(env: dict[str, str], v
         Settings.from_env(env)
 
 
+def test_an_unpadded_webhook_secret_is_accepted(env: dict[str, str]) -> None:
+    """As the official standardwebhooks library accepts it (issue 16.6)."""
+    env.update(REPLICATE_API_TOKEN="r8_token", REPLICATE_WEBHOOK_SECRET=SECRET_B.rstrip("="))
+    settings = Settings.from_env(env)
+    assert settings.replicate is not None
+    assert settings.replicate.webhook_secrets == (SECRET_B.rstrip("="),)
+
+
 def test_webhook_secret_is_ignored_without_a_token(env: dict[str, str]) -> None:
     env["REPLICATE_WEBHOOK_SECRET"] = "notwhsec"
     assert Settings.from_env(env).replicate is None
