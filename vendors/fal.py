@@ -73,6 +73,7 @@ _MODEL = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})+", re.ASCII)
 _NAMESPACES = frozenset({"workflows", "comfy"})
 # tqdm-style lines ("  50%|█████     | 2/4") are the only progress fal's logs show.
 _PERCENT = re.compile(r"(\d{1,3})(?:\.\d+)?\s*%")
+RUNNING_PROGRESS_CAP = 99
 
 # The queue's statuses. COMPLETED says nothing about success: the result decides.
 _STATUS_MAP: Mapping[str, TaskStatus] = {
@@ -103,13 +104,14 @@ def app_id(model: str) -> str:
 
 
 def progress_from_logs(logs: Any) -> int | None:
-    """The percentage in the most recent log line that shows one (fal logs are objects)."""
+    """The percentage in the most recent log line that shows one (fal logs are objects); below
+    100 while the request runs, since a model may run several 0-100 % loops."""
     if not isinstance(logs, list):
         return None
     for entry in reversed(logs):
         message = entry.get("message") if isinstance(entry, dict) else entry
         if isinstance(message, str) and (found := _PERCENT.findall(message)):
-            return min(100, int(found[-1]))
+            return min(RUNNING_PROGRESS_CAP, int(found[-1]))
     return None
 
 

@@ -29,6 +29,9 @@ _VERSION = re.compile(r"[A-Za-z0-9]+")
 _MODEL = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+", re.ASCII)
 # tqdm lines in the logs ("  50%|█████     | 2/4 ...") are the only progress Replicate reports.
 _PROGRESS = re.compile(r"(\d{1,3})%\|")
+# A running prediction is never done: many models run several tqdm loops (a base and a
+# refiner, an upscaler after the sampler), so the first loop's 100% is not the end.
+RUNNING_PROGRESS_CAP = 99
 
 
 _STATUS_MAP: Mapping[str, TaskStatus] = {
@@ -43,16 +46,23 @@ _STATUS_MAP: Mapping[str, TaskStatus] = {
 
 
 def progress_from_logs(logs: str | None) -> int | None:
+    """The latest tqdm percentage, below 100 while the prediction runs (see the cap)."""
     if not logs:
         return None
     found = _PROGRESS.findall(logs)
-    return min(100, int(found[-1])) if found else None
+    return min(RUNNING_PROGRESS_CAP, int(found[-1])) if found else None
+
+
+def is_output(value: str) -> bool:
+    """A file output: an http(s) URL, or the `data:` URI a `Prefer: wait` create returns
+    (https://replicate.com/docs/topics/predictions/create-a-prediction)."""
+    return value.startswith(("http://", "https://", "data:"))
 
 
 def output_urls(output: Any) -> list[str]:
     """Replicate models return a URL, a list of URLs, or an object of them; keep them in order."""
     if isinstance(output, str):
-        return [output] if output.startswith(("http://", "https://")) else []
+        return [output] if is_output(output) else []
     if isinstance(output, list):
         return [url for item in output for url in output_urls(item)]
     if isinstance(output, dict):

@@ -123,7 +123,10 @@ def test_app_id_is_owner_and_app_only(model: str, app: str) -> None:
         ([{"message": " 25%|██▌       | 1/4"}, {"message": " 75%|███████▌  | 3/4"}], 75),
         ([{"message": " 50%|█████     | 2/4"}, {"message": "saving"}], 50),
         ([{"message": "progress 12.5 %"}], 12),
-        ([{"message": "999%"}], 100),
+        # A running request's 100 % is one loop's end, not the request's (issue 16.6).
+        ([{"message": "999%"}], 99),
+        ([{"message": "100%|██████████| 4/4"}, {"message": "  0%|          | 0/2"}], 0),
+        ([{"message": "100%|██████████| 4/4"}], 99),
         ("50%", None),
     ],
 )

@@ -261,9 +261,22 @@ def test_no_tqdm_line_means_no_progress(logs: Any) -> None:
     assert to_update(prediction("processing", logs=logs)).progress is None
 
 
-def test_hundred_percent() -> None:
+def test_a_finished_loop_is_not_a_finished_prediction() -> None:
+    """A running prediction's 100 % line is one loop's end, not the job's (issue 16.6)."""
     logs = "100%|██████████| 4/4 [00:04<00:00,  1.00it/s]"
-    assert to_update(prediction("processing", logs=logs)).progress == 100
+    assert to_update(prediction("processing", logs=logs)).progress == 99
+
+
+def test_several_loops_never_show_100_before_the_prediction_succeeds() -> None:
+    """A base model's loop, then a refiner's (SDXL): progress must not claim the end early."""
+    base = "".join(f"{p:4d}%|{'█' * (p // 10):10s}| {p // 25}/4 [..]\n" for p in (25, 50, 75, 100))
+    refiner = "  0%|          | 0/2 [..]\n 50%|█████     | 1/2 [..]\n"
+    seen = [
+        to_update(prediction("processing", logs=base[: i + 1])).progress
+        for i in range(len(base))
+        if base[i] == "\n"
+    ] + [to_update(prediction("processing", logs=base + refiner)).progress]
+    assert seen and max(p for p in seen if p is not None) < 100
 
 
 @pytest.mark.parametrize(
@@ -284,11 +297,15 @@ def test_hundred_percent() -> None:
                 3,
                 "not a url",
                 None,
-                "data:image/png;base64,AA==",
                 {"nested": ["https://r.test/2.png"]},
                 "ftp://r.test/x.png",
             ],
             ["https://r.test/1.png", "https://r.test/2.png"],
+        ),
+        # What a `Prefer: wait` create answers with (issue 16.6): stored like any file.
+        (
+            ["data:image/png;base64,iVBORw0KGgo=", "https://r.test/2.png"],
+            ["data:image/png;base64,iVBORw0KGgo=", "https://r.test/2.png"],
         ),
     ],
 )
