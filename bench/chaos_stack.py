@@ -82,9 +82,13 @@ class Faults:
     fail: float = 0.1
     bad_signature: float = 0.1
     job_seconds: float = 2.0
+    # The vendors' clocks shrink with the jobs: Replicate's ~30 s 429 wait becomes 1.5 s, its
+    # minute of final-webhook retries 3 s (the retry policy itself is Replicate's).
+    time_scale: float = 0.05
 
     def argv(self) -> list[str]:
         args = [
+            *("--time-scale", str(self.time_scale)),
             *("--drop", str(self.drop), "--duplicate", str(self.duplicate)),
             *("--error-rate", str(self.error_rate), "--fail", str(self.fail)),
             *("--bad-signature", str(self.bad_signature), "--job-seconds", str(self.job_seconds)),

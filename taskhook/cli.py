@@ -248,6 +248,14 @@ def reconcile(once: bool, interval: float, metrics_port: int | None) -> None:
     help="fraction of webhooks preceded by a wrongly signed copy",
 )
 @click.option("--job-seconds", default=3.0, show_default=True, type=click.FloatRange(0))
+@click.option(
+    "--time-scale",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="factor on the vendors' own clocks: a 429's announced wait, webhook retry schedules, "
+    "result retention (1 = the real vendor)",
+)
 @click.option("--seed", default=None, type=int)
 @click.option(
     "--webhook-secret",
@@ -276,6 +284,7 @@ def simulator(
     early: bool,
     bad_signature: float,
     job_seconds: float,
+    time_scale: float,
     seed: int | None,
     webhook_secret: str | None,
     fal_key: str | None,
@@ -296,6 +305,7 @@ def simulator(
         bad_signature=bad_signature,
         seed=seed,
         job_seconds=job_seconds,
+        time_scale=time_scale,
         fal_key=fal_key,
         mj_secret=mj_secret,
         mj_lag=mj_lag,

@@ -20,7 +20,7 @@ from db.states import TaskStatus
 from receiver.signature import Delivery, decode_secret, verify_standard_webhook
 from taskhook.errors import PayloadInvalid, VendorRejected, VendorUnavailable
 from vendors.base import VendorUpdate
-from vendors.http import raise_for_transient, send
+from vendors.http import raise_for_transient, seconds_in, send
 
 NAME = "replicate"
 EVENTS_FILTER = ("start", "output", "logs", "completed")
@@ -33,6 +33,11 @@ _PROGRESS = re.compile(r"(\d{1,3})%\|")
 # refiner, an upscaler after the sampler), so the first loop's 100% is not the end.
 RUNNING_PROGRESS_CAP = 99
 
+
+# Replicate's 429 carries no Retry-After; its body says when ("Request was throttled. Your rate
+# limit resets in ~30s.", formerly "Expected available in 1 second.").
+# https://replicate.com/docs/topics/predictions/rate-limits
+_THROTTLE_WAIT = re.compile(r"(?:resets in|available in)\s*~?\s*(\d+(?:\.\d+)?)\s*s", re.I)
 
 _STATUS_MAP: Mapping[str, TaskStatus] = {
     "starting": TaskStatus.SUBMITTED,
@@ -68,6 +73,16 @@ def output_urls(output: Any) -> list[str]:
     if isinstance(output, dict):
         return [url for item in output.values() for url in output_urls(item)]
     return []
+
+
+def throttle_wait(response: httpx.Response) -> float | None:
+    """How long a 429's body says to wait, when no header did."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return None
+    found = _THROTTLE_WAIT.search(detail) if isinstance(detail, str) else None
+    return seconds_in(found.group(1)) if found else None
 
 
 def to_update(prediction: Any) -> VendorUpdate:
@@ -212,7 +227,7 @@ class ReplicateAdapter:
             timeout=self._timeout,
             json=json,
         )
-        raise_for_transient(response, vendor="Replicate", credential="token")
+        raise_for_transient(response, vendor="Replicate", credential="token", wait=throttle_wait)
         if response.status_code >= 400:
             raise VendorRejected(f"Replicate rejected the request: {_detail(response)}")
         try:

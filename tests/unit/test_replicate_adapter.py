@@ -424,6 +424,37 @@ async def test_429_is_unavailable_with_retry_after(
     assert len(recorder.requests) == 1
 
 
+# Issue 16.3: Replicate's 429 has no Retry-After. What it sends (rate-limits page for the body,
+# the official client's cassettes for the ratelimit-* headers it puts on every answer):
+@operations
+@pytest.mark.parametrize(
+    ("headers", "detail", "wait"),
+    [
+        ({}, "Request was throttled. Your rate limit resets in ~30s.", 30.0),
+        ({}, "Request was throttled. Expected available in 1 second.", 1.0),
+        ({"ratelimit-remaining": "0", "ratelimit-reset": "12"}, "Request was throttled.", 12.0),
+        (
+            {"ratelimit-remaining": "0", "ratelimit-reset": "12"},
+            "Request was throttled. Your rate limit resets in ~30s.",
+            12.0,
+        ),
+        ({}, "Request was throttled.", None),
+    ],
+)
+async def test_a_429_without_retry_after_waits_what_replicate_says(
+    make_adapter: MakeAdapter,
+    operation: Operation,
+    headers: dict[str, str],
+    detail: str,
+    wait: float | None,
+) -> None:
+    recorder = Recorder(lambda _r: httpx.Response(429, headers=headers, json={"detail": detail}))
+    with pytest.raises(VendorUnavailable) as caught:
+        await operation(make_adapter(recorder))
+    assert caught.value.throttled
+    assert caught.value.retry_after == wait
+
+
 @operations
 @pytest.mark.parametrize("status", [500, 502, 503])
 async def test_5xx_is_unavailable(

@@ -27,6 +27,7 @@ import pytest
 from starlette.applications import Starlette
 
 from vendors.simulator import SimulatorConfig, create_app
+from vendors.simulator.dialect import REPLICATE_FINAL_RETRIES
 from vendors.simulator.lifecycle import Simulator
 from vendors.simulator.png import gradient_png
 from vendors.simulator.signing import sign
@@ -583,9 +584,15 @@ async def test_error_rate_answers_503_or_429_without_side_effects() -> None:
             response = await h.create()
             statuses[response.status_code] += 1
             body = response.json()
-            assert body["status"] == response.status_code
             if response.status_code == 429:
-                assert response.headers["retry-after"] == "1"
+                # As Replicate sends it (issue 16.3): no Retry-After, the wait in words and
+                # in the ratelimit-* headers.
+                assert "retry-after" not in response.headers
+                assert body == {"detail": "Request was throttled. Your rate limit resets in ~30s."}
+                assert response.headers["ratelimit-remaining"] == "0"
+                assert response.headers["ratelimit-reset"] == "30"
+            else:
+                assert body["status"] == 503
         assert set(statuses) == {503, 429}
         assert (await h.api.get("/v1/predictions/x")).status_code in (503, 429)
         assert (await h.api.post("/v1/predictions/x/cancel")).status_code in (503, 429)
@@ -693,33 +700,49 @@ async def test_outputs_are_real_pngs() -> None:
         assert (await h.api.get(f"/files/{pid}/3.png")).status_code == 404
 
 
-async def test_webhook_retried_after_500() -> None:
+# Issue 16.7: Replicate "retries the final webhook ... if we can't make the request at all, or if
+# we get a 4xx or 5xx response ... The final retry is sent about 1 minute after the prediction
+# completed. We do not retry any webhooks for intermediate states."
+FAST_CLOCK = 0.001  # the vendor's minute of retries takes 60 ms here
+
+
+async def test_only_the_final_webhook_is_retried_after_a_500() -> None:
     def flaky(hook: Hook, attempt: int) -> int:
         return 500 if attempt == 0 else 200
 
-    async with simulator(respond=flaky) as h:
+    async with simulator(respond=flaky, time_scale=FAST_CLOCK) as h:
         await h.create()
-        await h.receiver.wait_count(14)
+        await h.receiver.wait_count(8)
         await h.settle()
         per_id = Counter(hook.id for hook in h.receiver.hooks)
-        assert len(per_id) == 7 and set(per_id.values()) == {2}
+        final = [hook.id for hook in h.receiver.hooks if hook.json["status"] == "succeeded"]
+        assert len(per_id) == 7 and per_id[final[0]] == 2
+        assert all(n == 1 for hook_id, n in per_id.items() if hook_id != final[0])
         assert all(hook.valid for hook in h.receiver.hooks)
         webhooks = (await h.stats())["webhooks"]
-        assert webhooks["retried"] == 7
-        assert webhooks["delivered"] == 7
-        assert webhooks["failed_deliveries"] == 0
+        assert (webhooks["retried"], webhooks["delivered"]) == (1, 1)
+        assert webhooks["failed_deliveries"] == 6  # the intermediate ones, lost for good
 
 
-async def test_webhook_retried_after_429_and_transport_error_then_gives_up() -> None:
-    async with simulator(respond=lambda hook, attempt: 429, webhook_retries=2) as h:
+@pytest.mark.parametrize("status", [400, 401, 404, 429, 500, 503])
+async def test_the_final_webhook_is_retried_about_a_minute_whatever_the_refusal(
+    status: int,
+) -> None:
+    async with simulator(respond=lambda hook, attempt: status, time_scale=FAST_CLOCK) as h:
         await h.create(webhook_events_filter=["completed"])
         await h.settle()
-        assert len(h.receiver.hooks) == 3
+        assert len(h.receiver.hooks) == 1 + len(REPLICATE_FINAL_RETRIES)
+        assert len({hook.id for hook in h.receiver.hooks}) == 1
         webhooks = (await h.stats())["webhooks"]
-        assert (webhooks["retried"], webhooks["failed_deliveries"]) == (2, 1)
+        assert (webhooks["retried"], webhooks["failed_deliveries"]) == (6, 1)
+    assert 50 <= sum(REPLICATE_FINAL_RETRIES) <= 70, "about a minute"
 
+
+async def test_the_final_webhook_is_retried_after_a_transport_error() -> None:
     failures = iter([True, False])
-    async with simulator(transport_error=lambda request: next(failures)) as h:
+    async with simulator(
+        transport_error=lambda request: next(failures), time_scale=FAST_CLOCK
+    ) as h:
         await h.create(webhook_events_filter=["completed"])
         await h.settle()
         assert len(h.receiver.hooks) == 1
@@ -727,14 +750,13 @@ async def test_webhook_retried_after_429_and_transport_error_then_gives_up() -> 
         assert (webhooks["sent"], webhooks["retried"], webhooks["delivered"]) == (2, 1, 1)
 
 
-async def test_webhook_not_retried_after_400() -> None:
-    async with simulator(respond=lambda hook, attempt: 400) as h:
-        await h.create()
+async def test_intermediate_webhooks_are_never_retried() -> None:
+    async with simulator(respond=lambda hook, attempt: 503, time_scale=FAST_CLOCK) as h:
+        await h.create(webhook_events_filter=["start", "logs", "output"])
         await h.settle()
-        assert len(h.receiver.hooks) == 7
+        assert len(h.receiver.hooks) == 6
         webhooks = (await h.stats())["webhooks"]
-        assert webhooks["retried"] == 0
-        assert webhooks["failed_deliveries"] == 7
+        assert (webhooks["retried"], webhooks["failed_deliveries"]) == (0, 6)
 
 
 async def test_shutdown_cancels_running_predictions() -> None:

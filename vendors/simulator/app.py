@@ -29,6 +29,8 @@ from vendors.simulator.png import gradient_png
 from vendors.simulator.validation import MODEL_RE, RequestError, parse_create
 
 NOT_FOUND = {"detail": "Not found.", "status": 404}
+THROTTLE_RESET = 30.0
+"""Seconds Replicate's 429 says its rate limit needs ("resets in ~30s")."""
 UNAUTHENTICATED = RequestError(
     401, "Unauthenticated", "You did not pass a valid authentication token"
 )
@@ -42,12 +44,20 @@ def _not_found() -> JSONResponse:
     return JSONResponse(NOT_FOUND, status_code=404)
 
 
-def _fault_response(status: int) -> JSONResponse:
+def throttled(reset: int) -> JSONResponse:
+    """Replicate's 429 as it is sent: no Retry-After; the wait is in the body's words and in the
+    `ratelimit-*` headers every answer carries (https://replicate.com/docs/topics/predictions/
+    rate-limits; header names from the official client's recorded traffic)."""
+    return JSONResponse(
+        {"detail": f"Request was throttled. Your rate limit resets in ~{reset}s."},
+        status_code=429,
+        headers={"ratelimit-remaining": "0", "ratelimit-reset": str(reset)},
+    )
+
+
+def _fault_response(status: int, *, reset: int) -> JSONResponse:
     if status == 429:
-        err = RequestError(
-            429, "Request was throttled.", "Request was throttled. Expected available in 1 second."
-        )
-        return _error(err, headers={"retry-after": "1"})
+        return throttled(reset)
     return _error(
         RequestError(503, "Service Unavailable", "The service is temporarily overloaded.")
     )
@@ -83,7 +93,9 @@ def create_app(
             sim,
             authorized=authorized,
             refused=lambda: _error(UNAUTHENTICATED),
-            fault=_fault_response,
+            fault=lambda status: _fault_response(
+                status, reset=max(1, round(config.scaled(THROTTLE_RESET)))
+            ),
             error=RequestError,
             render=_error,
             faults=faults,

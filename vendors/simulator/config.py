@@ -57,10 +57,16 @@ class SimulatorConfig:
     notify went out: a relay's lagging copy, the ``task_status_not_success`` race."""
     public_url: str = ""
     """Base URL written into ``urls`` and output links; empty = the request's own base URL."""
-    webhook_retries: int = 3
-    """Resends after a transport error, 5xx or 429 (never after 2xx or another 4xx)."""
+    time_scale: float = 1.0
+    """Factor on the vendors' own clocks: the wait a 429 announces (Replicate's ~30 s), webhook
+    retry schedules (Replicate's minute, fal's 2 hours) and result retention (Replicate's hour,
+    fal's 6 minutes for a result of 10 KB or more). 1.0 is the real vendor; tests shrink it."""
     max_outputs: int = 4
     """Largest accepted ``input.num_outputs``."""
+
+    def scaled(self, seconds: float) -> float:
+        """A vendor's real duration on this simulator's clock."""
+        return seconds * self.time_scale
 
     def __post_init__(self) -> None:
         """Reject nonsense early: a typo on the command line should not make a silent no-op."""
@@ -76,8 +82,8 @@ class SimulatorConfig:
             raise ValueError(f"job_seconds must be >= 0, got {self.job_seconds!r}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps!r}")
-        if self.webhook_retries < 0:
-            raise ValueError(f"webhook_retries must be >= 0, got {self.webhook_retries!r}")
+        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
+            raise ValueError(f"time_scale must be > 0, got {self.time_scale!r}")
         if self.max_outputs < 1:
             raise ValueError(f"max_outputs must be >= 1, got {self.max_outputs!r}")
         if not self.webhook_secret.startswith("whsec_"):

@@ -49,6 +49,9 @@ _MODEL = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})+", re.ASCII)
 _NAMESPACES = ("workflows", "comfy")
 _QUEUE_STATUS = {"starting": "IN_QUEUE", "processing": "IN_PROGRESS"}
 _CANCELED_DETAIL = "Request was cancelled by the user"
+# "If the webhook fails to deliver the payload, it will retry 10 times in the span of 2 hours."
+# https://docs.fal.ai/model-apis/model-endpoints/webhooks (doubling waits that add up to 2 h)
+FAL_WEBHOOK_RETRIES = tuple(7200.0 * 2**i / (2**10 - 1) for i in range(10))
 
 
 class FalError(Exception):
@@ -108,6 +111,9 @@ class FalDialect:
             "x-fal-webhook-timestamp": timestamp,
             "x-fal-webhook-signature": key.sign(message).hex(),
         }
+
+    def retry_delays(self, event: EventKind) -> tuple[float, ...]:
+        return FAL_WEBHOOK_RETRIES
 
     def jwks(self) -> dict[str, Any]:
         """The public key as fal publishes its own (an OKP/Ed25519 JWK)."""
@@ -252,10 +258,9 @@ def _webhook(value: str | None) -> str | None:
 
 
 def _fault(status: int) -> JSONResponse:
+    # fal documents no Retry-After on its 429s: the simulator sends none either.
     if status == 429:
-        return JSONResponse(
-            {"detail": "Rate limit exceeded"}, status_code=429, headers={"retry-after": "1"}
-        )
+        return JSONResponse({"detail": "Rate limit exceeded"}, status_code=429)
     return JSONResponse({"detail": "Service temporarily unavailable"}, status_code=503)
 
 

@@ -171,6 +171,7 @@ class Simulator:
                 sign=lambda message_id, body, forged: dialect.webhook_headers(
                     message_id, body, forged=forged
                 ),
+                retries=dialect.retry_delays,  # type: ignore[arg-type]
             )
             self._couriers[prediction.id] = courier
         self._emit(prediction, "start")

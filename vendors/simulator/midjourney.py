@@ -152,11 +152,16 @@ class MidjourneyDialect:
     def webhook_headers(self, message_id: str, body: bytes, *, forged: bool) -> dict[str, str]:
         return {"content-type": "application/json"}
 
+    def retry_delays(self, event: EventKind) -> tuple[float, ...]:
+        """None: both proxies POST a notify once and only log a refusal (NotifyServiceImpl.java,
+        NotifyService.cs)."""
+        return ()
+
 
 def _fault(status: int) -> Response:
     """What a gateway in front of an overloaded proxy answers."""
     if status == 429:
-        return Response("Too Many Requests", status_code=429, headers={"retry-after": "1"})
+        return Response("Too Many Requests", status_code=429)
     return Response("Service Unavailable", status_code=503)
 
 
