@@ -121,14 +121,18 @@ class Harness:
         return sim
 
     async def create(
-        self, prompt: str = "a red fox", num_outputs: int | None = None, **body: Any
+        self,
+        prompt: str = "a red fox",
+        num_outputs: int | None = None,
+        headers_: dict[str, str] | None = None,
+        **body: Any,
     ) -> httpx.Response:
         inputs: dict[str, Any] = {"prompt": prompt}
         if num_outputs is not None:
             inputs["num_outputs"] = num_outputs
         payload: dict[str, Any] = {"input": inputs, "webhook": HOOK}
         payload.update(body)
-        return await self.api.post(MODEL_PATH, json=payload)
+        return await self.api.post(MODEL_PATH, json=payload, headers=headers_)
 
     async def settle(self) -> None:
         async with asyncio.timeout(WAIT):
@@ -768,21 +772,68 @@ async def test_shutdown_cancels_running_predictions() -> None:
     await asyncio.wait_for(sim.wait_idle(), timeout=0.1)  # nothing left running
 
 
-async def test_idempotency_key_returns_the_same_prediction() -> None:
-    """A create retried with the same key (our task id) must not start a second job."""
-    config = SimulatorConfig(job_seconds=0.05)
-    app = create_app(config)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
-            body = {"input": {"prompt": "a fox"}}
-            headers = {"Idempotency-Key": "tsk_1"}
-            first = await client.post("/v1/models/a/b/predictions", json=body, headers=headers)
-            again = await client.post("/v1/models/a/b/predictions", json=body, headers=headers)
-            other = await client.post("/v1/models/a/b/predictions", json=body)
+async def test_a_create_sent_twice_is_two_jobs_whatever_the_idempotency_key() -> None:
+    """Replicate documents no idempotency key (issue 16.2): a retried create starts a second,
+    billed prediction. The simulator must not hide that."""
+    async with simulator() as h:
+        headers = {"Idempotency-Key": "tsk_1"}
+        first = await h.create(headers_=headers)
+        again = await h.create(headers_=headers)
+        await h.settle()
     assert first.status_code == again.status_code == 201
-    assert first.json()["id"] == again.json()["id"] != other.json()["id"]
-    assert app.state.simulator.stats.to_json()["predictions"]["created"] == 2
+    assert first.json()["id"] != again.json()["id"]
+    assert h.sim.stats.to_json()["predictions"]["created"] == 2
+
+
+async def test_list_is_newest_first_in_pages_of_100_with_a_cursor() -> None:
+    async with simulator(job_seconds=60) as h:
+        ids = [(await h.create(prompt=f"fox {i}")).json()["id"] for i in range(103)]
+        first = await h.api.get("/v1/predictions")
+        assert first.status_code == 200
+        page = first.json()
+        assert [p["id"] for p in page["results"]] == ids[::-1][:100]
+        assert page["previous"] is None and page["next"]
+        entry = page["results"][0]
+        # What the list shows of a prediction (Replicate's reference): no logs, no webhook.
+        assert entry["source"] == "api" and entry["input"] == {"prompt": "fox 102"}
+        assert "logs" not in entry and "webhook" not in entry
+        second = (await h.api.get(page["next"])).json()
+        assert [p["id"] for p in second["results"]] == ids[::-1][100:]
+        assert second["next"] is None
+
+
+async def test_prefer_wait_blocks_and_answers_with_inline_outputs() -> None:
+    async with simulator(job_seconds=0.05) as h:
+        response = await h.create(num_outputs=2, headers_={"Prefer": "wait=5"})
+        assert response.status_code == 201
+        assert response.headers["preference-applied"] == "wait"
+        body = response.json()
+        assert body["status"] == "succeeded"
+        assert all(uri.startswith("data:image/png;base64,") for uri in body["output"])
+        assert_valid_png(base64.b64decode(body["output"][0].partition(",")[2]))
+        plain = await h.create()
+        assert "preference-applied" not in plain.headers
+        assert plain.json()["status"] == "starting"
+
+
+async def test_outputs_and_input_are_removed_after_the_retention_hour() -> None:
+    """Replicate deletes an API prediction's input and output an hour after it completes; here
+    the hour is 36 ms (time_scale)."""
+    async with simulator(job_seconds=0.01, time_scale=0.00001) as h:
+        pid = (await h.create()).json()["id"]
+        await h.settle()
+
+        async def removed() -> dict[str, Any]:
+            async with asyncio.timeout(WAIT):
+                while not (body := (await h.api.get(f"/v1/predictions/{pid}")).json())[
+                    "data_removed"
+                ]:
+                    await asyncio.sleep(0.01)
+            return body
+
+        body = await removed()
+        assert (body["status"], body["output"], body["input"]) == ("succeeded", None, {})
+        assert (await h.api.get(f"/files/{pid}/0.png")).status_code == 404
 
 
 async def test_stats_count_fetches_per_prediction() -> None:

@@ -48,7 +48,6 @@ class Simulator:
         self._api_rng = random.Random(root.getrandbits(64))
         self._prediction_rng = random.Random(root.getrandbits(64))
         self._predictions: dict[str, Prediction] = {}
-        self._by_idempotency_key: dict[str, str] = {}
         self._couriers: dict[str, Courier] = {}
         self._lifecycles: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -123,15 +122,31 @@ class Simulator:
         """The prediction, or None if this simulator never created it."""
         return self._predictions.get(prediction_id)
 
+    def newest_first(self, dialect: Dialect) -> list[Prediction]:
+        """One dialect's jobs, the most recent first (Replicate's list order)."""
+        jobs = [p for p in self._predictions.values() if (p.dialect or self.replicate) is dialect]
+        return jobs[::-1]
+
+    async def wait_terminal(self, prediction: Prediction, *, timeout: float) -> None:
+        """Until the job has ended or `timeout` seconds passed (Replicate's `Prefer: wait`)."""
+        lifecycle = self._lifecycles.get(prediction.id)
+        if lifecycle is not None and not prediction.terminal:
+            await asyncio.wait([lifecycle], timeout=timeout)
+
     async def create(
         self,
         request: CreateRequest,
         *,
         base_url: str,
-        idempotency_key: str | None = None,
         dialect: Dialect | None = None,
+        retention: float | None = None,
+        inline_outputs: bool = False,
     ) -> Prediction:
         """Register a prediction, send ``start`` and launch its lifecycle.
+
+        There is no idempotency key: none of the vendors has one, so a create sent twice
+        makes two jobs, both billed. ``retention``: seconds (real, scaled here) after the job
+        ends that its results stay; ``inline_outputs``: outputs as data: URIs.
 
         With ``early`` the call returns only after the webhooks produced so far (``start``,
         or everything when ``job_seconds == 0``) were delivered: callbacks that beat the
@@ -139,9 +154,6 @@ class Simulator:
         """
         cfg = self.config
         dialect = dialect or self.replicate
-        if idempotency_key is not None and idempotency_key in self._by_idempotency_key:
-            # A client retrying a create it could not confirm gets the same job, not a second.
-            return self._predictions[self._by_idempotency_key[idempotency_key]]
         rng = random.Random(self._prediction_rng.getrandbits(64))
         will_fail = rng.random() < cfg.fail or FAIL_WORD in request.prompt
         prediction = Prediction(
@@ -155,10 +167,10 @@ class Simulator:
             will_fail=will_fail,
             id=dialect.new_id(),
             dialect=dialect,
+            retention=None if retention is None else cfg.scaled(retention),
+            inline_outputs=inline_outputs,
         )
         self._predictions[prediction.id] = prediction
-        if idempotency_key is not None:
-            self._by_idempotency_key[idempotency_key] = prediction.id
         self.stats.predictions_created += 1
         courier: Courier | None = None
         if prediction.webhook is not None:
@@ -219,7 +231,7 @@ class Simulator:
             error = REQUESTED_FAILURE if FAIL_WORD in prediction.prompt else RANDOM_FAILURE
             self._finish(prediction, "failed", error=error)
             return
-        prediction.output = [prediction.file_url(i) for i in range(prediction.num_outputs)]
+        prediction.output = [prediction.output_ref(i) for i in range(prediction.num_outputs)]
         self._emit(prediction, "output")
         self._finish(prediction, "succeeded")
 
