@@ -281,11 +281,31 @@ async def begin_registration(conn: Conn, *, task_id: uuid.UUID, lease_seconds: f
 
 
 async def schedule_registration_retry(
-    conn: Conn, *, task_id: uuid.UUID, delay_seconds: float, error: str, not_called: bool = False
+    conn: Conn,
+    *,
+    task_id: uuid.UUID,
+    delay_seconds: float,
+    error: str,
+    not_called: bool = False,
+    ambiguous_since: datetime | None = None,
 ) -> None:
     await conn.execute(
-        QUERIES["schedule_registration_retry"], task_id, delay_seconds, error, not_called
+        QUERIES["schedule_registration_retry"],
+        task_id,
+        delay_seconds,
+        error,
+        not_called,
+        ambiguous_since,
     )
+
+
+async def unclaimed_vendor_jobs(conn: Conn, *, vendor: str, job_ids: list[str]) -> list[str]:
+    """The jobs (in the given order) that no task has recorded at this vendor."""
+    return [r["id"] for r in await conn.fetch(QUERIES["unclaimed_vendor_jobs"], vendor, job_ids)]
+
+
+async def set_vendor_urls(conn: Conn, *, task_id: uuid.UUID, urls: Mapping[str, str]) -> None:
+    await conn.execute(QUERIES["set_vendor_urls"], task_id, dict(urls))
 
 
 async def claim_storing(

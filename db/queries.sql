@@ -122,8 +122,9 @@ RETURNING attempts;
 
 -- reroute_task --
 -- Registration certainly did not reach the current vendor: move a still-unregistered task to
--- its next route ($2: the vendor we are leaving, so two workers cannot both move it). The
--- attempt counter restarts for the new vendor; the charge stays what the client was quoted.
+-- its next route ($2: the vendor we are leaving, so two workers cannot both move it). Never
+-- after an ambiguous create there: that one may have made a job. The attempt counter restarts
+-- for the new vendor; the charge stays what the client was quoted.
 WITH moved AS (
     UPDATE tasks
        SET vendor = fallbacks->0->>'vendor',
@@ -134,7 +135,7 @@ WITH moved AS (
            last_error = $4,
            updated_at = now()
      WHERE id = $1 AND status = 'pending' AND vendor = $2 AND vendor_task_id IS NULL
-       AND jsonb_array_length(fallbacks) > 0
+       AND create_ambiguous_at IS NULL AND jsonb_array_length(fallbacks) > 0
     RETURNING id, vendor, vendor_model
 ), event AS (
     INSERT INTO task_events (task_id, event_key, from_status, to_status, cause, applied, detail)
@@ -151,11 +152,25 @@ SELECT vendor FROM vendor_state WHERE circuit = 'open' AND open_until > clock_ti
 
 -- schedule_registration_retry --
 -- A transient vendor failure: try again later (only if still pending). $4: the vendor was not
--- called at all (circuit open), so this attempt does not count towards giving up.
+-- called at all (circuit open, no token), so this attempt does not count towards giving up.
+-- $5: when a create whose answer never came was sent (kept from the first such one).
 UPDATE tasks
    SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3,
-       attempts = attempts - CASE WHEN $4 THEN 1 ELSE 0 END
+       attempts = attempts - CASE WHEN $4 THEN 1 ELSE 0 END,
+       create_ambiguous_at = COALESCE(create_ambiguous_at, $5)
  WHERE id = $1 AND status = 'pending';
+
+-- unclaimed_vendor_jobs --
+-- Of these jobs at a vendor, those no task has recorded: only such a job may be adopted as
+-- the one an ambiguous create made.
+SELECT j.id
+  FROM unnest($2::text[]) WITH ORDINALITY AS j(id, n)
+ WHERE NOT EXISTS (SELECT FROM tasks AS t WHERE t.vendor = $1 AND t.vendor_task_id = j.id)
+ ORDER BY j.n;
+
+-- set_vendor_urls --
+-- Where the vendor said to ask about this task's job; written once, by the registration.
+UPDATE tasks SET vendor_urls = $2::jsonb WHERE id = $1 AND vendor_urls IS NULL;
 
 -- claim_storing --
 -- Finished tasks whose output still has to reach S3, under a lease that expires by itself.

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -26,9 +27,12 @@ class ScriptedVendor:
     name: str
     signed_callbacks: bool = True
     actions: frozenset[str] = frozenset()
+    finds_created: bool = False
     # What submit/submit_action/fetch do next: an exception to raise or an update to return.
     on_submit: list[BaseException | VendorUpdate] = field(default_factory=list)
     on_fetch: list[BaseException | VendorUpdate] = field(default_factory=list)
+    # What find_created does next: an exception to raise or the jobs to return.
+    on_find: list[BaseException | list[VendorUpdate]] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     # When set, submit waits for it after recording the call (a vendor slow to answer).
     gate: asyncio.Event | None = None
@@ -60,6 +64,15 @@ class ScriptedVendor:
                 self.in_flight -= 1
         job = f"{self.name}-{task_id.hex[:8]}"
         return self._next(self.on_submit, update(job, TaskStatus.SUBMITTED))  # type: ignore[no-any-return]
+
+    async def find_created(
+        self, *, model: str, input: Mapping[str, Any], since: datetime
+    ) -> list[VendorUpdate]:
+        self.calls.append(("find", {"model": model, "input": dict(input), "since": since}))
+        step = self.on_find.pop(0) if self.on_find else []
+        if isinstance(step, BaseException):
+            raise step
+        return step
 
     async def submit_action(
         self,

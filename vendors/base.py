@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from db.states import TaskStatus
@@ -21,6 +22,12 @@ class VendorUpdate:
     progress: int | None = None
     outputs: list[str] | None = None
     error: str | None = None
+    # Why a failure is one, in our vocabulary (API.md error codes); None: "vendor_failed".
+    error_code: str | None = None
+
+
+RESULT_EXPIRED = "result_expired"
+"""The job succeeded, but its result was deleted by the vendor before we stored it."""
 
 
 class VendorAdapter(Protocol):
@@ -31,6 +38,8 @@ class VendorAdapter(Protocol):
     signed_callbacks: bool
     # Follow-up actions on a finished job (e.g. {"upscale", "variation"}); empty when none.
     actions: frozenset[str]
+    # True when `find_created` can tell whether an earlier create made a job (a list API).
+    finds_created: bool
 
     async def prepare(self) -> None:
         """Fetch what the adapter needs before it can verify (e.g. webhook secrets, keys)."""
@@ -42,6 +51,13 @@ class VendorAdapter(Protocol):
         self, *, task_id: uuid.UUID, model: str, input: Mapping[str, Any], callback_url: str
     ) -> VendorUpdate:
         """Register the job; raises VendorUnavailable (retry) or VendorRejected (give up)."""
+
+    async def find_created(
+        self, *, model: str, input: Mapping[str, Any], since: datetime
+    ) -> list[VendorUpdate]:
+        """Jobs an ambiguous create (timeout, 5xx) of this model and input may have made since
+        `since`, newest first; empty when there is certainly none. Raises VendorUnavailable
+        when the vendor cannot tell now. Only called when `finds_created`."""
 
     async def submit_action(
         self,

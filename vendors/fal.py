@@ -32,6 +32,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -320,6 +321,7 @@ class FalAdapter:
     name = NAME
     signed_callbacks = True
     actions: frozenset[str] = frozenset()
+    finds_created = False
 
     def __init__(
         self,
@@ -485,6 +487,12 @@ class FalAdapter:
         return VendorUpdate(
             vendor_task_id=request_id, status=TaskStatus.SUBMITTED, raw_status="IN_QUEUE"
         )
+
+    async def find_created(
+        self, *, model: str, input: Mapping[str, Any], since: datetime
+    ) -> list[VendorUpdate]:
+        """fal has no API to list jobs: an ambiguous create cannot be looked up."""
+        raise VendorUnavailable("fal cannot list its jobs")
 
     async def submit_action(
         self,

@@ -32,6 +32,7 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -163,6 +164,7 @@ class MidjourneyProxyAdapter:
     # No signature: a callback is only a hint, confirmed by `fetch` before anything is applied.
     signed_callbacks = False
     actions: frozenset[str] = frozenset(ACTIONS)
+    finds_created = False
 
     def __init__(
         self,
@@ -204,6 +206,12 @@ class MidjourneyProxyAdapter:
         }
         status, answer = await self._call("POST", "/mj/submit/imagine", json=body)
         return self._submitted(status, answer, parent=None)
+
+    async def find_created(
+        self, *, model: str, input: Mapping[str, Any], since: datetime
+    ) -> list[VendorUpdate]:
+        """midjourney-proxy has no API to list jobs: an ambiguous create cannot be looked up."""
+        raise VendorUnavailable("midjourney-proxy cannot list its jobs")
 
     async def submit_action(
         self,

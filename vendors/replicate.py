@@ -11,15 +11,15 @@ import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
-from db.models import format_task_id
 from db.states import TaskStatus
 from receiver.signature import Delivery, decode_secret, verify_standard_webhook
 from taskhook.errors import PayloadInvalid, VendorRejected, VendorUnavailable
-from vendors.base import VendorUpdate
+from vendors.base import RESULT_EXPIRED, VendorUpdate
 from vendors.http import raise_for_transient, seconds_in, send
 
 NAME = "replicate"
@@ -96,10 +96,14 @@ def to_update(prediction: Any) -> VendorUpdate:
         raise ValueError(f"unknown prediction status {status!r}")
     mapped = _STATUS_MAP[status]
     outputs = None
-    error = None
+    error = error_code = None
     if status == "succeeded":
         outputs = output_urls(prediction.get("output"))
-        if not outputs:
+        if not outputs and prediction.get("data_removed") is True:
+            # Replicate deletes an API prediction's files an hour after it ends.
+            mapped, error_code = TaskStatus.FAILED, RESULT_EXPIRED
+            error = "the prediction succeeded, but Replicate deleted its output (data_removed)"
+        elif not outputs:
             mapped, error = TaskStatus.FAILED, "the prediction succeeded without any output file"
     elif status in ("failed", "canceled", "aborted"):
         error = str(prediction.get("error") or f"prediction {status}")
@@ -111,13 +115,42 @@ def to_update(prediction: Any) -> VendorUpdate:
         progress=progress_from_logs(logs if isinstance(logs, str) else None),
         outputs=outputs,
         error=error,
+        error_code=error_code,
     )
+
+
+# An ambiguous create is looked for among the predictions created since a little before it was
+# sent (Replicate's clock and ours may differ), at most this many pages of 100 back.
+CLOCK_SKEW = timedelta(minutes=2)
+MAX_LIST_PAGES = 20
+
+
+def created_at(prediction: Mapping[str, Any]) -> datetime | None:
+    value = prediction.get("created_at")
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def same_job(prediction: Mapping[str, Any], *, model: str, input: Mapping[str, Any]) -> bool:
+    """Whether a listed prediction is what our create for `model` with `input` would have made:
+    made through the API, for this model (or version), with exactly this input."""
+    if prediction.get("source", "api") != "api" or prediction.get("input") != dict(input):
+        return False
+    name, _, version = model.partition(":")
+    if _VERSION_ID.fullmatch(model):
+        return prediction.get("version") == model
+    if version:
+        return prediction.get("version") == version and prediction.get("model") == name
+    return prediction.get("model") == name
 
 
 class ReplicateAdapter:
     name = NAME
     signed_callbacks = True
     actions: frozenset[str] = frozenset()
+    finds_created = True
 
     def __init__(
         self,
@@ -172,9 +205,45 @@ class ReplicateAdapter:
             path, body["version"] = "/predictions", version
         else:
             path = f"/models/{name}/predictions"
-        # Our task id, fixed before any retry, so a retried create cannot make a second job.
-        headers = {"Idempotency-Key": format_task_id(task_id)}
-        return self._update(await self._call("POST", path, json=body, headers=headers))
+        # No idempotency key: Replicate has none (its API declares no such header), so a create
+        # retried after a timeout could start a second job. Registration asks `find_created`
+        # before it sends one again, and a stray job's webhook gets it canceled.
+        return self._update(await self._call("POST", path, json=body))
+
+    async def find_created(
+        self, *, model: str, input: Mapping[str, Any], since: datetime
+    ) -> list[VendorUpdate]:
+        """Walk `GET /predictions` (newest first, 100 a page) back to `since` minus the clock
+        skew; https://replicate.com/docs/reference/http#predictions.list."""
+        oldest = since - CLOCK_SKEW
+        found: list[VendorUpdate] = []
+        url: str | None = f"{self._base}/predictions"
+        for _ in range(MAX_LIST_PAGES):
+            if url is None:
+                return found
+            page = await self._call_url("GET", url)
+            results = page.get("results") if isinstance(page, dict) else None
+            if not isinstance(results, list):
+                raise VendorUnavailable("Replicate's prediction list has no results")
+            for entry in results:
+                if not isinstance(entry, dict):
+                    continue
+                when = created_at(entry)
+                if when is not None and when < oldest:
+                    return found
+                if same_job(entry, model=model, input=input):
+                    found.append(self._update(entry))
+            next_url = page.get("next")
+            url = next_url if isinstance(next_url, str) and self._own(next_url) else None
+        raise VendorUnavailable(
+            f"more than {MAX_LIST_PAGES * 100} predictions since {oldest.isoformat()}: "
+            "cannot tell whether the create went through"
+        )
+
+    def _own(self, url: str) -> bool:
+        """A `next` link we may send our token to: Replicate's own API, nowhere else."""
+        theirs, ours = httpx.URL(url), httpx.URL(self._base)
+        return (theirs.scheme, theirs.host, theirs.port) == (ours.scheme, ours.host, ours.port)
 
     async def submit_action(
         self,
@@ -210,20 +279,16 @@ class ReplicateAdapter:
         except ValueError as exc:
             raise VendorUnavailable(f"unexpected Replicate response: {exc}") from exc
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Any:
+    async def _call(self, method: str, path: str, *, json: Any = None) -> Any:
+        return await self._call_url(method, self._base + path, json=json)
+
+    async def _call_url(self, method: str, url: str, *, json: Any = None) -> Any:
         response = await send(
             self._client,
             method,
-            self._base + path,
+            url,
             vendor="Replicate",
-            headers={**self._headers, **(headers or {})},
+            headers=self._headers,
             timeout=self._timeout,
             json=json,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -109,7 +110,6 @@ async def test_submit_by_model_posts_to_the_model_endpoint(make_adapter: MakeAda
         "webhook_events_filter": ["start", "output", "logs", "completed"],
     }
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
-    assert request.headers["idempotency-key"] == f"tsk_{task_id.hex}"
     assert request.headers["content-type"] == "application/json"
     assert update.vendor_task_id == "pred_123"
     assert update.status is TaskStatus.SUBMITTED
@@ -136,7 +136,6 @@ async def test_submit_by_owner_name_and_version_posts_to_predictions(
     assert body["webhook"] == CALLBACK
     assert body["webhook_events_filter"] == list(EVENTS_FILTER)
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
-    assert request.headers["idempotency-key"].startswith("tsk_")
 
 
 async def test_submit_by_bare_version_posts_to_predictions(make_adapter: MakeAdapter) -> None:
@@ -159,18 +158,112 @@ async def test_submit_strips_a_trailing_slash_from_the_base(make_adapter: MakeAd
     assert str(recorder.only.url) == f"{BASE}/models/owner/name/predictions"
 
 
-async def test_idempotency_key_is_the_task_id_on_every_retry(make_adapter: MakeAdapter) -> None:
+async def test_no_idempotency_key_is_sent_replicate_has_none(make_adapter: MakeAdapter) -> None:
+    """Issue 16.2: Replicate's API declares no Idempotency-Key; sending one promised a safety
+    that did not exist. Ambiguous creates are resolved with find_created instead."""
     recorder = answer()
-    adapter = make_adapter(recorder)
-    task_id = uuid.uuid4()
+    await submit(make_adapter(recorder), "owner/name")
+    assert "idempotency-key" not in recorder.only.headers
 
-    await submit(adapter, "owner/name", task_id)
-    await submit(adapter, "owner/name", task_id)
-    await submit(adapter, "owner/name", uuid.uuid4())
 
-    keys = [r.headers["idempotency-key"] for r in recorder.requests]
-    assert keys[0] == keys[1] == f"tsk_{task_id.hex}"
-    assert keys[2] != keys[0]
+# --- find_created: was an ambiguous create made? (issue 16.2) ------------------------------
+
+SENT_AT = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+INPUT = {"prompt": "a red fox", "steps": 4}
+
+
+def listed(pid: str, minutes_after: float, **fields: Any) -> dict[str, Any]:
+    """A `GET /v1/predictions` entry (the reference's fields: no logs, no webhook)."""
+    when = SENT_AT + timedelta(minutes=minutes_after)
+    return {
+        "id": pid,
+        "model": "owner/name",
+        "version": VERSION,
+        "input": INPUT,
+        "status": "starting",
+        "source": "api",
+        "created_at": when.isoformat().replace("+00:00", "Z"),
+        "urls": {"get": f"{BASE}/predictions/{pid}"},
+        **fields,
+    }
+
+
+def pages(*results: list[dict[str, Any]], origin: str = BASE) -> Recorder:
+    def respond(request: httpx.Request) -> httpx.Response:
+        cursor = int(request.url.params.get("cursor", "0"))
+        after = f"{origin}/predictions?cursor={cursor + 1}" if cursor + 1 < len(results) else None
+        return httpx.Response(
+            200, json={"next": after, "previous": None, "results": results[cursor]}
+        )
+
+    return Recorder(respond)
+
+
+async def test_find_created_matches_model_and_input_since_the_create(
+    make_adapter: MakeAdapter,
+) -> None:
+    recorder = pages(
+        [
+            listed("newer-other-input", 3, input={"prompt": "an owl"}),
+            listed("newer-other-model", 2, model="owner/other"),
+            listed("from-the-web", 2, source="web"),
+            listed("ours", 1, status="processing"),
+        ],
+        [listed("ours-too", 0.5), listed("too-old", -10)],
+    )
+    found = await make_adapter(recorder).find_created(
+        model="owner/name", input=INPUT, since=SENT_AT
+    )
+    assert [(u.vendor_task_id, u.status) for u in found] == [
+        ("ours", TaskStatus.PROCESSING),
+        ("ours-too", TaskStatus.SUBMITTED),
+    ]
+    assert [r.url.path for r in recorder.requests] == ["/v1/predictions"] * 2
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in recorder.requests)
+
+
+async def test_find_created_stops_at_the_first_prediction_older_than_the_create(
+    make_adapter: MakeAdapter,
+) -> None:
+    recorder = pages([listed("old", -5)], [listed("never-read", -6)])
+    assert (
+        await make_adapter(recorder).find_created(model="owner/name", input=INPUT, since=SENT_AT)
+        == []
+    )
+    assert len(recorder.requests) == 1
+
+
+async def test_find_created_matches_a_version_create_by_version(make_adapter: MakeAdapter) -> None:
+    recorder = pages([listed("by-version", 1), listed("other-version", 1, version="f" * 64)])
+    found = await make_adapter(recorder).find_created(model=VERSION, input=INPUT, since=SENT_AT)
+    assert [u.vendor_task_id for u in found] == ["by-version"]
+
+
+async def test_find_created_never_follows_a_next_link_elsewhere(make_adapter: MakeAdapter) -> None:
+    """Our token goes to Replicate's API only."""
+    recorder = pages([listed("ours", 1)], [listed("x", 0)], origin="https://evil.test/v1")
+    found = await make_adapter(recorder).find_created(
+        model="owner/name", input=INPUT, since=SENT_AT
+    )
+    assert [u.vendor_task_id for u in found] == ["ours"]
+    assert len(recorder.requests) == 1
+
+
+async def test_find_created_cannot_tell_past_its_page_limit(make_adapter: MakeAdapter) -> None:
+    busy = [[listed(f"p{i}-{j}", 1, input={"n": j}) for j in range(100)] for i in range(25)]
+    with pytest.raises(VendorUnavailable, match="cannot tell"):
+        await make_adapter(pages(*busy)).find_created(
+            model="owner/name", input=INPUT, since=SENT_AT
+        )
+
+
+async def test_find_created_when_replicate_is_down_is_unavailable(
+    make_adapter: MakeAdapter,
+) -> None:
+    with pytest.raises(VendorUnavailable):
+        await make_adapter(answer(503, {"detail": "down"})).find_created(
+            model="owner/name", input=INPUT, since=SENT_AT
+        )
 
 
 async def test_submit_with_an_unreadable_prediction_is_unavailable(
@@ -324,6 +417,12 @@ def test_succeeded_without_a_url_output_fails(output: Any) -> None:
     assert update.raw_status == "succeeded"
     assert update.error
     assert not update.outputs
+
+
+def test_a_success_whose_output_replicate_deleted_is_result_expired() -> None:
+    """An hour after an API prediction ends, Replicate deletes its output (issue 16.4)."""
+    update = to_update(prediction("succeeded", output=None, data_removed=True))
+    assert (update.status, update.error_code) == (TaskStatus.FAILED, "result_expired")
 
 
 def test_failed_carries_the_vendors_error() -> None:
