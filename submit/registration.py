@@ -33,6 +33,9 @@ from vendors.health import VendorHealth
 
 log = structlog.get_logger()
 
+# Seconds a registration waits when the vendor's create budget is spent (jittered).
+BUDGET_WAIT = 1.0
+
 
 async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
     while True:
@@ -91,6 +94,20 @@ async def _register(rt: Runtime, task: Task, attempt: int) -> bool:
                 error="the vendor's circuit breaker is open",
                 not_called=True,
             )
+        return False
+    if adapter is not None and health is not None and await health.take(1, budget="create") == 0:
+        # The vendor's create budget (its own where it limits creates apart, else the one
+        # shared with polls) is spent, or a 429 asked every creator to wait: not called,
+        # so the attempt is not spent either.
+        async with rt.pool.acquire() as conn:
+            await queries.schedule_registration_retry(
+                conn,
+                task_id=task.id,
+                delay_seconds=BUDGET_WAIT * (0.5 + rt.rng.random()),
+                error="the vendor's rate limit for creates is reached",
+                not_called=True,
+            )
+        metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="deferred").inc()
         return False
     sent_at = datetime.now(UTC)
     found = False
@@ -258,8 +275,10 @@ async def _retry_or_give_up(
 
 
 async def _record(health: VendorHealth | None, error: Exception | None) -> None:
+    """A create's outcome: a 429 blocks the vendor's create budget, anything else counts for
+    its circuit breaker like any call."""
     if health is not None:
-        await health.record(error)
+        await health.record(error, budget="create")
 
 
 async def _fail(rt: Runtime, task_id: uuid.UUID, code: str, message: str) -> None:

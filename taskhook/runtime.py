@@ -89,6 +89,20 @@ def build_adapters(settings: Settings, http: httpx.AsyncClient) -> dict[str, Ven
     return adapters
 
 
+def vendor_limits(settings: Settings, adapter: VendorAdapter) -> Limits:
+    """The shared limits of one vendor: our settings, and its own create budget where it has
+    one (TASKHOOK_CREATE_RATE, else the limit the vendor documents)."""
+    documented = getattr(adapter, "create_rate", None)
+    return Limits(
+        rate=settings.poll_rate,
+        burst=settings.poll_rate,
+        concurrency=settings.poll_concurrency,
+        breaker_threshold=settings.breaker_threshold,
+        breaker_cooldown=settings.breaker_cooldown,
+        create_rate=None if documented is None else settings.create_rate or documented,
+    )
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -173,14 +187,10 @@ async def open_runtime(
         vendors=build_adapters(settings, client),
         tokens=CallbackTokens(settings.secret),
     )
-    limits = Limits(
-        rate=settings.poll_rate,
-        burst=settings.poll_rate,
-        concurrency=settings.poll_concurrency,
-        breaker_threshold=settings.breaker_threshold,
-        breaker_cooldown=settings.breaker_cooldown,
-    )
-    runtime.health = {name: VendorHealth(pool, name, limits) for name in runtime.vendors}
+    runtime.health = {
+        name: VendorHealth(pool, name, vendor_limits(settings, adapter))
+        for name, adapter in runtime.vendors.items()
+    }
     try:
         await store.ensure_bucket()
         for adapter in runtime.vendors.values():

@@ -87,6 +87,9 @@ class Settings:
     max_registration_attempts: int = 8
     max_storage_attempts: int = 5
     poll_rate: float = 20.0  # per vendor, all reconcilers together; Replicate allows 50/s
+    # Creates per second for vendors that limit creates apart (Replicate); None: the limit
+    # the vendor documents (Replicate: 600 a minute).
+    create_rate: float | None = None
     poll_concurrency: int = 8
     breaker_threshold: int = 10
     breaker_cooldown: float = 30.0
@@ -205,6 +208,7 @@ class Settings:
             routes=parse_routes(get("TASKHOOK_ROUTES")),
             registration_timeout=parse("TASKHOOK_VENDOR_TIMEOUT", float, 10.0, "a positive number"),
             poll_rate=parse("TASKHOOK_POLL_RATE", float, 20.0, "a positive number"),
+            create_rate=parse("TASKHOOK_CREATE_RATE", float, None, "a positive number"),
             poll_concurrency=positive_int("TASKHOOK_POLL_CONCURRENCY", 8),
             breaker_threshold=positive_int("TASKHOOK_BREAKER_THRESHOLD", 10),
             breaker_cooldown=parse("TASKHOOK_BREAKER_COOLDOWN", float, 30.0, "a positive number"),

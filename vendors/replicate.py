@@ -151,6 +151,9 @@ class ReplicateAdapter:
     signed_callbacks = True
     actions: frozenset[str] = frozenset()
     finds_created = True
+    # "You can create predictions at 600 requests per minute. All other endpoints you can call
+    # at 3000 requests per minute." https://replicate.com/docs/topics/predictions/rate-limits
+    create_rate = 600 / 60
 
     def __init__(
         self,

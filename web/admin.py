@@ -75,6 +75,7 @@ async def overview(request: Request) -> JSONResponse:
                 "failures": row.failures if row else 0,
                 "open_until": _time(row.open_until) if row else None,
                 "blocked_until": _time(row.blocked_until) if row else None,
+                "creates_blocked_until": _time(row.creates_blocked_until) if row else None,
                 "updated_at": _time(row.updated_at) if row else None,
             }
         )

@@ -63,6 +63,7 @@ class VendorHealthRow:
     open_until: datetime | None
     blocked_until: datetime | None
     updated_at: datetime
+    creates_blocked_until: datetime | None  # a 429 on a create (its own budget) blocks them
 
     @classmethod
     def from_record(cls, record: Record) -> VendorHealthRow:

@@ -173,6 +173,15 @@ def test_an_undecodable_webhook_secret_names_its_variable(env: dict[str, str], v
         Settings.from_env(env)
 
 
+def test_create_rate_defaults_to_the_vendors_documented_limit(env: dict[str, str]) -> None:
+    assert Settings.from_env(env).create_rate is None
+    env["TASKHOOK_CREATE_RATE"] = "25"
+    assert Settings.from_env(env).create_rate == 25.0
+    env["TASKHOOK_CREATE_RATE"] = "0"
+    with pytest.raises(SettingsError, match="TASKHOOK_CREATE_RATE"):
+        Settings.from_env(env)
+
+
 def test_an_unpadded_webhook_secret_is_accepted(env: dict[str, str]) -> None:
     """As the official standardwebhooks library accepts it (issue 16.6)."""
     env.update(REPLICATE_API_TOKEN="r8_token", REPLICATE_WEBHOOK_SECRET=SECRET_B.rstrip("="))
