@@ -309,9 +309,17 @@ async def set_vendor_urls(conn: Conn, *, task_id: uuid.UUID, urls: Mapping[str, 
 
 
 async def claim_storing(
-    conn: Conn, *, limit: int, owner: str, lease_seconds: float
+    conn: Conn,
+    *,
+    limit: int,
+    owner: str,
+    lease_seconds: float,
+    retention: Mapping[str, float] | None = None,
 ) -> list[tuple[uuid.UUID, int]]:
-    records = await conn.fetch(QUERIES["claim_storing"], limit, owner, lease_seconds)
+    """`retention`: seconds each vendor keeps a finished job's result (the soonest first)."""
+    records = await conn.fetch(
+        QUERIES["claim_storing"], limit, owner, lease_seconds, dict(retention or {})
+    )
     return [(r["id"], r["storage_attempts"]) for r in records]
 
 

@@ -173,14 +173,17 @@ SELECT j.id
 UPDATE tasks SET vendor_urls = $2::jsonb WHERE id = $1 AND vendor_urls IS NULL;
 
 -- claim_storing --
--- Finished tasks whose output still has to reach S3, under a lease that expires by itself.
+-- Finished tasks whose output still has to reach S3, under a lease that expires by itself;
+-- those whose vendor deletes the result soonest first ($4: vendor -> seconds it keeps one;
+-- a task entered storing at its updated_at). Vendors that keep results count as a day.
 UPDATE tasks
    SET lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3),
        storage_attempts = storage_attempts + 1
  WHERE id IN (SELECT id FROM tasks
                WHERE status = 'storing'
                  AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-               ORDER BY lease_expires_at NULLS FIRST
+               ORDER BY updated_at
+                        + make_interval(secs => COALESCE(($4::jsonb ->> vendor)::float8, 86400))
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)
 RETURNING id, storage_attempts;
@@ -283,7 +286,8 @@ UPDATE tasks
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)
 RETURNING id, vendor, vendor_task_id, COALESCE(vendor_model, model) AS vendor_model, deadline_at,
-          updated_at, trace_id, COALESCE(poll_not_before > now(), false) AS deferred;
+          updated_at, trace_id, COALESCE(poll_not_before > now(), false) AS deferred,
+          vendor_urls;
 
 -- claim_overdue --
 -- Tasks not yet at the vendor's finish line whose deadline passed (storing is the worker's).
@@ -298,7 +302,7 @@ UPDATE tasks
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)
 RETURNING id, vendor, vendor_task_id, COALESCE(vendor_model, model) AS vendor_model, deadline_at,
-          updated_at, trace_id;
+          updated_at, trace_id, vendor_urls;
 
 -- poll_now --
 -- An unsigned callback said the vendor has news: make the task due for the next poll.

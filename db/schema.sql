@@ -67,6 +67,8 @@ CREATE INDEX tasks_poll_due ON tasks (next_poll_at)
 CREATE INDEX tasks_parent ON tasks (parent_id) WHERE parent_id IS NOT NULL;
 CREATE INDEX tasks_deadline_open ON tasks (deadline_at)
     WHERE status IN ('pending', 'submitted', 'processing', 'storing');
+CREATE INDEX tasks_result_expired ON tasks (vendor, completed_at)
+    WHERE status = 'failed' AND error ->> 'code' = 'result_expired';
 
 CREATE TABLE task_events (
     id          bigserial PRIMARY KEY,

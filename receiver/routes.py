@@ -146,7 +146,9 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
         task_id=task_id,
         headers=headers,
         body=body,
-        signed=adapter.signed_callbacks,
+        # A hint (unsigned, or a signed one that carries no result) is confirmed with the
+        # vendor's API before anything is applied.
+        signed=adapter.signed_callbacks and not update.confirm,
         vendor_task_id=update.vendor_task_id,
         to=update.status.value,
         allowed_from=allowed_from(update.status),

@@ -29,7 +29,13 @@ ALLOWED_TYPES: dict[str, str] = {
 
 
 class DownloadError(Exception):
-    """The output could not be fetched, or was refused; the message says why."""
+    """The output could not be fetched, or was refused; the message says why. `gone`: the
+    server says the file is not there (404, 410): a vendor that deletes results on a
+    schedule has deleted it."""
+
+    def __init__(self, message: str, *, gone: bool = False) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,10 @@ async def download(
     try:
         async with client.stream("GET", url, follow_redirects=False, timeout=60) as response:
             if response.status_code != 200:
-                raise DownloadError(f"output URL answered HTTP {response.status_code}")
+                raise DownloadError(
+                    f"output URL answered HTTP {response.status_code}",
+                    gone=response.status_code in (404, 410),
+                )
             content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type not in ALLOWED_TYPES:
                 raise DownloadError(f"refusing content type {content_type or 'none'!r}")

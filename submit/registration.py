@@ -159,6 +159,8 @@ async def _register(rt: Runtime, task: Task, attempt: int) -> bool:
             cause="registration",
             poll_after=settings.poll_after,
         )
+        if update.urls:
+            await queries.set_vendor_urls(conn, task_id=task.id, urls=update.urls)
         recorded = await queries.get_task(conn, task_id=task.id, user_id=None)
     log.info(
         "registered",

@@ -130,6 +130,16 @@ class Runtime:
         )
 
     @property
+    def result_retention(self) -> dict[str, float]:
+        """Seconds each configured vendor keeps a finished job's result, where it does not
+        keep them for good (vendors/base.py)."""
+        return {
+            name: adapter.result_retention
+            for name, adapter in self.vendors.items()
+            if adapter.result_retention is not None
+        }
+
+    @property
     def public_url(self) -> str:
         assert self.settings.public_url, "public_url is resolved before the runtime opens"
         return self.settings.public_url

@@ -28,6 +28,7 @@ class ScriptedVendor:
     signed_callbacks: bool = True
     actions: frozenset[str] = frozenset()
     finds_created: bool = False
+    result_retention: float | None = None
     # What submit/submit_action/fetch do next: an exception to raise or an update to return.
     on_submit: list[BaseException | VendorUpdate] = field(default_factory=list)
     on_fetch: list[BaseException | VendorUpdate] = field(default_factory=list)
@@ -89,11 +90,16 @@ class ScriptedVendor:
         job = f"{self.name}-{task_id.hex[:8]}"
         return self._next(self.on_submit, update(job, TaskStatus.SUBMITTED))  # type: ignore[no-any-return]
 
-    async def fetch(self, vendor_task_id: str, *, model: str) -> VendorUpdate:
-        self.calls.append(("fetch", {"job": vendor_task_id, "model": model}))
+    async def fetch(
+        self, vendor_task_id: str, *, model: str, urls: Mapping[str, str] | None = None
+    ) -> VendorUpdate:
+        call = {"job": vendor_task_id, "model": model}
+        self.calls.append(("fetch", call if urls is None else {**call, "urls": dict(urls)}))
         return self._next(self.on_fetch, update(vendor_task_id, TaskStatus.PROCESSING))  # type: ignore[no-any-return]
 
-    async def cancel(self, vendor_task_id: str, *, model: str) -> None:
+    async def cancel(
+        self, vendor_task_id: str, *, model: str, urls: Mapping[str, str] | None = None
+    ) -> None:
         self.calls.append(("cancel", {"job": vendor_task_id}))
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Delivery:

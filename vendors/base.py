@@ -24,6 +24,12 @@ class VendorUpdate:
     error: str | None = None
     # Why a failure is one, in our vocabulary (API.md error codes); None: "vendor_failed".
     error_code: str | None = None
+    # Where the vendor says to ask about this job from now on (fal's status_url, response_url
+    # and cancel_url); kept with the task and handed back to fetch and cancel.
+    urls: Mapping[str, str] | None = None
+    # Only a hint: the vendor's API must be asked what happened (a fal webhook whose payload
+    # could not be delivered). The receiver confirms it like an unsigned callback.
+    confirm: bool = False
 
 
 RESULT_EXPIRED = "result_expired"
@@ -40,6 +46,9 @@ class VendorAdapter(Protocol):
     actions: frozenset[str]
     # True when `find_created` can tell whether an earlier create made a job (a list API).
     finds_created: bool
+    # Seconds the vendor keeps a finished job's result, at worst; None: as long as we need.
+    # Polls of a task whose callbacks were lost are spaced to see it finished well within.
+    result_retention: float | None
 
     async def prepare(self) -> None:
         """Fetch what the adapter needs before it can verify (e.g. webhook secrets, keys)."""
@@ -70,10 +79,15 @@ class VendorAdapter(Protocol):
     ) -> VendorUpdate:
         """Register a follow-up job (one of `actions`) on a finished parent job."""
 
-    async def fetch(self, vendor_task_id: str, *, model: str) -> VendorUpdate:
-        """The vendor's current view of the job (`model` is the vendor's model id)."""
+    async def fetch(
+        self, vendor_task_id: str, *, model: str, urls: Mapping[str, str] | None = None
+    ) -> VendorUpdate:
+        """The vendor's current view of the job (`model` is the vendor's model id; `urls` what
+        the vendor gave at submit, when it gives any)."""
 
-    async def cancel(self, vendor_task_id: str, *, model: str) -> None:
+    async def cancel(
+        self, vendor_task_id: str, *, model: str, urls: Mapping[str, str] | None = None
+    ) -> None:
         """Ask the vendor to stop; best effort."""
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Delivery:

@@ -165,6 +165,8 @@ class MidjourneyProxyAdapter:
     signed_callbacks = False
     actions: frozenset[str] = frozenset(ACTIONS)
     finds_created = False
+    # The proxy keeps tasks (in memory, Redis or a database) and its images on Discord's CDN.
+    result_retention: float | None = None
 
     def __init__(
         self,
@@ -240,7 +242,9 @@ class MidjourneyProxyAdapter:
         status, answer = await self._call("POST", "/mj/submit/change", json=body)
         return self._submitted(status, answer, parent=parent_vendor_task_id)
 
-    async def fetch(self, vendor_task_id: str, *, model: str = "") -> VendorUpdate:
+    async def fetch(
+        self, vendor_task_id: str, *, model: str = "", urls: Mapping[str, str] | None = None
+    ) -> VendorUpdate:
         status, body = await self._call("GET", f"/mj/task/{quote(vendor_task_id, safe='')}/fetch")
         if status == 404 or body is None:
             # The proxy keeps tasks in memory or Redis with a time to live: an id it does not
@@ -258,7 +262,9 @@ class MidjourneyProxyAdapter:
             )
         return update
 
-    async def cancel(self, vendor_task_id: str, *, model: str = "") -> None:
+    async def cancel(
+        self, vendor_task_id: str, *, model: str = "", urls: Mapping[str, str] | None = None
+    ) -> None:
         """A no-op: the original proxy has no cancel endpoint, and trueai's
         ``POST /mj/task/{id}/cancel`` needs an admin account and only marks the task FAILURE in
         the proxy (Discord draws on). Our task is canceled and refunded on our side; a late

@@ -154,6 +154,9 @@ class ReplicateAdapter:
     # "You can create predictions at 600 requests per minute. All other endpoints you can call
     # at 3000 requests per minute." https://replicate.com/docs/topics/predictions/rate-limits
     create_rate = 600 / 60
+    # "Input and output (including any files) are automatically deleted after an hour for any
+    # predictions created through the API." https://replicate.com/docs/webhooks
+    result_retention: float | None = 3600.0
 
     def __init__(
         self,
@@ -259,10 +262,14 @@ class ReplicateAdapter:
     ) -> VendorUpdate:
         raise VendorRejected("Replicate has no follow-up actions on a prediction")
 
-    async def fetch(self, vendor_task_id: str, *, model: str = "") -> VendorUpdate:
+    async def fetch(
+        self, vendor_task_id: str, *, model: str = "", urls: Mapping[str, str] | None = None
+    ) -> VendorUpdate:
         return self._update(await self._call("GET", f"/predictions/{vendor_task_id}"))
 
-    async def cancel(self, vendor_task_id: str, *, model: str = "") -> None:
+    async def cancel(
+        self, vendor_task_id: str, *, model: str = "", urls: Mapping[str, str] | None = None
+    ) -> None:
         await self._call("POST", f"/predictions/{vendor_task_id}/cancel")
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Delivery:

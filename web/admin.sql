@@ -38,6 +38,15 @@ SELECT v.vendor, v.circuit, v.failures, v.open_until, v.blocked_until, v.updated
  WHERE v.vendor NOT LIKE '%:create'
  ORDER BY v.vendor;
 
+-- results_expired --
+-- Per vendor, finished jobs whose result the vendor deleted before we stored it: ever, and
+-- in the last day (the partial index tasks_result_expired).
+SELECT vendor, count(*) AS total,
+       count(*) FILTER (WHERE completed_at > now() - interval '1 day') AS last_day
+  FROM tasks
+ WHERE status = 'failed' AND error ->> 'code' = 'result_expired'
+ GROUP BY vendor;
+
 -- recent_refunds --
 -- The newest refunds with their task, who got the credits back and why.
 SELECT l.id, l.task_id, u.email, l.amount, l.created_at, t.status::text AS task_status,

@@ -111,6 +111,14 @@ async def dead_letters(conn: Conn, *, limit: int) -> list[DeadLetter]:
     return [DeadLetter.from_record(r) for r in await conn.fetch(QUERIES["dead_letters"], limit)]
 
 
+async def results_expired(conn: Conn) -> dict[str, tuple[int, int]]:
+    """Vendor -> (results lost to its retention ever, in the last day)."""
+    return {
+        r["vendor"]: (r["total"], r["last_day"])
+        for r in await conn.fetch(QUERIES["results_expired"])
+    }
+
+
 async def vendor_health(conn: Conn) -> list[VendorHealthRow]:
     return [VendorHealthRow.from_record(r) for r in await conn.fetch(QUERIES["vendor_health"])]
 

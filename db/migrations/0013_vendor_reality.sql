@@ -10,6 +10,11 @@
 ALTER TABLE tasks ADD COLUMN vendor_urls jsonb;
 ALTER TABLE tasks ADD COLUMN create_ambiguous_at timestamptz;
 
+-- Results the vendor deleted before we stored them (issue 16.4), counted on /admin: few rows,
+-- so a partial index keeps the count off the whole history.
+CREATE INDEX tasks_result_expired ON tasks (vendor, completed_at)
+    WHERE status = 'failed' AND error ->> 'code' = 'result_expired';
+
 CREATE OR REPLACE VIEW task_rows AS
 SELECT t.id, t.user_id, t.vendor, t.model, COALESCE(t.vendor_model, t.model) AS vendor_model,
        t.fallbacks, t.parent_id, t.input, t.cost, t.status::text AS status, t.progress,

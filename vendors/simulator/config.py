@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 
 from vendors.simulator.signing import generate_secret, secret_key
 
-_PROBABILITIES = ("drop", "duplicate", "fail", "error_rate", "bad_signature")
+_PROBABILITIES = (
+    "drop",
+    "duplicate",
+    "fail",
+    "error_rate",
+    "bad_signature",
+    "fal_payload_error",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +59,9 @@ class SimulatorConfig:
     """When set, every ``/fal`` queue call must carry ``Authorization: Key <key>``."""
     mj_secret: str | None = None
     """When set, every ``/mj`` call must carry this ``mj-api-secret`` header (else 403)."""
+    fal_payload_error: float = 0.0
+    """Fraction of fal's successful jobs whose webhook comes without its payload (fal's
+    ``payload_error``): the result must be read from the queue."""
     mj_lag: float = 0.0
     """Seconds a finished ``/mj`` job still looks IN_PROGRESS to fetch and change after its final
     notify went out: a relay's lagging copy, the ``task_status_not_success`` race."""
