@@ -85,6 +85,7 @@ def build_adapters(settings: Settings, http: httpx.AsyncClient) -> dict[str, Ven
             api_base=settings.midjourney.api_base,
             api_secret=settings.midjourney.api_secret,
             timeout=settings.registration_timeout,
+            dialect=settings.midjourney.dialect,
         )
     return adapters
 

@@ -41,10 +41,16 @@ class FalSettings:
     jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 
 
+MJ_DIALECTS = ("auto", "novicezk", "trueai")
+
+
 @dataclass(frozen=True, kw_only=True)
 class MidjourneySettings:
     api_base: str
     api_secret: str | None = field(default=None, repr=False)
+    # Which fork's follow-up API: novicezk's /mj/submit/change, trueai's /mj/submit/action
+    # (v10 removed change); auto tells them apart by the parent task's `buttons`.
+    dialect: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -182,8 +188,13 @@ class Settings:
         if mj_base:
             if not mj_base.startswith(("http://", "https://")):
                 raise SettingsError(f"MJ_PROXY_BASE must be an http(s) URL, got {mj_base!r}")
+            dialect = (get("MJ_PROXY_DIALECT") or "auto").lower()
+            if dialect not in MJ_DIALECTS:
+                raise SettingsError(
+                    f"MJ_PROXY_DIALECT must be one of {', '.join(MJ_DIALECTS)}, got {dialect!r}"
+                )
             midjourney = MidjourneySettings(
-                api_base=mj_base.rstrip("/"), api_secret=get("MJ_PROXY_SECRET")
+                api_base=mj_base.rstrip("/"), api_secret=get("MJ_PROXY_SECRET"), dialect=dialect
             )
 
         return cls(

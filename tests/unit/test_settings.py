@@ -173,6 +173,23 @@ def test_an_undecodable_webhook_secret_names_its_variable(env: dict[str, str], v
         Settings.from_env(env)
 
 
+@pytest.mark.parametrize(
+    ("value", "dialect"), [(None, "auto"), ("trueai", "trueai"), ("NoviceZK", "novicezk")]
+)
+def test_midjourney_proxy_dialect(env: dict[str, str], value: str | None, dialect: str) -> None:
+    env["MJ_PROXY_BASE"] = "http://mj.test"
+    if value is not None:
+        env["MJ_PROXY_DIALECT"] = value
+    settings = Settings.from_env(env)
+    assert settings.midjourney is not None and settings.midjourney.dialect == dialect
+
+
+def test_an_unknown_midjourney_proxy_dialect_names_its_variable(env: dict[str, str]) -> None:
+    env.update(MJ_PROXY_BASE="http://mj.test", MJ_PROXY_DIALECT="v9")
+    with pytest.raises(SettingsError, match="MJ_PROXY_DIALECT"):
+        Settings.from_env(env)
+
+
 def test_create_rate_defaults_to_the_vendors_documented_limit(env: dict[str, str]) -> None:
     assert Settings.from_env(env).create_rate is None
     env["TASKHOOK_CREATE_RATE"] = "25"
