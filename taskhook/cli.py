@@ -265,7 +265,21 @@ def reconcile(once: bool, interval: float, metrics_port: int | None) -> None:
     "/v1/webhooks/default/secret)",
 )
 @click.option("--fal-key", default=None, help="require `Authorization: Key <key>` on /fal calls")
+@click.option(
+    "--fal-payload-error",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="fraction of fal's successful webhooks sent without their payload (payload_error)",
+)
 @click.option("--mj-secret", default=None, help="require this mj-api-secret on /mj calls")
+@click.option(
+    "--mj-dialect",
+    type=click.Choice(["novicezk", "trueai"]),
+    default="novicezk",
+    show_default=True,
+    help="which midjourney-proxy fork /mj is: novicezk (/mj/submit/change) or trueai "
+    "(buttons, /mj/submit/action, MODAL tasks and code 21, 204 for unknown tasks)",
+)
 @click.option(
     "--mj-lag",
     default=0.0,
@@ -288,7 +302,9 @@ def simulator(
     seed: int | None,
     webhook_secret: str | None,
     fal_key: str | None,
+    fal_payload_error: float,
     mj_secret: str | None,
+    mj_dialect: str,
     mj_lag: float,
 ) -> None:
     from vendors.simulator import SimulatorConfig, serve
@@ -307,7 +323,9 @@ def simulator(
         job_seconds=job_seconds,
         time_scale=time_scale,
         fal_key=fal_key,
+        fal_payload_error=fal_payload_error,
         mj_secret=mj_secret,
+        mj_dialect=mj_dialect,
         mj_lag=mj_lag,
         **extra,  # type: ignore[arg-type]
     )

@@ -62,6 +62,9 @@ class SimulatorConfig:
     fal_payload_error: float = 0.0
     """Fraction of fal's successful jobs whose webhook comes without its payload (fal's
     ``payload_error``): the result must be read from the queue."""
+    mj_dialect: str = "novicezk"
+    """Which midjourney-proxy fork ``/mj`` is: ``novicezk`` (``/mj/submit/change``) or
+    ``trueai`` (buttons, ``/mj/submit/action``, MODAL tasks and code 21, 204 fetches)."""
     mj_lag: float = 0.0
     """Seconds a finished ``/mj`` job still looks IN_PROGRESS to fetch and change after its final
     notify went out: a relay's lagging copy, the ``task_status_not_success`` race."""
@@ -86,6 +89,8 @@ class SimulatorConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
         if not (math.isfinite(self.delay) and self.delay >= 0):
             raise ValueError(f"delay must be >= 0, got {self.delay!r}")
+        if self.mj_dialect not in ("novicezk", "trueai"):
+            raise ValueError(f"mj_dialect must be novicezk or trueai, got {self.mj_dialect!r}")
         if not (math.isfinite(self.mj_lag) and self.mj_lag >= 0):
             raise ValueError(f"mj_lag must be >= 0, got {self.mj_lag!r}")
         if not (math.isfinite(self.job_seconds) and self.job_seconds >= 0):

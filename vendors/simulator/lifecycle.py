@@ -51,6 +51,8 @@ class Simulator:
         self._couriers: dict[str, Courier] = {}
         self._lifecycles: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Timers of held jobs: waiting is not work, so `wait_idle` does not wait for them.
+        self._holds: dict[str, asyncio.Task[None]] = {}
         self._given_client = client
         self._own_client: httpx.AsyncClient | None = None
         self._sender = WebhookSender(config, self.stats, self._http)
@@ -70,6 +72,9 @@ class Simulator:
 
     async def stop(self) -> None:
         """Cancel every lifecycle and delivery, then close our own client."""
+        for timer in self._holds.values():
+            timer.cancel()
+        self._holds.clear()
         while self._tasks:
             tasks = list(self._tasks)
             for task in tasks:
@@ -141,12 +146,15 @@ class Simulator:
         dialect: Dialect | None = None,
         retention: float | None = None,
         inline_outputs: bool = False,
+        hold_for: float | None = None,
     ) -> Prediction:
         """Register a prediction, send ``start`` and launch its lifecycle.
 
         There is no idempotency key: none of the vendors has one, so a create sent twice
         makes two jobs, both billed. ``retention``: seconds (real, scaled here) after the job
-        ends that its results stay; ``inline_outputs``: outputs as data: URIs.
+        ends that its results stay; ``inline_outputs``: outputs as data: URIs; ``hold_for``:
+        the job waits (no webhook, no progress) until :meth:`release`, and is canceled if that
+        does not come within so many (real, scaled here) seconds.
 
         With ``early`` the call returns only after the webhooks produced so far (``start``,
         or everything when ``job_seconds == 0``) were delivered: callbacks that beat the
@@ -186,15 +194,44 @@ class Simulator:
                 retries=dialect.retry_delays,  # type: ignore[arg-type]
             )
             self._couriers[prediction.id] = courier
+        if hold_for is not None:
+            prediction.held = True
+            timer = asyncio.create_task(self._expire_hold(prediction, cfg.scaled(hold_for)))
+            self._holds[prediction.id] = timer
+            return prediction
+        await self._launch(prediction)
+        return prediction
+
+    async def release(self, prediction: Prediction) -> bool:
+        """Start a held job; False when it was not waiting (started, ended or never held)."""
+        if not prediction.held or prediction.terminal:
+            return False
+        prediction.held = False
+        timer = self._holds.pop(prediction.id, None)
+        if timer is not None:
+            timer.cancel()
+        await self._launch(prediction)
+        return True
+
+    async def _expire_hold(self, prediction: Prediction, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self._holds.pop(prediction.id, None)
+        if prediction.held and not prediction.terminal:
+            prediction.held = False
+            self._finish(prediction, "canceled", error="the confirmation window closed")
+
+    async def _launch(self, prediction: Prediction) -> None:
+        """Send ``start`` and run the lifecycle (see ``early`` in :meth:`create`)."""
+        cfg = self.config
         self._emit(prediction, "start")
         lifecycle = self._spawn(self._run(prediction))
         self._lifecycles[prediction.id] = lifecycle
+        courier = self._couriers.get(prediction.id)
         if cfg.early:
             if cfg.job_seconds == 0:
                 await asyncio.wait([lifecycle])
             if courier is not None:
                 await courier.flush()
-        return prediction
 
     def cancel(self, prediction_id: str) -> Prediction | None:
         """Cancel a running prediction (no-op when already terminal); None if unknown."""

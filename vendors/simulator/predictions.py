@@ -94,6 +94,8 @@ class Prediction:
     Replicate deletes an API prediction's input and output after an hour."""
     inline_outputs: bool = False
     """Outputs are data: URIs, as a `Prefer: wait` create answers them."""
+    held: bool = False
+    """Created but waiting to be started (a midjourney-proxy task in MODAL)."""
 
     def __post_init__(self) -> None:
         if not self.created_at:
