@@ -242,6 +242,12 @@ def reconcile(once: bool, interval: float, metrics_port: int | None) -> None:
 )
 @click.option("--early", is_flag=True, help="send callbacks before the create call returns")
 @click.option(
+    "--lost-answers",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="fraction of Replicate creates that make the job but answer 504",
+)
+@click.option(
     "--bad-signature",
     default=0.0,
     type=click.FloatRange(0, 1),
@@ -296,6 +302,7 @@ def simulator(
     fail: float,
     error_rate: float,
     early: bool,
+    lost_answers: float,
     bad_signature: float,
     job_seconds: float,
     time_scale: float,
@@ -318,6 +325,7 @@ def simulator(
         fail=fail,
         error_rate=error_rate,
         early=early,
+        lost_answers=lost_answers,
         bad_signature=bad_signature,
         seed=seed,
         job_seconds=job_seconds,

@@ -41,6 +41,7 @@ LIST_PAGE = 100
 CREATE_LIMIT = {"ratelimit-remaining": "599", "ratelimit-reset": "1"}
 OTHER_LIMIT = {"ratelimit-remaining": "2999", "ratelimit-reset": "1"}
 MAX_WAIT = 60
+GATEWAY_TIMEOUT = "<html><body><h1>504 Gateway Time-out</h1></body></html>"
 
 
 def prefer_wait(value: str | None) -> float | None:
@@ -141,6 +142,9 @@ def create_app(
             retention=RESULT_RETENTION,
             inline_outputs=wait is not None,
         )
+        if sim.lose_answer():
+            # The job runs (and its webhooks go out); only this answer never arrives.
+            return Response(GATEWAY_TIMEOUT, status_code=504, media_type="text/html")
         headers = dict(CREATE_LIMIT)
         if wait is not None:
             await sim.wait_terminal(prediction, timeout=wait)

@@ -19,6 +19,7 @@ _PROBABILITIES = (
     "error_rate",
     "bad_signature",
     "fal_payload_error",
+    "lost_answers",
 )
 
 
@@ -41,6 +42,9 @@ class SimulatorConfig:
     """Fraction of predictions that end ``failed`` with an ``error``."""
     error_rate: float = 0.0
     """Fraction of create/get/cancel calls answered 503 or 429 (half each), with no effect."""
+    lost_answers: float = 0.0
+    """Fraction of Replicate creates that make the job but whose answer is lost: the gateway
+    answers 504 instead of the 201, and the client cannot know that a job exists."""
     early: bool = False
     """Create waits for the ``start`` webhook (all of them when ``job_seconds == 0``) first."""
     bad_signature: float = 0.0

@@ -121,6 +121,13 @@ class Simulator:
         self.stats.api_errors_429 += 1
         return 429
 
+    def lose_answer(self) -> bool:
+        """Whether this create's answer is lost (``lost_answers``), counted."""
+        if self.config.lost_answers <= 0 or self._api_rng.random() >= self.config.lost_answers:
+            return False
+        self.stats.lost_answers += 1
+        return True
+
     # -- predictions --------------------------------------------------------------------
 
     def get(self, prediction_id: str) -> Prediction | None:
