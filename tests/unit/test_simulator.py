@@ -278,6 +278,7 @@ PREDICTION_FIELDS = {
     "metrics",
     "webhook",
     "webhook_events_filter",
+    "webhook_completed",
 }
 ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 

@@ -281,6 +281,8 @@ class Simulator:
 
     def _finish(self, prediction: Prediction, status: Status, *, error: str | None = None) -> None:
         prediction.finish(status, error=error)
+        if prediction.webhook is not None:
+            prediction.webhook_completed = prediction.completed_at
         self.stats.final_statuses[status] += 1
         self._lifecycles.pop(prediction.id, None)
         self._emit(prediction, "completed")

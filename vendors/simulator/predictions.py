@@ -94,6 +94,8 @@ class Prediction:
     Replicate deletes an API prediction's input and output after an hour."""
     inline_outputs: bool = False
     """Outputs are data: URIs, as a `Prefer: wait` create answers them."""
+    webhook_completed: str | None = None
+    """When the final webhook went out (Replicate shows it; null without a webhook)."""
     held: bool = False
     """Created but waiting to be started (a midjourney-proxy task in MODAL)."""
 
@@ -171,6 +173,7 @@ class Prediction:
             "metrics": metrics,
             "webhook": self.webhook,
             "webhook_events_filter": list(self.events_filter),
+            "webhook_completed": self.webhook_completed,
         }
 
     def to_list_json(self) -> dict[str, Any]:
