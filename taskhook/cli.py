@@ -26,9 +26,22 @@ ENV_HELP = (
 
 def load_settings() -> Settings:
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
+    if settings.production and (problem := vendor_settings_problem(settings)):
+        raise click.UsageError(problem)
+    return settings
+
+
+def vendor_settings_problem(settings: Settings) -> str | None:
+    """What a configured vendor cannot work with, known without calling anyone: Replicate
+    delivers webhooks only to an https URL it can reach (issue 16.6)."""
+    if settings.replicate is not None:
+        from vendors.replicate import webhook_base_problem
+
+        return webhook_base_problem(settings.public_url)
+    return None
 
 
 def with_database(settings: Settings) -> Settings:
@@ -92,6 +105,48 @@ async def until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> None
 @click.version_option(package_name="taskhook")
 def cli() -> None:
     pass
+
+
+@cli.command(
+    help="Check that the configured vendors can reach this deployment: prints one JSON document "
+    "{ok, checks: [{name, ok, detail}]}, exit 0 only when every check passes."
+)
+def check() -> None:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    results = run(vendor_url_checks(settings))
+    echo_json(
+        {
+            "ok": all(ok for _, ok, _ in results),
+            "checks": [{"name": name, "ok": ok, "detail": detail} for name, ok, detail in results],
+        }
+    )
+    if not all(ok for _, ok, _ in results):
+        sys.exit(1)
+
+
+async def vendor_url_checks(settings: Settings) -> list[tuple[str, bool, str]]:
+    """Replicate must be able to deliver to TASKHOOK_PUBLIC_URL: https, reachable, and no
+    redirect in front of it (it follows none)."""
+    if settings.replicate is None:
+        return []
+    import httpx
+
+    from vendors.replicate import webhook_base_problem, webhook_redirect_problem
+
+    name = "replicate webhook url"
+    problem = webhook_base_problem(settings.public_url)
+    if problem is None and settings.public_url:
+        try:
+            async with httpx.AsyncClient(timeout=10.0) as client:
+                problem = await webhook_redirect_problem(client, settings.public_url)
+        except httpx.HTTPError as exc:
+            problem = f"{settings.public_url} did not answer: {exc!r}"
+    if problem:
+        return [(name, False, problem)]
+    return [(name, True, f"{settings.public_url} is https and answers webhooks without a redirect")]
 
 
 @cli.command(help="Apply database migrations (idempotent; safe to run concurrently).")

@@ -20,6 +20,7 @@ T = TypeVar("T")
 
 
 KNOWN_VENDORS = ("replicate", "fal", "midjourney")
+ENVIRONMENTS = ("development", "production")
 
 
 class SettingsError(Exception):
@@ -64,6 +65,8 @@ class VendorRoute:
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
+    # TASKHOOK_ENV: in production a process refuses to start with settings that cannot work.
+    env: str = "development"
     data_dir: Path = Path(".taskhook")
     # None: embedded PostgreSQL under data_dir. Not in repr: the DSN may carry a password.
     database_url: str | None = field(default=None, repr=False)
@@ -100,6 +103,10 @@ class Settings:
     breaker_threshold: int = 10
     breaker_cooldown: float = 30.0
     delivery_retention: float = 7 * 86400.0
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
 
     @property
     def vendors(self) -> tuple[str, ...]:
@@ -147,6 +154,11 @@ class Settings:
                 raise SettingsError(f"{name} must be at least 1, got {value}")
             return value
 
+        env_name = (get("TASKHOOK_ENV") or "development").lower()
+        if env_name not in ENVIRONMENTS:
+            raise SettingsError(
+                f"TASKHOOK_ENV must be one of {', '.join(ENVIRONMENTS)}, got {env_name!r}"
+            )
         data_dir = Path(get("TASKHOOK_DATA_DIR") or ".taskhook")
         database_url = get("DATABASE_URL")
         if database_url and not database_url.startswith(("postgres://", "postgresql://")):
@@ -198,6 +210,7 @@ class Settings:
             )
 
         return cls(
+            env=env_name,
             data_dir=data_dir,
             database_url=database_url,
             secret=get("TASKHOOK_SECRET") or generated_secret(data_dir, "secret"),

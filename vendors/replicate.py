@@ -7,6 +7,7 @@ webhook-timestamp, webhook-signature over `id.timestamp.body`, `whsec_` secret).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import uuid
@@ -73,6 +74,47 @@ def output_urls(output: Any) -> list[str]:
     if isinstance(output, dict):
         return [url for item in output.values() for url in output_urls(item)]
     return []
+
+
+def webhook_base_problem(public_url: str | None) -> str | None:
+    """Why Replicate would not deliver webhooks under this base URL (TASKHOOK_PUBLIC_URL), or
+    None. It calls only https webhook URLs ("webhook: an HTTPS URL", its HTTP API reference),
+    from the internet: a loopback or private address is out of its reach."""
+    if not public_url:
+        return "TASKHOOK_PUBLIC_URL is not set: Replicate could not call back"
+    try:
+        url = httpx.URL(public_url)
+    except httpx.InvalidURL:
+        return f"TASKHOOK_PUBLIC_URL is not a URL: {public_url!r}"
+    if url.scheme != "https":
+        return (
+            f"TASKHOOK_PUBLIC_URL must be https: Replicate calls only https webhook URLs, "
+            f"got {public_url!r}"
+        )
+    host = url.host
+    try:
+        private = not ipaddress.ip_address(host).is_global
+    except ValueError:
+        private = host == "localhost" or host.endswith((".localhost", ".local", ".internal"))
+    if private:
+        return f"TASKHOOK_PUBLIC_URL points at {host}, which Replicate cannot reach"
+    return None
+
+
+async def webhook_redirect_problem(client: httpx.AsyncClient, public_url: str) -> str | None:
+    """Whether a webhook POSTed under this base URL is answered with a redirect: Replicate does
+    not follow one, so every webhook would be lost (an http-to-https or www redirect in front of
+    the deployment is the usual cause). None when it is not; VendorUnavailable-free: transport
+    errors are for the caller to report."""
+    probe = f"{public_url.rstrip('/')}/hooks/replicate/redirect-probe"
+    response = await client.post(probe, content=b"{}", follow_redirects=False)
+    if response.is_redirect:
+        target = response.headers.get("location", "?")
+        return (
+            f"{probe} answers HTTP {response.status_code} (to {target}): Replicate follows no "
+            "redirect, its webhooks would be lost; set TASKHOOK_PUBLIC_URL to where it points"
+        )
+    return None
 
 
 def throttle_wait(response: httpx.Response) -> float | None:

@@ -740,3 +740,48 @@ async def test_prepare_with_an_undecodable_key_is_unavailable(make_adapter: Make
     adapter = make_adapter(answer(200, {"key": "whsec_!!! not base64 !!!"}))
     with pytest.raises(VendorUnavailable):
         await adapter.prepare()
+
+
+# --- TASKHOOK_PUBLIC_URL as Replicate sees it (issue 16.6) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://hooks.example.com", None),
+        ("https://93.184.216.34:8443/base", None),
+        (None, "not set"),
+        ("http://hooks.example.com", "https"),
+        ("https://localhost:8000", "cannot reach"),
+        ("https://127.0.0.1", "cannot reach"),
+        ("https://10.1.2.3", "cannot reach"),
+        ("https://api.internal", "cannot reach"),
+    ],
+)
+def test_a_public_url_replicate_would_not_call_is_named(
+    url: str | None, problem: str | None
+) -> None:
+    from vendors.replicate import webhook_base_problem
+
+    found = webhook_base_problem(url)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+@pytest.mark.parametrize(("status", "redirected"), [(301, True), (308, True), (401, False)])
+async def test_a_redirect_in_front_of_the_hooks_is_found(status: int, redirected: bool) -> None:
+    from vendors.replicate import webhook_redirect_problem
+
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, headers={"location": "https://www.example.com/hooks/x"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        problem = await webhook_redirect_problem(client, "https://example.com/")
+    assert (problem is not None) == redirected
+    assert [(r.method, str(r.url)) for r in seen] == [
+        ("POST", "https://example.com/hooks/replicate/redirect-probe")
+    ]
+    if redirected:
+        assert problem is not None and "follows no redirect" in problem

@@ -190,6 +190,19 @@ def test_an_unknown_midjourney_proxy_dialect_names_its_variable(env: dict[str, s
         Settings.from_env(env)
 
 
+@pytest.mark.parametrize(("value", "production"), [(None, False), ("production", True)])
+def test_taskhook_env(env: dict[str, str], value: str | None, production: bool) -> None:
+    if value is not None:
+        env["TASKHOOK_ENV"] = value
+    assert Settings.from_env(env).production is production
+
+
+def test_an_unknown_taskhook_env_names_its_variable(env: dict[str, str]) -> None:
+    env["TASKHOOK_ENV"] = "staging"
+    with pytest.raises(SettingsError, match="TASKHOOK_ENV"):
+        Settings.from_env(env)
+
+
 def test_create_rate_defaults_to_the_vendors_documented_limit(env: dict[str, str]) -> None:
     assert Settings.from_env(env).create_rate is None
     env["TASKHOOK_CREATE_RATE"] = "25"
