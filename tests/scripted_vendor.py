@@ -108,7 +108,7 @@ class ScriptedVendor:
     def parse(self, body: bytes) -> VendorUpdate:
         try:
             doc = json.loads(body)
-            return update(doc["id"], TaskStatus(doc["status"]))
+            return update(doc["id"], TaskStatus(doc["status"]), confirm=bool(doc.get("confirm")))
         except (ValueError, KeyError, TypeError) as exc:
             raise PayloadInvalid(f"not a scripted update: {exc}") from exc
 
@@ -117,7 +117,7 @@ class ScriptedVendor:
 
 
 def update(job: str, status: TaskStatus, **extra: Any) -> VendorUpdate:
-    if status is TaskStatus.STORING and "outputs" not in extra:
+    if status is TaskStatus.STORING and "outputs" not in extra and not extra.get("confirm"):
         extra["outputs"] = ["http://files.invalid/1.png"]
     return VendorUpdate(vendor_task_id=job, status=status, raw_status=status.value, **extra)
 
