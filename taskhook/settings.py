@@ -88,6 +88,8 @@ class Settings:
     midjourney: MidjourneySettings | None = None
     # Model name -> vendors serving it, in order of preference (TASKHOOK_ROUTES).
     routes: Mapping[str, tuple[VendorRoute, ...]] = field(default_factory=dict)
+    # With routes, a model no route lists is refused unless this is set (at task_cost).
+    allow_unrouted_models: bool = False
     task_cost: int = 1
     webhook_tolerance: float = 300.0
     max_body_bytes: int = 1024 * 1024
@@ -171,6 +173,11 @@ class Settings:
             raise SettingsError(
                 f"TASKHOOK_ALLOW_PRIVATE_URLS must be 0 or 1, got {allow_private!r}"
             )
+        allow_unrouted = get("TASKHOOK_ALLOW_UNROUTED_MODELS") or "0"
+        if allow_unrouted not in ("0", "1"):
+            raise SettingsError(
+                f"TASKHOOK_ALLOW_UNROUTED_MODELS must be 0 or 1, got {allow_unrouted!r}"
+            )
 
         replicate = None
         token = get("REPLICATE_API_TOKEN")
@@ -230,6 +237,7 @@ class Settings:
             fal=fal,
             midjourney=midjourney,
             routes=parse_routes(get("TASKHOOK_ROUTES")),
+            allow_unrouted_models=allow_unrouted == "1",
             registration_timeout=parse("TASKHOOK_VENDOR_TIMEOUT", float, 10.0, "a positive number"),
             poll_rate=parse("TASKHOOK_POLL_RATE", float, 20.0, "a positive number"),
             create_rate=parse("TASKHOOK_CREATE_RATE", float, None, "a positive number"),
