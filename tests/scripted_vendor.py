@@ -135,10 +135,15 @@ async def app_client(rt: Runtime) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+# A scripted vendor answers at once and limits nothing: its bucket (which registrations draw
+# from too) must not throttle tests about something else. Tests of limits set their own.
+UNLIMITED = Limits(rate=10_000.0, burst=10_000.0)
+
+
 def install(rt: Runtime, *vendors: ScriptedVendor) -> None:
     """Replace the runtime's adapters with these (each with its own shared health row)."""
     rt.vendors.clear()
     rt.health.clear()
     for vendor in vendors:
         rt.vendors[vendor.name] = vendor
-        rt.health[vendor.name] = VendorHealth(rt.pool, vendor.name, Limits())
+        rt.health[vendor.name] = VendorHealth(rt.pool, vendor.name, UNLIMITED)
