@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from db import queries
+from db.models import Task
 from db.transition import Outcome
 from reconciler.confirm import refresh_from_vendor
 from taskhook.errors import NotFound, PayloadInvalid
@@ -51,22 +52,16 @@ async def replay_delivery(rt: Runtime, delivery_row_id: int) -> ReplayResult:
     if not adapter.signed_callbacks:
         # An unsigned body proves nothing about the job (and is kept truncated): ask the
         # vendor about the task's own job, as the receiver does.
-        fresh = await refresh_from_vendor(rt, task)
-        async with rt.pool.acquire() as conn:
-            await queries.mark_delivery_replayed(
-                conn, delivery_row_id=delivery_row_id, outcome="confirming"
-            )
-        return ReplayResult(
-            delivery_row_id,
-            "applied",
-            f"task {task.public_id}: asked the vendor, now {fresh.status}",
-        )
+        return await _confirm(rt, task, delivery_row_id)
     try:
         update = adapter.parse(bytes(row["body"]))
     except PayloadInvalid as exc:
         return ReplayResult(delivery_row_id, "rejected", exc.message)
     if task.vendor_task_id and task.vendor_task_id != update.vendor_task_id:
         return ReplayResult(delivery_row_id, "rejected", "the job id still does not match")
+    if update.confirm:
+        # A hint (fal's payload_error) carries no result: ask the vendor, as the receiver does.
+        return await _confirm(rt, task, delivery_row_id)
     async with rt.pool.acquire() as conn, conn.transaction():
         result = await apply_update(
             conn,
@@ -82,3 +77,14 @@ async def replay_delivery(rt: Runtime, delivery_row_id: int) -> ReplayResult:
         )
     status = "applied" if result.outcome is Outcome.APPLIED else "duplicate"
     return ReplayResult(delivery_row_id, status, f"task {task.public_id}: {result.outcome.value}")
+
+
+async def _confirm(rt: Runtime, task: Task, delivery_row_id: int) -> ReplayResult:
+    fresh = await refresh_from_vendor(rt, task)
+    async with rt.pool.acquire() as conn:
+        await queries.mark_delivery_replayed(
+            conn, delivery_row_id=delivery_row_id, outcome="confirming"
+        )
+    return ReplayResult(
+        delivery_row_id, "applied", f"task {task.public_id}: asked the vendor, now {fresh.status}"
+    )

@@ -75,9 +75,13 @@ async def _confirm(rt: Runtime, task: Task) -> Task:
     try:
         if health is not None:
             async with health.slots:
-                update = await adapter.fetch(task.vendor_task_id, model=task.vendor_model)
+                update = await adapter.fetch(
+                    task.vendor_task_id, model=task.vendor_model, urls=task.vendor_urls
+                )
         else:
-            update = await adapter.fetch(task.vendor_task_id, model=task.vendor_model)
+            update = await adapter.fetch(
+                task.vendor_task_id, model=task.vendor_model, urls=task.vendor_urls
+            )
     except VendorError as exc:
         error = exc
     metrics.VENDOR_CALLS.labels(

@@ -11,6 +11,8 @@ connects only to the address it judged (redirects included).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import tempfile
 from dataclasses import dataclass
@@ -32,11 +34,17 @@ ALLOWED_TYPES: dict[str, str] = {
 
 class DownloadError(Exception):
     """The output could not be fetched, or was refused; the message says why (for operators:
-    it may name addresses and exceptions, so clients only ever see the task error's code)."""
+    it may name addresses and exceptions, so clients only ever see the task error's code).
+    `gone`: the server says the file is not there (404, 410): a vendor that deletes results on
+    a schedule has deleted it."""
 
     code = "storage_failed"
     # A retry cannot help (the output breaks a limit): fail the task at once.
     permanent = False
+
+    def __init__(self, message: str, *, gone: bool = False) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 class OutputLimitExceeded(DownloadError):
@@ -77,6 +85,41 @@ def check_url(url: str) -> None:
         raise DownloadError(f"refusing output URL with scheme {parts.scheme!r}")
 
 
+def from_data_uri(
+    uri: str, *, max_bytes: int, limit_error: type[DownloadError] = DownloadError
+) -> Downloaded:
+    """An output that came inline as an RFC 2397 `data:` URI (Replicate answers a `Prefer: wait`
+    create with them): the same checks as a download, without any network."""
+    header, comma, payload = uri.partition(",")
+    if not comma:
+        raise DownloadError("malformed data: URI (no comma)")
+    params = header.removeprefix("data:").split(";")
+    content_type = params[0].strip().lower()
+    if content_type not in ALLOWED_TYPES:
+        raise DownloadError(f"refusing content type {content_type or 'none'!r}")
+    if "base64" not in (p.strip().lower() for p in params[1:]):
+        raise DownloadError("refusing a data: URI that is not base64")
+    # Refuse before decoding: 4 characters of base64 carry 3 bytes.
+    if len(payload) // 4 * 3 > max_bytes + 3:
+        raise limit_error(f"output is over the {max_bytes} byte cap")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except binascii.Error as exc:
+        raise DownloadError(f"malformed data: URI: {exc}") from exc
+    if len(data) > max_bytes:
+        raise limit_error(f"output is over the {max_bytes} byte cap")
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
+    spool.write(data)
+    spool.seek(0)
+    return Downloaded(
+        file=spool,
+        content_type=content_type,
+        extension=ALLOWED_TYPES[content_type],
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
 async def download(
     client: httpx.AsyncClient,
     url: str,
@@ -90,6 +133,8 @@ async def download(
     `limit_error` is raised when the output is over `max_bytes` (the caller passes
     `OutputLimitExceeded` when the cap is the task's total rather than one file's).
     """
+    if url.startswith("data:"):
+        return from_data_uri(url, max_bytes=max_bytes, limit_error=limit_error)
     check_url(url)
     pace = pace or Pace()
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
@@ -109,7 +154,10 @@ async def download(
         async with asyncio.timeout_at(next_byte_due()) as limit:
             async with client.stream("GET", url) as response:
                 if response.status_code != 200:
-                    raise DownloadError(f"output URL answered HTTP {response.status_code}")
+                    raise DownloadError(
+                        f"output URL answered HTTP {response.status_code}",
+                        gone=response.status_code in (404, 410),
+                    )
                 content_type = (
                     response.headers.get("content-type", "").split(";")[0].strip().lower()
                 )

@@ -20,13 +20,14 @@ import structlog
 from db import queries
 from db.models import Task
 from db.states import TaskStatus
-from db.transition import transition
+from db.transition import Outcome, transition
 from storage.download import DownloadError, OutputLimitExceeded, Pace, download
 from storage.s3 import result_key
 from taskhook import metrics
 from taskhook.backoff import backoff_delay
 from taskhook.runtime import Runtime
 from taskhook.tracing import task_context
+from vendors.base import RESULT_EXPIRED
 
 log = structlog.get_logger()
 
@@ -111,6 +112,14 @@ async def _store(
         OSError,  # TimeoutError among them: our budget's, or a socket's
     ) as exc:
         metrics.STORAGE.labels(outcome="error").inc()
+        adapter = rt.vendors.get(task.vendor)
+        expired = (
+            not budget.expired()
+            and isinstance(exc, DownloadError)
+            and exc.gone
+            and adapter is not None
+            and adapter.result_retention is not None
+        )
         if budget.expired():
             code, detail = "storage_failed", "the result was not stored before its deadline"
             final = True
@@ -121,7 +130,20 @@ async def _store(
                 isinstance(exc, DownloadError) and exc.permanent
             )
         async with rt.pool.acquire() as conn:
-            if final:
+            if expired:
+                # This vendor deletes results on a schedule and has: no retry brings it back.
+                result = await transition(
+                    conn,
+                    task_id=task.id,
+                    to=TaskStatus.FAILED,
+                    event_key="storage:expired",
+                    cause="worker",
+                    error={"code": RESULT_EXPIRED, "message": f"the result is gone: {exc}"},
+                )
+                if result.outcome is Outcome.APPLIED:
+                    metrics.RESULTS_EXPIRED.labels(vendor=task.vendor).inc()
+                log.warning("result_expired", error=str(exc))
+            elif final:
                 log.warning("storage_failed", attempts=attempt, code=code, error=detail)
                 await transition(
                     conn,

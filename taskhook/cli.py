@@ -26,9 +26,22 @@ ENV_HELP = (
 
 def load_settings() -> Settings:
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
     except SettingsError as exc:
         raise click.UsageError(str(exc)) from None
+    if settings.production and (problem := vendor_settings_problem(settings)):
+        raise click.UsageError(problem)
+    return settings
+
+
+def vendor_settings_problem(settings: Settings) -> str | None:
+    """What a configured vendor cannot work with, known without calling anyone: Replicate
+    delivers webhooks only to an https URL it can reach (issue 16.6)."""
+    if settings.replicate is not None:
+        from vendors.replicate import webhook_base_problem
+
+        return webhook_base_problem(settings.public_url)
+    return None
 
 
 def with_database(settings: Settings) -> Settings:
@@ -92,6 +105,48 @@ async def until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> None
 @click.version_option(package_name="taskhook")
 def cli() -> None:
     pass
+
+
+@cli.command(
+    help="Check that the configured vendors can reach this deployment: prints one JSON document "
+    "{ok, checks: [{name, ok, detail}]}, exit 0 only when every check passes."
+)
+def check() -> None:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    results = run(vendor_url_checks(settings))
+    echo_json(
+        {
+            "ok": all(ok for _, ok, _ in results),
+            "checks": [{"name": name, "ok": ok, "detail": detail} for name, ok, detail in results],
+        }
+    )
+    if not all(ok for _, ok, _ in results):
+        sys.exit(1)
+
+
+async def vendor_url_checks(settings: Settings) -> list[tuple[str, bool, str]]:
+    """Replicate must be able to deliver to TASKHOOK_PUBLIC_URL: https, reachable, and no
+    redirect in front of it (it follows none)."""
+    if settings.replicate is None:
+        return []
+    import httpx
+
+    from vendors.replicate import webhook_base_problem, webhook_redirect_problem
+
+    name = "replicate webhook url"
+    problem = webhook_base_problem(settings.public_url)
+    if problem is None and settings.public_url:
+        try:
+            async with httpx.AsyncClient(timeout=10.0) as client:
+                problem = await webhook_redirect_problem(client, settings.public_url)
+        except httpx.HTTPError as exc:
+            problem = f"{settings.public_url} did not answer: {exc!r}"
+    if problem:
+        return [(name, False, problem)]
+    return [(name, True, f"{settings.public_url} is https and answers webhooks without a redirect")]
 
 
 @cli.command(help="Apply database migrations (idempotent; safe to run concurrently).")
@@ -248,12 +303,26 @@ def reconcile(once: bool, interval: float, metrics_port: int | None) -> None:
 )
 @click.option("--early", is_flag=True, help="send callbacks before the create call returns")
 @click.option(
+    "--lost-answers",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="fraction of Replicate creates that make the job but answer 504",
+)
+@click.option(
     "--bad-signature",
     default=0.0,
     type=click.FloatRange(0, 1),
     help="fraction of webhooks preceded by a wrongly signed copy",
 )
 @click.option("--job-seconds", default=3.0, show_default=True, type=click.FloatRange(0))
+@click.option(
+    "--time-scale",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="factor on the vendors' own clocks: a 429's announced wait, webhook retry schedules, "
+    "result retention (1 = the real vendor)",
+)
 @click.option("--seed", default=None, type=int)
 @click.option(
     "--webhook-secret",
@@ -263,7 +332,21 @@ def reconcile(once: bool, interval: float, metrics_port: int | None) -> None:
     "/v1/webhooks/default/secret)",
 )
 @click.option("--fal-key", default=None, help="require `Authorization: Key <key>` on /fal calls")
+@click.option(
+    "--fal-payload-error",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="fraction of fal's successful webhooks sent without their payload (payload_error)",
+)
 @click.option("--mj-secret", default=None, help="require this mj-api-secret on /mj calls")
+@click.option(
+    "--mj-dialect",
+    type=click.Choice(["novicezk", "trueai"]),
+    default="novicezk",
+    show_default=True,
+    help="which midjourney-proxy fork /mj is: novicezk (/mj/submit/change) or trueai "
+    "(buttons, /mj/submit/action, MODAL tasks and code 21, 204 for unknown tasks)",
+)
 @click.option(
     "--mj-lag",
     default=0.0,
@@ -280,12 +363,16 @@ def simulator(
     fail: float,
     error_rate: float,
     early: bool,
+    lost_answers: float,
     bad_signature: float,
     job_seconds: float,
+    time_scale: float,
     seed: int | None,
     webhook_secret: str | None,
     fal_key: str | None,
+    fal_payload_error: float,
     mj_secret: str | None,
+    mj_dialect: str,
     mj_lag: float,
 ) -> None:
     from vendors.simulator import SimulatorConfig, serve
@@ -299,11 +386,15 @@ def simulator(
         fail=fail,
         error_rate=error_rate,
         early=early,
+        lost_answers=lost_answers,
         bad_signature=bad_signature,
         seed=seed,
         job_seconds=job_seconds,
+        time_scale=time_scale,
         fal_key=fal_key,
+        fal_payload_error=fal_payload_error,
         mj_secret=mj_secret,
+        mj_dialect=mj_dialect,
         mj_lag=mj_lag,
         **extra,  # type: ignore[arg-type]
     )

@@ -43,6 +43,7 @@ TASK_ERRORS: Mapping[str, str] = {
     "vendor_rejected": "The provider refused this job; check the model and its input.",
     "vendor_unavailable": "The provider could not be reached, so the job never started.",
     "vendor_lost": "The provider lost this job.",
+    "result_expired": "The provider deleted the result before it could be saved.",
     "deadline_exceeded": "The job did not finish before its deadline.",
     "storage_failed": "The job finished, but its result could not be saved.",
     "output_limit_exceeded": "The job produced more files or bytes than one task may keep.",

@@ -36,3 +36,14 @@ CIRCUIT = Gauge(
 POLLS = Counter(
     "taskhook_polls_total", "Reconciler polls by vendor and outcome", ["vendor", "outcome"]
 )
+STRAY_JOBS = Counter(
+    "taskhook_stray_jobs_total",
+    "Vendor jobs for one of our tasks that are not the job it recorded (a create that went "
+    "through twice), by vendor and what became of them: canceled, or cancel_failed",
+    ["vendor", "outcome"],
+)
+RESULTS_EXPIRED = Counter(
+    "taskhook_results_expired_total",
+    "Finished jobs whose result the vendor deleted before we stored it (its retention window)",
+    ["vendor"],
+)

@@ -5,8 +5,6 @@ Only `Settings.from_env` reads the environment; tests build `Settings(...)` dire
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 import secrets
@@ -16,10 +14,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
+from taskhook.whsec import decode_secret
+
 T = TypeVar("T")
 
 
 KNOWN_VENDORS = ("replicate", "fal", "midjourney")
+ENVIRONMENTS = ("development", "production")
 
 
 class SettingsError(Exception):
@@ -43,10 +44,16 @@ class FalSettings:
     user_id: str | None = None
 
 
+MJ_DIALECTS = ("auto", "novicezk", "trueai")
+
+
 @dataclass(frozen=True, kw_only=True)
 class MidjourneySettings:
     api_base: str
     api_secret: str | None = field(default=None, repr=False)
+    # Which fork's follow-up API: novicezk's /mj/submit/change, trueai's /mj/submit/action
+    # (v10 removed change); auto tells them apart by the parent task's `buttons`.
+    dialect: str = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +81,8 @@ class VendorRoute:
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
+    # TASKHOOK_ENV: in production a process refuses to start with settings that cannot work.
+    env: str = "development"
     data_dir: Path = Path(".taskhook")
     # None: embedded PostgreSQL under data_dir. Not in repr: the DSN may carry a password.
     database_url: str | None = field(default=None, repr=False)
@@ -105,6 +114,9 @@ class Settings:
     max_registration_attempts: int = 8
     max_storage_attempts: int = 5
     poll_rate: float = 20.0  # per vendor, all reconcilers together; Replicate allows 50/s
+    # Creates per second for vendors that limit creates apart (Replicate); None: the limit
+    # the vendor documents (Replicate: 600 a minute).
+    create_rate: float | None = None
     poll_concurrency: int = 8
     breaker_threshold: int = 10
     breaker_cooldown: float = 30.0
@@ -119,6 +131,10 @@ class Settings:
     max_outputs: int = 16
     max_output_bytes: int = 256 * 1024 * 1024
     server: ServerLimits = field(default_factory=ServerLimits)
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
 
     @property
     def vendors(self) -> tuple[str, ...]:
@@ -166,6 +182,11 @@ class Settings:
                 raise SettingsError(f"{name} must be at least 1, got {value}")
             return value
 
+        env_name = (get("TASKHOOK_ENV") or "development").lower()
+        if env_name not in ENVIRONMENTS:
+            raise SettingsError(
+                f"TASKHOOK_ENV must be one of {', '.join(ENVIRONMENTS)}, got {env_name!r}"
+            )
         data_dir = Path(get("TASKHOOK_DATA_DIR") or ".taskhook")
         database_url = get("DATABASE_URL")
         if database_url and not database_url.startswith(("postgres://", "postgresql://")):
@@ -191,7 +212,7 @@ class Settings:
             secrets_raw = get("REPLICATE_WEBHOOK_SECRET") or ""
             webhook_secrets = tuple(s.strip() for s in secrets_raw.split(",") if s.strip())
             for s in webhook_secrets:
-                if not s.startswith("whsec_") or not _decodes(s[len("whsec_") :]):
+                if not s.startswith("whsec_") or not _decodes(s):
                     raise SettingsError(
                         "REPLICATE_WEBHOOK_SECRET must be whsec_<base64> secrets, comma-separated"
                     )
@@ -213,11 +234,17 @@ class Settings:
         if mj_base:
             if not mj_base.startswith(("http://", "https://")):
                 raise SettingsError(f"MJ_PROXY_BASE must be an http(s) URL, got {mj_base!r}")
+            dialect = (get("MJ_PROXY_DIALECT") or "auto").lower()
+            if dialect not in MJ_DIALECTS:
+                raise SettingsError(
+                    f"MJ_PROXY_DIALECT must be one of {', '.join(MJ_DIALECTS)}, got {dialect!r}"
+                )
             midjourney = MidjourneySettings(
-                api_base=mj_base.rstrip("/"), api_secret=get("MJ_PROXY_SECRET")
+                api_base=mj_base.rstrip("/"), api_secret=get("MJ_PROXY_SECRET"), dialect=dialect
             )
 
         return cls(
+            env=env_name,
             data_dir=data_dir,
             database_url=database_url,
             secret=get("TASKHOOK_SECRET") or generated_secret(data_dir, "secret"),
@@ -240,6 +267,7 @@ class Settings:
             allow_unrouted_models=allow_unrouted == "1",
             registration_timeout=parse("TASKHOOK_VENDOR_TIMEOUT", float, 10.0, "a positive number"),
             poll_rate=parse("TASKHOOK_POLL_RATE", float, 20.0, "a positive number"),
+            create_rate=parse("TASKHOOK_CREATE_RATE", float, None, "a positive number"),
             poll_concurrency=positive_int("TASKHOOK_POLL_CONCURRENCY", 8),
             breaker_threshold=positive_int("TASKHOOK_BREAKER_THRESHOLD", 10),
             breaker_cooldown=parse("TASKHOOK_BREAKER_COOLDOWN", float, 30.0, "a positive number"),
@@ -310,11 +338,12 @@ def parse_routes(raw: str | None) -> dict[str, tuple[VendorRoute, ...]]:
     return routes
 
 
-def _decodes(text: str) -> bool:
+def _decodes(secret: str) -> bool:
     try:
-        return bool(base64.b64decode(text, validate=True))
-    except binascii.Error:
+        decode_secret(secret)
+    except ValueError:
         return False
+    return True
 
 
 def generated_secret(data_dir: Path, name: str) -> str:

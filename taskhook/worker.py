@@ -110,6 +110,7 @@ class Worker:
                 owner=self.owner,
                 lease_seconds=self.lease,
                 storage_deadline=self.rt.settings.storage_deadline,
+                retention=self.rt.result_retention,
             )
             pending = await queries.claim_pending_registrations(
                 conn,
