@@ -18,7 +18,12 @@ import httpx
 from db.models import format_task_id
 from db.states import TaskStatus
 from receiver.signature import Delivery, decode_secret, verify_standard_webhook
-from taskhook.errors import PayloadInvalid, VendorRejected, VendorUnavailable
+from taskhook.errors import (
+    PayloadInvalid,
+    VendorRejected,
+    VendorUnavailable,
+    VerificationUnavailable,
+)
 from vendors.base import VendorUpdate
 from vendors.http import raise_for_transient, send
 
@@ -169,6 +174,13 @@ class ReplicateAdapter:
         await self._call("POST", f"/predictions/{vendor_task_id}/cancel")
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Delivery:
+        if not self._secrets:
+            # Not the sender's fault: the account's secret has not been fetched yet (the
+            # runtime retries). A 503 makes Replicate deliver again instead of dropping it.
+            raise VerificationUnavailable(
+                "Replicate's webhook signing secret has not been fetched yet; taskhook is "
+                "retrying. Deliver again shortly."
+            )
         return verify_standard_webhook(
             body, headers, self._secrets, now=now, tolerance=self._tolerance
         )

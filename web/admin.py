@@ -38,6 +38,8 @@ def silent_after(settings: Settings) -> float:
 
 def require_admin(request: Request) -> Runtime:
     rt: Runtime = request.app.state.runtime
+    if rt.settings.admin_key is None:
+        raise NotFound("The admin API is turned off on this deployment (TASKHOOK_ADMIN_KEY=off).")
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     expected = rt.settings.admin_key.encode()
     given = key.strip().encode()
