@@ -85,6 +85,8 @@ class ResultStore:
         body = b"taskhook check " + key.encode()
 
         def round_trip() -> None:
+            # Some stores (SeaweedFS) make a missing bucket on the first put: ask first.
+            self._client.head_bucket(Bucket=self.bucket)
             self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
             try:
                 read = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()

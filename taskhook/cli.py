@@ -332,6 +332,34 @@ def reconcile(once: bool, interval: float, metrics_port: int | None) -> None:
 
 
 @cli.command(
+    help="Check a deployment before it goes live: database reachable and migrated, bucket "
+    "writable, each vendor's credentials, Replicate's webhook secret, the public URL reaching "
+    "this deployment, secrets, clock skew. Exit 0 only when every check passes."
+)
+@click.option("--json", "as_json", is_flag=True, help="one JSON document instead of a table")
+def check(as_json: bool) -> None:
+    from taskhook.check import run_checks
+
+    settings = load_settings()
+    if not settings.production:
+        # Development: the embedded services a process would start, so they can be checked.
+        from taskhook.runtime import resolve_services
+
+        settings = resolve_services(settings)
+    results = run(run_checks(settings))
+    ok = all(r.ok for r in results)
+    if as_json:
+        echo_json({"ok": ok, "checks": [r.as_dict() for r in results]})
+    else:
+        width = max(len(r.name) for r in results)
+        click.echo(f"{'check':<{width}}  result  detail")
+        for r in results:
+            click.echo(f"{r.name:<{width}}  {'pass' if r.ok else 'FAIL':<6}  {r.detail}")
+        click.echo(f"{'all checks pass' if ok else 'some checks FAIL'}")
+    sys.exit(0 if ok else 1)
+
+
+@cli.command(
     help="A local vendor speaking the real APIs and webhooks of Replicate (/v1), fal (/fal) "
     "and midjourney-proxy (/mj), with faults."
 )

@@ -80,6 +80,7 @@ def build_adapters(settings: Settings, http: httpx.AsyncClient) -> dict[str, Ven
             api_key=settings.fal.api_key,
             queue_base=settings.fal.queue_base,
             jwks_url=settings.fal.jwks_url,
+            api_base=settings.fal.api_base,
             tolerance=settings.webhook_tolerance,
             timeout=settings.registration_timeout,
         )

@@ -129,6 +129,14 @@ class ReplicateAdapter:
         except ValueError as exc:
             raise VendorUnavailable(f"Replicate's webhook secret is unusable: {exc}") from exc
 
+    async def check_credentials(self) -> str:
+        """`GET /account`: the token's owner, Replicate's cheapest authenticated call."""
+        body = await self._call("GET", "/account")
+        username = body.get("username") if isinstance(body, dict) else None
+        if not isinstance(username, str):
+            raise VendorUnavailable("Replicate's account answer names no username")
+        return f"token of {body.get('type') or 'account'} {username!r}"
+
     def model_error(self, model: str) -> str | None:
         name, _, version = model.partition(":")
         if _VERSION_ID.fullmatch(model) or (

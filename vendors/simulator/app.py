@@ -1,6 +1,7 @@
 """HTTP routes of the simulator: Replicate's predictions API plus a few ``/_sim`` extras.
 
-Everything under ``/v1`` checks the bearer token (when configured) before anything else;
+Everything under ``/v1`` checks the bearer token (when configured) before anything else
+(``GET /v1/account`` answers the token's owner, as Replicate's does);
 create, get and cancel then roll the ``error_rate`` dice and may answer 503 or 429 *without*
 touching any state, as an overloaded vendor would. Output images live under ``/files`` (public,
 like Replicate's delivery CDN) and ``/_sim/stats`` exposes the fault counters and how often each
@@ -29,6 +30,13 @@ from vendors.simulator.png import gradient_png
 from vendors.simulator.validation import MODEL_RE, RequestError, parse_create
 
 NOT_FOUND = {"detail": "Not found.", "status": 404}
+# What Replicate's GET /v1/account answers (type user|organization, username, name, github_url).
+ACCOUNT = {
+    "type": "organization",
+    "username": "taskhook-simulator",
+    "name": "taskhook simulator",
+    "github_url": None,
+}
 UNAUTHENTICATED = RequestError(
     401, "Unauthenticated", "You did not pass a valid authentication token"
 )
@@ -134,6 +142,11 @@ def create_app(
     async def webhook_secret(request: Request) -> Response:
         return JSONResponse({"key": config.webhook_secret})
 
+    @api(faults=False)
+    async def account(request: Request) -> Response:
+        """`GET /v1/account`: the token's owner, Replicate's cheapest authenticated call."""
+        return JSONResponse(ACCOUNT)
+
     async def output_file(request: Request) -> Response:
         prediction = sim.get(request.path_params["prediction_id"])
         index: int = request.path_params["index"]
@@ -174,6 +187,7 @@ def create_app(
             Route("/v1/predictions/{prediction_id}", get_prediction, methods=["GET"]),
             Route("/v1/predictions/{prediction_id}/cancel", cancel_prediction, methods=["POST"]),
             Route("/v1/webhooks/default/secret", webhook_secret, methods=["GET"]),
+            Route("/v1/account", account, methods=["GET"]),
             Route("/files/{prediction_id}/{index:int}.png", output_file, methods=["GET"]),
             Route("/_sim/stats", stats, methods=["GET"]),
             *fal.routes(sim),
