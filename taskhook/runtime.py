@@ -190,7 +190,10 @@ async def open_runtime(
         breaker_cooldown=settings.breaker_cooldown,
     )
     runtime.health = {name: VendorHealth(pool, name, limits) for name in runtime.vendors}
-    runtime.readiness = {name: VendorReadiness(a) for name, a in runtime.vendors.items()}
+    runtime.readiness = {
+        name: VendorReadiness(adapter, min_interval=settings.vendor_prepare_retry)
+        for name, adapter in runtime.vendors.items()
+    }
     try:
         # A production bucket is never made here: a misspelt name must not create a new one.
         await store.ensure_bucket(create=not settings.production)

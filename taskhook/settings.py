@@ -119,6 +119,8 @@ class Settings:
     startup_retry: float = 30.0
     # Seconds a starting process waits for `taskhook migrate` when the schema is behind.
     schema_wait: float = 0.0
+    # Seconds between attempts to prepare a vendor that failed to (doubling up to a minute).
+    vendor_prepare_retry: float = 5.0
     # What was filled in rather than configured (development only), announced at start.
     defaults: tuple[str, ...] = field(default=(), compare=False)
 

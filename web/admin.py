@@ -69,10 +69,14 @@ async def overview(request: Request) -> JSONResponse:
     vendors: list[dict[str, Any]] = []
     for name in sorted(set(rt.vendors) | set(rows)):
         row = rows.get(name)
+        readiness = rt.readiness.get(name)
         vendors.append(
             {
                 "vendor": name,
                 "configured": name in rt.vendors,
+                # This process's preparation (webhook secrets, keys), retried until it works.
+                "ready": readiness.ready if readiness else None,
+                "prepare_error": readiness.error if readiness else None,
                 "circuit": row.circuit if row else "closed",
                 "failures": row.failures if row else 0,
                 "open_until": _time(row.open_until) if row else None,
