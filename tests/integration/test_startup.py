@@ -398,3 +398,57 @@ def test_a_bucket_alone_is_aws_s3_through_boto3s_own_chain(
     assert started["storage"] == f"bucket {s3.bucket!r} at AWS S3"
     assert not (tmp_path / "s3").exists()  # no embedded server was started
     assert not any("development_defaults" in line for line in worker.lines)
+
+
+async def test_serve_with_two_workers_counts_every_request_once(
+    db_url: str, s3: S3Config, tmp_path: Path
+) -> None:
+    """Each scrape reaches one of the processes (the metrics port is shared with
+    SO_REUSEPORT); each must answer for all of them, so no counter ever goes backwards."""
+    port, metrics_port = free_port(), free_port()
+    env = base_env(
+        db_url,
+        s3,
+        tmp_path,
+        TASKHOOK_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        TASKHOOK_METRICS_PORT=str(metrics_port),
+    )
+    web = Process(env, "serve", "--port", str(port), "--workers", "2")
+    try:
+        started = await asyncio.to_thread(
+            web.wait_for, lambda e: e["event"] == "taskhook_started", what="the start"
+        )
+        assert started["workers"] == 2 and started["metrics"] == f"127.0.0.1:{metrics_port}"
+        fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection, any process
+        async with httpx.AsyncClient(limits=fresh, timeout=10) as client:
+            deadline = time.monotonic() + WAIT
+            while True:
+                try:
+                    if (await client.get(f"http://127.0.0.1:{metrics_port}/healthz")).is_success:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "both listeners never came up"
+                await asyncio.sleep(0.05)
+            for _ in range(60):
+                assert (await client.get(f"http://127.0.0.1:{port}/healthz")).is_success
+            off = await client.get(f"http://127.0.0.1:{port}/metrics")
+            seen = []
+            for _ in range(12):
+                text = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+                seen.append(healthz_count(text))
+    finally:
+        assert web.stop() in (0, -15, 143)
+    assert off.status_code == 404  # served on the metrics port only
+    assert seen == [60.0] * 12
+
+
+def healthz_count(text: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        if family.name == "taskhook_http_request_duration_seconds":
+            for s in family.samples:
+                if s.name.endswith("_count") and s.labels["route"] == "/healthz":
+                    return s.value
+    return 0.0
