@@ -74,7 +74,7 @@ async def main(requests: int, rounds: int) -> None:
         secret=SECRET,
         public_url="http://bench",
         replicate=ReplicateSettings(
-            api_token="t",
+            api_token="t",  # noqa: S106 - a stand-in vendor nobody calls
             api_base="http://127.0.0.1:9/v1",
             webhook_secrets=("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",),
         ),

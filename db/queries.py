@@ -188,6 +188,13 @@ async def find_idempotent_task(
     return (record["id"], record["request_hash"]) if record else None
 
 
+async def lock_parent(conn: Conn, *, task_id: uuid.UUID, user_id: uuid.UUID) -> str | None:
+    """The parent's status, its row share-locked until the transaction ends; None if it is
+    not this user's task."""
+    status: str | None = await conn.fetchval(QUERIES["lock_parent"], task_id, user_id)
+    return status
+
+
 async def create_task(
     conn: Conn,
     *,

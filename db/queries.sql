@@ -1,3 +1,9 @@
+-- Every statement, named. Lock order, for every statement and transaction: task rows first
+-- (several: in id order), then user rows. The transition (taskhook_transition_many) locks its
+-- tasks and then credits their users; a follow-up action locks its parent (lock_parent)
+-- before create_task charges the user. Transactions that take rows in one order can wait for
+-- each other but never deadlock.
+
 -- transition --
 -- The only writer of tasks.status: taskhook_transition_many (db/migrations/0008_set_based.sql),
 -- here for one task. JSON arguments come as text, the allowed states comma-joined. `age`: the
@@ -75,8 +81,19 @@ RETURNING u.balance;
 -- find_idempotent_task --
 SELECT id, request_hash FROM tasks WHERE user_id = $1 AND idempotency_key = $2;
 
+-- lock_parent --
+-- A follow-up action's parent, locked before create_task charges the user: rows are locked in
+-- one order everywhere, task rows (several: in id order) before user rows, as the transition
+-- locks its tasks and then refunds their users. (Charging first and then reaching the parent
+-- through the foreign key, while a cancel held the parent and waited for the user, deadlocked.)
+-- FOR SHARE, held until the child commits: other follow-ups of the parent pass, while the
+-- parent's own moves (the transition's FOR UPDATE) wait, so the status read here is still
+-- the parent's when the child is inserted.
+SELECT status::text FROM tasks WHERE id = $1 AND user_id = $2 FOR SHARE;
+
 -- create_task --
 -- Charge and insert in one statement: no charge without a task, no task without a charge.
+-- Locks the user's row; a follow-up's parent must be locked before (lock_parent).
 -- No row means the balance was short or the user is at the active-task cap $12 (0 = none);
 -- a row with task_id NULL means a concurrent request with the same idempotency key won (the
 -- caller rolls back and returns that task).
@@ -283,13 +300,17 @@ RETURNING id, vendor, vendor_task_id, COALESCE(vendor_model, model) AS vendor_mo
 
 -- claim_overdue --
 -- Tasks not yet at the vendor's finish line whose deadline passed (storing is the worker's).
+-- Claimed whatever next_poll_at says: fresh vendor news and the poll back-off push that far
+-- out (TASKHOOK_POLL_AFTER may be minutes), and a deadline must not wait for it. The lease is
+-- lease_expires_at, which only the worker uses otherwise (for storing tasks) and every applied
+-- move clears; next_poll_at moves too, so the same pass does not also poll the task as due.
 UPDATE tasks
-   SET next_poll_at = now() + make_interval(secs => $2)
+   SET next_poll_at = now() + make_interval(secs => $2),
+       lease_expires_at = now() + make_interval(secs => $2)
  WHERE id IN (SELECT id FROM tasks
                WHERE status IN ('pending', 'submitted', 'processing')
                  AND deadline_at <= now() AND vendor = $3
-                 AND (next_poll_at IS NULL OR next_poll_at <= now()
-                      OR status = 'pending')
+                 AND (lease_expires_at IS NULL OR lease_expires_at <= now())
                ORDER BY deadline_at
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)

@@ -26,6 +26,11 @@ TERMINAL: frozenset[TaskStatus] = frozenset(
 )
 ACTIVE: frozenset[TaskStatus] = frozenset(TaskStatus) - TERMINAL
 REFUNDING: frozenset[TaskStatus] = frozenset({TaskStatus.FAILED, TaskStatus.CANCELED})
+# The vendor reported success: its work is done (and paid for there), a follow-up action may
+# already build on it. Such a task can still fail (its output cannot be stored), but no
+# client can cancel it.
+SUCCEEDED: frozenset[TaskStatus] = frozenset({TaskStatus.STORING, TaskStatus.COMPLETED})
+CANCELABLE: frozenset[TaskStatus] = ACTIVE - SUCCEEDED
 
 _RANK: Mapping[TaskStatus, int] = {
     TaskStatus.PENDING: 0,
@@ -44,6 +49,8 @@ def rank(status: TaskStatus) -> int:
 
 
 def _allowed_from(target: TaskStatus) -> frozenset[TaskStatus]:
+    if target is TaskStatus.CANCELED:
+        return CANCELABLE
     if target in TERMINAL:
         return ACTIVE
     return frozenset(s for s in ACTIVE if rank(s) < rank(target))

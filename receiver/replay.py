@@ -24,7 +24,14 @@ class ReplayResult:
     message: str
 
 
+# Delivery rows are numbered by a bigserial: anything outside is no delivery, not a database
+# error (asyncpg refuses to send it).
+MAX_DELIVERY_ROW_ID = 2**63 - 1
+
+
 async def replay_delivery(rt: Runtime, delivery_row_id: int) -> ReplayResult:
+    if not 1 <= delivery_row_id <= MAX_DELIVERY_ROW_ID:
+        raise NotFound(f"no delivery {delivery_row_id}")
     async with rt.pool.acquire() as conn:
         row = await queries.get_delivery(conn, delivery_row_id=delivery_row_id)
     if row is None:

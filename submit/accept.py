@@ -16,7 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from db import queries
-from db.models import Task
+from db.models import Task, format_task_id
+from db.queries import Conn
+from db.states import SUCCEEDED, TaskStatus
 from submit.registration import register_new
 from submit.render import render_task
 from submit.routing import Plan
@@ -24,6 +26,8 @@ from taskhook.errors import (
     ActiveTaskLimit,
     IdempotencyConflict,
     InsufficientCredits,
+    NotFound,
+    ParentNotSucceeded,
     Unavailable,
     ValidationFailed,
 )
@@ -111,6 +115,8 @@ async def _charge_and_insert(
                     return replayed, False
             try:
                 async with conn.transaction():
+                    if parent_id is not None:
+                        await _lock_succeeded_parent(conn, parent_id=parent_id, user_id=user_id)
                     charged, task_id = await queries.create_task(
                         conn,
                         task_id=uuid.uuid4(),
@@ -145,6 +151,17 @@ async def _charge_and_insert(
             except _KeyRaceLost:
                 continue
     raise Unavailable("Could not settle a concurrent request with the same Idempotency-Key.")
+
+
+async def _lock_succeeded_parent(conn: Conn, *, parent_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    """Lock a follow-up's parent (before the user's row: lock_parent) and check it again under
+    the lock: the caller saw it succeeded, but a failure may have come since, and nothing may
+    move it until the child is committed."""
+    status = await queries.lock_parent(conn, task_id=parent_id, user_id=user_id)
+    if status is None:
+        raise NotFound("No task with this id belongs to you.")
+    if TaskStatus(status) not in SUCCEEDED:
+        raise ParentNotSucceeded(f"Task {format_task_id(parent_id)} is {status}.")
 
 
 class _KeyRaceLost(Exception):

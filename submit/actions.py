@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 
 from db import queries
 from db.models import Task, parse_task_id
-from db.states import TaskStatus
+from db.states import SUCCEEDED, TaskStatus
 from reconciler.confirm import refresh_from_vendor
 from submit.accept import accept
 from submit.auth import current_user
@@ -28,7 +28,6 @@ from vendors.base import VendorAdapter
 # Actions that pick one image of the parent's grid; the others act on the whole job.
 INDEXED = frozenset({"upscale", "variation"})
 MAX_INDEX = 4
-_SUCCEEDED = (TaskStatus.STORING, TaskStatus.COMPLETED)
 
 
 def _validate(body: Any, adapter: VendorAdapter | None, vendor: str) -> dict[str, Any]:
@@ -60,7 +59,7 @@ async def _succeeded(rt: Runtime, parent: Task) -> Task:
     """The parent as its vendor sees it now; raises when there is nothing to act on (yet)."""
     if parent.status in (TaskStatus.SUBMITTED, TaskStatus.PROCESSING):
         parent = await refresh_from_vendor(rt, parent)
-    if parent.status in _SUCCEEDED:
+    if parent.status in SUCCEEDED:
         return parent
     if parent.status in (TaskStatus.FAILED, TaskStatus.CANCELED):
         raise ParentNotSucceeded(f"Task {parent.public_id} is {parent.status.value}.")

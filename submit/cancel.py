@@ -3,6 +3,10 @@
 The refund is part of the transition, so a cancel racing a vendor's failure or success still
 ends with exactly one outcome and at most one refund. The vendor is told afterwards, best
 effort: its own `canceled` callback then arrives as a stale event and changes nothing.
+
+Only a task the vendor has not finished can be canceled (db.states.CANCELABLE): once it
+reported success the job exists and was paid for, and a follow-up action may already act on
+it, so a refund then would give away a job (two, with the action) for one credit.
 """
 
 from __future__ import annotations
@@ -13,11 +17,11 @@ from starlette.responses import JSONResponse
 
 from db import queries
 from db.models import parse_task_id
-from db.states import TERMINAL, TaskStatus
+from db.states import SUCCEEDED, TERMINAL, TaskStatus
 from db.transition import transition
 from submit.auth import current_user
 from submit.render import render_task
-from taskhook.errors import AlreadyTerminal, NotFound, VendorError
+from taskhook.errors import AlreadyFinished, AlreadyTerminal, NotFound, VendorError
 from taskhook.runtime import Runtime
 
 log = structlog.get_logger()
@@ -35,6 +39,16 @@ async def _tell_vendor(rt: Runtime, vendor: str, vendor_task_id: str, model: str
         )
 
 
+def _refuse_unless_cancelable(status: TaskStatus) -> None:
+    if status in SUCCEEDED:
+        raise AlreadyFinished(
+            f"The vendor has already finished this task (it is {status.value}); "
+            "it can no longer be canceled."
+        )
+    if status in TERMINAL:
+        raise AlreadyTerminal(f"The task is already {status.value}.")
+
+
 async def cancel_task(request: Request) -> JSONResponse:
     rt: Runtime = request.app.state.runtime
     user = await current_user(request)
@@ -43,8 +57,7 @@ async def cancel_task(request: Request) -> JSONResponse:
         task = await queries.get_task(conn, task_id=task_id, user_id=user.id) if task_id else None
         if task is None:
             raise NotFound("No task with this id belongs to you.")
-        if task.status in TERMINAL:
-            raise AlreadyTerminal(f"The task is already {task.status.value}.")
+        _refuse_unless_cancelable(task.status)
         await transition(
             conn,
             task_id=task.id,
@@ -56,7 +69,8 @@ async def cancel_task(request: Request) -> JSONResponse:
         task = await queries.get_task(conn, task_id=task.id, user_id=user.id)
     assert task is not None
     if task.status is not TaskStatus.CANCELED:
-        # Something else (a vendor failure, the result being stored) got there first.
+        # Something else (a vendor failure, the vendor's success) got there first.
+        _refuse_unless_cancelable(task.status)
         raise AlreadyTerminal(f"The task is already {task.status.value}.")
     if task.vendor_task_id:
         rt.spawn(_tell_vendor(rt, task.vendor, task.vendor_task_id, task.vendor_model))

@@ -17,7 +17,7 @@ from submit.auth import current_user
 from submit.cancel import cancel_task
 from submit.listing import list_tasks
 from submit.render import render_task
-from submit.routing import candidates, plan
+from submit.routing import choose, plan
 from submit.streaming import task_events
 from taskhook.errors import (
     NotFound,
@@ -53,15 +53,11 @@ def _validate(body: Any, rt: Runtime) -> tuple[str | None, str, dict[str, Any], 
     if not isinstance(model, str) or not model.strip() or len(model) > 200:
         problems.append({"field": "model", "message": "required: a model name of 1-200 characters"})
     elif "vendor" not in body or vendor is not None:
-        routes = candidates(rt, model, vendor)
-        routed = model in rt.settings.routes
-        if routes and not routed:
-            # A vendor's own model id from the client: that vendor must find it plausible.
-            error = rt.vendors[routes[0].vendor].model_error(model)
-            if error:
-                problems.append({"field": "model", "message": error})
-        elif routed and not routes and vendor is not None:
-            problems.append({"field": "vendor", "message": f"{vendor} does not serve {model}"})
+        choice = choose(rt, model, vendor)
+        routes = choice.routes
+        if choice.problem is not None:
+            field, message = choice.problem
+            problems.append({"field": field, "message": message})
     task_input = body.get("input")
     if not isinstance(task_input, dict):
         problems.append({"field": "input", "message": "required: an object of model inputs"})

@@ -5,6 +5,11 @@ with its own model id and credit price. Submit takes the first route whose vendo
 here and whose circuit is closed; the routes after it are kept with the task as fallbacks for
 registration (see submit.registration), so failover needs no state outside the task row.
 A client that names a vendor pins the task to it: no fallbacks.
+
+The price is the operator's, however the client spells the model: a vendor's own model id that
+a route lists (or another spelling of it, a pinned version: the adapter's `model_key`) costs
+that route's price, at that vendor. With routes configured, a model no route lists is refused
+unless TASKHOOK_ALLOW_UNROUTED_MODELS lets it through at TASKHOOK_TASK_COST.
 """
 
 from __future__ import annotations
@@ -25,16 +30,57 @@ class Plan:
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
 
 
-def candidates(rt: Runtime, model: str, vendor: str | None) -> list[VendorRoute]:
-    """Routes for this request that this process can serve, in order of preference."""
-    routed = [r for r in rt.settings.routes.get(model, ()) if r.vendor in rt.vendors]
-    if vendor is not None:
+@dataclass(frozen=True)
+class Choice:
+    """The routes a request may take, in order of preference; none (and no problem) when no
+    vendor configured in this process can serve it."""
+
+    routes: list[VendorRoute]
+    problem: tuple[str, str] | None = None  # (field, message): a request that cannot work
+
+
+def choose(rt: Runtime, model: str, vendor: str | None) -> Choice:
+    """Routes for this request that this process can serve. `vendor`, when given, is one of
+    rt.vendors (the caller checked)."""
+    settings = rt.settings
+    if model in settings.routes:
+        routed = [r for r in settings.routes[model] if r.vendor in rt.vendors]
+        if vendor is None:
+            return Choice(routed)
         pinned = [r for r in routed if r.vendor == vendor]
-        return pinned or [VendorRoute(vendor, model, rt.settings.task_cost)]
-    if routed:
-        return routed
-    default = rt.settings.vendors[0] if rt.settings.vendors else None
-    return [VendorRoute(default, model, rt.settings.task_cost)] if default in rt.vendors else []
+        return (
+            Choice(pinned) if pinned else Choice([], ("vendor", f"{vendor} does not serve {model}"))
+        )
+    listed = _listed(rt, model, vendor)
+    if listed is not None:
+        return Choice([listed])
+    if settings.routes and not settings.allow_unrouted_models:
+        offered = ", ".join(sorted(settings.routes)[:20])
+        return Choice([], ("model", f"not a model this server offers; it offers: {offered}"))
+    target = vendor or (settings.vendors[0] if settings.vendors else None)
+    if target is None or target not in rt.vendors:
+        return Choice([])
+    error = rt.vendors[target].model_error(model)
+    if error:
+        return Choice([], ("model", error))
+    return Choice([VendorRoute(target, model, settings.task_cost)])
+
+
+def _listed(rt: Runtime, model: str, vendor: str | None) -> VendorRoute | None:
+    """A vendor model id some route lists, at that vendor and the route's price (the highest,
+    should several routes list it): the client pinned the vendor by naming its id."""
+    for name in [vendor] if vendor else [v for v in rt.settings.vendors if v in rt.vendors]:
+        adapter = rt.vendors[name]
+        key = adapter.model_key(model)
+        prices = [
+            r.price
+            for routes in rt.settings.routes.values()
+            for r in routes
+            if r.vendor == name and adapter.model_key(r.model) == key
+        ]
+        if prices:
+            return VendorRoute(name, model, max(prices))
+    return None
 
 
 async def plan(rt: Runtime, routes: list[VendorRoute]) -> Plan:

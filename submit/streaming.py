@@ -19,12 +19,13 @@ from db.models import Task, parse_task_id
 from db.states import TERMINAL
 from submit.auth import current_user
 from submit.render import render_task
-from taskhook.errors import NotFound
+from taskhook.errors import NotFound, ValidationFailed
 from taskhook.runtime import Runtime
 
 HEARTBEAT_SECONDS = 15.0
 # A NOTIFY is never lost while the listener is up, but a re-read now and then is cheap insurance.
 RECHECK_SECONDS = 30.0
+MAX_EVENT_ID_DIGITS = 19  # a bigint; microseconds since 1970 have 16
 
 
 def sequence(task: Task) -> int:
@@ -36,6 +37,23 @@ def _event(rt: Runtime, task: Task) -> str:
     return f"id: {sequence(task)}\nevent: task\ndata: {data}\n\n"
 
 
+def _last_event_id(raw: str) -> int:
+    """-1 when absent; our own ids only (microseconds: up to 19 digits), since one that is
+    not can only skip events the client has not seen."""
+    if not raw:
+        return -1
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_EVENT_ID_DIGITS):
+        raise ValidationFailed(
+            details=[
+                {
+                    "field": "Last-Event-ID",
+                    "message": f"an event id this stream sent: 1-{MAX_EVENT_ID_DIGITS} digits",
+                }
+            ]
+        )
+    return int(raw)
+
+
 async def task_events(request: Request) -> StreamingResponse:
     rt: Runtime = request.app.state.runtime
     # EventSource cannot send headers, so browsers may pass the key as ?key=
@@ -45,8 +63,7 @@ async def task_events(request: Request) -> StreamingResponse:
         task = await queries.get_task(conn, task_id=task_id, user_id=user.id) if task_id else None
     if task is None:
         raise NotFound("No task with this id belongs to you.")
-    raw_last = request.headers.get("last-event-id", "")
-    last_seen = int(raw_last) if raw_last.isascii() and raw_last.isdigit() else -1
+    last_seen = _last_event_id(request.headers.get("last-event-id", ""))
 
     async def stream() -> AsyncIterator[str]:
         nonlocal last_seen

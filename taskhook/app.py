@@ -13,7 +13,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
@@ -23,7 +23,14 @@ from db.migrate import is_current
 from receiver.routes import routes as receiver_routes
 from submit.routes import routes as submit_routes
 from taskhook import metrics_server
-from taskhook.errors import NotFound, RequestInvalid, TaskhookError, Unauthorized, Unavailable
+from taskhook.errors import (
+    ClientDisconnected,
+    NotFound,
+    RequestInvalid,
+    TaskhookError,
+    Unauthorized,
+    Unavailable,
+)
 from taskhook.middleware import RequestMiddleware
 from taskhook.openapi import openapi_json
 from taskhook.runtime import Runtime, open_runtime
@@ -111,6 +118,22 @@ async def database_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(err.body(), status_code=503, headers=err.headers())
 
 
+async def database_conflict(_request: Request, exc: Exception) -> JSONResponse:
+    # SQLSTATE class 40: PostgreSQL chose this transaction to roll back (a deadlock, 40P01, or a
+    # serialization failure, 40001). Rows are locked in one order (db/queries.sql, lock_parent)
+    # so it should not happen; if it does, nothing was written and a retry will do.
+    log.warning("database_conflict", sqlstate=getattr(exc, "sqlstate", None), error=repr(exc))
+    err = Unavailable("A concurrent change got in the way; nothing was changed. Retry shortly.")
+    return JSONResponse(err.body(), status_code=err.status_code, headers=err.headers())
+
+
+async def client_gone(request: Request, _exc: Exception) -> JSONResponse:
+    # Not our failure, and the answer reaches nobody: an info line, not unhandled_error.
+    log.info("client_disconnected", method=request.method, path=request.url.path)
+    err = ClientDisconnected()
+    return JSONResponse(err.body(), status_code=err.status_code)
+
+
 async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled_error", exc_info=exc)
     return JSONResponse(
@@ -162,6 +185,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Starlet
         exception_handlers={
             TaskhookError: taskhook_error,
             HTTPException: http_error,
+            ClientDisconnect: client_gone,
+            asyncpg.TransactionRollbackError: database_conflict,
             asyncpg.PostgresConnectionError: database_error,
             asyncpg.InterfaceError: database_error,
             asyncpg.CannotConnectNowError: database_error,

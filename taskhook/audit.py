@@ -7,6 +7,18 @@ from typing import Any
 
 from db import queries
 from db.queries import Conn
+from taskhook.settings import Settings
+
+# The longest reconciler interval the docs allow: `taskhook reconcile --once` from cron, every
+# minute (`taskhook reconcile` itself passes every 5 s).
+CRON_INTERVAL = 60.0
+
+
+def default_grace(settings: Settings) -> float:
+    """How far past its deadline a task may still be open: the reconciler claims it on its next
+    pass (within one interval) and asks the vendor once more (one vendor call) before failing
+    it. The bound DESIGN.md promises, which the audit checks."""
+    return CRON_INTERVAL + settings.registration_timeout
 
 
 @dataclass
@@ -42,7 +54,9 @@ def _plain(row: Any) -> dict[str, Any]:
     return {k: (str(v) if not isinstance(v, int | str | None) else v) for k, v in dict(row).items()}
 
 
-async def run_audit(conn: Conn, *, grace_seconds: float = 120.0) -> AuditReport:
+async def run_audit(
+    conn: Conn, *, grace_seconds: float = CRON_INTERVAL + Settings.registration_timeout
+) -> AuditReport:
     """Balance = sum(ledger) per user; one charge and at most one refund per task, a refund
     exactly for failed/canceled ones; no open task past its deadline (plus a grace period);
     no event or accepted delivery naming a task that does not exist (the log tables' foreign

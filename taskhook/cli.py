@@ -627,15 +627,17 @@ def deliveries_replay(delivery_id: int) -> None:
 )
 @click.option(
     "--grace",
-    default=120.0,
-    show_default=True,
-    help="seconds past a deadline before an open task counts as a violation",
+    type=float,
+    default=None,
+    help="seconds past a deadline before an open task counts as a violation [default: 60 "
+    "(a reconciler interval, at most cron's minute) + TASKHOOK_VENDOR_TIMEOUT (its last poll)]",
 )
-def audit(grace: float) -> None:
-    from taskhook.audit import run_audit
+def audit(grace: float | None) -> None:
+    from taskhook.audit import default_grace, run_audit
 
     settings = with_database(load_settings())
-    report = run(with_conn(settings, lambda c: run_audit(c, grace_seconds=grace)))
+    allowed = default_grace(settings) if grace is None else grace
+    report = run(with_conn(settings, lambda c: run_audit(c, grace_seconds=allowed)))
     echo_json(report.as_dict())
     sys.exit(0 if report.ok else 1)
 

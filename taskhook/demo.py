@@ -25,7 +25,7 @@ from db.migrate import migrate
 from db.pool import connect
 from reconciler.reconcile import run_reconciler
 from taskhook.app import create_app
-from taskhook.audit import run_audit
+from taskhook.audit import default_grace, run_audit
 from taskhook.logs import configure_logging
 from taskhook.runtime import open_runtime, resolve_services
 from taskhook.serving import bind, running_app, url_for
@@ -104,11 +104,14 @@ async def run_demo(
             poll_after=3.0 if chaos else settings.poll_after,
             # The simulator speaks all three vendors; the demo spreads its tasks over them.
             **sim.vendor_settings(),
+            # Every model the demo and its web page offer: with routes, others are refused.
             routes={
                 "flux-schnell": (
                     VendorRoute("replicate", "black-forest-labs/flux-schnell", 1),
                     VendorRoute("fal", "fal-ai/flux/schnell", 1),
-                )
+                ),
+                "flux-dev": (VendorRoute("replicate", "black-forest-labs/flux-dev", 1),),
+                "midjourney": (VendorRoute("midjourney", "midjourney", 1),),
             },
         )
         stop = asyncio.Event()
@@ -149,7 +152,7 @@ async def _drive(
         final = await _watch(console, client, ids, timeout=120 + tasks * 0.2 + (60 if chaos else 0))
         me = (await client.get("/v1/me")).json()
     async with rt.pool.acquire() as conn:
-        report = await run_audit(conn, grace_seconds=120)
+        report = await run_audit(conn, grace_seconds=default_grace(settings))
     verified = await _verify_files(rt, final)
     return _summary(console, final, me, report.ok, verified, api_key, web_url)
 

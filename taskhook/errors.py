@@ -2,6 +2,7 @@
 
 TaskhookError
   RequestInvalid          400 invalid_json
+  ClientDisconnected      400 client_disconnected (the body never ended; nobody reads this)
   PayloadInvalid          400 invalid_payload     (a signed webhook we cannot read)
   TimestampOutOfRange     400 stale_timestamp
   Unauthorized            401 unauthorized
@@ -11,6 +12,7 @@ TaskhookError
   NotFound                404 not_found
   IdempotencyConflict     409 idempotency_conflict
   AlreadyTerminal         409 already_terminal
+  AlreadyFinished         409 already_finished    (the vendor succeeded: no cancel)
   PayloadTooLarge         413 payload_too_large
   UnsupportedMediaType    415 unsupported_media_type
   ValidationFailed        422 validation_error    (with details)
@@ -57,6 +59,13 @@ class RequestInvalid(TaskhookError):
 
     status_code = 400
     code = "invalid_json"
+
+
+class ClientDisconnected(TaskhookError):
+    """The client closed the connection before sending the whole body; nothing was done."""
+
+    status_code = 400
+    code = "client_disconnected"
 
 
 class PayloadInvalid(TaskhookError):
@@ -122,6 +131,13 @@ class AlreadyTerminal(TaskhookError):
     code = "already_terminal"
 
 
+class AlreadyFinished(TaskhookError):
+    """The vendor has already finished this task, so it can no longer be canceled."""
+
+    status_code = 409
+    code = "already_finished"
+
+
 class ParentNotSucceeded(TaskhookError):
     """The task this action acts on did not succeed, so there is nothing to act on."""
 
@@ -151,7 +167,7 @@ class UnsupportedMediaType(TaskhookError):
 
 
 class ValidationFailed(TaskhookError):
-    """The request is well-formed JSON but its fields are not valid."""
+    """Some of the request's values are not valid; `details` lists every problem."""
 
     status_code = 422
     code = "validation_error"

@@ -17,8 +17,10 @@ from starlette.responses import JSONResponse
 from db.states import TaskStatus
 from submit.accept import MAX_IDEMPOTENCY_KEY
 from submit.listing import DEFAULT_LIMIT, MAX_LIMIT
+from submit.streaming import MAX_EVENT_ID_DIGITS
 from taskhook.errors import (
     ActiveTaskLimit,
+    AlreadyFinished,
     AlreadyTerminal,
     IdempotencyConflict,
     InsufficientCredits,
@@ -230,9 +232,11 @@ def _schemas() -> JsonObject:
                     "maxLength": MAX_MODEL_LENGTH,
                     "pattern": r"\S",
                     "description": "a model named in TASKHOOK_ROUTES (routed to the first healthy "
-                    "vendor serving it), or a model id the vendor accepts (Replicate: "
-                    "'owner/name', 'owner/name:version' or a 64-hex version id; fal: "
-                    "'owner/app[/path]'; midjourney: 'midjourney', 'niji', ...)",
+                    "vendor serving it), or a vendor's own model id (Replicate: 'owner/name', "
+                    "'owner/name:version' or a 64-hex version id; fal: 'owner/app[/path]'; "
+                    "midjourney: 'midjourney', 'niji', ...): one a route lists costs that "
+                    "route's price at that vendor; with routes configured, others are refused "
+                    "(422) unless TASKHOOK_ALLOW_UNROUTED_MODELS=1",
                 },
                 "input": {"type": "object", "description": "the model's inputs"},
                 "vendor": {
@@ -486,10 +490,15 @@ def _paths() -> JsonObject:
             "post": {
                 "operationId": "cancelTask",
                 "summary": "Cancel a task",
-                "description": "Refunds the task and tells the vendor (best effort).",
+                "description": "Refunds the task and tells the vendor (best effort); only "
+                "until the vendor reports success.",
                 "responses": {
                     "200": {**task_response, "description": "The canceled task."},
-                    "409": _error_response("The task is already terminal.", [AlreadyTerminal]),
+                    "409": _error_response(
+                        "The vendor already finished the task (`already_finished`: storing or "
+                        "completed, not refunded), or it failed or was canceled.",
+                        [AlreadyFinished, AlreadyTerminal],
+                    ),
                     **_common(404),
                 },
             },
@@ -554,8 +563,12 @@ def _paths() -> JsonObject:
                         "name": "Last-Event-ID",
                         "in": "header",
                         "required": False,
-                        "description": "skip the events up to this id",
-                        "schema": {"type": "string"},
+                        "description": "skip the events up to this id (an `id` the stream "
+                        "sent; anything else is a 422)",
+                        "schema": {
+                            "type": "string",
+                            "pattern": f"^[0-9]{{1,{MAX_EVENT_ID_DIGITS}}}$",
+                        },
                     },
                 ],
                 "responses": {
@@ -586,7 +599,7 @@ def _paths() -> JsonObject:
                             }
                         },
                     },
-                    **_common(404),
+                    **_common(404, 422),
                 },
             },
         },

@@ -97,6 +97,8 @@ class Settings:
     midjourney: MidjourneySettings | None = None
     # Model name -> vendors serving it, in order of preference (TASKHOOK_ROUTES).
     routes: Mapping[str, tuple[VendorRoute, ...]] = field(default_factory=dict)
+    # With routes, a model no route lists is refused unless this is set (at task_cost).
+    allow_unrouted_models: bool = False
     task_cost: int = 1
     webhook_tolerance: float = 300.0
     max_body_bytes: int = 1024 * 1024
@@ -272,6 +274,11 @@ class Settings:
                 "TASKHOOK_S3_BUCKET is required in production (alone for AWS S3, with "
                 "TASKHOOK_S3_ENDPOINT_URL for another S3-compatible store)"
             )
+        allow_unrouted = get("TASKHOOK_ALLOW_UNROUTED_MODELS") or "0"
+        if allow_unrouted not in ("0", "1"):
+            problems.append(
+                f"TASKHOOK_ALLOW_UNROUTED_MODELS must be 0 or 1, got {allow_unrouted!r}"
+            )
 
         secret_value = secret("TASKHOOK_SECRET", "secret")
         admin_key: str | None
@@ -349,6 +356,7 @@ class Settings:
             fal=fal,
             midjourney=midjourney,
             routes=routes,
+            allow_unrouted_models=allow_unrouted == "1",
             registration_timeout=parse("TASKHOOK_VENDOR_TIMEOUT", float, 10.0, "a positive number"),
             poll_rate=parse("TASKHOOK_POLL_RATE", float, 20.0, "a positive number"),
             poll_concurrency=positive_int("TASKHOOK_POLL_CONCURRENCY", 8),

@@ -41,6 +41,9 @@ class ScriptedVendor:
     def model_error(self, model: str) -> str | None:
         return None
 
+    def model_key(self, model: str) -> str:
+        return model.lower()
+
     def _next(self, script: list[BaseException | VendorUpdate], default: VendorUpdate) -> Any:
         step = script.pop(0) if script else default
         if isinstance(step, BaseException):

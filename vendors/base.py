@@ -42,6 +42,10 @@ class VendorAdapter(Protocol):
     def model_error(self, model: str) -> str | None:
         """Why this model name can never work with this vendor, or None."""
 
+    def model_key(self, model: str) -> str:
+        """What a model id names, for pricing: two ids with one key run the same model here
+        (another spelling, a pinned version), so a route's price for one covers the other."""
+
     async def submit(
         self, *, task_id: uuid.UUID, model: str, input: Mapping[str, Any], callback_url: str
     ) -> VendorUpdate:

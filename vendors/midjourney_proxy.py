@@ -194,6 +194,11 @@ class MidjourneyProxyAdapter:
     def model_error(self, model: str) -> str | None:
         return None if _MODEL.fullmatch(model) else model_problem()
 
+    def model_key(self, model: str) -> str:
+        # One imagine job whatever the version: the prompt may ask for another one anyway.
+        found = _MODEL.fullmatch(model)
+        return found.group("family") if found else model.lower()
+
     async def submit(
         self, *, task_id: uuid.UUID, model: str, input: Mapping[str, Any], callback_url: str
     ) -> VendorUpdate:

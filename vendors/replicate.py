@@ -31,7 +31,9 @@ NAME = "replicate"
 EVENTS_FILTER = ("start", "output", "logs", "completed")
 _VERSION_ID = re.compile(r"[0-9a-f]{64}")
 _VERSION = re.compile(r"[A-Za-z0-9]+")
-_MODEL = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+", re.ASCII)
+# Both parts are path segments of the API's URLs: never `.` or `..`, nor anything else that
+# does not start with a letter or digit.
+_MODEL = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", re.ASCII)
 # tqdm lines in the logs ("  50%|█████     | 2/4 ...") are the only progress Replicate reports.
 _PROGRESS = re.compile(r"(\d{1,3})%\|")
 
@@ -144,6 +146,10 @@ class ReplicateAdapter:
         ):
             return None
         return "model must be 'owner/name', 'owner/name:version' or a 64-hex version id"
+
+    def model_key(self, model: str) -> str:
+        # A version of a model is that model (Replicate's names are case-insensitive).
+        return model.partition(":")[0].lower()
 
     async def submit(
         self, *, task_id: uuid.UUID, model: str, input: Mapping[str, Any], callback_url: str

@@ -14,7 +14,7 @@ routes: list[Route | Mount] = [
     Route("/", client_page, methods=["GET"]),
     Route("/admin", admin_page, methods=["GET"]),
     Route("/admin/api/overview", overview, methods=["GET"]),
-    Route("/admin/api/deliveries/{delivery_id:int}/replay", replay, methods=["POST"]),
+    Route("/admin/api/deliveries/{delivery_id}/replay", replay, methods=["POST"]),
     Mount(ASSETS_PATH, app=Assets(), name="assets"),
 ]
 

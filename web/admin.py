@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 
 from db.models import format_task_id, format_user_id
 from db.states import TaskStatus
-from receiver.replay import replay_delivery
+from receiver.replay import MAX_DELIVERY_ROW_ID, replay_delivery
 from taskhook.errors import NotFound, Unauthorized
 from taskhook.runtime import Runtime
 from taskhook.settings import Settings
@@ -144,10 +144,12 @@ async def overview(request: Request) -> JSONResponse:
 
 async def replay(request: Request) -> JSONResponse:
     rt = require_admin(request)
-    delivery_row_id: int = request.path_params["delivery_id"]
-    if delivery_row_id > 2**63 - 1:
-        raise NotFound(f"no delivery {delivery_row_id}")
-    result = await replay_delivery(rt, delivery_row_id)
+    # Parsed here, after the key check: the router's int converter ran before it, on any
+    # number of digits (int() refuses more than 4300). A bigserial has at most 19.
+    raw = request.path_params["delivery_id"]
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(MAX_DELIVERY_ROW_ID))):
+        raise NotFound("No delivery with this id.")
+    result = await replay_delivery(rt, int(raw))
     return JSONResponse(
         {"id": result.delivery_row_id, "status": result.status, "message": result.message},
         headers=NO_STORE,

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import itertools
 
-from db.states import ACTIVE, ALLOWED_FROM, TERMINAL, TaskStatus, can_move, rank
+from db.states import (
+    ACTIVE,
+    ALLOWED_FROM,
+    CANCELABLE,
+    SUCCEEDED,
+    TERMINAL,
+    TaskStatus,
+    can_move,
+    rank,
+)
 
 
 def test_terminal_states_appear_in_no_allowed_set() -> None:
@@ -15,6 +24,8 @@ def test_terminal_states_appear_in_no_allowed_set() -> None:
 def test_every_pair_moves_only_forward() -> None:
     for current, target in itertools.product(TaskStatus, TaskStatus):
         expected = current in ACTIVE and rank(target) > rank(current)
+        if target is TaskStatus.CANCELED:
+            expected = current in CANCELABLE
         assert can_move(current, target) is expected, (current, target)
 
 
@@ -23,10 +34,11 @@ def test_skip_ahead_is_allowed() -> None:
     assert can_move(TaskStatus.SUBMITTED, TaskStatus.COMPLETED)
 
 
-def test_failure_and_cancel_from_any_active_state() -> None:
+def test_failure_from_any_active_state_cancel_only_until_the_vendor_succeeded() -> None:
     for current in ACTIVE:
         assert can_move(current, TaskStatus.FAILED)
-        assert can_move(current, TaskStatus.CANCELED)
+        assert can_move(current, TaskStatus.CANCELED) is (current not in SUCCEEDED)
+    assert not can_move(TaskStatus.STORING, TaskStatus.CANCELED)
 
 
 def test_nothing_moves_back_to_pending() -> None:

@@ -293,14 +293,16 @@
 
     const actions = node.querySelector(".task-actions");
     let cancel = actions.querySelector("[data-testid=cancel]");
-    if (!done && !cancel) {
+    // Once the vendor has finished (storing) the API refuses a cancel: offer none.
+    const cancelable = !done && task.status !== "storing";
+    if (cancelable && !cancel) {
       cancel = el("button", {
         className: "secondary small", type: "button", text: "Cancel",
         dataset: { testid: "cancel" },
       });
       cancel.addEventListener("click", function () { cancelTask(entry, cancel); });
       actions.appendChild(cancel);
-    } else if (done && cancel) {
+    } else if (!cancelable && cancel) {
       cancel.remove();
     }
     renderFollowUps(entry);
