@@ -84,18 +84,14 @@ def _migrate_embedded(settings: Settings) -> None:
 def with_services(settings: Settings, *, port: int) -> Settings:
     """Settings with everything a process needs, checked: database (embedded and migrated in
     development when not given), storage, and a public URL (development: this host's)."""
-    from taskhook.embedded import install_signal_handlers
+    from taskhook.embedded import EmbeddedServiceError, install_signal_handlers
     from taskhook.runtime import resolve_services
 
     install_signal_handlers()
     embedded_database = settings.database_url is None
     try:
         settings = resolve_services(settings)
-    except Exception as exc:  # an embedded server that will not start: its own clear error
-        from taskhook.embedded import EmbeddedServiceError
-
-        if not isinstance(exc, EmbeddedServiceError):
-            raise
+    except EmbeddedServiceError as exc:  # an embedded server that will not start
         raise StartupError(str(exc).splitlines()[0], exit_code=1) from None
     if embedded_database:
         _migrate_embedded(settings)
