@@ -283,11 +283,12 @@ def worker(concurrency: int, metrics_port: int | None) -> None:
     settings = with_services(settings, port=8000)
     announce(settings, process="worker", listen=_metrics_listen(settings))
 
-    async def main() -> None:
+    async def work(stop: asyncio.Event) -> None:
         async with open_runtime(settings) as rt, metrics_served(rt, settings):
-            await until_signal(Worker(rt, concurrency=concurrency).run)
+            await Worker(rt, concurrency=concurrency).run(stop)
 
-    run(main())
+    # The signal handlers first: a SIGTERM while the runtime opens stops the work cleanly.
+    run(until_signal(work))
 
 
 def _metrics_listen(settings: Settings) -> str | None:
@@ -317,14 +318,15 @@ def reconcile(once: bool, interval: float, metrics_port: int | None) -> None:
     settings = with_services(settings, port=8000)
     announce(settings, process="reconciler", listen=_metrics_listen(settings), once=once)
 
-    async def main() -> None:
+    async def work(stop: asyncio.Event) -> None:
         async with open_runtime(settings) as rt, metrics_served(rt, settings):
             if once:
                 echo_json((await reconcile_once(rt)).as_dict())
             else:
-                await until_signal(lambda stop: run_reconciler(rt, stop, interval=interval))
+                await run_reconciler(rt, stop, interval=interval)
 
-    run(main())
+    # The signal handlers first: a SIGTERM while the runtime opens stops the work cleanly.
+    run(until_signal(work))
 
 
 @cli.command(
