@@ -110,6 +110,9 @@ class ChaosConfig:
     task_deadline: float = 600.0  # TASKHOOK_TASK_DEADLINE
     vendor_timeout: float = 10.0  # TASKHOOK_VENDOR_TIMEOUT
     poll_rate: float = 200.0  # TASKHOOK_POLL_RATE
+    # TASKHOOK_CREATE_RATE: Replicate's own 600 creates a minute would make 1,000 tasks take
+    # 100 s of registrations alone; the simulator has no such limit, so neither has the run.
+    create_rate: float = 200.0
     reconcile_interval: float = 1.0  # taskhook reconcile --interval
     breaker_cooldown: float = 30.0  # TASKHOOK_BREAKER_COOLDOWN
     # TASKHOOK_MAX_ACTIVE_TASKS per user (0: no cap). The client answers its 429s by trying
@@ -532,6 +535,7 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
             task_deadline=config.task_deadline,
             vendor_timeout=config.vendor_timeout,
             poll_rate=config.poll_rate,
+            create_rate=config.create_rate,
             reconcile_interval=config.reconcile_interval,
             breaker_cooldown=config.breaker_cooldown,
             max_active=config.max_active,

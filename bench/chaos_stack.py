@@ -82,9 +82,14 @@ class Faults:
     fail: float = 0.1
     bad_signature: float = 0.1
     job_seconds: float = 2.0
+    # The vendors' clocks shrink with the jobs: Replicate's ~30 s 429 wait becomes 1 s, its
+    # minute of final-webhook retries 2 s (the retry policy itself is Replicate's: only the
+    # final webhook, after any refusal), its hour of result retention 2 minutes.
+    time_scale: float = 1 / 30
 
     def argv(self) -> list[str]:
         args = [
+            *("--time-scale", str(self.time_scale)),
             *("--drop", str(self.drop), "--duplicate", str(self.duplicate)),
             *("--error-rate", str(self.error_rate), "--fail", str(self.fail)),
             *("--bad-signature", str(self.bad_signature), "--job-seconds", str(self.job_seconds)),
@@ -235,6 +240,7 @@ class StackConfig:
     task_deadline: float = 60.0
     vendor_timeout: float = 3.0
     poll_rate: float = 200.0
+    create_rate: float = 200.0
     reconcile_interval: float = 1.0
     breaker_cooldown: float = 30.0
     max_active: int = 0
@@ -333,6 +339,7 @@ class ChaosStack:
                 "TASKHOOK_TASK_DEADLINE": str(c.task_deadline),
                 "TASKHOOK_VENDOR_TIMEOUT": str(c.vendor_timeout),
                 "TASKHOOK_POLL_RATE": str(c.poll_rate),
+                "TASKHOOK_CREATE_RATE": str(c.create_rate),
                 "TASKHOOK_BREAKER_COOLDOWN": str(c.breaker_cooldown),
             }
         )

@@ -149,6 +149,9 @@ async def taskhook_stack(
             "TASKHOOK_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "TASKHOOK_RATE_LIMIT": "0",
             "TASKHOOK_MAX_ACTIVE_TASKS": "0",
+            # The simulator limits no creates; Replicate's 600 a minute would be the ceiling
+            # measured instead of taskhook's own.
+            "TASKHOOK_CREATE_RATE": "100000",
             "TASKHOOK_ALLOW_PRIVATE_URLS": "1",
             "TASKHOOK_DATA_DIR": str(data_dir),
             **(await s3_env(data_dir)),

@@ -81,6 +81,11 @@ class Task:
     next_attempt_at: datetime | None
     next_poll_at: datetime | None
     refunded: bool
+    # Where the vendor said to ask about the job (fal's status/response/cancel URLs); None for
+    # vendors without them and tasks registered before they were kept.
+    vendor_urls: dict[str, str] | None = None
+    # When a create whose answer never came was sent (see 0013_vendor_reality.sql).
+    create_ambiguous_at: datetime | None = None
 
     @classmethod
     def from_record(cls, record: Record) -> Task:

@@ -288,17 +288,45 @@ async def begin_registration(conn: Conn, *, task_id: uuid.UUID, lease_seconds: f
 
 
 async def schedule_registration_retry(
-    conn: Conn, *, task_id: uuid.UUID, delay_seconds: float, error: str, not_called: bool = False
+    conn: Conn,
+    *,
+    task_id: uuid.UUID,
+    delay_seconds: float,
+    error: str,
+    not_called: bool = False,
+    ambiguous_since: datetime | None = None,
 ) -> None:
     await conn.execute(
-        QUERIES["schedule_registration_retry"], task_id, delay_seconds, error, not_called
+        QUERIES["schedule_registration_retry"],
+        task_id,
+        delay_seconds,
+        error,
+        not_called,
+        ambiguous_since,
     )
 
 
+async def unclaimed_vendor_jobs(conn: Conn, *, vendor: str, job_ids: list[str]) -> list[str]:
+    """The jobs (in the given order) that no task has recorded at this vendor."""
+    return [r["id"] for r in await conn.fetch(QUERIES["unclaimed_vendor_jobs"], vendor, job_ids)]
+
+
+async def set_vendor_urls(conn: Conn, *, task_id: uuid.UUID, urls: Mapping[str, str]) -> None:
+    await conn.execute(QUERIES["set_vendor_urls"], task_id, dict(urls))
+
+
 async def claim_storing(
-    conn: Conn, *, limit: int, owner: str, lease_seconds: float
+    conn: Conn,
+    *,
+    limit: int,
+    owner: str,
+    lease_seconds: float,
+    retention: Mapping[str, float] | None = None,
 ) -> list[tuple[uuid.UUID, int]]:
-    records = await conn.fetch(QUERIES["claim_storing"], limit, owner, lease_seconds)
+    """`retention`: seconds each vendor keeps a finished job's result (the soonest first)."""
+    records = await conn.fetch(
+        QUERIES["claim_storing"], limit, owner, lease_seconds, dict(retention or {})
+    )
     return [(r["id"], r["storage_attempts"]) for r in records]
 
 

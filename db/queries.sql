@@ -150,8 +150,9 @@ RETURNING attempts;
 
 -- reroute_task --
 -- Registration certainly did not reach the current vendor: move a still-unregistered task to
--- its next route ($2: the vendor we are leaving, so two workers cannot both move it). The
--- attempt counter restarts for the new vendor; the charge stays what the client was quoted.
+-- its next route ($2: the vendor we are leaving, so two workers cannot both move it). Never
+-- after an ambiguous create there: that one may have made a job. The attempt counter restarts
+-- for the new vendor; the charge stays what the client was quoted.
 WITH moved AS (
     UPDATE tasks
        SET vendor = fallbacks->0->>'vendor',
@@ -162,7 +163,7 @@ WITH moved AS (
            last_error = $4,
            updated_at = now()
      WHERE id = $1 AND status = 'pending' AND vendor = $2 AND vendor_task_id IS NULL
-       AND jsonb_array_length(fallbacks) > 0
+       AND create_ambiguous_at IS NULL AND jsonb_array_length(fallbacks) > 0
     RETURNING id, vendor, vendor_model
 ), event AS (
     INSERT INTO task_events (task_id, event_key, from_status, to_status, cause, applied, detail)
@@ -179,21 +180,38 @@ SELECT vendor FROM vendor_state WHERE circuit = 'open' AND open_until > clock_ti
 
 -- schedule_registration_retry --
 -- A transient vendor failure: try again later (only if still pending). $4: the vendor was not
--- called at all (circuit open), so this attempt does not count towards giving up.
+-- called at all (circuit open, no token), so this attempt does not count towards giving up.
+-- $5: when a create whose answer never came was sent (kept from the first such one).
 UPDATE tasks
    SET next_attempt_at = now() + make_interval(secs => $2), last_error = $3,
-       attempts = attempts - CASE WHEN $4 THEN 1 ELSE 0 END
+       attempts = attempts - CASE WHEN $4 THEN 1 ELSE 0 END,
+       create_ambiguous_at = COALESCE(create_ambiguous_at, $5)
  WHERE id = $1 AND status = 'pending';
 
+-- unclaimed_vendor_jobs --
+-- Of these jobs at a vendor, those no task has recorded: only such a job may be adopted as
+-- the one an ambiguous create made.
+SELECT j.id
+  FROM unnest($2::text[]) WITH ORDINALITY AS j(id, n)
+ WHERE NOT EXISTS (SELECT FROM tasks AS t WHERE t.vendor = $1 AND t.vendor_task_id = j.id)
+ ORDER BY j.n;
+
+-- set_vendor_urls --
+-- Where the vendor said to ask about this task's job; written once, by the registration.
+UPDATE tasks SET vendor_urls = $2::jsonb WHERE id = $1 AND vendor_urls IS NULL;
+
 -- claim_storing --
--- Finished tasks whose output still has to reach S3, under a lease that expires by itself.
+-- Finished tasks whose output still has to reach S3, under a lease that expires by itself;
+-- those whose vendor deletes the result soonest first ($4: vendor -> seconds it keeps one;
+-- a task entered storing at its updated_at). Vendors that keep results count as a day.
 UPDATE tasks
    SET lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3),
        storage_attempts = storage_attempts + 1
  WHERE id IN (SELECT id FROM tasks
                WHERE status = 'storing'
                  AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-               ORDER BY lease_expires_at NULLS FIRST
+               ORDER BY updated_at
+                        + make_interval(secs => COALESCE(($4::jsonb ->> vendor)::float8, 86400))
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)
 RETURNING id, storage_attempts;
@@ -296,7 +314,8 @@ UPDATE tasks
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)
 RETURNING id, vendor, vendor_task_id, COALESCE(vendor_model, model) AS vendor_model, deadline_at,
-          updated_at, trace_id, COALESCE(poll_not_before > now(), false) AS deferred;
+          updated_at, trace_id, COALESCE(poll_not_before > now(), false) AS deferred,
+          vendor_urls;
 
 -- claim_overdue --
 -- Tasks not yet at the vendor's finish line whose deadline passed (storing is the worker's).
@@ -315,7 +334,7 @@ UPDATE tasks
                LIMIT $1
                  FOR UPDATE SKIP LOCKED)
 RETURNING id, vendor, vendor_task_id, COALESCE(vendor_model, model) AS vendor_model, deadline_at,
-          updated_at, trace_id;
+          updated_at, trace_id, vendor_urls;
 
 -- poll_now --
 -- An unsigned callback said the vendor has news: make the task due for the next poll.

@@ -52,6 +52,8 @@ CREATE TABLE tasks (
     fallbacks        jsonb NOT NULL DEFAULT '[]'::jsonb,
     parent_id        uuid REFERENCES tasks (id),
     poll_not_before  timestamptz,
+    vendor_urls      jsonb,  -- fal's status/result/cancel URLs, as its submit answer gave them
+    create_ambiguous_at timestamptz,  -- a create whose answer never came was sent then
     UNIQUE (user_id, idempotency_key)
 ) WITH (fillfactor = 80);
 
@@ -65,6 +67,8 @@ CREATE INDEX tasks_poll_due ON tasks (next_poll_at)
 CREATE INDEX tasks_parent ON tasks (parent_id) WHERE parent_id IS NOT NULL;
 CREATE INDEX tasks_deadline_open ON tasks (deadline_at)
     WHERE status IN ('pending', 'submitted', 'processing', 'storing');
+CREATE INDEX tasks_result_expired ON tasks (vendor, completed_at)
+    WHERE status = 'failed' AND error ->> 'code' = 'result_expired';
 
 CREATE TABLE task_events (
     id          bigserial PRIMARY KEY,
@@ -139,7 +143,8 @@ SELECT t.id, t.user_id, t.vendor, t.model, COALESCE(t.vendor_model, t.model) AS 
        t.storage_attempts, t.last_error, t.created_at, t.updated_at, t.deadline_at,
        t.completed_at, t.next_attempt_at, t.next_poll_at,
        EXISTS (SELECT 1 FROM credit_ledger AS l WHERE l.task_id = t.id AND l.kind = 'refund')
-           AS refunded
+           AS refunded,
+       t.vendor_urls, t.create_ambiguous_at
   FROM tasks AS t;
 
 -- The state machine's one statement and a batch of webhooks' whole database work (0008);

@@ -54,8 +54,9 @@ async def replay_delivery(rt: Runtime, delivery_row_id: int) -> ReplayResult:
         return ReplayResult(delivery_row_id, "rejected", f"the task is served by {task.vendor} now")
     if task.vendor_task_id and task.vendor_task_id != update.vendor_task_id:
         return ReplayResult(delivery_row_id, "rejected", "the job id still does not match")
-    if not adapter.signed_callbacks:
-        # An unsigned body proves nothing about the job: ask the vendor, as the receiver does.
+    if not adapter.signed_callbacks or update.confirm:
+        # An unsigned body proves nothing about the job, and a hint (fal's payload_error)
+        # carries no result: ask the vendor, as the receiver does.
         fresh = await refresh_from_vendor(rt, task)
         async with rt.pool.acquire() as conn:
             await queries.mark_delivery_replayed(

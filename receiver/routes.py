@@ -22,6 +22,7 @@ from db import queries
 from db.transition import Outcome, allowed_from, result_of
 from receiver.signature import Delivery
 from reconciler.confirm import refresh_task
+from submit.registration import cancel_stray
 from taskhook import metrics
 from taskhook.errors import (
     NotFound,
@@ -29,11 +30,11 @@ from taskhook.errors import (
     TaskhookError,
     TokenInvalid,
     Unavailable,
-    VendorError,
     VerificationUnavailable,
 )
 from taskhook.http import read_body
 from taskhook.runtime import Runtime
+from taskhook.tracing import task_context
 from taskhook.vendor_updates import move_for, note_result
 from vendors.base import VendorAdapter
 
@@ -158,7 +159,9 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
         task_id=task_id,
         headers=headers,
         body=body,
-        signed=adapter.signed_callbacks,
+        # A hint (unsigned, or a signed one that carries no result) is confirmed with the
+        # vendor's API before anything is applied.
+        signed=adapter.signed_callbacks and not update.confirm,
         vendor_task_id=update.vendor_task_id,
         to=update.status.value,
         allowed_from=allowed_from(update.status),
@@ -185,8 +188,12 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
     if verdict == "no_task":
         raise TokenInvalid("The callback token names no task.")
     if verdict in ("rejected", "moved"):
-        if verdict == "moved":
-            # A job this vendor holds for a task that failed over elsewhere: stop it there.
+        if verdict == "moved" or adapter.signed_callbacks:
+            # A job this vendor holds for our task that is not the one the task recorded: left
+            # behind by a failover ("moved"), or a second job of a create that went through
+            # twice (no vendor has an idempotency key). The vendor signed this callback and
+            # sent it to this task's own URL, so the job is ours: stop it, it is billed.
+            # (An unsigned callback's job id proves nothing: it is never acted on.)
             rt.spawn(_cancel_stray(rt, adapter, task_id, update.vendor_task_id))
         bound.warning("webhook_rejected", error=row["message"])
         raise PayloadInvalid(row["message"])
@@ -208,15 +215,9 @@ async def _cancel_stray(
 ) -> None:
     async with rt.pool.acquire() as conn:
         task = await queries.get_task(conn, task_id=task_id, user_id=None)
-    if task is None:
-        return
-    # The model id this vendor knows (the task's own vendor_model is its new vendor's).
-    routes = rt.settings.routes.get(task.model, ())
-    model = next((r.model for r in routes if r.vendor == adapter.name), task.model)
-    try:
-        await adapter.cancel(vendor_task_id, model=model)
-    except VendorError as exc:
-        log.warning("stray_cancel_failed", vendor=adapter.name, error=str(exc))
+    if task is not None:
+        with task_context(task_id=task.public_id, vendor=adapter.name, trace_id=task.trace_id):
+            await cancel_stray(rt, adapter, task=task, vendor_task_id=vendor_task_id)
 
 
 routes = [Route("/hooks/{vendor}/{token}", receive, methods=["POST"])]

@@ -7,15 +7,15 @@ comes out. Tests need no sleeping or patching.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from taskhook.errors import SignatureInvalid, TimestampOutOfRange
+from taskhook.whsec import decode_secret
 
-_SECRET_PREFIX = "whsec_"  # noqa: S105 - a format prefix, not a secret
+__all__ = ["Delivery", "decode_secret", "sign", "verify_standard_webhook"]
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,6 @@ class Delivery:
 
     delivery_id: str
     timestamp: int
-
-
-def decode_secret(secret: str) -> bytes:
-    raw = secret[len(_SECRET_PREFIX) :] if secret.startswith(_SECRET_PREFIX) else secret
-    try:
-        return base64.b64decode(raw, validate=True)
-    except binascii.Error as exc:
-        raise ValueError("webhook secret is not base64 after 'whsec_'") from exc
 
 
 def sign(*, secret: bytes, delivery_id: str, timestamp: str, body: bytes) -> str:

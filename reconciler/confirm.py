@@ -30,7 +30,9 @@ async def refresh_from_vendor(rt: Runtime, task: Task) -> Task:
     if health is not None and await health.permits() is None:
         return task
     try:
-        update = await adapter.fetch(task.vendor_task_id, model=task.vendor_model)
+        update = await adapter.fetch(
+            task.vendor_task_id, model=task.vendor_model, urls=task.vendor_urls
+        )
     except VendorError as exc:
         if health is not None:
             await health.record(exc)

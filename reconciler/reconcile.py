@@ -47,13 +47,27 @@ class PassSummary:
         return asdict(self)
 
 
+# Polls of a quiet task are at most this far apart...
+MAX_POLL_GAP = 300.0
+# ...and, where the vendor deletes a finished job's result, a third of that window: a job that
+# finished just after a poll is seen (and stored first, see claim_storing) well before its
+# result is gone, even with the poll's jitter and a busy reconciler (issue 16.4).
+RETENTION_SHARE = 1 / 3
+
+
+def poll_cap(retention: float | None) -> float:
+    """The longest wait between two polls of one task at a vendor keeping results this long."""
+    return MAX_POLL_GAP if retention is None else min(MAX_POLL_GAP, retention * RETENTION_SHARE)
+
+
 def next_poll_delay(
-    quiet_seconds: float, *, poll_after: float, rng: random.Random, cap: float = 300.0
+    quiet_seconds: float, *, poll_after: float, rng: random.Random, cap: float = MAX_POLL_GAP
 ) -> float:
     """The longer a task has been quiet, the less often we ask (about half its quiet time),
-    with jitter so that tasks submitted together do not stay in step."""
-    base = max(poll_after, min(cap, quiet_seconds / 2))
-    return base * (0.75 + rng.random() / 2)
+    never more than `cap` apart, with jitter below it so that tasks submitted together do not
+    stay in step."""
+    base = min(cap, max(poll_after, quiet_seconds / 2))
+    return base * (0.75 + rng.random() / 4)
 
 
 class _VendorPass:
@@ -81,7 +95,9 @@ class _VendorPass:
             started = time.monotonic()
             error: Exception | None = None
             try:
-                update = await self.adapter.fetch(row["vendor_task_id"], model=row["vendor_model"])
+                update = await self.adapter.fetch(
+                    row["vendor_task_id"], model=row["vendor_model"], urls=row["vendor_urls"]
+                )
             except VendorError as exc:
                 error = exc
             metrics.VENDOR_CALLS.labels(
@@ -164,7 +180,12 @@ class _VendorPass:
 
     async def reschedule(self, row: Any, now: datetime) -> None:
         quiet = (now - row["updated_at"]).total_seconds()
-        delay = next_poll_delay(quiet, poll_after=self.rt.settings.poll_after, rng=self.rt.rng)
+        delay = next_poll_delay(
+            quiet,
+            poll_after=self.rt.settings.poll_after,
+            rng=self.rt.rng,
+            cap=poll_cap(self.adapter.result_retention),
+        )
         if self.throttled:
             delay = 0.0  # not asked at all: due again right away (the bucket paces it)
         async with self.rt.pool.acquire() as conn:

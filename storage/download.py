@@ -7,6 +7,8 @@ internal services (SSRF) or fill the disk.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import ipaddress
 import socket
@@ -27,7 +29,13 @@ ALLOWED_TYPES: dict[str, str] = {
 
 
 class DownloadError(Exception):
-    """The output could not be fetched, or was refused; the message says why."""
+    """The output could not be fetched, or was refused; the message says why. `gone`: the
+    server says the file is not there (404, 410): a vendor that deletes results on a
+    schedule has deleted it."""
+
+    def __init__(self, message: str, *, gone: bool = False) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 @dataclass(frozen=True)
@@ -63,10 +71,45 @@ async def check_public(url: str, *, allow_private: bool) -> None:
             raise DownloadError(f"refusing output URL that resolves to non-public {address}")
 
 
+def from_data_uri(uri: str, *, max_bytes: int) -> Downloaded:
+    """An output that came inline as an RFC 2397 `data:` URI (Replicate answers a `Prefer: wait`
+    create with them): the same checks as a download, without any network."""
+    header, comma, payload = uri.partition(",")
+    if not comma:
+        raise DownloadError("malformed data: URI (no comma)")
+    params = header.removeprefix("data:").split(";")
+    content_type = params[0].strip().lower()
+    if content_type not in ALLOWED_TYPES:
+        raise DownloadError(f"refusing content type {content_type or 'none'!r}")
+    if "base64" not in (p.strip().lower() for p in params[1:]):
+        raise DownloadError("refusing a data: URI that is not base64")
+    # Refuse before decoding: 4 characters of base64 carry 3 bytes.
+    if len(payload) // 4 * 3 > max_bytes + 3:
+        raise DownloadError(f"output is over the {max_bytes} byte cap")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except binascii.Error as exc:
+        raise DownloadError(f"malformed data: URI: {exc}") from exc
+    if len(data) > max_bytes:
+        raise DownloadError(f"output is over the {max_bytes} byte cap")
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
+    spool.write(data)
+    spool.seek(0)
+    return Downloaded(
+        file=spool,
+        content_type=content_type,
+        extension=ALLOWED_TYPES[content_type],
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
 async def download(
     client: httpx.AsyncClient, url: str, *, max_bytes: int, allow_private: bool
 ) -> Downloaded:
     """Stream into a spooled temp file (memory for small files, disk for big ones)."""
+    if url.startswith("data:"):
+        return from_data_uri(url, max_bytes=max_bytes)
     await check_public(url, allow_private=allow_private)
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
     digest = hashlib.sha256()
@@ -74,7 +117,10 @@ async def download(
     try:
         async with client.stream("GET", url, follow_redirects=False, timeout=60) as response:
             if response.status_code != 200:
-                raise DownloadError(f"output URL answered HTTP {response.status_code}")
+                raise DownloadError(
+                    f"output URL answered HTTP {response.status_code}",
+                    gone=response.status_code in (404, 410),
+                )
             content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type not in ALLOWED_TYPES:
                 raise DownloadError(f"refusing content type {content_type or 'none'!r}")

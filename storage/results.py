@@ -11,13 +11,14 @@ import structlog
 from db import queries
 from db.models import Task
 from db.states import TaskStatus
-from db.transition import transition
+from db.transition import Outcome, transition
 from storage.download import DownloadError, download
 from storage.s3 import result_key
 from taskhook import metrics
 from taskhook.backoff import backoff_delay
 from taskhook.runtime import Runtime
 from taskhook.tracing import task_context
+from vendors.base import RESULT_EXPIRED
 
 log = structlog.get_logger()
 
@@ -63,8 +64,28 @@ async def _store(rt: Runtime, task: Task, attempt: int, owner: str) -> None:
         OSError,
     ) as exc:
         metrics.STORAGE.labels(outcome="error").inc()
+        adapter = rt.vendors.get(task.vendor)
+        expired = (
+            isinstance(exc, DownloadError)
+            and exc.gone
+            and adapter is not None
+            and adapter.result_retention is not None
+        )
         async with rt.pool.acquire() as conn:
-            if attempt >= settings.max_storage_attempts:
+            if expired:
+                # This vendor deletes results on a schedule and has: no retry brings it back.
+                result = await transition(
+                    conn,
+                    task_id=task.id,
+                    to=TaskStatus.FAILED,
+                    event_key="storage:expired",
+                    cause="worker",
+                    error={"code": RESULT_EXPIRED, "message": f"the result is gone: {exc}"},
+                )
+                if result.outcome is Outcome.APPLIED:
+                    metrics.RESULTS_EXPIRED.labels(vendor=task.vendor).inc()
+                log.warning("result_expired", error=str(exc))
+            elif attempt >= settings.max_storage_attempts:
                 log.warning("storage_failed", attempts=attempt, error=str(exc))
                 await transition(
                     conn,

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from db import queries
-from db.models import parse_task_id
+from db.models import Task, parse_task_id
 from db.states import SUCCEEDED, TERMINAL, TaskStatus
 from db.transition import transition
 from submit.auth import current_user
@@ -27,15 +27,18 @@ from taskhook.runtime import Runtime
 log = structlog.get_logger()
 
 
-async def _tell_vendor(rt: Runtime, vendor: str, vendor_task_id: str, model: str) -> None:
-    adapter = rt.vendors.get(vendor)
-    if adapter is None:
+async def _tell_vendor(rt: Runtime, task: Task) -> None:
+    adapter = rt.vendors.get(task.vendor)
+    if adapter is None or not task.vendor_task_id:
         return
     try:
-        await adapter.cancel(vendor_task_id, model=model)
+        await adapter.cancel(task.vendor_task_id, model=task.vendor_model, urls=task.vendor_urls)
     except VendorError as exc:
         log.warning(
-            "vendor_cancel_failed", vendor=vendor, vendor_task_id=vendor_task_id, error=str(exc)
+            "vendor_cancel_failed",
+            vendor=task.vendor,
+            vendor_task_id=task.vendor_task_id,
+            error=str(exc),
         )
 
 
@@ -73,6 +76,6 @@ async def cancel_task(request: Request) -> JSONResponse:
         _refuse_unless_cancelable(task.status)
         raise AlreadyTerminal(f"The task is already {task.status.value}.")
     if task.vendor_task_id:
-        rt.spawn(_tell_vendor(rt, task.vendor, task.vendor_task_id, task.vendor_model))
+        rt.spawn(_tell_vendor(rt, task))
     log.info("task_canceled", task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id)
     return JSONResponse(render_task(task, rt.store))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 
 import structlog
 
@@ -18,7 +19,12 @@ from db.transition import transition
 from reconciler.confirm import refresh_task
 from taskhook import metrics
 from taskhook.backoff import backoff_delay
-from taskhook.errors import VendorParentNotReady, VendorRejected, VendorUnavailable
+from taskhook.errors import (
+    VendorError,
+    VendorParentNotReady,
+    VendorRejected,
+    VendorUnavailable,
+)
 from taskhook.runtime import Runtime
 from taskhook.tracing import task_context
 from taskhook.vendor_updates import apply_update
@@ -26,6 +32,9 @@ from vendors.base import VendorAdapter, VendorUpdate
 from vendors.health import VendorHealth
 
 log = structlog.get_logger()
+
+# Seconds a registration waits when the vendor's create budget is spent (jittered).
+BUDGET_WAIT = 1.0
 
 
 async def register(rt: Runtime, *, task_id: uuid.UUID, attempt: int) -> None:
@@ -86,6 +95,22 @@ async def _register(rt: Runtime, task: Task, attempt: int) -> bool:
                 not_called=True,
             )
         return False
+    if adapter is not None and health is not None and await health.take(1, budget="create") == 0:
+        # The vendor's create budget (its own where it limits creates apart, else the one
+        # shared with polls) is spent, or a 429 asked every creator to wait: not called,
+        # so the attempt is not spent either.
+        async with rt.pool.acquire() as conn:
+            await queries.schedule_registration_retry(
+                conn,
+                task_id=task.id,
+                delay_seconds=BUDGET_WAIT * (0.5 + rt.rng.random()),
+                error="the vendor's rate limit for creates is reached",
+                not_called=True,
+            )
+        metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="deferred").inc()
+        return False
+    sent_at = datetime.now(UTC)
+    found = False
     try:
         if adapter is None:
             raise VendorUnavailable(
@@ -94,7 +119,8 @@ async def _register(rt: Runtime, task: Task, attempt: int) -> bool:
         # Wait for a slot first, outside the timeout: only the vendor's own time may count
         # against it (and towards opening its circuit), never our local queue.
         async with rt.registration_slots:
-            update = await asyncio.wait_for(
+            sent_at = datetime.now(UTC)
+            update, found = await asyncio.wait_for(
                 _submit(rt, adapter, task), timeout=settings.registration_timeout
             )
     except VendorParentNotReady as exc:
@@ -116,9 +142,13 @@ async def _register(rt: Runtime, task: Task, attempt: int) -> bool:
         if isinstance(exc, VendorUnavailable) and exc.not_accepted:
             if await _failover(rt, task, message):
                 return True
-        return await _retry_or_give_up(rt, task, attempt, exc)
+            return await _retry_or_give_up(rt, task, attempt, exc)
+        # No answer, or one that does not say nothing was made (a timeout, a 500): the job
+        # may exist. No vendor has an idempotency key, so the next attempt first asks the
+        # vendor whether it does (`find_created`), and the task no longer fails over.
+        return await _retry_or_give_up(rt, task, attempt, exc, ambiguous_since=sent_at)
     await _record(health, None)
-    metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="ok").inc()
+    metrics.REGISTRATIONS.labels(vendor=task.vendor, outcome="found" if found else "ok").inc()
     async with rt.pool.acquire() as conn:
         result = await apply_update(
             conn,
@@ -129,31 +159,98 @@ async def _register(rt: Runtime, task: Task, attempt: int) -> bool:
             cause="registration",
             poll_after=settings.poll_after,
         )
-    log.info("registered", vendor_task_id=update.vendor_task_id, outcome=result.outcome.value)
+        if update.urls:
+            await queries.set_vendor_urls(conn, task_id=task.id, urls=update.urls)
+        recorded = await queries.get_task(conn, task_id=task.id, user_id=None)
+    log.info(
+        "registered",
+        vendor_task_id=update.vendor_task_id,
+        outcome=result.outcome.value,
+        found=found,
+    )
+    if recorded is not None and recorded.vendor_task_id not in (None, update.vendor_task_id):
+        # An earlier create's job reached us first (its webhook came before this answer):
+        # the task keeps that one, and this second job must not run on, billed, for nothing.
+        await cancel_stray(rt, adapter, task=recorded, vendor_task_id=update.vendor_task_id)
     return False
 
 
-async def _submit(rt: Runtime, adapter: VendorAdapter, task: Task) -> VendorUpdate:
-    """A new job, or, for a follow-up action, a job on the parent's finished vendor job."""
+async def cancel_stray(
+    rt: Runtime, adapter: VendorAdapter, *, task: Task, vendor_task_id: str
+) -> None:
+    """Cancel a job at `adapter`'s vendor made for `task` that is not the job it recorded: a
+    second job of one create sent twice, or one left at a vendor the task failed over from."""
+    model = task.vendor_model
+    if adapter.name != task.vendor:
+        # The model id that vendor knows: the task's own vendor_model is its new vendor's.
+        routes = rt.settings.routes.get(task.model, ())
+        model = next((r.model for r in routes if r.vendor == adapter.name), task.model)
+    try:
+        await adapter.cancel(vendor_task_id, model=model)
+    except VendorError as exc:
+        metrics.STRAY_JOBS.labels(vendor=adapter.name, outcome="cancel_failed").inc()
+        log.warning("stray_cancel_failed", stray=vendor_task_id, error=str(exc))
+        return
+    metrics.STRAY_JOBS.labels(vendor=adapter.name, outcome="canceled").inc()
+    log.warning("stray_job_canceled", stray=vendor_task_id, recorded=task.vendor_task_id)
+
+
+async def _submit(rt: Runtime, adapter: VendorAdapter, task: Task) -> tuple[VendorUpdate, bool]:
+    """A new job, or, for a follow-up action, a job on the parent's finished vendor job; True
+    with the job an earlier, ambiguous create turned out to have made."""
     callback_url = rt.callback_url(task_id=task.id, vendor=task.vendor)
     if task.parent_id is None:
-        return await adapter.submit(
+        if task.create_ambiguous_at is not None and adapter.finds_created:
+            found = await _find_created(rt, adapter, task, since=task.create_ambiguous_at)
+            if found is not None:
+                return found, True
+        update = await adapter.submit(
             task_id=task.id, model=task.vendor_model, input=task.input, callback_url=callback_url
         )
+        return update, False
     async with rt.pool.acquire() as conn:
         parent = await queries.get_task(conn, task_id=task.parent_id, user_id=None)
     if parent is None or not parent.vendor_task_id:
         raise VendorRejected("the parent task has no job at the vendor")
-    return await adapter.submit_action(
+    update = await adapter.submit_action(
         task_id=task.id,
         parent_vendor_task_id=parent.vendor_task_id,
         action=str(task.input["action"]),
         index=int(task.input.get("index") or 0),
         callback_url=callback_url,
     )
+    return update, False
 
 
-async def _retry_or_give_up(rt: Runtime, task: Task, attempt: int, exc: Exception) -> bool:
+async def _find_created(
+    rt: Runtime, adapter: VendorAdapter, task: Task, *, since: datetime
+) -> VendorUpdate | None:
+    """The job an earlier create for this task made, if the vendor shows one no task has
+    claimed (the oldest: the first create's); None when the vendor shows none. Raises
+    VendorUnavailable while the vendor cannot tell: then nothing is sent."""
+    candidates = await adapter.find_created(model=task.vendor_model, input=task.input, since=since)
+    if not candidates:
+        log.info("ambiguous_create_absent", since=since.isoformat())
+        return None
+    async with rt.pool.acquire() as conn:
+        free = await queries.unclaimed_vendor_jobs(
+            conn, vendor=task.vendor, job_ids=[c.vendor_task_id for c in candidates]
+        )
+    adoptable = [c for c in candidates if c.vendor_task_id in free]
+    if not adoptable:
+        return None
+    log.info("ambiguous_create_found", vendor_task_id=adoptable[-1].vendor_task_id)
+    return adoptable[-1]
+
+
+async def _retry_or_give_up(
+    rt: Runtime,
+    task: Task,
+    attempt: int,
+    exc: Exception,
+    *,
+    ambiguous_since: datetime | None = None,
+) -> bool:
     """Try the same vendor again later, or fail and refund after the last attempt."""
     message = str(exc) or "the vendor did not answer in time"
     if attempt >= rt.settings.max_registration_attempts:
@@ -170,14 +267,20 @@ async def _retry_or_give_up(rt: Runtime, task: Task, attempt: int, exc: Exceptio
         delay = backoff_delay(attempt, rng=rt.rng, at_least=retry_after)
         log.info("registration_retry", attempt=attempt, delay=round(delay, 2), error=message)
         await queries.schedule_registration_retry(
-            conn, task_id=task.id, delay_seconds=delay, error=message
+            conn,
+            task_id=task.id,
+            delay_seconds=delay,
+            error=message,
+            ambiguous_since=ambiguous_since,
         )
     return False
 
 
 async def _record(health: VendorHealth | None, error: Exception | None) -> None:
+    """A create's outcome: a 429 blocks the vendor's create budget, anything else counts for
+    its circuit breaker like any call."""
     if health is not None:
-        await health.record(error)
+        await health.record(error, budget="create")
 
 
 async def _fail(rt: Runtime, task_id: uuid.UUID, code: str, message: str) -> None:

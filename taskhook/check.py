@@ -26,7 +26,7 @@ from storage.s3 import StorageUnavailable
 from taskhook.app import healthz_proof
 from taskhook.errors import VendorError
 from taskhook.runtime import build_adapters
-from taskhook.settings import MIN_SECRET_BYTES, Settings
+from taskhook.settings import MIN_SECRET_BYTES, ReplicateSettings, Settings
 from taskhook.startup import database_host, storage_description, store_for
 from vendors.fal import FalAdapter
 
@@ -115,6 +115,9 @@ async def _vendors(settings: Settings, client: httpx.AsyncClient) -> list[Check]
         checks.append(await _timed(f"{name} credentials", adapter.check_credentials))
         if name == "replicate":
             checks.append(await _timed("replicate webhook secret", lambda: _replicate(settings)))
+            checks.append(
+                await _timed("replicate webhook url", lambda: _replicate_url(settings, client))
+            )
         if isinstance(adapter, FalAdapter):
             checks.append(await _timed("fal webhook keys", functools.partial(_fal_keys, adapter)))
     return checks
@@ -129,6 +132,29 @@ async def _replicate(settings: Settings) -> str:
         adapter = build_adapters(settings, client)["replicate"]
         await adapter.prepare()
     return "the account's default secret was fetched (GET /webhooks/default/secret)"
+
+
+async def _replicate_url(settings: Settings, client: httpx.AsyncClient) -> str:
+    """Replicate delivers only to an https URL it can reach, and follows no redirect (16.6).
+    The reachability rule is Replicate's own: with REPLICATE_API_BASE elsewhere (a simulator)
+    that other caller decides what it reaches, and only the redirect probe applies."""
+    from vendors.replicate import webhook_base_problem, webhook_redirect_problem
+
+    assert settings.replicate is not None
+    url = settings.public_url
+    if url is None:
+        raise Failed("TASKHOOK_PUBLIC_URL is not set: Replicate could not call back")
+    own = settings.replicate.api_base == ReplicateSettings.api_base
+    if own and (problem := webhook_base_problem(url)):
+        raise Failed(problem)
+    try:
+        problem = await webhook_redirect_problem(client, url)
+    except httpx.HTTPError as exc:
+        raise Failed(f"{url} did not answer: {exc!r}") from None
+    if problem:
+        raise Failed(problem)
+    reach = "https and reachable, " if own else ""
+    return f"{url}: {reach}webhooks are answered without a redirect"
 
 
 async def _fal_keys(adapter: FalAdapter) -> str:

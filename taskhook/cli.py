@@ -41,10 +41,25 @@ def load_settings() -> Settings:
         settings = Settings.from_env()
     except SettingsError as exc:
         raise StartupError(str(exc), exit_code=EXIT_SETTINGS) from None
+    if settings.production and (problem := vendor_settings_problem(settings)):
+        raise StartupError(problem, exit_code=EXIT_SETTINGS)
     from taskhook.logs import configure_logging
 
     configure_logging(json=not sys.stderr.isatty(), level=settings.log_level)
     return settings
+
+
+def vendor_settings_problem(settings: Settings) -> str | None:
+    """What a configured vendor cannot work with, known without calling anyone: Replicate
+    delivers webhooks only to an https URL it can reach (issue 16.6). Asked only of Replicate
+    itself: with REPLICATE_API_BASE elsewhere (a simulator, a recording proxy) the caller of
+    our webhooks is that, and it decides what it can reach."""
+    from taskhook.settings import ReplicateSettings
+    from vendors.replicate import webhook_base_problem
+
+    if settings.replicate is not None and settings.replicate.api_base == ReplicateSettings.api_base:
+        return webhook_base_problem(settings.public_url)
+    return None
 
 
 def preflight(settings: Settings, *, storage: bool, schema: bool = True) -> None:
@@ -380,12 +395,26 @@ def check(as_json: bool) -> None:
 )
 @click.option("--early", is_flag=True, help="send callbacks before the create call returns")
 @click.option(
+    "--lost-answers",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="fraction of Replicate creates that make the job but answer 504",
+)
+@click.option(
     "--bad-signature",
     default=0.0,
     type=click.FloatRange(0, 1),
     help="fraction of webhooks preceded by a wrongly signed copy",
 )
 @click.option("--job-seconds", default=3.0, show_default=True, type=click.FloatRange(0))
+@click.option(
+    "--time-scale",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="factor on the vendors' own clocks: a 429's announced wait, webhook retry schedules, "
+    "result retention (1 = the real vendor)",
+)
 @click.option("--seed", default=None, type=int)
 @click.option(
     "--webhook-secret",
@@ -395,7 +424,21 @@ def check(as_json: bool) -> None:
     "/v1/webhooks/default/secret)",
 )
 @click.option("--fal-key", default=None, help="require `Authorization: Key <key>` on /fal calls")
+@click.option(
+    "--fal-payload-error",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="fraction of fal's successful webhooks sent without their payload (payload_error)",
+)
 @click.option("--mj-secret", default=None, help="require this mj-api-secret on /mj calls")
+@click.option(
+    "--mj-dialect",
+    type=click.Choice(["novicezk", "trueai"]),
+    default="novicezk",
+    show_default=True,
+    help="which midjourney-proxy fork /mj is: novicezk (/mj/submit/change) or trueai "
+    "(buttons, /mj/submit/action, MODAL tasks and code 21, 204 for unknown tasks)",
+)
 @click.option(
     "--mj-lag",
     default=0.0,
@@ -412,12 +455,16 @@ def simulator(
     fail: float,
     error_rate: float,
     early: bool,
+    lost_answers: float,
     bad_signature: float,
     job_seconds: float,
+    time_scale: float,
     seed: int | None,
     webhook_secret: str | None,
     fal_key: str | None,
+    fal_payload_error: float,
     mj_secret: str | None,
+    mj_dialect: str,
     mj_lag: float,
 ) -> None:
     from vendors.simulator import SimulatorConfig, serve
@@ -431,11 +478,15 @@ def simulator(
         fail=fail,
         error_rate=error_rate,
         early=early,
+        lost_answers=lost_answers,
         bad_signature=bad_signature,
         seed=seed,
         job_seconds=job_seconds,
+        time_scale=time_scale,
         fal_key=fal_key,
+        fal_payload_error=fal_payload_error,
         mj_secret=mj_secret,
+        mj_dialect=mj_dialect,
         mj_lag=mj_lag,
         **extra,  # type: ignore[arg-type]
     )

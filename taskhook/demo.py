@@ -91,7 +91,9 @@ async def run_demo(
         f"(data under {settings.data_dir.absolute()})"
     )
 
-    sim_config = SimulatorConfig(job_seconds=2.0, api_token=DEMO_TOKEN)
+    # Jobs take seconds, not a model's minute: the vendors' own clocks (a 429's wait, webhook
+    # retries, result retention) shrink with them.
+    sim_config = SimulatorConfig(job_seconds=2.0, time_scale=0.05, api_token=DEMO_TOKEN)
     if chaos:
         sim_config = replace(sim_config, **CHAOS)
     sock = bind("127.0.0.1", port)

@@ -58,3 +58,14 @@ TASK_DURATION = Histogram(
     ["status"],
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
 )
+STRAY_JOBS = Counter(
+    "taskhook_stray_jobs_total",
+    "Vendor jobs for one of our tasks that are not the job it recorded (a create that went "
+    "through twice), by vendor and what became of them: canceled, or cancel_failed",
+    ["vendor", "outcome"],
+)
+RESULTS_EXPIRED = Counter(
+    "taskhook_results_expired_total",
+    "Finished jobs whose result the vendor deleted before we stored it (its retention window)",
+    ["vendor"],
+)

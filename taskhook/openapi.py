@@ -146,7 +146,7 @@ def _schemas() -> JsonObject:
                 "code": {
                     "type": "string",
                     "description": "vendor_failed, deadline_exceeded, vendor_rejected, "
-                    "vendor_lost, vendor_unavailable, storage_failed, ...",
+                    "vendor_lost, vendor_unavailable, result_expired, storage_failed, ...",
                 },
                 "message": {"type": "string"},
             },

@@ -92,8 +92,23 @@ def build_adapters(settings: Settings, http: httpx.AsyncClient) -> dict[str, Ven
             api_base=settings.midjourney.api_base,
             api_secret=settings.midjourney.api_secret,
             timeout=settings.registration_timeout,
+            dialect=settings.midjourney.dialect,
         )
     return adapters
+
+
+def vendor_limits(settings: Settings, adapter: VendorAdapter) -> Limits:
+    """The shared limits of one vendor: our settings, and its own create budget where it has
+    one (TASKHOOK_CREATE_RATE, else the limit the vendor documents)."""
+    documented = getattr(adapter, "create_rate", None)
+    return Limits(
+        rate=settings.poll_rate,
+        burst=settings.poll_rate,
+        concurrency=settings.poll_concurrency,
+        breaker_threshold=settings.breaker_threshold,
+        breaker_cooldown=settings.breaker_cooldown,
+        create_rate=None if documented is None else settings.create_rate or documented,
+    )
 
 
 @dataclass
@@ -123,6 +138,16 @@ class Runtime:
         self.webhooks = GroupCommit(
             self.pool, receive_webhooks, on_commit=metrics.WEBHOOK_COMMIT_SIZE.observe
         )
+
+    @property
+    def result_retention(self) -> dict[str, float]:
+        """Seconds each configured vendor keeps a finished job's result, where it does not
+        keep them for good (vendors/base.py)."""
+        return {
+            name: adapter.result_retention
+            for name, adapter in self.vendors.items()
+            if adapter.result_retention is not None
+        }
 
     @property
     def public_url(self) -> str:
@@ -182,14 +207,10 @@ async def open_runtime(
         vendors=build_adapters(settings, client),
         tokens=CallbackTokens(settings.secret),
     )
-    limits = Limits(
-        rate=settings.poll_rate,
-        burst=settings.poll_rate,
-        concurrency=settings.poll_concurrency,
-        breaker_threshold=settings.breaker_threshold,
-        breaker_cooldown=settings.breaker_cooldown,
-    )
-    runtime.health = {name: VendorHealth(pool, name, limits) for name in runtime.vendors}
+    runtime.health = {
+        name: VendorHealth(pool, name, vendor_limits(settings, adapter))
+        for name, adapter in runtime.vendors.items()
+    }
     runtime.readiness = {
         name: VendorReadiness(adapter, min_interval=settings.vendor_prepare_retry)
         for name, adapter in runtime.vendors.items()

@@ -5,8 +5,6 @@ Only `Settings.from_env` reads the environment; tests build `Settings(...)` dire
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 import secrets
@@ -15,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
+
+from taskhook.whsec import decode_secret
 
 T = TypeVar("T")
 
@@ -53,10 +53,16 @@ class FalSettings:
     api_base: str = "https://api.fal.ai/v1"
 
 
+MJ_DIALECTS = ("auto", "novicezk", "trueai")
+
+
 @dataclass(frozen=True, kw_only=True)
 class MidjourneySettings:
     api_base: str
     api_secret: str | None = field(default=None, repr=False)
+    # Which fork's follow-up API: novicezk's /mj/submit/change, trueai's /mj/submit/action
+    # (v10 removed change); auto tells them apart by the parent task's `buttons`.
+    dialect: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,9 @@ class Settings:
     max_registration_attempts: int = 8
     max_storage_attempts: int = 5
     poll_rate: float = 20.0  # per vendor, all reconcilers together; Replicate allows 50/s
+    # Creates per second for vendors that limit creates apart (Replicate); None: the limit
+    # the vendor documents (Replicate: 600 a minute).
+    create_rate: float | None = None
     poll_concurrency: int = 8
     breaker_threshold: int = 10
     breaker_cooldown: float = 30.0
@@ -303,10 +312,7 @@ class Settings:
             base = (get("REPLICATE_API_BASE") or "https://api.replicate.com/v1").rstrip("/")
             secrets_raw = get("REPLICATE_WEBHOOK_SECRET") or ""
             webhook_secrets = tuple(s.strip() for s in secrets_raw.split(",") if s.strip())
-            if any(
-                not s.startswith("whsec_") or not _decodes(s[len("whsec_") :])
-                for s in webhook_secrets
-            ):
+            if any(not s.startswith("whsec_") or not _decodes(s) for s in webhook_secrets):
                 problems.append(
                     "REPLICATE_WEBHOOK_SECRET must be whsec_<base64> secrets, comma-separated"
                 )
@@ -326,7 +332,15 @@ class Settings:
         midjourney = None
         mj_base = http_url("MJ_PROXY_BASE")
         if mj_base:
-            midjourney = MidjourneySettings(api_base=mj_base, api_secret=get("MJ_PROXY_SECRET"))
+            dialect = (get("MJ_PROXY_DIALECT") or "auto").lower()
+            if dialect not in MJ_DIALECTS:
+                problems.append(
+                    f"MJ_PROXY_DIALECT must be one of {', '.join(MJ_DIALECTS)}, got {dialect!r}"
+                )
+                dialect = "auto"
+            midjourney = MidjourneySettings(
+                api_base=mj_base, api_secret=get("MJ_PROXY_SECRET"), dialect=dialect
+            )
 
         try:
             routes = parse_routes(get("TASKHOOK_ROUTES"))
@@ -359,6 +373,7 @@ class Settings:
             allow_unrouted_models=allow_unrouted == "1",
             registration_timeout=parse("TASKHOOK_VENDOR_TIMEOUT", float, 10.0, "a positive number"),
             poll_rate=parse("TASKHOOK_POLL_RATE", float, 20.0, "a positive number"),
+            create_rate=parse("TASKHOOK_CREATE_RATE", float, None, "a positive number"),
             poll_concurrency=positive_int("TASKHOOK_POLL_CONCURRENCY", 8),
             breaker_threshold=positive_int("TASKHOOK_BREAKER_THRESHOLD", 10),
             breaker_cooldown=parse("TASKHOOK_BREAKER_COOLDOWN", float, 30.0, "a positive number"),
@@ -423,11 +438,12 @@ def parse_routes(raw: str | None) -> dict[str, tuple[VendorRoute, ...]]:
     return routes
 
 
-def _decodes(text: str) -> bool:
+def _decodes(secret: str) -> bool:
     try:
-        return bool(base64.b64decode(text, validate=True))
-    except binascii.Error:
+        decode_secret(secret)
+    except ValueError:
         return False
+    return True
 
 
 def generated_secret(data_dir: Path, name: str) -> str:

@@ -16,7 +16,7 @@ from db.queries import Conn
 from db.states import REFUNDING, TaskStatus
 from db.transition import Outcome, TransitionResult, transition
 from taskhook import metrics
-from vendors.base import VendorUpdate
+from vendors.base import RESULT_EXPIRED, VendorUpdate
 
 log = structlog.get_logger()
 
@@ -33,7 +33,10 @@ class Move:
 def move_for(update: VendorUpdate, *, vendor: str, poll_after: float) -> Move:
     error = None
     if update.status is TaskStatus.FAILED:
-        error = {"code": "vendor_failed", "message": update.error or "the vendor reported failure"}
+        error = {
+            "code": update.error_code or "vendor_failed",
+            "message": update.error or "the vendor reported failure",
+        }
     next_poll_at = None
     if update.status in (TaskStatus.SUBMITTED, TaskStatus.PROCESSING):
         # Fresh news from the vendor: the reconciler need not ask for a while.
@@ -44,6 +47,10 @@ def move_for(update: VendorUpdate, *, vendor: str, poll_after: float) -> Move:
 def note_result(
     result: TransitionResult, *, update: VendorUpdate, task_id: uuid.UUID, vendor: str, cause: str
 ) -> None:
+    if result.outcome is Outcome.APPLIED and update.error_code == RESULT_EXPIRED:
+        # A callback lost, a poll too late: the vendor deleted the result (issue 16.4).
+        metrics.RESULTS_EXPIRED.labels(vendor=vendor).inc()
+        log.warning("result_expired", task_id=str(task_id), vendor=vendor, cause=cause)
     if (
         result.outcome is Outcome.STALE
         and update.status is TaskStatus.STORING

@@ -82,7 +82,11 @@ class Worker:
         """Claim and do one batch of each kind of work; returns how many items were handled."""
         async with self.rt.pool.acquire() as conn:
             storing = await queries.claim_storing(
-                conn, limit=self.concurrency, owner=self.owner, lease_seconds=self.lease
+                conn,
+                limit=self.concurrency,
+                owner=self.owner,
+                lease_seconds=self.lease,
+                retention=self.rt.result_retention,
             )
             pending = await queries.claim_pending_registrations(
                 conn,

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -26,9 +27,13 @@ class ScriptedVendor:
     name: str
     signed_callbacks: bool = True
     actions: frozenset[str] = frozenset()
+    finds_created: bool = False
+    result_retention: float | None = None
     # What submit/submit_action/fetch do next: an exception to raise or an update to return.
     on_submit: list[BaseException | VendorUpdate] = field(default_factory=list)
     on_fetch: list[BaseException | VendorUpdate] = field(default_factory=list)
+    # What find_created does next: an exception to raise or the jobs to return.
+    on_find: list[BaseException | list[VendorUpdate]] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     # When set, submit waits for it after recording the call (a vendor slow to answer).
     gate: asyncio.Event | None = None
@@ -64,6 +69,15 @@ class ScriptedVendor:
         job = f"{self.name}-{task_id.hex[:8]}"
         return self._next(self.on_submit, update(job, TaskStatus.SUBMITTED))  # type: ignore[no-any-return]
 
+    async def find_created(
+        self, *, model: str, input: Mapping[str, Any], since: datetime
+    ) -> list[VendorUpdate]:
+        self.calls.append(("find", {"model": model, "input": dict(input), "since": since}))
+        step = self.on_find.pop(0) if self.on_find else []
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
     async def submit_action(
         self,
         *,
@@ -79,11 +93,16 @@ class ScriptedVendor:
         job = f"{self.name}-{task_id.hex[:8]}"
         return self._next(self.on_submit, update(job, TaskStatus.SUBMITTED))  # type: ignore[no-any-return]
 
-    async def fetch(self, vendor_task_id: str, *, model: str) -> VendorUpdate:
-        self.calls.append(("fetch", {"job": vendor_task_id, "model": model}))
+    async def fetch(
+        self, vendor_task_id: str, *, model: str, urls: Mapping[str, str] | None = None
+    ) -> VendorUpdate:
+        call = {"job": vendor_task_id, "model": model}
+        self.calls.append(("fetch", call if urls is None else {**call, "urls": dict(urls)}))
         return self._next(self.on_fetch, update(vendor_task_id, TaskStatus.PROCESSING))  # type: ignore[no-any-return]
 
-    async def cancel(self, vendor_task_id: str, *, model: str) -> None:
+    async def cancel(
+        self, vendor_task_id: str, *, model: str, urls: Mapping[str, str] | None = None
+    ) -> None:
         self.calls.append(("cancel", {"job": vendor_task_id}))
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Delivery:
@@ -92,7 +111,7 @@ class ScriptedVendor:
     def parse(self, body: bytes) -> VendorUpdate:
         try:
             doc = json.loads(body)
-            return update(doc["id"], TaskStatus(doc["status"]))
+            return update(doc["id"], TaskStatus(doc["status"]), confirm=bool(doc.get("confirm")))
         except (ValueError, KeyError, TypeError) as exc:
             raise PayloadInvalid(f"not a scripted update: {exc}") from exc
 
@@ -101,7 +120,7 @@ class ScriptedVendor:
 
 
 def update(job: str, status: TaskStatus, **extra: Any) -> VendorUpdate:
-    if status is TaskStatus.STORING and "outputs" not in extra:
+    if status is TaskStatus.STORING and "outputs" not in extra and not extra.get("confirm"):
         extra["outputs"] = ["http://files.invalid/1.png"]
     return VendorUpdate(vendor_task_id=job, status=status, raw_status=status.value, **extra)
 
@@ -116,10 +135,15 @@ async def app_client(rt: Runtime) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+# A scripted vendor answers at once and limits nothing: its bucket (which registrations draw
+# from too) must not throttle tests about something else. Tests of limits set their own.
+UNLIMITED = Limits(rate=10_000.0, burst=10_000.0)
+
+
 def install(rt: Runtime, *vendors: ScriptedVendor) -> None:
     """Replace the runtime's adapters with these (each with its own shared health row)."""
     rt.vendors.clear()
     rt.health.clear()
     for vendor in vendors:
         rt.vendors[vendor.name] = vendor
-        rt.health[vendor.name] = VendorHealth(rt.pool, vendor.name, Limits())
+        rt.health[vendor.name] = VendorHealth(rt.pool, vendor.name, UNLIMITED)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from db.states import TaskStatus
@@ -21,6 +22,18 @@ class VendorUpdate:
     progress: int | None = None
     outputs: list[str] | None = None
     error: str | None = None
+    # Why a failure is one, in our vocabulary (API.md error codes); None: "vendor_failed".
+    error_code: str | None = None
+    # Where the vendor says to ask about this job from now on (fal's status_url, response_url
+    # and cancel_url); kept with the task and handed back to fetch and cancel.
+    urls: Mapping[str, str] | None = None
+    # Only a hint: the vendor's API must be asked what happened (a fal webhook whose payload
+    # could not be delivered). The receiver confirms it like an unsigned callback.
+    confirm: bool = False
+
+
+RESULT_EXPIRED = "result_expired"
+"""The job succeeded, but its result was deleted by the vendor before we stored it."""
 
 
 class VendorAdapter(Protocol):
@@ -31,6 +44,11 @@ class VendorAdapter(Protocol):
     signed_callbacks: bool
     # Follow-up actions on a finished job (e.g. {"upscale", "variation"}); empty when none.
     actions: frozenset[str]
+    # True when `find_created` can tell whether an earlier create made a job (a list API).
+    finds_created: bool
+    # Seconds the vendor keeps a finished job's result, at worst; None: as long as we need.
+    # Polls of a task whose callbacks were lost are spaced to see it finished well within.
+    result_retention: float | None
 
     async def prepare(self) -> None:
         """Fetch what the adapter needs before it can verify (e.g. webhook secrets, keys)."""
@@ -51,6 +69,13 @@ class VendorAdapter(Protocol):
     ) -> VendorUpdate:
         """Register the job; raises VendorUnavailable (retry) or VendorRejected (give up)."""
 
+    async def find_created(
+        self, *, model: str, input: Mapping[str, Any], since: datetime
+    ) -> list[VendorUpdate]:
+        """Jobs an ambiguous create (timeout, 5xx) of this model and input may have made since
+        `since`, newest first; empty when there is certainly none. Raises VendorUnavailable
+        when the vendor cannot tell now. Only called when `finds_created`."""
+
     async def submit_action(
         self,
         *,
@@ -62,10 +87,15 @@ class VendorAdapter(Protocol):
     ) -> VendorUpdate:
         """Register a follow-up job (one of `actions`) on a finished parent job."""
 
-    async def fetch(self, vendor_task_id: str, *, model: str) -> VendorUpdate:
-        """The vendor's current view of the job (`model` is the vendor's model id)."""
+    async def fetch(
+        self, vendor_task_id: str, *, model: str, urls: Mapping[str, str] | None = None
+    ) -> VendorUpdate:
+        """The vendor's current view of the job (`model` is the vendor's model id; `urls` what
+        the vendor gave at submit, when it gives any)."""
 
-    async def cancel(self, vendor_task_id: str, *, model: str) -> None:
+    async def cancel(
+        self, vendor_task_id: str, *, model: str, urls: Mapping[str, str] | None = None
+    ) -> None:
         """Ask the vendor to stop; best effort."""
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Delivery:

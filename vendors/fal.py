@@ -16,9 +16,19 @@ Wire format, checked against fal's docs and its Python client (fal-ai/fal, ``fal
   ``request_id\\nuser_id\\ntimestamp\\nsha256hex(body)`` (``X-Fal-Webhook-*`` headers, hex
   signature), keys published as a JWKS. https://docs.fal.ai/model-apis/model-endpoints/webhooks
 
+* "Do not build these URLs yourself. Use the status_url, response_url, and cancel_url fields
+  from the submit response" (https://fal.ai/docs/api-reference/inference-api): they are kept
+  with the task (``VendorUpdate.urls``) and used, as long as they point at the queue we send
+  our key to; tasks registered before fall back to the built form.
+* "fal keeps the result for 1 hour after the request completes. If the result is 10 KB or
+  larger, fal keeps it for 6 minutes" (https://fal.ai/docs/inference-api/queue/result): a
+  COMPLETED request whose result answers 404 lost it to that retention (``result_expired``).
+
 fal has no idempotency key for submit (none in the docs or the client), so a submit that timed
 out after fal accepted it may leave an orphan job; only answers that prove nothing was created
-(connect errors, 429, 503) are marked ``not_accepted``.
+(connect errors, 429, 503) are marked ``not_accepted``. fal cannot list requests either, so an
+ambiguous submit cannot be looked up (``finds_created`` is False): a second job's webhook gets
+it canceled (receiver).
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -47,7 +58,7 @@ from taskhook.errors import (
     VendorRejected,
     VendorUnavailable,
 )
-from vendors.base import VendorUpdate
+from vendors.base import RESULT_EXPIRED, VendorUpdate
 from vendors.http import json_object, raise_for_transient, send
 
 log = structlog.get_logger()
@@ -58,6 +69,9 @@ DEFAULT_API_BASE = "https://api.fal.ai/v1"
 # A model whose price `check_credentials` asks for when no route names a fal model.
 CHECK_MODEL = "fal-ai/flux/schnell"
 DEFAULT_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+
+# The submit answer's URLs for the request, to be used as given (see the module docstring).
+URL_FIELDS = ("status_url", "response_url", "cancel_url")
 
 HEADER_REQUEST_ID = "x-fal-webhook-request-id"
 HEADER_USER_ID = "x-fal-webhook-user-id"
@@ -75,6 +89,7 @@ _MODEL = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})+", re.ASCII)
 _NAMESPACES = frozenset({"workflows", "comfy"})
 # tqdm-style lines ("  50%|█████     | 2/4") are the only progress fal's logs show.
 _PERCENT = re.compile(r"(\d{1,3})(?:\.\d+)?\s*%")
+RUNNING_PROGRESS_CAP = 99
 
 # The queue's statuses. COMPLETED says nothing about success: the result decides.
 _STATUS_MAP: Mapping[str, TaskStatus] = {
@@ -105,13 +120,14 @@ def app_id(model: str) -> str:
 
 
 def progress_from_logs(logs: Any) -> int | None:
-    """The percentage in the most recent log line that shows one (fal logs are objects)."""
+    """The percentage in the most recent log line that shows one (fal logs are objects); below
+    100 while the request runs, since a model may run several 0-100 % loops."""
     if not isinstance(logs, list):
         return None
     for entry in reversed(logs):
         message = entry.get("message") if isinstance(entry, dict) else entry
         if isinstance(message, str) and (found := _PERCENT.findall(message)):
-            return min(100, int(found[-1]))
+            return min(RUNNING_PROGRESS_CAP, int(found[-1]))
     return None
 
 
@@ -212,6 +228,13 @@ def webhook_update(body: Any) -> VendorUpdate:
     if not isinstance(status, str) or status not in _WEBHOOK_STATUS_MAP:
         raise ValueError(f"unknown webhook status {status!r}")
     payload = body.get("payload")
+    if payload is None and status == "OK" and body.get("payload_error"):
+        # The job succeeded but fal could not put the result in the webhook ("payload is set
+        # to null and a payload_error will include details"): only a hint, confirmed at once
+        # from the queue, whose result is kept for as little as 6 minutes.
+        return VendorUpdate(
+            vendor_task_id=request_id, status=TaskStatus.STORING, raw_status=status, confirm=True
+        )
     if status == "ERROR":
         return VendorUpdate(
             vendor_task_id=request_id,
@@ -219,10 +242,6 @@ def webhook_update(body: Any) -> VendorUpdate:
             raw_status=status,
             error=_error_text(body.get("error"), payload, "fal reported an error"),
         )
-    if payload is None and body.get("payload_error"):
-        # The job succeeded but fal could not put the result in the webhook: keep the delivery
-        # as a dead letter; polling reads the result from the queue instead.
-        raise ValueError(f"webhook carries no payload: {body['payload_error']}")
     update = result_update(request_id, payload)
     return VendorUpdate(
         vendor_task_id=request_id,
@@ -317,6 +336,10 @@ class FalAdapter:
     name = NAME
     signed_callbacks = True
     actions: frozenset[str] = frozenset()
+    finds_created = False
+    # The result of a COMPLETED request: 1 hour, or 6 minutes when it is 10 KB or more (which
+    # we cannot know in advance: the worst case it is).
+    result_retention: float | None = 6 * 60.0
 
     def __init__(
         self,
@@ -505,9 +528,19 @@ class FalAdapter:
         request_id = body.get("request_id") if isinstance(body, dict) else None
         if not isinstance(request_id, str) or not request_id:
             raise VendorUnavailable("fal accepted the request without a request_id")
+        urls = {key: body[key] for key in URL_FIELDS if isinstance(body.get(key), str)}
         return VendorUpdate(
-            vendor_task_id=request_id, status=TaskStatus.SUBMITTED, raw_status="IN_QUEUE"
+            vendor_task_id=request_id,
+            status=TaskStatus.SUBMITTED,
+            raw_status="IN_QUEUE",
+            urls=urls or None,
         )
+
+    async def find_created(
+        self, *, model: str, input: Mapping[str, Any], since: datetime
+    ) -> list[VendorUpdate]:
+        """fal has no API to list jobs: an ambiguous create cannot be looked up."""
+        raise VendorUnavailable("fal cannot list its jobs")
 
     async def submit_action(
         self,
@@ -520,17 +553,23 @@ class FalAdapter:
     ) -> VendorUpdate:
         raise VendorRejected("fal has no follow-up actions on a request")
 
-    async def fetch(self, vendor_task_id: str, *, model: str) -> VendorUpdate:
-        url = self._request_url(vendor_task_id, model)
-        body = await self._call("GET", f"{url}/status", params={"logs": "1"})
+    async def fetch(
+        self, vendor_task_id: str, *, model: str, urls: Mapping[str, str] | None = None
+    ) -> VendorUpdate:
+        where = self._urls(vendor_task_id, model, urls)
+        body = await self._call("GET", where["status_url"], params={"logs": "1"})
         try:
             update = status_update(vendor_task_id, body)
         except ValueError as exc:
             raise VendorUnavailable(f"unexpected fal status answer: {exc}") from exc
-        return update if update is not None else await self._result(vendor_task_id, url)
+        if update is not None:
+            return update
+        return await self._result(vendor_task_id, where["response_url"])
 
-    async def cancel(self, vendor_task_id: str, *, model: str) -> None:
-        url = f"{self._request_url(vendor_task_id, model)}/cancel"
+    async def cancel(
+        self, vendor_task_id: str, *, model: str, urls: Mapping[str, str] | None = None
+    ) -> None:
+        url = self._urls(vendor_task_id, model, urls)["cancel_url"]
         response = await self._send("PUT", url)
         if (
             response.status_code == 400
@@ -539,10 +578,33 @@ class FalAdapter:
             return  # nothing left to stop
         self._check(response)
 
-    def _request_url(self, request_id: str, model: str) -> str:
+    def _urls(self, request_id: str, model: str, given: Mapping[str, str] | None) -> dict[str, str]:
+        """The URLs submit gave for this request when every one of them is fit to receive our
+        key (the queue's own scheme, host and port, naming this request); else, for tasks
+        registered before they were kept, the form fal's client builds."""
+        if given is not None and all(self._ours(given.get(k), request_id) for k in URL_FIELDS):
+            return {key: given[key] for key in URL_FIELDS}
         if self.model_error(model) is not None:
             raise VendorRejected(f"cannot address fal request {request_id} of model {model!r}")
-        return f"{self._base}/{app_id(model)}/requests/{request_id}"
+        base = f"{self._base}/{app_id(model)}/requests/{request_id}"
+        return {
+            "status_url": f"{base}/status",
+            "response_url": base,
+            "cancel_url": f"{base}/cancel",
+        }
+
+    def _ours(self, url: str | None, request_id: str) -> bool:
+        if not isinstance(url, str):
+            return False
+        try:
+            theirs, queue = httpx.URL(url), httpx.URL(self._base)
+        except httpx.InvalidURL:
+            return False
+        return (theirs.scheme, theirs.host, theirs.port) == (
+            queue.scheme,
+            queue.host,
+            queue.port,
+        ) and request_id in theirs.path.split("/")
 
     async def _result(self, request_id: str, url: str) -> VendorUpdate:
         """A COMPLETED request's result. fal answers with the model's own status: an error
@@ -553,6 +615,16 @@ class FalAdapter:
             return result_update(request_id, self._check(response))
         status, body = response.status_code, json_object(response)
         declared = response.headers.get("x-fal-error-type") or body.get("error_type")
+        if status == 404 and not declared:
+            # The status said COMPLETED, the result is gone: fal deleted it (6 minutes for a
+            # result of 10 KB or more, an hour otherwise).
+            return VendorUpdate(
+                vendor_task_id=request_id,
+                status=TaskStatus.FAILED,
+                raw_status="COMPLETED",
+                error="the request completed, but fal deleted its result before we read it",
+                error_code=RESULT_EXPIRED,
+            )
         if not declared and (status < 400 or status in (401, 403, 429, 503) or not body):
             self._check(response)  # raises for every error status
             raise VendorUnavailable(f"fal answered {status} for the result")

@@ -9,7 +9,7 @@ long a vendor may ask us to wait. Each adapter keeps what is its own: URLs, bodi
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -44,13 +44,26 @@ async def send(
         ) from exc
 
 
-def raise_for_transient(response: httpx.Response, *, vendor: str, credential: str) -> None:
-    """Raise VendorUnavailable for an answer that says "not now" rather than "not this job"."""
+def raise_for_transient(
+    response: httpx.Response,
+    *,
+    vendor: str,
+    credential: str,
+    wait: Callable[[httpx.Response], float | None] | None = None,
+) -> None:
+    """Raise VendorUnavailable for an answer that says "not now" rather than "not this job".
+
+    `wait` reads how long the vendor wants us to stay away when its answer says so in its own
+    words (Replicate's 429 body); the standard headers are read first (`retry_after`).
+    """
     status = response.status_code
     if status == 429 or status >= 500:
+        seconds = retry_after(response)
+        if seconds is None and wait is not None:
+            seconds = wait(response)
         raise VendorUnavailable(
             f"{vendor} answered {status}",
-            retry_after=retry_after(response),
+            retry_after=seconds,
             throttled=status == 429,
             # 503 is the overload answer before any work; 500/502/504 may hide a created job.
             not_accepted=status == 503,
@@ -61,7 +74,17 @@ def raise_for_transient(response: httpx.Response, *, vendor: str, credential: st
 
 
 def retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+    """Seconds the vendor asks us to wait: `Retry-After` (RFC 9110, seconds), else on a 429 the
+    `RateLimit-Reset` of the IETF RateLimit fields draft, which Replicate sends instead
+    (`ratelimit-reset`, seconds until its window refills; no Retry-After at all)."""
+    seconds = seconds_in(response.headers.get("retry-after"))
+    if seconds is None and response.status_code == 429:
+        seconds = seconds_in(response.headers.get("ratelimit-reset"))
+    return seconds
+
+
+def seconds_in(value: str | None) -> float | None:
+    """A header's number of seconds, within [0, MAX_RETRY_AFTER]; None when unreadable."""
     try:
         seconds = float(value) if value else None
     except ValueError:

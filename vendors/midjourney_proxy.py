@@ -10,10 +10,22 @@ Wire format, checked against the sources of novicezk/midjourney-proxy (``SubmitC
   submitted, 22 = queued, 21 = already exists (``result`` is the task id in all three), 23 = queue
   full (the proxy deleted the task: nothing runs), 24 = banned prompt, 4 = validation error,
   3 = not found, 9 = system error.
-* follow-up: ``POST {base}/mj/submit/change`` ``{"taskId", "action": "UPSCALE"|"VARIATION"|
-  "REROLL", "index": 1-4, "notifyHook", "state"}``. A parent that is not ``SUCCESS`` gets code 4
-  ``关联任务状态错误`` (relays such as new-api answer code 4 ``task_status_not_success`` from
-  their own copy, which may lag); an unknown parent gets code 3 (trueai: with HTTP 404).
+* follow-up, two dialects (``MJ_PROXY_DIALECT``; ``auto`` looks at the parent task):
+
+  - novicezk: ``POST {base}/mj/submit/change`` ``{"taskId", "action": "UPSCALE"|"VARIATION"|
+    "REROLL", "index": 1-4, "notifyHook", "state"}``; code 21 means the same change exists
+    ("任务已存在", docs/api.md), ``properties`` then holding that task's status and image.
+  - trueai (v10, Dec 2025, removed ``/mj/submit/change``): ``POST {base}/mj/submit/action``
+    ``{"taskId", "customId", "notifyHook", "state"}`` with ``customId`` one of the parent's
+    ``buttons`` (``MJ::JOB::upsample::2::<hash>``, ``MJ::JOB::variation::2::<hash>``,
+    ``MJ::JOB::reroll::0::<hash>::SOLO``; SubmitController.Action). Code 21 there means
+    "Waiting for window confirm": the new task is ``MODAL`` (remix on, RemixAutoSubmit off)
+    and runs only once ``POST {base}/mj/submit/modal`` ``{"taskId", "prompt"}`` confirms it
+    (TaskService.SubmitAction; an empty prompt takes the parent's).
+
+  A parent that is not ``SUCCESS`` gets code 4 ``关联任务状态错误`` (relays such as new-api
+  answer code 4 ``task_status_not_success`` from their own copy, which may lag); an unknown
+  parent gets code 3 (trueai: with HTTP 404).
 * poll: ``GET {base}/mj/task/{id}/fetch`` → the task, or an empty body for an id the proxy does
   not know (HTTP 200 in the original, 204 in trueai).
 * callbacks: the same task JSON POSTed to ``notifyHook`` on every status or progress change,
@@ -32,6 +44,7 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -85,6 +98,14 @@ _PARENT_NOT_READY = ("关联任务状态错误", "task_status_not_success")
 ACTIONS: Mapping[str, str] = {"upscale": "UPSCALE", "variation": "VARIATION", "reroll": "REROLL"}
 _INDEXED = frozenset({"UPSCALE", "VARIATION"})
 MAX_INDEX = 4
+# trueai: the Discord button each action presses, by the start of its customId.
+_BUTTONS: Mapping[str, str] = {
+    "UPSCALE": "MJ::JOB::upsample::{index}::",
+    "VARIATION": "MJ::JOB::variation::{index}::",
+    "REROLL": "MJ::JOB::reroll::",
+}
+
+DIALECTS = ("auto", "novicezk", "trueai")
 
 # The proxy takes no model id: the prompt's own parameters choose the Midjourney version
 # (`--v 6.1`) or the anime model (`--niji 6`), and the proxy passes the prompt to Discord as is.
@@ -163,6 +184,9 @@ class MidjourneyProxyAdapter:
     # No signature: a callback is only a hint, confirmed by `fetch` before anything is applied.
     signed_callbacks = False
     actions: frozenset[str] = frozenset(ACTIONS)
+    finds_created = False
+    # The proxy keeps tasks (in memory, Redis or a database) and its images on Discord's CDN.
+    result_retention: float | None = None
 
     def __init__(
         self,
@@ -171,7 +195,11 @@ class MidjourneyProxyAdapter:
         api_base: str,
         api_secret: str | None,
         timeout: float = 10.0,
+        dialect: str = "auto",
     ) -> None:
+        if dialect not in DIALECTS:
+            raise ValueError(f"midjourney-proxy dialect must be one of {DIALECTS}, not {dialect!r}")
+        self.dialect = dialect
         self._client = client
         # The proxy's routes live under its /mj context path; a base that already ends with it
         # (as several clients configure it) must not become /mj/mj.
@@ -219,6 +247,12 @@ class MidjourneyProxyAdapter:
         status, answer = await self._call("POST", "/mj/submit/imagine", json=body)
         return self._submitted(status, answer, parent=None)
 
+    async def find_created(
+        self, *, model: str, input: Mapping[str, Any], since: datetime
+    ) -> list[VendorUpdate]:
+        """midjourney-proxy has no API to list jobs: an ambiguous create cannot be looked up."""
+        raise VendorUnavailable("midjourney-proxy cannot list its jobs")
+
     async def submit_action(
         self,
         *,
@@ -229,10 +263,22 @@ class MidjourneyProxyAdapter:
         callback_url: str,
     ) -> VendorUpdate:
         """Raises VendorParentNotReady when the proxy does not see the parent SUCCESS: it may
-        still be running (or our view raced its notify), or it failed; fetch it to know which."""
+        still be running (or our view raced its notify), or it failed; fetch it to know which.
+
+        The same request to clients whichever fork answers: novicezk's ``/mj/submit/change``,
+        or trueai's ``/mj/submit/action`` with the parent's button (``auto``: a parent task
+        with ``buttons`` is trueai's)."""
         proxy_action = ACTIONS.get(action)
         if proxy_action is None:
             raise VendorRejected(f"midjourney-proxy has no action {action!r}")
+        if proxy_action in _INDEXED and (isinstance(index, bool) or not 1 <= index <= MAX_INDEX):
+            raise VendorRejected(f"{action} needs an image index from 1 to {MAX_INDEX}")
+        if self.dialect != "novicezk":
+            parent = await self._task(parent_vendor_task_id)
+            if self.dialect == "trueai" or parent.get("buttons"):
+                return await self._action(
+                    task_id, parent, proxy_action, index, callback_url=callback_url
+                )
         body: dict[str, Any] = {
             "taskId": parent_vendor_task_id,
             "action": proxy_action,
@@ -240,20 +286,78 @@ class MidjourneyProxyAdapter:
             "state": format_task_id(task_id),
         }
         if proxy_action in _INDEXED:
-            if isinstance(index, bool) or not 1 <= index <= MAX_INDEX:
-                raise VendorRejected(f"{action} needs an image index from 1 to {MAX_INDEX}")
             body["index"] = index
         status, answer = await self._call("POST", "/mj/submit/change", json=body)
         return self._submitted(status, answer, parent=parent_vendor_task_id)
 
-    async def fetch(self, vendor_task_id: str, *, model: str = "") -> VendorUpdate:
+    async def _action(
+        self,
+        task_id: uuid.UUID,
+        parent: Mapping[str, Any],
+        proxy_action: str,
+        index: int,
+        *,
+        callback_url: str,
+    ) -> VendorUpdate:
+        """trueai: press the parent's button; confirm the window when it asks (code 21)."""
+        parent_id = str(parent["id"])
+        if parent.get("status") != "SUCCESS":
+            raise VendorParentNotReady(
+                f"task {parent_id} is {parent.get('status')} at the proxy, not SUCCESS"
+            )
+        prefix = _BUTTONS[proxy_action].format(index=index)
+        buttons = parent.get("buttons")
+        custom_ids = (
+            [b.get("customId") for b in buttons if isinstance(b, dict)]
+            if isinstance(buttons, list)
+            else []
+        )
+        custom_id = next(
+            (c for c in custom_ids if isinstance(c, str) and c.startswith(prefix)), None
+        )
+        if custom_id is None:
+            raise VendorRejected(f"task {parent_id} offers no button for {proxy_action} {index}")
+        state = format_task_id(task_id)
+        press = {
+            "taskId": parent_id,
+            "customId": custom_id,
+            "notifyHook": callback_url,
+            "state": state,
+        }
+        status, answer = await self._call("POST", "/mj/submit/action", json=press)
+        if isinstance(answer, dict) and answer.get("code") == CODE_EXISTED and status < 300:
+            # "Waiting for window confirm": the task waits in MODAL for the prompt a person
+            # would type; ours is the parent's (an empty prompt is the parent's prompt).
+            child = answer.get("result")
+            properties = answer.get("properties")
+            prompt = properties.get("finalPrompt") if isinstance(properties, dict) else None
+            confirm = {
+                "taskId": child,
+                "prompt": prompt if isinstance(prompt, str) else "",
+                "notifyHook": callback_url,
+                "state": state,
+            }
+            status, answer = await self._call("POST", "/mj/submit/modal", json=confirm)
+        return self._submitted(status, answer, parent=parent_id, existed=False)
+
+    async def _task(self, vendor_task_id: str) -> dict[str, Any]:
+        """The proxy's task object; VendorRejected when it does not know the id."""
         status, body = await self._call("GET", f"/mj/task/{quote(vendor_task_id, safe='')}/fetch")
         if status == 404 or body is None:
             # The proxy keeps tasks in memory or Redis with a time to live: an id it does not
             # know was lost in a restart or has expired, and will never come back. Permanent.
+            # (An unknown id is an empty 200 at novicezk, a 204 at trueai.)
             raise VendorRejected(f"midjourney-proxy does not know task {vendor_task_id}")
         if status >= 400:
             raise VendorRejected(f"midjourney-proxy refused the fetch ({status})")
+        if not isinstance(body, dict):
+            raise VendorUnavailable("unexpected midjourney-proxy task: not a JSON object")
+        return body
+
+    async def fetch(
+        self, vendor_task_id: str, *, model: str = "", urls: Mapping[str, str] | None = None
+    ) -> VendorUpdate:
+        body = await self._task(vendor_task_id)
         try:
             update = to_update(body)
         except ValueError as exc:
@@ -264,7 +368,9 @@ class MidjourneyProxyAdapter:
             )
         return update
 
-    async def cancel(self, vendor_task_id: str, *, model: str = "") -> None:
+    async def cancel(
+        self, vendor_task_id: str, *, model: str = "", urls: Mapping[str, str] | None = None
+    ) -> None:
         """A no-op: the original proxy has no cancel endpoint, and trueai's
         ``POST /mj/task/{id}/cancel`` needs an admin account and only marks the task FAILURE in
         the proxy (Discord draws on). Our task is canceled and refunded on our side; a late
@@ -285,15 +391,21 @@ class MidjourneyProxyAdapter:
 
     # -- answers ------------------------------------------------------------------------------
 
-    def _submitted(self, status: int, answer: Any, *, parent: str | None) -> VendorUpdate:
-        """Map a submit/change answer to the new job, or raise what its code means."""
+    def _submitted(
+        self, status: int, answer: Any, *, parent: str | None, existed: bool = True
+    ) -> VendorUpdate:
+        """Map a submit/change/action answer to the new job, or raise what its code means.
+
+        Code 21 is "already exists" at novicezk (`existed`); at trueai it is "waiting for
+        window confirm", which `_action` confirms before it gets here: a 21 then is no job."""
         if not isinstance(answer, dict) or isinstance(answer.get("code"), bool):
             if 400 <= status < 500:
                 raise VendorRejected(f"midjourney-proxy answered {status}")
             raise VendorUnavailable(f"unexpected midjourney-proxy answer (HTTP {status})")
         code, description = answer.get("code"), str(answer.get("description") or "")
         what = f"midjourney-proxy code {code}: {description}"[:500]
-        if code in _ACCEPTED_CODES and 200 <= status < 300:
+        accepted = _ACCEPTED_CODES if existed else _ACCEPTED_CODES - {CODE_EXISTED}
+        if code in accepted and 200 <= status < 300:
             return _accepted(code, answer)
         if code == CODE_QUEUE_REJECTED:
             # The proxy deleted the task before answering: nothing runs, another vendor may.

@@ -7,15 +7,16 @@ webhook-timestamp, webhook-signature over `id.timestamp.body`, `whsec_` secret).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
-from db.models import format_task_id
 from db.states import TaskStatus
 from receiver.signature import Delivery, decode_secret, verify_standard_webhook
 from taskhook.errors import (
@@ -24,8 +25,8 @@ from taskhook.errors import (
     VendorUnavailable,
     VerificationUnavailable,
 )
-from vendors.base import VendorUpdate
-from vendors.http import raise_for_transient, send
+from vendors.base import RESULT_EXPIRED, VendorUpdate
+from vendors.http import raise_for_transient, seconds_in, send
 
 NAME = "replicate"
 EVENTS_FILTER = ("start", "output", "logs", "completed")
@@ -36,7 +37,15 @@ _VERSION = re.compile(r"[A-Za-z0-9]+")
 _MODEL = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", re.ASCII)
 # tqdm lines in the logs ("  50%|█████     | 2/4 ...") are the only progress Replicate reports.
 _PROGRESS = re.compile(r"(\d{1,3})%\|")
+# A running prediction is never done: many models run several tqdm loops (a base and a
+# refiner, an upscaler after the sampler), so the first loop's 100% is not the end.
+RUNNING_PROGRESS_CAP = 99
 
+
+# Replicate's 429 carries no Retry-After; its body says when ("Request was throttled. Your rate
+# limit resets in ~30s.", formerly "Expected available in 1 second.").
+# https://replicate.com/docs/topics/predictions/rate-limits
+_THROTTLE_WAIT = re.compile(r"(?:resets in|available in)\s*~?\s*(\d+(?:\.\d+)?)\s*s", re.I)
 
 _STATUS_MAP: Mapping[str, TaskStatus] = {
     "starting": TaskStatus.SUBMITTED,
@@ -50,21 +59,79 @@ _STATUS_MAP: Mapping[str, TaskStatus] = {
 
 
 def progress_from_logs(logs: str | None) -> int | None:
+    """The latest tqdm percentage, below 100 while the prediction runs (see the cap)."""
     if not logs:
         return None
     found = _PROGRESS.findall(logs)
-    return min(100, int(found[-1])) if found else None
+    return min(RUNNING_PROGRESS_CAP, int(found[-1])) if found else None
+
+
+def is_output(value: str) -> bool:
+    """A file output: an http(s) URL, or the `data:` URI a `Prefer: wait` create returns
+    (https://replicate.com/docs/topics/predictions/create-a-prediction)."""
+    return value.startswith(("http://", "https://", "data:"))
 
 
 def output_urls(output: Any) -> list[str]:
     """Replicate models return a URL, a list of URLs, or an object of them; keep them in order."""
     if isinstance(output, str):
-        return [output] if output.startswith(("http://", "https://")) else []
+        return [output] if is_output(output) else []
     if isinstance(output, list):
         return [url for item in output for url in output_urls(item)]
     if isinstance(output, dict):
         return [url for item in output.values() for url in output_urls(item)]
     return []
+
+
+def webhook_base_problem(public_url: str | None) -> str | None:
+    """Why Replicate would not deliver webhooks under this base URL (TASKHOOK_PUBLIC_URL), or
+    None. It calls only https webhook URLs ("webhook: an HTTPS URL", its HTTP API reference),
+    from the internet: a loopback or private address is out of its reach."""
+    if not public_url:
+        return "TASKHOOK_PUBLIC_URL is not set: Replicate could not call back"
+    try:
+        url = httpx.URL(public_url)
+    except httpx.InvalidURL:
+        return f"TASKHOOK_PUBLIC_URL is not a URL: {public_url!r}"
+    if url.scheme != "https":
+        return (
+            f"TASKHOOK_PUBLIC_URL must be https: Replicate calls only https webhook URLs, "
+            f"got {public_url!r}"
+        )
+    host = url.host
+    try:
+        private = not ipaddress.ip_address(host).is_global
+    except ValueError:
+        private = host == "localhost" or host.endswith((".localhost", ".local", ".internal"))
+    if private:
+        return f"TASKHOOK_PUBLIC_URL points at {host}, which Replicate cannot reach"
+    return None
+
+
+async def webhook_redirect_problem(client: httpx.AsyncClient, public_url: str) -> str | None:
+    """Whether a webhook POSTed under this base URL is answered with a redirect: Replicate does
+    not follow one, so every webhook would be lost (an http-to-https or www redirect in front of
+    the deployment is the usual cause). None when it is not; VendorUnavailable-free: transport
+    errors are for the caller to report."""
+    probe = f"{public_url.rstrip('/')}/hooks/replicate/redirect-probe"
+    response = await client.post(probe, content=b"{}", follow_redirects=False)
+    if response.is_redirect:
+        target = response.headers.get("location", "?")
+        return (
+            f"{probe} answers HTTP {response.status_code} (to {target}): Replicate follows no "
+            "redirect, its webhooks would be lost; set TASKHOOK_PUBLIC_URL to where it points"
+        )
+    return None
+
+
+def throttle_wait(response: httpx.Response) -> float | None:
+    """How long a 429's body says to wait, when no header did."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return None
+    found = _THROTTLE_WAIT.search(detail) if isinstance(detail, str) else None
+    return seconds_in(found.group(1)) if found else None
 
 
 def to_update(prediction: Any) -> VendorUpdate:
@@ -78,10 +145,14 @@ def to_update(prediction: Any) -> VendorUpdate:
         raise ValueError(f"unknown prediction status {status!r}")
     mapped = _STATUS_MAP[status]
     outputs = None
-    error = None
+    error = error_code = None
     if status == "succeeded":
         outputs = output_urls(prediction.get("output"))
-        if not outputs:
+        if not outputs and prediction.get("data_removed") is True:
+            # Replicate deletes an API prediction's files an hour after it ends.
+            mapped, error_code = TaskStatus.FAILED, RESULT_EXPIRED
+            error = "the prediction succeeded, but Replicate deleted its output (data_removed)"
+        elif not outputs:
             mapped, error = TaskStatus.FAILED, "the prediction succeeded without any output file"
     elif status in ("failed", "canceled", "aborted"):
         error = str(prediction.get("error") or f"prediction {status}")
@@ -93,13 +164,48 @@ def to_update(prediction: Any) -> VendorUpdate:
         progress=progress_from_logs(logs if isinstance(logs, str) else None),
         outputs=outputs,
         error=error,
+        error_code=error_code,
     )
+
+
+# An ambiguous create is looked for among the predictions created since a little before it was
+# sent (Replicate's clock and ours may differ), at most this many pages of 100 back.
+CLOCK_SKEW = timedelta(minutes=2)
+MAX_LIST_PAGES = 20
+
+
+def created_at(prediction: Mapping[str, Any]) -> datetime | None:
+    value = prediction.get("created_at")
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def same_job(prediction: Mapping[str, Any], *, model: str, input: Mapping[str, Any]) -> bool:
+    """Whether a listed prediction is what our create for `model` with `input` would have made:
+    made through the API, for this model (or version), with exactly this input."""
+    if prediction.get("source", "api") != "api" or prediction.get("input") != dict(input):
+        return False
+    name, _, version = model.partition(":")
+    if _VERSION_ID.fullmatch(model):
+        return prediction.get("version") == model
+    if version:
+        return prediction.get("version") == version and prediction.get("model") == name
+    return prediction.get("model") == name
 
 
 class ReplicateAdapter:
     name = NAME
     signed_callbacks = True
     actions: frozenset[str] = frozenset()
+    finds_created = True
+    # "You can create predictions at 600 requests per minute. All other endpoints you can call
+    # at 3000 requests per minute." https://replicate.com/docs/topics/predictions/rate-limits
+    create_rate = 600 / 60
+    # "Input and output (including any files) are automatically deleted after an hour for any
+    # predictions created through the API." https://replicate.com/docs/webhooks
+    result_retention: float | None = 3600.0
 
     def __init__(
         self,
@@ -166,9 +272,45 @@ class ReplicateAdapter:
             path, body["version"] = "/predictions", version
         else:
             path = f"/models/{name}/predictions"
-        # Our task id, fixed before any retry, so a retried create cannot make a second job.
-        headers = {"Idempotency-Key": format_task_id(task_id)}
-        return self._update(await self._call("POST", path, json=body, headers=headers))
+        # No idempotency key: Replicate has none (its API declares no such header), so a create
+        # retried after a timeout could start a second job. Registration asks `find_created`
+        # before it sends one again, and a stray job's webhook gets it canceled.
+        return self._update(await self._call("POST", path, json=body))
+
+    async def find_created(
+        self, *, model: str, input: Mapping[str, Any], since: datetime
+    ) -> list[VendorUpdate]:
+        """Walk `GET /predictions` (newest first, 100 a page) back to `since` minus the clock
+        skew; https://replicate.com/docs/reference/http#predictions.list."""
+        oldest = since - CLOCK_SKEW
+        found: list[VendorUpdate] = []
+        url: str | None = f"{self._base}/predictions"
+        for _ in range(MAX_LIST_PAGES):
+            if url is None:
+                return found
+            page = await self._call_url("GET", url)
+            results = page.get("results") if isinstance(page, dict) else None
+            if not isinstance(results, list):
+                raise VendorUnavailable("Replicate's prediction list has no results")
+            for entry in results:
+                if not isinstance(entry, dict):
+                    continue
+                when = created_at(entry)
+                if when is not None and when < oldest:
+                    return found
+                if same_job(entry, model=model, input=input):
+                    found.append(self._update(entry))
+            next_url = page.get("next")
+            url = next_url if isinstance(next_url, str) and self._own(next_url) else None
+        raise VendorUnavailable(
+            f"more than {MAX_LIST_PAGES * 100} predictions since {oldest.isoformat()}: "
+            "cannot tell whether the create went through"
+        )
+
+    def _own(self, url: str) -> bool:
+        """A `next` link we may send our token to: Replicate's own API, nowhere else."""
+        theirs, ours = httpx.URL(url), httpx.URL(self._base)
+        return (theirs.scheme, theirs.host, theirs.port) == (ours.scheme, ours.host, ours.port)
 
     async def submit_action(
         self,
@@ -181,10 +323,14 @@ class ReplicateAdapter:
     ) -> VendorUpdate:
         raise VendorRejected("Replicate has no follow-up actions on a prediction")
 
-    async def fetch(self, vendor_task_id: str, *, model: str = "") -> VendorUpdate:
+    async def fetch(
+        self, vendor_task_id: str, *, model: str = "", urls: Mapping[str, str] | None = None
+    ) -> VendorUpdate:
         return self._update(await self._call("GET", f"/predictions/{vendor_task_id}"))
 
-    async def cancel(self, vendor_task_id: str, *, model: str = "") -> None:
+    async def cancel(
+        self, vendor_task_id: str, *, model: str = "", urls: Mapping[str, str] | None = None
+    ) -> None:
         await self._call("POST", f"/predictions/{vendor_task_id}/cancel")
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Delivery:
@@ -211,24 +357,20 @@ class ReplicateAdapter:
         except ValueError as exc:
             raise VendorUnavailable(f"unexpected Replicate response: {exc}") from exc
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Any:
+    async def _call(self, method: str, path: str, *, json: Any = None) -> Any:
+        return await self._call_url(method, self._base + path, json=json)
+
+    async def _call_url(self, method: str, url: str, *, json: Any = None) -> Any:
         response = await send(
             self._client,
             method,
-            self._base + path,
+            url,
             vendor="Replicate",
-            headers={**self._headers, **(headers or {})},
+            headers=self._headers,
             timeout=self._timeout,
             json=json,
         )
-        raise_for_transient(response, vendor="Replicate", credential="token")
+        raise_for_transient(response, vendor="Replicate", credential="token", wait=throttle_wait)
         if response.status_code >= 400:
             raise VendorRejected(f"Replicate rejected the request: {_detail(response)}")
         try:

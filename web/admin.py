@@ -62,14 +62,16 @@ async def overview(request: Request) -> JSONResponse:
         stuck = await admin_queries.stuck_tasks(conn, silent_seconds=silent, limit=STUCK_LIMIT)
         dead = await admin_queries.dead_letters(conn, limit=DEAD_LETTER_LIMIT)
         health = await admin_queries.vendor_health(conn)
+        expired = await admin_queries.results_expired(conn)
         refunds = await admin_queries.recent_refunds(conn, limit=REFUND_LIMIT)
         users = await admin_queries.user_credits(conn, limit=USER_LIMIT)
 
     rows = {v.vendor: v for v in health}
     vendors: list[dict[str, Any]] = []
-    for name in sorted(set(rt.vendors) | set(rows)):
+    for name in sorted(set(rt.vendors) | set(rows) | set(expired)):
         row = rows.get(name)
         readiness = rt.readiness.get(name)
+        lost, lost_today = expired.get(name, (0, 0))
         vendors.append(
             {
                 "vendor": name,
@@ -81,7 +83,10 @@ async def overview(request: Request) -> JSONResponse:
                 "failures": row.failures if row else 0,
                 "open_until": _time(row.open_until) if row else None,
                 "blocked_until": _time(row.blocked_until) if row else None,
+                "creates_blocked_until": _time(row.creates_blocked_until) if row else None,
                 "updated_at": _time(row.updated_at) if row else None,
+                "results_expired": lost,
+                "results_expired_last_day": lost_today,
             }
         )
 
@@ -117,6 +122,7 @@ async def overview(request: Request) -> JSONResponse:
             for d in dead
         ],
         "vendors": vendors,
+        "results_expired": sum(total for total, _ in expired.values()),
         "refunds": [
             {
                 "task_id": format_task_id(r.task_id),

@@ -29,10 +29,23 @@ SELECT id, vendor, delivery_id, task_id, error, received_at, length(body) AS byt
  LIMIT $1;
 
 -- vendor_health --
--- Rate-limit and circuit-breaker state each vendor shares across processes.
-SELECT vendor, circuit, failures, open_until, blocked_until, updated_at
-  FROM vendor_state
- ORDER BY vendor;
+-- Rate-limit and circuit-breaker state each vendor shares across processes; a create budget's
+-- own row (`<vendor>:create`, vendors/health.py) shows as that vendor's creates_blocked_until.
+SELECT v.vendor, v.circuit, v.failures, v.open_until, v.blocked_until, v.updated_at,
+       c.blocked_until AS creates_blocked_until
+  FROM vendor_state AS v
+  LEFT JOIN vendor_state AS c ON c.vendor = v.vendor || ':create'
+ WHERE v.vendor NOT LIKE '%:create'
+ ORDER BY v.vendor;
+
+-- results_expired --
+-- Per vendor, finished jobs whose result the vendor deleted before we stored it: ever, and
+-- in the last day (the partial index tasks_result_expired).
+SELECT vendor, count(*) AS total,
+       count(*) FILTER (WHERE completed_at > now() - interval '1 day') AS last_day
+  FROM tasks
+ WHERE status = 'failed' AND error ->> 'code' = 'result_expired'
+ GROUP BY vendor;
 
 -- recent_refunds --
 -- The newest refunds with their task, who got the credits back and why.

@@ -63,6 +63,7 @@ class VendorHealthRow:
     open_until: datetime | None
     blocked_until: datetime | None
     updated_at: datetime
+    creates_blocked_until: datetime | None  # a 429 on a create (its own budget) blocks them
 
     @classmethod
     def from_record(cls, record: Record) -> VendorHealthRow:
@@ -108,6 +109,14 @@ async def stuck_tasks(conn: Conn, *, silent_seconds: float, limit: int) -> list[
 
 async def dead_letters(conn: Conn, *, limit: int) -> list[DeadLetter]:
     return [DeadLetter.from_record(r) for r in await conn.fetch(QUERIES["dead_letters"], limit)]
+
+
+async def results_expired(conn: Conn) -> dict[str, tuple[int, int]]:
+    """Vendor -> (results lost to its retention ever, in the last day)."""
+    return {
+        r["vendor"]: (r["total"], r["last_day"])
+        for r in await conn.fetch(QUERIES["results_expired"])
+    }
 
 
 async def vendor_health(conn: Conn) -> list[VendorHealthRow]:

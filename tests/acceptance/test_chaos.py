@@ -6,6 +6,11 @@ workers through the real CLI against this test's database and S3, submits 1,000 
 SIGKILLs one process of each kind at 40 % and restarts it, and waits (a condition on the
 database) until every task is terminal. `python bench/chaos.py --tasks 10000` is the full run.
 
+The simulator is Replicate as it is (issue 16): only a prediction's final webhook is retried
+(after any refusal, for about a minute), intermediate ones are lost for good; a 429 carries no
+Retry-After, only "resets in ~30s"; its clocks shrink with the jobs (--time-scale 1/30), and
+TASKHOOK_CREATE_RATE lifts Replicate's 600 creates a minute the simulator does not enforce.
+
 Tuned for a 2-core CI machine (about a minute): 1 s jobs, polls after 2 s of silence, 30
 unfinished tasks per user (the client retries its 429s), 8 requests in flight and a 5 s breaker
 cool-down (a tripped circuit costs seconds, not a minute). The worker that is killed is one

@@ -97,7 +97,7 @@ async def test_vendor_rejection_fails_and_refunds(fast: Settings) -> None:
 
 async def test_vendor_down_retries_then_gives_up_with_refund(fast: Settings) -> None:
     settings = replace(fast, max_registration_attempts=3)
-    async with running_stack(settings, SimulatorConfig(error_rate=1.0)) as stack:
+    async with running_stack(settings, SimulatorConfig(error_rate=1.0, time_scale=0.01)) as stack:
         async with await stack.client_for(credits=1) as client:
             task_id = await submit(client, "a fox")
             final = await wait_all_terminal(client, [task_id], timeout=30)
@@ -135,6 +135,7 @@ async def test_every_fault_at_once(fast: Settings) -> None:
         fail=0.2,
         bad_signature=0.3,
         delay=0.2,
+        time_scale=0.01,
     )
     async with running_stack(fast, config) as stack:
         async with await stack.client_for(credits=30) as client:

@@ -25,6 +25,7 @@ FAULTS = SimulatorConfig(
     bad_signature=0.3,
     error_rate=0.1,
     seed=7,
+    time_scale=0.01,
 )
 
 

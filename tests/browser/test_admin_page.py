@@ -80,6 +80,8 @@ async def test_dashboard_counts_vendors_and_dead_letter_replay(
 
     vendor = page.locator('[data-testid="vendor"][data-vendor="replicate"]')
     await expect(vendor).to_have_attribute("data-circuit", "closed")
+    # Results lost to the vendor's retention, last day / ever (issue 16.4).
+    await expect(vendor.get_by_test_id("results-expired")).to_have_text("0 / 0")
 
     letters = page.get_by_test_id("dead-letter")
     await expect(letters).to_have_count(1)

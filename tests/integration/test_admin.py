@@ -239,3 +239,54 @@ async def test_replay_of_an_unreadable_or_unknown_delivery(
     assert huge.status_code == 404
     not_a_number = await client.post("/admin/api/deliveries/abc/replay", headers=bearer(ADMIN_KEY))
     assert not_a_number.status_code == 404
+
+
+async def test_overview_counts_results_lost_to_retention_and_blocked_creates(
+    admin: tuple[httpx.AsyncClient, Runtime], conn: Conn
+) -> None:
+    """Issue 16.4: results a vendor deleted before we stored them are counted per vendor (ever
+    and in the last day); a 429 on creates shows as creates_blocked_until (issue 16.3)."""
+    client, _ = admin
+    user_id, _ = await make_user(conn, credits=10)
+    for vendor, days_ago in (("replicate", 0), ("replicate", 3), ("fal", 0)):
+        task_id = await make_task(conn, user_id, vendor=vendor)
+        await transition(
+            conn,
+            task_id=task_id,
+            to=TaskStatus.FAILED,
+            event_key="test:expired",
+            cause="test",
+            error={"code": "result_expired", "message": "gone"},
+        )
+        await conn.execute(
+            "UPDATE tasks SET completed_at = now() - make_interval(days => $2) WHERE id = $1",
+            task_id,
+            days_ago,
+        )
+    other = await make_task(conn, user_id)
+    await transition(
+        conn,
+        task_id=other,
+        to=TaskStatus.FAILED,
+        event_key="test:fail",
+        cause="test",
+        error={"code": "vendor_failed", "message": "boom"},
+    )
+    await queries.ensure_vendor(conn, vendor="replicate", burst=10)
+    await queries.ensure_vendor(conn, vendor="replicate:create", burst=10)
+    await queries.record_vendor_result(
+        conn, vendor="replicate:create", ok=True, threshold=10, cooldown=30, retry_after=30
+    )
+
+    body = (await client.get("/admin/api/overview", headers=bearer(ADMIN_KEY))).json()
+    vendors = {v["vendor"]: v for v in body["vendors"]}
+    assert set(vendors) == {"replicate", "fal"}, "a create budget's row is no vendor of its own"
+    assert (
+        vendors["replicate"]["results_expired"],
+        vendors["replicate"]["results_expired_last_day"],
+    ) == (2, 1)
+    assert (vendors["fal"]["results_expired"], vendors["fal"]["results_expired_last_day"]) == (1, 1)
+    assert body["results_expired"] == 3
+    assert (
+        vendors["replicate"]["creates_blocked_until"] and not vendors["replicate"]["blocked_until"]
+    )

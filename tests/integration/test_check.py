@@ -115,6 +115,7 @@ async def test_a_healthy_deployment_passes_every_check(deployment: Deployment) -
         "storage",
         "replicate credentials",
         "replicate webhook secret",
+        "replicate webhook url",
         "fal credentials",
         "fal webhook keys",
         "midjourney credentials",

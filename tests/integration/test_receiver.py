@@ -75,6 +75,31 @@ async def test_valid_webhook_is_applied(
     assert tuple(row) == ("processing", 50, "pred1")
 
 
+async def test_what_the_official_standardwebhooks_library_signs_is_accepted(
+    client: httpx.AsyncClient, runtime: Runtime, conn: Conn, task: uuid.UUID
+) -> None:
+    """Issue 16: the receiver against the Standard Webhooks library Replicate's signatures
+    follow, not against our own signer; a body changed after signing is refused."""
+    from datetime import UTC, datetime
+
+    from standardwebhooks.webhooks import Webhook
+
+    url, body = hook_url(runtime, task), prediction()
+    signed_at = datetime.now(UTC)
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    signature = Webhook(TEST_WEBHOOK_SECRET).sign(msg_id, signed_at, body.decode())
+    headers = {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(signed_at.timestamp())),
+        "webhook-signature": signature,
+    }
+    tampered = await client.post(url, content=body.replace(b"pred1", b"pred2"), headers=headers)
+    assert (tampered.status_code, tampered.json()["error"]["code"]) == (401, "invalid_signature")
+    r = await client.post(url, content=body, headers=headers)
+    assert (r.status_code, r.json()) == (200, {"status": "applied"})
+    assert await status_of(conn, task) == "processing"
+
+
 async def test_same_delivery_again_is_duplicate(
     client: httpx.AsyncClient, runtime: Runtime, conn: Conn, task: uuid.UUID
 ) -> None:

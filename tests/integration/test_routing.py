@@ -319,3 +319,31 @@ async def test_registrations_beyond_the_slots_wait_without_counting_against_the_
     assert first.max_in_flight == 2, "no more calls in flight than slots"
     assert len(first.called("submit")) == 4, "the waiting ones were sent once a slot freed"
     assert {r.status for r in rows} == {TaskStatus.PENDING}
+
+
+async def test_replaying_a_signed_hint_without_its_result_asks_the_vendor(
+    conn: Conn, runtime: Runtime
+) -> None:
+    """fal's payload_error webhook (issue 16.4), kept as a dead letter before taskhook read it
+    as a hint: replayed, it asks the vendor instead of storing a result it does not carry."""
+    vendor = ScriptedVendor("fal")
+    install(runtime, vendor)
+    async with app_client(runtime) as api:
+        task = await submit(api, conn, {**BODY, "vendor": "fal"})
+    row = await stored(runtime, task["id"])
+    dead = await queries.record_delivery(
+        conn,
+        vendor="fal",
+        delivery_id="fal:old",
+        task_id=row.id,
+        status="rejected",
+        outcome=None,
+        error="webhook carries no payload",
+        headers={},
+        body=f'{{"id": "{row.vendor_task_id}", "status": "storing", "confirm": true}}'.encode(),
+    )
+    assert dead is not None
+    result = await replay_delivery(runtime, dead)
+    assert result.status == "applied" and "asked the vendor" in result.message
+    assert [c["job"] for c in vendor.called("fetch")] == [row.vendor_task_id]
+    assert (await stored(runtime, task["id"])).status is TaskStatus.PROCESSING

@@ -34,9 +34,9 @@ def vendor_files(status: int = 200, content_type: str = "image/png") -> httpx.As
     return httpx.AsyncClient(transport=httpx.MockTransport(handler))
 
 
-async def storing_task(conn: Conn, outputs: list[str]) -> uuid.UUID:
+async def storing_task(conn: Conn, outputs: list[str], vendor: str = "replicate") -> uuid.UUID:
     user_id, _ = await make_user(conn, credits=1)
-    task_id = await make_task(conn, user_id)
+    task_id = await make_task(conn, user_id, vendor=vendor)
     await transition(
         conn,
         task_id=task_id,
@@ -71,7 +71,7 @@ async def test_result_is_stored_under_a_deterministic_key(runtime: Runtime, conn
 @pytest.mark.parametrize(
     ("client", "url", "reason"),
     [
-        (vendor_files(status=404), "http://93.184.216.34/x.png", "HTTP 404"),
+        (vendor_files(status=500), "http://93.184.216.34/x.png", "HTTP 500"),
         (vendor_files(content_type="text/html"), "http://93.184.216.34/x.png", "content type"),
         (vendor_files(), "file:///etc/passwd", "scheme"),
     ],
@@ -91,6 +91,64 @@ async def test_failed_attempt_backs_off_and_keeps_the_task(
     )
     assert row["status"] == "storing" and row["lease_owner"] is None and row["later"]
     assert reason in row["last_error"]
+
+
+# Issue 16.4: Replicate deletes an API prediction's files an hour after it ends, fal a result
+# 6 minutes after. A file such a vendor answers 404 (or 410) for is gone for good.
+
+
+@pytest.mark.parametrize("status", [404, 410])
+async def test_a_result_the_vendor_deleted_fails_at_once_as_result_expired(
+    runtime: Runtime, conn: Conn, status: int
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def expired() -> float:
+        labels = {"vendor": "replicate"}
+        return REGISTRY.get_sample_value("taskhook_results_expired_total", labels) or 0.0
+
+    before = expired()
+    task_id = await storing_task(conn, ["http://93.184.216.34/x.png"])
+    await queries.claim_storing(conn, limit=5, owner="me", lease_seconds=60)
+    await store_result(
+        replace(runtime, http=vendor_files(status=status)), task_id=task_id, attempt=1, owner="me"
+    )
+    task = await queries.get_task(conn, task_id=task_id, user_id=None)
+    assert task is not None and task.status is TaskStatus.FAILED and task.refunded
+    assert task.error is not None and task.error["code"] == "result_expired"
+    assert expired() == before + 1
+
+
+async def test_a_404_from_a_vendor_that_keeps_its_results_is_retried(
+    runtime: Runtime, conn: Conn
+) -> None:
+    """A vendor with no retention window (here a scripted one): a 404 may pass, so it backs off
+    like any failed download."""
+    from tests.scripted_vendor import ScriptedVendor
+
+    rt = replace(
+        runtime, http=vendor_files(status=404), vendors={"keeper": ScriptedVendor("keeper")}
+    )
+    task_id = await storing_task(conn, ["http://93.184.216.34/x.png"], vendor="keeper")
+    await queries.claim_storing(conn, limit=5, owner="me", lease_seconds=60)
+    await store_result(rt, task_id=task_id, attempt=1, owner="me")
+    assert await conn.fetchval("SELECT status::text FROM tasks WHERE id=$1", task_id) == "storing"
+
+
+async def test_results_kept_for_the_shortest_time_are_stored_first(conn: Conn) -> None:
+    """fal keeps a result 6 minutes at worst, Replicate an hour: a fal task that finished
+    after a Replicate one still goes first; vendors that keep results count as a day."""
+    keeper = await storing_task(conn, ["http://93.184.216.34/k.png"], vendor="midjourney")
+    replicate = await storing_task(conn, ["http://93.184.216.34/r.png"], vendor="replicate")
+    fal = await storing_task(conn, ["http://93.184.216.34/f.png"], vendor="fal")
+    retention = {"replicate": 3600.0, "fal": 360.0}
+    claimed = [
+        await queries.claim_storing(
+            conn, limit=1, owner="me", lease_seconds=60, retention=retention
+        )
+        for _ in range(3)
+    ]
+    assert [c[0][0] for c in claimed] == [fal, replicate, keeper]
 
 
 async def test_private_address_refused_unless_allowed(runtime: Runtime, conn: Conn) -> None:

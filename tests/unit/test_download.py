@@ -7,6 +7,7 @@ place of ``storage.download.asyncio``, so no test touches the network or a real 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import socket
 import types
@@ -454,3 +455,40 @@ async def test_streamed_result_hash_covers_every_chunk(make_client: Any) -> None
     expected = b"chunk-" * 50
     assert (fetched.size, fetched.sha256) == (len(expected), hashlib.sha256(expected).hexdigest())
     assert fetched.file.read() == expected
+
+
+# --- inline outputs (issue 16.6): Replicate answers a `Prefer: wait` create with data: URIs --
+
+
+def data_uri(body: bytes, media: str = "image/png") -> str:
+    return f"data:{media};base64,{base64.b64encode(body).decode()}"
+
+
+async def test_a_data_uri_is_stored_without_any_request(make_client: Any) -> None:
+    client = make_client(lambda request: pytest.fail(f"no request expected: {request.url}"))
+    body = b"\x89PNG\r\n\x1a\n" + b"x" * 100
+    fetched = await download(client, data_uri(body), max_bytes=1024, allow_private=False)
+    assert (fetched.content_type, fetched.extension, fetched.size) == ("image/png", "png", 108)
+    assert fetched.sha256 == hashlib.sha256(body).hexdigest()
+    assert fetched.file.read() == body
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("data:text/html;base64,PGgxPg==", "content type"),
+        ("data:image/png,rawbytes", "not base64"),
+        ("data:image/png;base64,@@@@", "malformed"),
+        ("data:image/png;base64", "no comma"),
+    ],
+)
+async def test_a_bad_data_uri_is_a_download_error(make_client: Any, uri: str, reason: str) -> None:
+    client = make_client(lambda request: pytest.fail("no request expected"))
+    with pytest.raises(DownloadError, match=reason):
+        await download(client, uri, max_bytes=1024, allow_private=False)
+
+
+async def test_a_data_uri_over_the_cap_is_refused_before_decoding(make_client: Any) -> None:
+    client = make_client(lambda request: pytest.fail("no request expected"))
+    with pytest.raises(DownloadError, match="cap"):
+        await download(client, data_uri(b"x" * 2000), max_bytes=1024, allow_private=False)

@@ -123,7 +123,10 @@ def test_app_id_is_owner_and_app_only(model: str, app: str) -> None:
         ([{"message": " 25%|██▌       | 1/4"}, {"message": " 75%|███████▌  | 3/4"}], 75),
         ([{"message": " 50%|█████     | 2/4"}, {"message": "saving"}], 50),
         ([{"message": "progress 12.5 %"}], 12),
-        ([{"message": "999%"}], 100),
+        # A running request's 100 % is one loop's end, not the request's (issue 16.6).
+        ([{"message": "999%"}], 99),
+        ([{"message": "100%|██████████| 4/4"}, {"message": "  0%|          | 0/2"}], 0),
+        ([{"message": "100%|██████████| 4/4"}], 99),
         ("50%", None),
     ],
 )
@@ -355,6 +358,79 @@ async def test_fetch_without_a_usable_model_is_rejected(make_adapter: MakeAdapte
     assert recorder.requests == []
 
 
+# --- fal's own URLs (issue 16.5) -------------------------------------------------------------
+# "Do not build these URLs yourself. Use the status_url, response_url, and cancel_url fields
+# from the submit response." https://fal.ai/docs/api-reference/inference-api
+
+GIVEN = {
+    "status_url": f"{BASE}/q/fal-ai/flux/requests/{RID}/status",
+    "response_url": f"{BASE}/q/fal-ai/flux/requests/{RID}",
+    "cancel_url": f"{BASE}/q/fal-ai/flux/requests/{RID}/cancel",
+}
+
+
+async def test_submit_keeps_the_urls_fal_gives(make_adapter: MakeAdapter) -> None:
+    update = await submit(make_adapter(answer(200, {"request_id": RID, **GIVEN})))
+    assert update.urls == GIVEN
+
+
+async def test_fetch_and_cancel_use_the_given_urls(make_adapter: MakeAdapter) -> None:
+    recorder = Recorder(
+        {
+            f"{GIVEN['status_url']}?logs=1": httpx.Response(200, json={"status": "COMPLETED"}),
+            GIVEN["response_url"]: httpx.Response(200, json={"images": [{"url": IMAGE}]}),
+            GIVEN["cancel_url"]: httpx.Response(400, json={"status": "ALREADY_COMPLETED"}),
+        }
+    )
+    adapter = make_adapter(recorder)
+    update = await adapter.fetch(RID, model=MODEL, urls=GIVEN)
+    await adapter.cancel(RID, model=MODEL, urls=GIVEN)
+    assert update.outputs == [IMAGE]
+    assert recorder.urls == [
+        f"GET {GIVEN['status_url']}?logs=1",
+        f"GET {GIVEN['response_url']}",
+        f"PUT {GIVEN['cancel_url']}",
+    ]
+
+
+@pytest.mark.parametrize(
+    "urls",
+    [
+        # elsewhere: our key must not go there
+        {k: v.replace(BASE, "https://evil.test") for k, v in GIVEN.items()},
+        {k: v.replace("http://", "https://") for k, v in GIVEN.items()},
+        # another request's
+        {k: v.replace(RID, "someone-else") for k, v in GIVEN.items()},
+        # incomplete
+        {"status_url": GIVEN["status_url"]},
+    ],
+)
+async def test_urls_not_fit_for_our_key_fall_back_to_the_built_form(
+    make_adapter: MakeAdapter, urls: dict[str, str]
+) -> None:
+    recorder = answer(202, {"status": "IN_QUEUE"})
+    await make_adapter(recorder).fetch(RID, model=MODEL, urls=urls)
+    assert recorder.urls == [f"GET {STATUS_URL}"]
+
+
+# --- results fal deleted (issue 16.4) ---------------------------------------------------------
+
+
+async def test_a_completed_request_whose_result_is_gone_is_result_expired(
+    make_adapter: MakeAdapter,
+) -> None:
+    """fal keeps a result an hour, 6 minutes when it is 10 KB or more."""
+    recorder = completed(httpx.Response(404, json={"detail": "Request not found"}))
+    update = await make_adapter(recorder).fetch(RID, model=MODEL)
+    assert (update.status, update.error_code) == (TaskStatus.FAILED, "result_expired")
+
+
+async def test_a_model_error_declared_as_such_is_not_an_expiry(make_adapter: MakeAdapter) -> None:
+    result = httpx.Response(404, headers={"x-fal-error-type": "file_not_found"}, json={})
+    update = await make_adapter(completed(result)).fetch(RID, model=MODEL)
+    assert (update.status, update.error_code) == (TaskStatus.FAILED, None)
+
+
 # --- cancel ---------------------------------------------------------------------------------
 
 
@@ -496,6 +572,17 @@ def test_parse_error_is_failed_with_the_error_text(make_adapter: MakeAdapter) ->
     assert update.error == "Invalid status code: 422: prompt: field required"
 
 
+def test_a_webhook_whose_payload_fal_could_not_deliver_is_a_hint_to_confirm(
+    make_adapter: MakeAdapter,
+) -> None:
+    """ "payload is set to null and a payload_error will include details" (fal's webhooks page):
+    the result must be read from the queue at once, not wait for a poll (issue 16.4)."""
+    raw = body(status="OK", payload=None, payload_error="Object of type bytes is not serializable")
+    update = make_adapter(answer()).parse(raw)
+    assert (update.vendor_task_id, update.status, update.confirm) == (RID, TaskStatus.STORING, True)
+    assert update.outputs is None
+
+
 def test_parse_error_without_text_still_says_something(make_adapter: MakeAdapter) -> None:
     update = make_adapter(answer()).parse(body(status="ERROR", payload=None))
     assert update.status is TaskStatus.FAILED
@@ -511,7 +598,6 @@ def test_parse_error_without_text_still_says_something(make_adapter: MakeAdapter
         json.dumps({"status": "OK", "payload": {}}).encode(),
         json.dumps({"request_id": RID, "status": "COMPLETED"}).encode(),
         json.dumps({"request_id": RID}).encode(),
-        body(status="OK", payload=None, payload_error="Object of type bytes is not serializable"),
     ],
 )
 def test_parse_malformed_is_payload_invalid(make_adapter: MakeAdapter, raw: bytes) -> None:

@@ -81,10 +81,14 @@ MakeAdapter = Callable[..., MidjourneyProxyAdapter]
 async def make_adapter() -> AsyncIterator[MakeAdapter]:
     clients: list[httpx.AsyncClient] = []
 
-    def make(handler: Handler, *, secret: str | None = SECRET) -> MidjourneyProxyAdapter:
+    def make(
+        handler: Handler, *, secret: str | None = SECRET, dialect: str = "novicezk"
+    ) -> MidjourneyProxyAdapter:
         client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
         clients.append(client)
-        return MidjourneyProxyAdapter(client, api_base=BASE + "/", api_secret=secret)
+        return MidjourneyProxyAdapter(
+            client, api_base=BASE + "/", api_secret=secret, dialect=dialect
+        )
 
     yield make
     for client in clients:
@@ -614,3 +618,165 @@ async def test_cancel_is_a_no_op(make_adapter: MakeAdapter) -> None:
     await adapter.cancel(MJ_ID, model="midjourney")
     await adapter.prepare()
     assert recorder.requests == []
+
+
+# -- trueai-org/midjourney-proxy (issue 16.1) -----------------------------------------------
+# v10 removed /mj/submit/change: a follow-up presses one of the parent task's `buttons` with
+# POST /mj/submit/action {taskId, customId}; code 21 there is "Waiting for window confirm",
+# the new task MODAL until POST /mj/submit/modal confirms it (SubmitController.cs,
+# TaskService.cs); an unknown task's fetch is an empty 204 (TaskController.Fetch).
+
+HASH = "3dbbd469-36af-4a0f-8f02-df6c579e7011"
+GRID_BUTTONS = [
+    *({"customId": f"MJ::JOB::upsample::{i}::{HASH}", "label": f"U{i}"} for i in range(1, 5)),
+    {"customId": f"MJ::JOB::reroll::0::{HASH}::SOLO", "emoji": "🔄", "label": ""},
+    *({"customId": f"MJ::JOB::variation::{i}::{HASH}", "label": f"V{i}"} for i in range(1, 5)),
+]
+CHILD = "1712205500000042"
+
+
+class TrueAi:
+    """A trueai proxy for one parent task: fetch, action, modal; every request kept."""
+
+    def __init__(self, parent: dict[str, Any] | None, action: dict[str, Any]) -> None:
+        self.parent = parent
+        self.action = action
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        path = request.url.path
+        if path.endswith("/fetch"):
+            return (
+                httpx.Response(204)
+                if self.parent is None
+                else httpx.Response(200, json=self.parent)
+            )
+        if path == "/mj/submit/action":
+            return httpx.Response(200, json=self.action)
+        if path == "/mj/submit/modal":
+            return httpx.Response(200, json=submitted(1, CHILD))
+        return httpx.Response(404)
+
+    def sent(self, path: str) -> dict[str, Any]:
+        (request,) = [r for r in self.requests if r.url.path == path]
+        body: dict[str, Any] = json.loads(request.content)
+        return body
+
+
+def grid(status: str = "SUCCESS", **fields: Any) -> dict[str, Any]:
+    return task(status, imageUrl=IMAGE, buttons=GRID_BUTTONS, **fields)
+
+
+@pytest.mark.parametrize("dialect", ["trueai", "auto"])
+@pytest.mark.parametrize(
+    ("action", "index", "custom_id"),
+    [
+        ("upscale", 2, f"MJ::JOB::upsample::2::{HASH}"),
+        ("variation", 4, f"MJ::JOB::variation::4::{HASH}"),
+        ("reroll", 0, f"MJ::JOB::reroll::0::{HASH}::SOLO"),
+    ],
+)
+async def test_a_follow_up_presses_the_parents_button(
+    make_adapter: MakeAdapter, dialect: str, action: str, index: int, custom_id: str
+) -> None:
+    proxy = TrueAi(grid(), submitted(1, CHILD))
+    update = await change(make_adapter(proxy, dialect=dialect), action, index)
+    assert [r.url.path for r in proxy.requests] == [
+        f"/mj/task/{MJ_ID}/fetch",
+        "/mj/submit/action",
+    ]
+    assert proxy.sent("/mj/submit/action") == {
+        "taskId": MJ_ID,
+        "customId": custom_id,
+        "notifyHook": CALLBACK,
+        "state": format_task_id(TASK_ID),
+    }
+    assert all(r.headers["mj-api-secret"] == SECRET for r in proxy.requests)
+    assert (update.vendor_task_id, update.status) == (CHILD, TaskStatus.SUBMITTED)
+
+
+async def test_code_21_at_trueai_is_a_window_to_confirm_not_an_existing_task(
+    make_adapter: MakeAdapter,
+) -> None:
+    waiting = {
+        "code": 21,
+        "description": "Waiting for window confirm",
+        "result": CHILD,
+        "properties": {"finalPrompt": "a red fox --v 6.1", "remix": True},
+    }
+    proxy = TrueAi(grid(), waiting)
+    update = await change(make_adapter(proxy, dialect="trueai"), "variation", 1)
+    assert [r.url.path for r in proxy.requests][1:] == ["/mj/submit/action", "/mj/submit/modal"]
+    assert proxy.sent("/mj/submit/modal") == {
+        "taskId": CHILD,
+        "prompt": "a red fox --v 6.1",
+        "notifyHook": CALLBACK,
+        "state": format_task_id(TASK_ID),
+    }
+    assert (update.vendor_task_id, update.status) == (CHILD, TaskStatus.SUBMITTED)
+
+
+async def test_code_21_at_novicezk_is_the_existing_task(make_adapter: MakeAdapter) -> None:
+    existing = submitted(21, CHILD, properties={"status": "SUCCESS", "imageUrl": IMAGE})
+    update = await change(make_adapter(answer(body=existing), dialect="novicezk"))
+    assert (update.vendor_task_id, update.status, update.outputs) == (
+        CHILD,
+        TaskStatus.STORING,
+        [IMAGE],
+    )
+
+
+async def test_auto_uses_change_for_a_parent_without_buttons(make_adapter: MakeAdapter) -> None:
+    def novicezk(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/fetch"):
+            return httpx.Response(200, json=task("SUCCESS", imageUrl=IMAGE))
+        return httpx.Response(200, json=submitted(1, CHILD))
+
+    recorder = Recorder(novicezk)
+    update = await change(make_adapter(recorder, dialect="auto"))
+    assert [r.url.path for r in recorder.requests] == [
+        f"/mj/task/{MJ_ID}/fetch",
+        "/mj/submit/change",
+    ]
+    assert update.vendor_task_id == CHILD
+
+
+@pytest.mark.parametrize("status", ["IN_PROGRESS", "MODAL", "NOT_START"])
+async def test_a_parent_not_success_at_trueai_is_not_ready_yet(
+    make_adapter: MakeAdapter, status: str
+) -> None:
+    proxy = TrueAi(grid(status), submitted(1, CHILD))
+    with pytest.raises(VendorParentNotReady, match=MJ_ID):
+        await change(make_adapter(proxy, dialect="trueai"))
+    assert [r.url.path for r in proxy.requests] == [f"/mj/task/{MJ_ID}/fetch"]
+
+
+async def test_a_parent_without_the_button_is_refused(make_adapter: MakeAdapter) -> None:
+    upscaled = task("SUCCESS", imageUrl=IMAGE, buttons=[{"customId": f"MJ::Inpaint::1::{HASH}"}])
+    with pytest.raises(VendorRejected, match="no button"):
+        await change(make_adapter(TrueAi(upscaled, submitted()), dialect="trueai"))
+
+
+async def test_a_parent_the_proxy_forgot_is_refused_for_good(make_adapter: MakeAdapter) -> None:
+    """trueai answers an unknown id's fetch with an empty 204."""
+    with pytest.raises(VendorRejected, match="does not know") as caught:
+        await change(make_adapter(TrueAi(None, submitted()), dialect="trueai"))
+    assert not isinstance(caught.value, VendorParentNotReady)
+
+
+async def test_fetch_of_an_unknown_task_answered_204_is_lost(make_adapter: MakeAdapter) -> None:
+    with pytest.raises(VendorRejected, match="does not know"):
+        await make_adapter(TrueAi(None, submitted()), dialect="trueai").fetch(MJ_ID)
+
+
+@pytest.mark.parametrize(
+    ("status", "ours"), [("MODAL", TaskStatus.PROCESSING), ("CANCEL", TaskStatus.FAILED)]
+)
+def test_trueai_statuses(status: str, ours: TaskStatus) -> None:
+    assert to_update(task(status)).status is ours
+
+
+def test_an_unknown_dialect_is_refused() -> None:
+    with pytest.raises(ValueError, match="dialect"):
+        MidjourneyProxyAdapter(httpx.AsyncClient(), api_base=BASE, api_secret=None, dialect="v9")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -110,7 +111,6 @@ async def test_submit_by_model_posts_to_the_model_endpoint(make_adapter: MakeAda
         "webhook_events_filter": ["start", "output", "logs", "completed"],
     }
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
-    assert request.headers["idempotency-key"] == f"tsk_{task_id.hex}"
     assert request.headers["content-type"] == "application/json"
     assert update.vendor_task_id == "pred_123"
     assert update.status is TaskStatus.SUBMITTED
@@ -137,7 +137,6 @@ async def test_submit_by_owner_name_and_version_posts_to_predictions(
     assert body["webhook"] == CALLBACK
     assert body["webhook_events_filter"] == list(EVENTS_FILTER)
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
-    assert request.headers["idempotency-key"].startswith("tsk_")
 
 
 async def test_submit_by_bare_version_posts_to_predictions(make_adapter: MakeAdapter) -> None:
@@ -160,18 +159,112 @@ async def test_submit_strips_a_trailing_slash_from_the_base(make_adapter: MakeAd
     assert str(recorder.only.url) == f"{BASE}/models/owner/name/predictions"
 
 
-async def test_idempotency_key_is_the_task_id_on_every_retry(make_adapter: MakeAdapter) -> None:
+async def test_no_idempotency_key_is_sent_replicate_has_none(make_adapter: MakeAdapter) -> None:
+    """Issue 16.2: Replicate's API declares no Idempotency-Key; sending one promised a safety
+    that did not exist. Ambiguous creates are resolved with find_created instead."""
     recorder = answer()
-    adapter = make_adapter(recorder)
-    task_id = uuid.uuid4()
+    await submit(make_adapter(recorder), "owner/name")
+    assert "idempotency-key" not in recorder.only.headers
 
-    await submit(adapter, "owner/name", task_id)
-    await submit(adapter, "owner/name", task_id)
-    await submit(adapter, "owner/name", uuid.uuid4())
 
-    keys = [r.headers["idempotency-key"] for r in recorder.requests]
-    assert keys[0] == keys[1] == f"tsk_{task_id.hex}"
-    assert keys[2] != keys[0]
+# --- find_created: was an ambiguous create made? (issue 16.2) ------------------------------
+
+SENT_AT = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+INPUT = {"prompt": "a red fox", "steps": 4}
+
+
+def listed(pid: str, minutes_after: float, **fields: Any) -> dict[str, Any]:
+    """A `GET /v1/predictions` entry (the reference's fields: no logs, no webhook)."""
+    when = SENT_AT + timedelta(minutes=minutes_after)
+    return {
+        "id": pid,
+        "model": "owner/name",
+        "version": VERSION,
+        "input": INPUT,
+        "status": "starting",
+        "source": "api",
+        "created_at": when.isoformat().replace("+00:00", "Z"),
+        "urls": {"get": f"{BASE}/predictions/{pid}"},
+        **fields,
+    }
+
+
+def pages(*results: list[dict[str, Any]], origin: str = BASE) -> Recorder:
+    def respond(request: httpx.Request) -> httpx.Response:
+        cursor = int(request.url.params.get("cursor", "0"))
+        after = f"{origin}/predictions?cursor={cursor + 1}" if cursor + 1 < len(results) else None
+        return httpx.Response(
+            200, json={"next": after, "previous": None, "results": results[cursor]}
+        )
+
+    return Recorder(respond)
+
+
+async def test_find_created_matches_model_and_input_since_the_create(
+    make_adapter: MakeAdapter,
+) -> None:
+    recorder = pages(
+        [
+            listed("newer-other-input", 3, input={"prompt": "an owl"}),
+            listed("newer-other-model", 2, model="owner/other"),
+            listed("from-the-web", 2, source="web"),
+            listed("ours", 1, status="processing"),
+        ],
+        [listed("ours-too", 0.5), listed("too-old", -10)],
+    )
+    found = await make_adapter(recorder).find_created(
+        model="owner/name", input=INPUT, since=SENT_AT
+    )
+    assert [(u.vendor_task_id, u.status) for u in found] == [
+        ("ours", TaskStatus.PROCESSING),
+        ("ours-too", TaskStatus.SUBMITTED),
+    ]
+    assert [r.url.path for r in recorder.requests] == ["/v1/predictions"] * 2
+    assert all(r.headers["authorization"] == f"Bearer {TOKEN}" for r in recorder.requests)
+
+
+async def test_find_created_stops_at_the_first_prediction_older_than_the_create(
+    make_adapter: MakeAdapter,
+) -> None:
+    recorder = pages([listed("old", -5)], [listed("never-read", -6)])
+    assert (
+        await make_adapter(recorder).find_created(model="owner/name", input=INPUT, since=SENT_AT)
+        == []
+    )
+    assert len(recorder.requests) == 1
+
+
+async def test_find_created_matches_a_version_create_by_version(make_adapter: MakeAdapter) -> None:
+    recorder = pages([listed("by-version", 1), listed("other-version", 1, version="f" * 64)])
+    found = await make_adapter(recorder).find_created(model=VERSION, input=INPUT, since=SENT_AT)
+    assert [u.vendor_task_id for u in found] == ["by-version"]
+
+
+async def test_find_created_never_follows_a_next_link_elsewhere(make_adapter: MakeAdapter) -> None:
+    """Our token goes to Replicate's API only."""
+    recorder = pages([listed("ours", 1)], [listed("x", 0)], origin="https://evil.test/v1")
+    found = await make_adapter(recorder).find_created(
+        model="owner/name", input=INPUT, since=SENT_AT
+    )
+    assert [u.vendor_task_id for u in found] == ["ours"]
+    assert len(recorder.requests) == 1
+
+
+async def test_find_created_cannot_tell_past_its_page_limit(make_adapter: MakeAdapter) -> None:
+    busy = [[listed(f"p{i}-{j}", 1, input={"n": j}) for j in range(100)] for i in range(25)]
+    with pytest.raises(VendorUnavailable, match="cannot tell"):
+        await make_adapter(pages(*busy)).find_created(
+            model="owner/name", input=INPUT, since=SENT_AT
+        )
+
+
+async def test_find_created_when_replicate_is_down_is_unavailable(
+    make_adapter: MakeAdapter,
+) -> None:
+    with pytest.raises(VendorUnavailable):
+        await make_adapter(answer(503, {"detail": "down"})).find_created(
+            model="owner/name", input=INPUT, since=SENT_AT
+        )
 
 
 async def test_submit_with_an_unreadable_prediction_is_unavailable(
@@ -262,9 +355,22 @@ def test_no_tqdm_line_means_no_progress(logs: Any) -> None:
     assert to_update(prediction("processing", logs=logs)).progress is None
 
 
-def test_hundred_percent() -> None:
+def test_a_finished_loop_is_not_a_finished_prediction() -> None:
+    """A running prediction's 100 % line is one loop's end, not the job's (issue 16.6)."""
     logs = "100%|██████████| 4/4 [00:04<00:00,  1.00it/s]"
-    assert to_update(prediction("processing", logs=logs)).progress == 100
+    assert to_update(prediction("processing", logs=logs)).progress == 99
+
+
+def test_several_loops_never_show_100_before_the_prediction_succeeds() -> None:
+    """A base model's loop, then a refiner's (SDXL): progress must not claim the end early."""
+    base = "".join(f"{p:4d}%|{'█' * (p // 10):10s}| {p // 25}/4 [..]\n" for p in (25, 50, 75, 100))
+    refiner = "  0%|          | 0/2 [..]\n 50%|█████     | 1/2 [..]\n"
+    seen = [
+        to_update(prediction("processing", logs=base[: i + 1])).progress
+        for i in range(len(base))
+        if base[i] == "\n"
+    ] + [to_update(prediction("processing", logs=base + refiner)).progress]
+    assert seen and max(p for p in seen if p is not None) < 100
 
 
 @pytest.mark.parametrize(
@@ -285,11 +391,15 @@ def test_hundred_percent() -> None:
                 3,
                 "not a url",
                 None,
-                "data:image/png;base64,AA==",
                 {"nested": ["https://r.test/2.png"]},
                 "ftp://r.test/x.png",
             ],
             ["https://r.test/1.png", "https://r.test/2.png"],
+        ),
+        # What a `Prefer: wait` create answers with (issue 16.6): stored like any file.
+        (
+            ["data:image/png;base64,iVBORw0KGgo=", "https://r.test/2.png"],
+            ["data:image/png;base64,iVBORw0KGgo=", "https://r.test/2.png"],
         ),
     ],
 )
@@ -308,6 +418,12 @@ def test_succeeded_without_a_url_output_fails(output: Any) -> None:
     assert update.raw_status == "succeeded"
     assert update.error
     assert not update.outputs
+
+
+def test_a_success_whose_output_replicate_deleted_is_result_expired() -> None:
+    """An hour after an API prediction ends, Replicate deletes its output (issue 16.4)."""
+    update = to_update(prediction("succeeded", output=None, data_removed=True))
+    assert (update.status, update.error_code) == (TaskStatus.FAILED, "result_expired")
 
 
 def test_failed_carries_the_vendors_error() -> None:
@@ -406,6 +522,37 @@ async def test_429_is_unavailable_with_retry_after(
         await operation(make_adapter(recorder))
     assert caught.value.retry_after == 7.0
     assert len(recorder.requests) == 1
+
+
+# Issue 16.3: Replicate's 429 has no Retry-After. What it sends (rate-limits page for the body,
+# the official client's cassettes for the ratelimit-* headers it puts on every answer):
+@operations
+@pytest.mark.parametrize(
+    ("headers", "detail", "wait"),
+    [
+        ({}, "Request was throttled. Your rate limit resets in ~30s.", 30.0),
+        ({}, "Request was throttled. Expected available in 1 second.", 1.0),
+        ({"ratelimit-remaining": "0", "ratelimit-reset": "12"}, "Request was throttled.", 12.0),
+        (
+            {"ratelimit-remaining": "0", "ratelimit-reset": "12"},
+            "Request was throttled. Your rate limit resets in ~30s.",
+            12.0,
+        ),
+        ({}, "Request was throttled.", None),
+    ],
+)
+async def test_a_429_without_retry_after_waits_what_replicate_says(
+    make_adapter: MakeAdapter,
+    operation: Operation,
+    headers: dict[str, str],
+    detail: str,
+    wait: float | None,
+) -> None:
+    recorder = Recorder(lambda _r: httpx.Response(429, headers=headers, json={"detail": detail}))
+    with pytest.raises(VendorUnavailable) as caught:
+        await operation(make_adapter(recorder))
+    assert caught.value.throttled
+    assert caught.value.retry_after == wait
 
 
 @operations
@@ -596,3 +743,48 @@ async def test_prepare_with_an_undecodable_key_is_unavailable(make_adapter: Make
     adapter = make_adapter(answer(200, {"key": "whsec_!!! not base64 !!!"}))
     with pytest.raises(VendorUnavailable):
         await adapter.prepare()
+
+
+# --- TASKHOOK_PUBLIC_URL as Replicate sees it (issue 16.6) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://hooks.example.com", None),
+        ("https://93.184.216.34:8443/base", None),
+        (None, "not set"),
+        ("http://hooks.example.com", "https"),
+        ("https://localhost:8000", "cannot reach"),
+        ("https://127.0.0.1", "cannot reach"),
+        ("https://10.1.2.3", "cannot reach"),
+        ("https://api.internal", "cannot reach"),
+    ],
+)
+def test_a_public_url_replicate_would_not_call_is_named(
+    url: str | None, problem: str | None
+) -> None:
+    from vendors.replicate import webhook_base_problem
+
+    found = webhook_base_problem(url)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+@pytest.mark.parametrize(("status", "redirected"), [(301, True), (308, True), (401, False)])
+async def test_a_redirect_in_front_of_the_hooks_is_found(status: int, redirected: bool) -> None:
+    from vendors.replicate import webhook_redirect_problem
+
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, headers={"location": "https://www.example.com/hooks/x"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        problem = await webhook_redirect_problem(client, "https://example.com/")
+    assert (problem is not None) == redirected
+    assert [(r.method, str(r.url)) for r in seen] == [
+        ("POST", "https://example.com/hooks/replicate/redirect-probe")
+    ]
+    if redirected:
+        assert problem is not None and "follows no redirect" in problem

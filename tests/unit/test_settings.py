@@ -180,6 +180,53 @@ def test_an_undecodable_webhook_secret_names_its_variable(env: dict[str, str], v
         Settings.from_env(env)
 
 
+@pytest.mark.parametrize(
+    ("value", "dialect"), [(None, "auto"), ("trueai", "trueai"), ("NoviceZK", "novicezk")]
+)
+def test_midjourney_proxy_dialect(env: dict[str, str], value: str | None, dialect: str) -> None:
+    env["MJ_PROXY_BASE"] = "http://mj.test"
+    if value is not None:
+        env["MJ_PROXY_DIALECT"] = value
+    settings = Settings.from_env(env)
+    assert settings.midjourney is not None and settings.midjourney.dialect == dialect
+
+
+def test_an_unknown_midjourney_proxy_dialect_names_its_variable(env: dict[str, str]) -> None:
+    env.update(MJ_PROXY_BASE="http://mj.test", MJ_PROXY_DIALECT="v9")
+    with pytest.raises(SettingsError, match="MJ_PROXY_DIALECT"):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(("value", "production"), [(None, False), ("production", True)])
+def test_taskhook_env(env: dict[str, str], value: str | None, production: bool) -> None:
+    if value is not None:
+        env.update(PRODUCTION, TASKHOOK_ENV=value)  # production: with what it requires
+    assert Settings.from_env(env).production is production
+
+
+def test_an_unknown_taskhook_env_names_its_variable(env: dict[str, str]) -> None:
+    env["TASKHOOK_ENV"] = "staging"
+    with pytest.raises(SettingsError, match="TASKHOOK_ENV"):
+        Settings.from_env(env)
+
+
+def test_create_rate_defaults_to_the_vendors_documented_limit(env: dict[str, str]) -> None:
+    assert Settings.from_env(env).create_rate is None
+    env["TASKHOOK_CREATE_RATE"] = "25"
+    assert Settings.from_env(env).create_rate == 25.0
+    env["TASKHOOK_CREATE_RATE"] = "0"
+    with pytest.raises(SettingsError, match="TASKHOOK_CREATE_RATE"):
+        Settings.from_env(env)
+
+
+def test_an_unpadded_webhook_secret_is_accepted(env: dict[str, str]) -> None:
+    """As the official standardwebhooks library accepts it (issue 16.6)."""
+    env.update(REPLICATE_API_TOKEN="r8_token", REPLICATE_WEBHOOK_SECRET=SECRET_B.rstrip("="))
+    settings = Settings.from_env(env)
+    assert settings.replicate is not None
+    assert settings.replicate.webhook_secrets == (SECRET_B.rstrip("="),)
+
+
 def test_webhook_secret_is_ignored_without_a_token(env: dict[str, str]) -> None:
     env["REPLICATE_WEBHOOK_SECRET"] = "notwhsec"
     assert Settings.from_env(env).replicate is None

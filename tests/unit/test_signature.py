@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from receiver.signature import decode_secret, sign, verify_standard_webhook
@@ -99,3 +101,27 @@ def test_timestamp_not_an_integer(stamp: str) -> None:
     signature = "v1," + sign(secret=secret, delivery_id=MSG_ID, timestamp=stamp, body=BODY)
     with pytest.raises(TimestampOutOfRange):
         verify(headers(signature=signature, timestamp=stamp))
+
+
+# Issue 16.6: the official library pads a secret's base64 before decoding it, so an unpadded
+# secret (as some dashboards show them) is a valid secret there and must be one here.
+PADDED = "whsec_QUFBQUFBQUFBQUFBQUFBQQ=="
+UNPADDED = "whsec_QUFBQUFBQUFBQUFBQUFBQQ"
+
+
+def test_an_unpadded_secret_is_the_same_key_as_the_padded_one() -> None:
+    assert decode_secret(UNPADDED) == decode_secret(PADDED) == b"A" * 16
+
+
+def test_what_the_official_library_signs_with_an_unpadded_secret_verifies() -> None:
+    from standardwebhooks.webhooks import Webhook
+
+    signed_at = datetime.fromtimestamp(TIMESTAMP, tz=UTC)
+    signature = Webhook(UNPADDED).sign(MSG_ID, signed_at, BODY.decode())
+    verify(headers(signature), secrets=(UNPADDED,))
+
+
+@pytest.mark.parametrize("secret", ["whsec_", "whsec_====", "whsec_!!not base64!!"])
+def test_an_empty_or_undecodable_secret_is_refused(secret: str) -> None:
+    with pytest.raises(ValueError, match="whsec_"):
+        decode_secret(secret)

@@ -68,13 +68,22 @@ class Hook:
 @dataclass
 class Receiver:
     hooks: list[Hook] = field(default_factory=list)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.hooks.append(Hook(url=str(request.url), headers=request.headers, body=request.read()))
+        self._arrived.set()
         return httpx.Response(200)
 
     def for_task(self, task_id: str) -> list[Hook]:
         return [hook for hook in self.hooks if hook.json["id"] == task_id]
+
+    async def wait_for_task(self, task_id: str) -> list[Hook]:
+        async with asyncio.timeout(WAIT):
+            while not self.for_task(task_id):
+                self._arrived.clear()
+                await self._arrived.wait()
+        return self.for_task(task_id)
 
 
 @dataclass
@@ -126,7 +135,9 @@ class Harness:
 
 
 @asynccontextmanager
-async def simulator(*, secret: str | None = SECRET, **overrides: Any) -> AsyncIterator[Harness]:
+async def simulator(
+    *, secret: str | None = SECRET, adapter_dialect: str = "auto", **overrides: Any
+) -> AsyncIterator[Harness]:
     settings: dict[str, Any] = {"job_seconds": 0.05, "steps": 4, "seed": 7, "mj_secret": SECRET}
     settings.update(overrides)
     receiver = Receiver()
@@ -136,7 +147,9 @@ async def simulator(*, secret: str | None = SECRET, **overrides: Any) -> AsyncIt
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as api,
     ):
-        adapter = MidjourneyProxyAdapter(api, api_base=BASE, api_secret=secret)
+        adapter = MidjourneyProxyAdapter(
+            api, api_base=BASE, api_secret=secret, dialect=adapter_dialect
+        )
         yield Harness(app=app, api=api, adapter=adapter, receiver=receiver)
     await hooks.aclose()
 
@@ -289,7 +302,8 @@ async def test_actions_on_a_finished_parent_are_new_jobs() -> None:
 
 async def test_action_on_an_unknown_parent_is_rejected() -> None:
     async with simulator() as h:
-        with pytest.raises(VendorRejected, match="code 3") as caught:
+        # auto: the adapter asks for the parent first, which the proxy does not know
+        with pytest.raises(VendorRejected, match=r"code 3|does not know") as caught:
             await h.act("1712205491372000")
         assert not isinstance(caught.value, VendorParentNotReady)
 
@@ -403,3 +417,129 @@ async def test_early_mode_delivers_before_the_submit_returns(early: bool) -> Non
             assert h.receiver.for_task(job)[-1].json["status"] == "SUCCESS"
         await h.settle()
         assert len(h.receiver.for_task(job)) == 6
+
+
+# -- trueai-org/midjourney-proxy (issue 16.9) -----------------------------------------------
+
+
+def auth() -> dict[str, str]:
+    return {"mj-api-secret": SECRET}
+
+
+async def finished_grid(h: Harness) -> str:
+    parent = (await h.submit()).vendor_task_id
+    await h.settle()
+    return parent
+
+
+async def test_trueai_has_no_change_and_answers_unknown_tasks_with_204() -> None:
+    async with simulator(mj_dialect="trueai") as h:
+        parent = await finished_grid(h)
+        change = await h.api.post(
+            "/mj/submit/change",
+            json={"taskId": parent, "action": "UPSCALE", "index": 1},
+            headers=auth(),
+        )
+        assert change.status_code == 404, "removed in v10"
+        unknown = await h.api.get("/mj/task/1712205491372000/fetch", headers=auth())
+        assert (unknown.status_code, unknown.content) == (204, b"")
+
+
+async def test_a_finished_grid_carries_its_buttons() -> None:
+    async with simulator(mj_dialect="trueai") as h:
+        parent = await finished_grid(h)
+        task = (await h.api.get(f"/mj/task/{parent}/fetch", headers=auth())).json()
+        ids = [b["customId"] for b in task["buttons"]]
+        assert [b["label"] for b in task["buttons"]] == [
+            *(f"U{i}" for i in range(1, 5)),
+            "",
+            *(f"V{i}" for i in range(1, 5)),
+        ]
+        assert ids[0].startswith("MJ::JOB::upsample::1::") and ids[4].endswith("::SOLO")
+        hook = h.receiver.for_task(parent)[-1].json
+        assert hook["status"] == "SUCCESS" and hook["buttons"] == task["buttons"]
+
+
+async def test_an_upscale_presses_its_button_and_runs() -> None:
+    async with simulator(mj_dialect="trueai") as h:
+        parent = await finished_grid(h)
+        child = await h.act(parent, "upscale", 3)
+        await h.settle()
+        statuses = [hook.json["status"] for hook in h.receiver.for_task(child.vendor_task_id)]
+        assert statuses[0] == "SUBMITTED" and statuses[-1] == "SUCCESS"
+        done = await h.adapter.fetch(child.vendor_task_id, model=MODEL)
+        assert done.status is TaskStatus.STORING
+
+
+async def test_a_variation_waits_in_modal_until_its_window_is_confirmed() -> None:
+    async with simulator(mj_dialect="trueai") as h:
+        parent = await finished_grid(h)
+        task = (await h.api.get(f"/mj/task/{parent}/fetch", headers=auth())).json()
+        v2 = next(b["customId"] for b in task["buttons"] if b["label"] == "V2")
+        pressed = await h.api.post(
+            "/mj/submit/action",
+            json={"taskId": parent, "customId": v2, "notifyHook": HOOK},
+            headers=auth(),
+        )
+        body = pressed.json()
+        assert (body["code"], body["description"]) == (21, "Waiting for window confirm")
+        assert body["properties"] == {"finalPrompt": "a red fox", "remix": True}
+        child = body["result"]
+        waiting = (await h.api.get(f"/mj/task/{child}/fetch", headers=auth())).json()
+        assert waiting["status"] == "MODAL"
+        assert h.receiver.for_task(child) == [], "nothing runs, nothing is notified"
+        confirm = await h.api.post(
+            "/mj/submit/modal", json={"taskId": child, "prompt": ""}, headers=auth()
+        )
+        assert confirm.json()["code"] == 1
+        await h.settle()
+        assert h.receiver.for_task(child)[-1].json["status"] == "SUCCESS"
+
+
+async def test_an_unconfirmed_window_closes_and_the_task_is_canceled() -> None:
+    async with simulator(mj_dialect="trueai", time_scale=1e-4) as h:
+        parent = await finished_grid(h)
+        task = (await h.api.get(f"/mj/task/{parent}/fetch", headers=auth())).json()
+        reroll = next(b["customId"] for b in task["buttons"] if "reroll" in b["customId"])
+        pressed = await h.api.post(
+            "/mj/submit/action",
+            json={"taskId": parent, "customId": reroll, "notifyHook": HOOK},
+            headers=auth(),
+        )
+        child = pressed.json()["result"]
+        await h.receiver.wait_for_task(child)  # the window's clock decides
+        await h.settle()
+        closed = await h.adapter.fetch(child, model=MODEL)
+        assert (closed.raw_status, closed.status) == ("CANCEL", TaskStatus.FAILED)
+
+
+async def test_the_adapter_drives_a_trueai_variation_through_its_window() -> None:
+    """Issue 16.1 against 16.9: the same client request, the other fork's API."""
+    for adapter_dialect in ("auto", "trueai"):
+        async with simulator(mj_dialect="trueai", adapter_dialect=adapter_dialect) as h:
+            parent = await finished_grid(h)
+            child = await h.act(parent, "variation", 1)
+            assert child.status is TaskStatus.SUBMITTED
+            await h.settle()
+            done = await h.adapter.fetch(child.vendor_task_id, model=MODEL)
+            assert done.status is TaskStatus.STORING and done.outputs
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"customId": "MJ::JOB::upsample::1::nope"}, 4),  # not one of the parent's buttons
+        ({"taskId": "", "customId": "x"}, 4),
+        ({"taskId": "1712205491372000", "customId": "MJ::JOB::upsample::1::x"}, 3),
+    ],
+)
+async def test_bad_actions_are_refused_as_trueai_refuses_them(
+    body: dict[str, Any], code: int
+) -> None:
+    async with simulator(mj_dialect="trueai") as h:
+        parent = await finished_grid(h)
+        answer = await h.api.post(
+            "/mj/submit/action", json={"taskId": parent, **body}, headers=auth()
+        )
+        assert answer.json()["code"] == code
+        assert answer.status_code == (404 if code == 3 else 200)

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 
 from vendors.simulator.signing import generate_secret, secret_key
 
-_PROBABILITIES = ("drop", "duplicate", "fail", "error_rate", "bad_signature")
+_PROBABILITIES = (
+    "drop",
+    "duplicate",
+    "fail",
+    "error_rate",
+    "bad_signature",
+    "fal_payload_error",
+    "lost_answers",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +42,9 @@ class SimulatorConfig:
     """Fraction of predictions that end ``failed`` with an ``error``."""
     error_rate: float = 0.0
     """Fraction of create/get/cancel calls answered 503 or 429 (half each), with no effect."""
+    lost_answers: float = 0.0
+    """Fraction of Replicate creates that make the job but whose answer is lost: the gateway
+    answers 504 instead of the 201, and the client cannot know that a job exists."""
     early: bool = False
     """Create waits for the ``start`` webhook (all of them when ``job_seconds == 0``) first."""
     bad_signature: float = 0.0
@@ -52,15 +63,27 @@ class SimulatorConfig:
     """When set, every ``/fal`` queue call must carry ``Authorization: Key <key>``."""
     mj_secret: str | None = None
     """When set, every ``/mj`` call must carry this ``mj-api-secret`` header (else 403)."""
+    fal_payload_error: float = 0.0
+    """Fraction of fal's successful jobs whose webhook comes without its payload (fal's
+    ``payload_error``): the result must be read from the queue."""
+    mj_dialect: str = "novicezk"
+    """Which midjourney-proxy fork ``/mj`` is: ``novicezk`` (``/mj/submit/change``) or
+    ``trueai`` (buttons, ``/mj/submit/action``, MODAL tasks and code 21, 204 fetches)."""
     mj_lag: float = 0.0
     """Seconds a finished ``/mj`` job still looks IN_PROGRESS to fetch and change after its final
     notify went out: a relay's lagging copy, the ``task_status_not_success`` race."""
     public_url: str = ""
     """Base URL written into ``urls`` and output links; empty = the request's own base URL."""
-    webhook_retries: int = 3
-    """Resends after a transport error, 5xx or 429 (never after 2xx or another 4xx)."""
+    time_scale: float = 1.0
+    """Factor on the vendors' own clocks: the wait a 429 announces (Replicate's ~30 s), webhook
+    retry schedules (Replicate's minute, fal's 2 hours) and result retention (Replicate's hour,
+    fal's 6 minutes for a result of 10 KB or more). 1.0 is the real vendor; tests shrink it."""
     max_outputs: int = 4
     """Largest accepted ``input.num_outputs``."""
+
+    def scaled(self, seconds: float) -> float:
+        """A vendor's real duration on this simulator's clock."""
+        return seconds * self.time_scale
 
     def __post_init__(self) -> None:
         """Reject nonsense early: a typo on the command line should not make a silent no-op."""
@@ -70,14 +93,16 @@ class SimulatorConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
         if not (math.isfinite(self.delay) and self.delay >= 0):
             raise ValueError(f"delay must be >= 0, got {self.delay!r}")
+        if self.mj_dialect not in ("novicezk", "trueai"):
+            raise ValueError(f"mj_dialect must be novicezk or trueai, got {self.mj_dialect!r}")
         if not (math.isfinite(self.mj_lag) and self.mj_lag >= 0):
             raise ValueError(f"mj_lag must be >= 0, got {self.mj_lag!r}")
         if not (math.isfinite(self.job_seconds) and self.job_seconds >= 0):
             raise ValueError(f"job_seconds must be >= 0, got {self.job_seconds!r}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps!r}")
-        if self.webhook_retries < 0:
-            raise ValueError(f"webhook_retries must be >= 0, got {self.webhook_retries!r}")
+        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
+            raise ValueError(f"time_scale must be > 0, got {self.time_scale!r}")
         if self.max_outputs < 1:
             raise ValueError(f"max_outputs must be >= 1, got {self.max_outputs!r}")
         if not self.webhook_secret.startswith("whsec_"):

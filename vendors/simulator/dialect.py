@@ -30,6 +30,17 @@ class Dialect(Protocol):
     def webhook_headers(self, message_id: str, body: bytes, *, forged: bool) -> dict[str, str]:
         """Headers of one send (signed now, so retries carry fresh timestamps)."""
 
+    def retry_delays(self, event: EventKind) -> tuple[float, ...]:
+        """The vendor's waits (real seconds) before each resend of a refused webhook."""
+
+
+# "When Replicate sends the final webhook for a prediction (succeeded, failed or canceled) ... If
+# we can't make the request at all, or if we get a 4xx or 5xx response, we'll retry the webhook
+# ... on an exponential backoff. The final retry is sent about 1 minute after the prediction
+# completed. We do not retry any webhooks for intermediate states."
+# https://replicate.com/docs/topics/webhooks/receive-webhook
+REPLICATE_FINAL_RETRIES = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+
 
 class ReplicateDialect:
     """Replicate: the prediction object on every filtered event, Standard Webhooks signed."""
@@ -49,3 +60,6 @@ class ReplicateDialect:
 
     def webhook_headers(self, message_id: str, body: bytes, *, forged: bool) -> dict[str, str]:
         return webhook_headers(self._secret, message_id, body, forged=forged)
+
+    def retry_delays(self, event: EventKind) -> tuple[float, ...]:
+        return REPLICATE_FINAL_RETRIES if event == "completed" else ()

@@ -13,7 +13,12 @@ The job lifecycle, the fault dice and the webhook courier are the shared ones (`
   published at ``GET /fal/.well-known/jwks.json``.
 
 A failed job's result answers with the model's error, as fal's does: 422 with a validation
-``detail`` when the prompt asked for the failure, 500 for the random ones.
+``detail`` when the prompt asked for the failure; a random failure is the platform's, and its
+COMPLETED status says so (``error: "Runner disconnected"``, ``error_type``, as fal-client's own
+tests record it). What fal does that is unpleasant is done too: a result is kept an hour after
+the job ends, 6 minutes when it is 10 KB or more (then 404), scaled by ``time_scale``; a
+``payload_error`` fraction of successful jobs' webhooks come without their payload; a refused
+webhook is retried 10 times over 2 hours.
 
 fal's platform API (``https://api.fal.ai/v1``) lives under ``/fal-api/v1``: only
 ``GET /models/pricing?endpoint_id=...``, which answers a valid key only (fal's docs: "Users must
@@ -26,6 +31,7 @@ import base64
 import hashlib
 import hmac
 import json
+import random
 import re
 import secrets
 import time
@@ -55,6 +61,9 @@ _MODEL = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})+", re.ASCII)
 _NAMESPACES = ("workflows", "comfy")
 _QUEUE_STATUS = {"starting": "IN_QUEUE", "processing": "IN_PROGRESS"}
 _CANCELED_DETAIL = "Request was cancelled by the user"
+# "If the webhook fails to deliver the payload, it will retry 10 times in the span of 2 hours."
+# https://docs.fal.ai/model-apis/model-endpoints/webhooks (doubling waits that add up to 2 h)
+FAL_WEBHOOK_RETRIES = tuple(7200.0 * 2**i / (2**10 - 1) for i in range(10))
 
 
 class FalError(Exception):
@@ -86,11 +95,19 @@ class FalDialect:
     name = "fal"
 
     def __init__(
-        self, private_key: Ed25519PrivateKey | None = None, *, user_id: str = USER_ID
+        self,
+        private_key: Ed25519PrivateKey | None = None,
+        *,
+        user_id: str = USER_ID,
+        payload_error: float = 0.0,
+        seed: int | None = None,
     ) -> None:
         self._key = private_key or Ed25519PrivateKey.generate()
         self.user_id = user_id
         self.key_id = secrets.token_hex(8)
+        self._payload_error = payload_error
+        self._rng = random.Random(seed)
+        self._without_payload: set[str] = set()
 
     def new_id(self) -> str:
         return str(uuid.uuid4())
@@ -98,7 +115,12 @@ class FalDialect:
     def webhook_body(self, prediction: Prediction, event: EventKind) -> bytes | None:
         if event != "completed":
             return None
-        return json.dumps(webhook_json(prediction), separators=(",", ":")).encode()
+        if self._rng.random() < self._payload_error:
+            self._without_payload.add(prediction.id)
+        missing = prediction.id in self._without_payload
+        return json.dumps(
+            webhook_json(prediction, payload_error=missing), separators=(",", ":")
+        ).encode()
 
     def webhook_headers(self, message_id: str, body: bytes, *, forged: bool) -> dict[str, str]:
         """Signed now (retries carry fresh timestamps); a forged copy uses a throwaway key."""
@@ -115,6 +137,9 @@ class FalDialect:
             "x-fal-webhook-signature": key.sign(message).hex(),
         }
 
+    def retry_delays(self, event: EventKind) -> tuple[float, ...]:
+        return FAL_WEBHOOK_RETRIES
+
     def jwks(self) -> dict[str, Any]:
         """The public key as fal publishes its own (an OKP/Ed25519 JWK)."""
         raw = self._key.public_key().public_bytes_raw()
@@ -127,6 +152,27 @@ class FalDialect:
 
 
 # -- fal's view of a prediction -----------------------------------------------------------
+
+
+RESULT_KEPT = 3600.0
+RESULT_KEPT_LARGE = 360.0
+LARGE_RESULT = 10_000
+"""fal keeps a result 1 hour after the request completes, 6 minutes if it is 10 KB or larger
+(https://fal.ai/docs/inference-api/queue/result)."""
+RUNNER_ERROR = ("Runner disconnected", "runner_disconnected")
+
+
+def result_kept_for(prediction: Prediction) -> float:
+    """Real seconds fal keeps this finished job's result."""
+    if prediction.status != "succeeded":
+        return RESULT_KEPT
+    size = len(json.dumps(output_json(prediction), separators=(",", ":")))
+    return RESULT_KEPT_LARGE if size >= LARGE_RESULT else RESULT_KEPT
+
+
+def random_failure(prediction: Prediction) -> bool:
+    """A failure of the platform (not the model's answer to the prompt)."""
+    return prediction.status == "failed" and FAIL_WORD not in prediction.prompt
 
 
 def queue_status(prediction: Prediction) -> str:
@@ -154,6 +200,8 @@ def status_json(prediction: Prediction, *, with_logs: bool) -> dict[str, Any]:
     body["logs"] = _log_entries(prediction) if with_logs else None
     if status == "COMPLETED":
         body["metrics"] = {"inference_time": _inference_time(prediction)}
+        if random_failure(prediction):
+            body["error"], body["error_type"] = RUNNER_ERROR
     return body
 
 
@@ -200,12 +248,21 @@ def failure(prediction: Prediction) -> FalError:
     error = prediction.error or "the model failed"
     if FAIL_WORD in prediction.prompt:
         return _invalid("prompt", error, "value_error")
-    return FalError(500, error)
+    return FalError(500, RUNNER_ERROR[0])
 
 
-def webhook_json(prediction: Prediction) -> dict[str, Any]:
-    """The one webhook of a finished job."""
+def webhook_json(prediction: Prediction, *, payload_error: bool = False) -> dict[str, Any]:
+    """The one webhook of a finished job; `payload_error`: fal could not serialize the result
+    into it ("payload is set to null and a payload_error will include details")."""
     body: dict[str, Any] = {"request_id": prediction.id, "gateway_request_id": prediction.id}
+    if prediction.status == "succeeded" and payload_error:
+        return {
+            **body,
+            "status": "OK",
+            "payload": None,
+            "payload_error": "Failed to serialize the payload: Object of type bytes is not "
+            "JSON serializable",
+        }
     if prediction.status == "succeeded":
         return {**body, "status": "OK", "payload": output_json(prediction)}
     err = failure(prediction)
@@ -258,10 +315,9 @@ def _webhook(value: str | None) -> str | None:
 
 
 def _fault(status: int) -> JSONResponse:
+    # fal documents no Retry-After on its 429s: the simulator sends none either.
     if status == 429:
-        return JSONResponse(
-            {"detail": "Rate limit exceeded"}, status_code=429, headers={"retry-after": "1"}
-        )
+        return JSONResponse({"detail": "Rate limit exceeded"}, status_code=429)
     return JSONResponse({"detail": "Service temporarily unavailable"}, status_code=503)
 
 
@@ -270,8 +326,8 @@ def _fault(status: int) -> JSONResponse:
 
 def routes(sim: Simulator, dialect: FalDialect | None = None) -> list[Route]:
     """The ``/fal`` routes over the shared simulator; ``dialect`` defaults to a fresh key."""
-    fal = dialect or FalDialect()
     config = sim.config
+    fal = dialect or FalDialect(payload_error=config.fal_payload_error, seed=config.seed)
 
     def authorized(request: Request) -> bool:
         if config.fal_key is None:
@@ -335,11 +391,18 @@ def routes(sim: Simulator, dialect: FalDialect | None = None) -> list[Route]:
         body = status_json(prediction, with_logs=with_logs)
         return JSONResponse(body, status_code=200 if prediction.terminal else 202)
 
+    def expired(prediction: Prediction) -> bool:
+        done = prediction.completed_ts
+        return done is not None and time.time() - done > config.scaled(result_kept_for(prediction))
+
     @api
     async def result(request: Request) -> Response:
         prediction = find(request)
         if not prediction.terminal:
             raise FalError(400, "Request is still in progress")
+        if expired(prediction):
+            sim.stats.results_expired += 1
+            raise FalError(404, "Request not found")
         if prediction.status != "succeeded":
             raise failure(prediction)
         return JSONResponse(output_json(prediction))

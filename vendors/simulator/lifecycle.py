@@ -48,10 +48,11 @@ class Simulator:
         self._api_rng = random.Random(root.getrandbits(64))
         self._prediction_rng = random.Random(root.getrandbits(64))
         self._predictions: dict[str, Prediction] = {}
-        self._by_idempotency_key: dict[str, str] = {}
         self._couriers: dict[str, Courier] = {}
         self._lifecycles: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Timers of held jobs: waiting is not work, so `wait_idle` does not wait for them.
+        self._holds: dict[str, asyncio.Task[None]] = {}
         self._given_client = client
         self._own_client: httpx.AsyncClient | None = None
         self._sender = WebhookSender(config, self.stats, self._http)
@@ -71,6 +72,9 @@ class Simulator:
 
     async def stop(self) -> None:
         """Cancel every lifecycle and delivery, then close our own client."""
+        for timer in self._holds.values():
+            timer.cancel()
+        self._holds.clear()
         while self._tasks:
             tasks = list(self._tasks)
             for task in tasks:
@@ -117,21 +121,47 @@ class Simulator:
         self.stats.api_errors_429 += 1
         return 429
 
+    def lose_answer(self) -> bool:
+        """Whether this create's answer is lost (``lost_answers``), counted."""
+        if self.config.lost_answers <= 0 or self._api_rng.random() >= self.config.lost_answers:
+            return False
+        self.stats.lost_answers += 1
+        return True
+
     # -- predictions --------------------------------------------------------------------
 
     def get(self, prediction_id: str) -> Prediction | None:
         """The prediction, or None if this simulator never created it."""
         return self._predictions.get(prediction_id)
 
+    def newest_first(self, dialect: Dialect) -> list[Prediction]:
+        """One dialect's jobs, the most recent first (Replicate's list order)."""
+        jobs = [p for p in self._predictions.values() if (p.dialect or self.replicate) is dialect]
+        return jobs[::-1]
+
+    async def wait_terminal(self, prediction: Prediction, *, timeout: float) -> None:
+        """Until the job has ended or `timeout` seconds passed (Replicate's `Prefer: wait`)."""
+        lifecycle = self._lifecycles.get(prediction.id)
+        if lifecycle is not None and not prediction.terminal:
+            await asyncio.wait([lifecycle], timeout=timeout)
+
     async def create(
         self,
         request: CreateRequest,
         *,
         base_url: str,
-        idempotency_key: str | None = None,
         dialect: Dialect | None = None,
+        retention: float | None = None,
+        inline_outputs: bool = False,
+        hold_for: float | None = None,
     ) -> Prediction:
         """Register a prediction, send ``start`` and launch its lifecycle.
+
+        There is no idempotency key: none of the vendors has one, so a create sent twice
+        makes two jobs, both billed. ``retention``: seconds (real, scaled here) after the job
+        ends that its results stay; ``inline_outputs``: outputs as data: URIs; ``hold_for``:
+        the job waits (no webhook, no progress) until :meth:`release`, and is canceled if that
+        does not come within so many (real, scaled here) seconds.
 
         With ``early`` the call returns only after the webhooks produced so far (``start``,
         or everything when ``job_seconds == 0``) were delivered: callbacks that beat the
@@ -139,9 +169,6 @@ class Simulator:
         """
         cfg = self.config
         dialect = dialect or self.replicate
-        if idempotency_key is not None and idempotency_key in self._by_idempotency_key:
-            # A client retrying a create it could not confirm gets the same job, not a second.
-            return self._predictions[self._by_idempotency_key[idempotency_key]]
         rng = random.Random(self._prediction_rng.getrandbits(64))
         will_fail = rng.random() < cfg.fail or FAIL_WORD in request.prompt
         prediction = Prediction(
@@ -155,10 +182,10 @@ class Simulator:
             will_fail=will_fail,
             id=dialect.new_id(),
             dialect=dialect,
+            retention=None if retention is None else cfg.scaled(retention),
+            inline_outputs=inline_outputs,
         )
         self._predictions[prediction.id] = prediction
-        if idempotency_key is not None:
-            self._by_idempotency_key[idempotency_key] = prediction.id
         self.stats.predictions_created += 1
         courier: Courier | None = None
         if prediction.webhook is not None:
@@ -171,17 +198,47 @@ class Simulator:
                 sign=lambda message_id, body, forged: dialect.webhook_headers(
                     message_id, body, forged=forged
                 ),
+                retries=dialect.retry_delays,  # type: ignore[arg-type]
             )
             self._couriers[prediction.id] = courier
+        if hold_for is not None:
+            prediction.held = True
+            timer = asyncio.create_task(self._expire_hold(prediction, cfg.scaled(hold_for)))
+            self._holds[prediction.id] = timer
+            return prediction
+        await self._launch(prediction)
+        return prediction
+
+    async def release(self, prediction: Prediction) -> bool:
+        """Start a held job; False when it was not waiting (started, ended or never held)."""
+        if not prediction.held or prediction.terminal:
+            return False
+        prediction.held = False
+        timer = self._holds.pop(prediction.id, None)
+        if timer is not None:
+            timer.cancel()
+        await self._launch(prediction)
+        return True
+
+    async def _expire_hold(self, prediction: Prediction, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self._holds.pop(prediction.id, None)
+        if prediction.held and not prediction.terminal:
+            prediction.held = False
+            self._finish(prediction, "canceled", error="the confirmation window closed")
+
+    async def _launch(self, prediction: Prediction) -> None:
+        """Send ``start`` and run the lifecycle (see ``early`` in :meth:`create`)."""
+        cfg = self.config
         self._emit(prediction, "start")
         lifecycle = self._spawn(self._run(prediction))
         self._lifecycles[prediction.id] = lifecycle
+        courier = self._couriers.get(prediction.id)
         if cfg.early:
             if cfg.job_seconds == 0:
                 await asyncio.wait([lifecycle])
             if courier is not None:
                 await courier.flush()
-        return prediction
 
     def cancel(self, prediction_id: str) -> Prediction | None:
         """Cancel a running prediction (no-op when already terminal); None if unknown."""
@@ -218,12 +275,14 @@ class Simulator:
             error = REQUESTED_FAILURE if FAIL_WORD in prediction.prompt else RANDOM_FAILURE
             self._finish(prediction, "failed", error=error)
             return
-        prediction.output = [prediction.file_url(i) for i in range(prediction.num_outputs)]
+        prediction.output = [prediction.output_ref(i) for i in range(prediction.num_outputs)]
         self._emit(prediction, "output")
         self._finish(prediction, "succeeded")
 
     def _finish(self, prediction: Prediction, status: Status, *, error: str | None = None) -> None:
         prediction.finish(status, error=error)
+        if prediction.webhook is not None:
+            prediction.webhook_completed = prediction.completed_at
         self.stats.final_statuses[status] += 1
         self._lifecycles.pop(prediction.id, None)
         self._emit(prediction, "completed")

@@ -14,7 +14,16 @@ race of background note 003).
 
 The fault knobs apply as on the Replicate routes: ``error_rate`` (503/429, no effect) here, the
 webhook faults in the shared courier. There is no signature, so a ``bad_signature`` copy is
-just one more identical POST.
+just one more identical POST. Neither proxy retries a notify.
+
+``mj_dialect="trueai"`` is trueai-org/midjourney-proxy since v10 (SubmitController.cs,
+TaskService.cs, TaskController.cs): no ``/mj/submit/change`` (404); a finished grid carries
+``buttons`` (U1-U4, the reroll, V1-V4, each a Discord ``customId`` with the message's hash) and a
+follow-up presses one with ``POST /mj/submit/action {taskId, customId}``; a variation or reroll
+is created ``MODAL`` and answered code 21 "Waiting for window confirm" (remix on, no auto
+submit) and runs only after ``POST /mj/submit/modal {taskId, prompt}`` (a window never confirmed
+closes after 10 minutes, scaled, and the task is ``CANCEL``); an unknown task's fetch is an
+empty 204.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import hmac
 import json
 import secrets
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +63,12 @@ _STATUS = {
     "canceled": "FAILURE",  # trueai's cancel fails the task with this reason
 }
 CANCELED_REASON = "取消任务"
+DIALECTS = ("novicezk", "trueai")
+MODAL_WINDOW = 600.0
+"""Seconds a trueai task waits in MODAL for its confirmation (the simulator's choice)."""
+WAITING_FOR_CONFIRM = "Waiting for window confirm"
+UNKNOWN_ACTION = "未知的 Action 类型"
+_GRID_ACTIONS = frozenset({"IMAGINE", "VARIATION", "REROLL"})
 
 # The proxy's own descriptions (SubmitController, TaskQueueHelper).
 SUBMITTED = "提交成功"
@@ -66,12 +82,16 @@ PARENT_NOT_CHANGEABLE = "关联任务不允许执行变化"
 
 
 class MjError(Exception):
-    """A submit answer with a failure code; HTTP 200, as the proxy sends it."""
+    """A submit answer with a failure code; HTTP 200, as the proxy sends it (trueai answers an
+    unknown task with 404)."""
 
-    def __init__(self, code: int, description: str, **properties: Any) -> None:
+    def __init__(
+        self, code: int, description: str, *, http_status: int = 200, **properties: Any
+    ) -> None:
         super().__init__(description)
         self.code = code
         self.description = description
+        self.http_status = http_status
         self.properties = properties
 
     def response(self) -> JSONResponse:
@@ -81,7 +101,7 @@ class MjError(Exception):
             "result": None,
             "properties": self.properties,
         }
-        return JSONResponse(body)
+        return JSONResponse(body, status_code=self.http_status)
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -103,10 +123,41 @@ def description(job: dict[str, Any]) -> str:
     return f"/up {job['parent']} {action[0]}{job['index']}"
 
 
-def task_json(prediction: Prediction, *, lagging: bool = False) -> dict[str, Any]:
+def message_hash(prediction: Prediction) -> str:
+    """The Discord message hash a finished task's buttons carry (stable per task)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"mj-sim/{prediction.id}"))
+
+
+def buttons(prediction: Prediction) -> list[dict[str, Any]]:
+    """trueai: the Discord components of a finished task's message, as it stores them."""
+    h = message_hash(prediction)
+    if prediction.input.get("action", "IMAGINE") in _GRID_ACTIONS:
+        return [
+            *(_button(f"MJ::JOB::upsample::{i}::{h}", f"U{i}") for i in range(1, 5)),
+            _button(f"MJ::JOB::reroll::0::{h}::SOLO", "", emoji="🔄"),
+            *(_button(f"MJ::JOB::variation::{i}::{h}", f"V{i}") for i in range(1, 5)),
+        ]
+    return [  # an upscaled image (a subset of upscale_buttons.json)
+        _button(f"MJ::JOB::low_variation::1::{h}::SOLO", "Vary (Subtle)", emoji="🪄"),
+        _button(f"MJ::JOB::high_variation::1::{h}::SOLO", "Vary (Strong)", emoji="🪄"),
+        _button(f"MJ::Outpaint::50::1::{h}::SOLO", "Zoom Out 2x", emoji="🔍"),
+    ]
+
+
+def _button(custom_id: str, label: str, *, emoji: str = "") -> dict[str, Any]:
+    return {"customId": custom_id, "emoji": emoji, "label": label, "style": 2, "type": 2}
+
+
+def task_json(
+    prediction: Prediction, *, lagging: bool = False, fork: str = "novicezk"
+) -> dict[str, Any]:
     """The proxy's task object; ``lagging`` shows a finished job as still running."""
     job = prediction.input
     status = "IN_PROGRESS" if lagging else _STATUS[prediction.status]
+    if fork == "trueai" and prediction.held:
+        status = "MODAL"
+    elif fork == "trueai" and prediction.status == "canceled" and not lagging:
+        status = "CANCEL"
     succeeded = status == "SUCCESS"
     fail_reason = None
     if status == "FAILURE":
@@ -126,7 +177,7 @@ def task_json(prediction: Prediction, *, lagging: bool = False) -> dict[str, Any
         "progress": "100%" if succeeded else f"{prediction.progress}%",
         "failReason": fail_reason,
         "properties": {"finalPrompt": prediction.prompt, "notifyHook": prediction.webhook},
-    }
+    } | ({"buttons": buttons(prediction) if succeeded else []} if fork == "trueai" else {})
 
 
 class MidjourneyDialect:
@@ -134,7 +185,10 @@ class MidjourneyDialect:
 
     name = "midjourney"
 
-    def __init__(self) -> None:
+    def __init__(self, fork: str = "novicezk") -> None:
+        if fork not in DIALECTS:
+            raise ValueError(f"mj_dialect must be one of {DIALECTS}, got {fork!r}")
+        self.fork = fork
         self._last_ms = 0
 
     def new_id(self) -> str:
@@ -147,16 +201,22 @@ class MidjourneyDialect:
     def webhook_body(self, prediction: Prediction, event: EventKind) -> bytes | None:
         if event == "output":
             return None  # the completion carries the image; the proxy sends nothing extra
-        return json.dumps(task_json(prediction), separators=(",", ":"), ensure_ascii=False).encode()
+        body = task_json(prediction, fork=self.fork)
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
     def webhook_headers(self, message_id: str, body: bytes, *, forged: bool) -> dict[str, str]:
         return {"content-type": "application/json"}
+
+    def retry_delays(self, event: EventKind) -> tuple[float, ...]:
+        """None: both proxies POST a notify once and only log a refusal (NotifyServiceImpl.java,
+        NotifyService.cs)."""
+        return ()
 
 
 def _fault(status: int) -> Response:
     """What a gateway in front of an overloaded proxy answers."""
     if status == 429:
-        return Response("Too Many Requests", status_code=429, headers={"retry-after": "1"})
+        return Response("Too Many Requests", status_code=429)
     return Response("Service Unavailable", status_code=503)
 
 
@@ -175,9 +235,10 @@ def _text(value: Any) -> str | None:
 
 
 def routes(sim: Simulator, dialect: MidjourneyDialect | None = None) -> list[Route]:
-    """The ``/mj`` routes over the shared simulator."""
-    mj = dialect or MidjourneyDialect()
+    """The ``/mj`` routes over the shared simulator, in the configured fork's dialect."""
     config = sim.config
+    mj = dialect or MidjourneyDialect(config.mj_dialect)
+    trueai = mj.fork == "trueai"
 
     def authorized(request: Request) -> bool:
         if config.mj_secret is None:
@@ -199,7 +260,9 @@ def routes(sim: Simulator, dialect: MidjourneyDialect | None = None) -> list[Rou
         done = prediction.completed_ts
         return prediction.terminal and done is not None and time.time() - done < config.mj_lag
 
-    async def create(request: Request, job: dict[str, Any], webhook: Any) -> Response:
+    async def create(
+        request: Request, job: dict[str, Any], webhook: Any, *, modal: bool = False
+    ) -> Response:
         create = CreateRequest(
             model=MODEL,
             version="",
@@ -209,7 +272,74 @@ def routes(sim: Simulator, dialect: MidjourneyDialect | None = None) -> list[Rou
             num_outputs=1,
         )
         base = config.public_url.rstrip("/") or str(request.base_url).rstrip("/")
-        prediction = await sim.create(create, base_url=base, dialect=mj)
+        prediction = await sim.create(
+            create, base_url=base, dialect=mj, hold_for=MODAL_WINDOW if modal else None
+        )
+        if modal:
+            return JSONResponse(
+                {
+                    "code": 21,
+                    "description": WAITING_FOR_CONFIRM,
+                    "result": prediction.id,
+                    "properties": {"finalPrompt": prediction.prompt, "remix": True},
+                }
+            )
+        return JSONResponse(
+            {"code": 1, "description": SUBMITTED, "result": prediction.id, "properties": {}}
+        )
+
+    def parent_of(parent_id: str | None) -> Prediction:
+        """The task a follow-up acts on, if it may be acted on (both forks' checks)."""
+        if parent_id is None:
+            raise MjError(4, TASK_ID_EMPTY)
+        parent = sim.get(parent_id)
+        if parent is None or parent.dialect is not mj:
+            raise MjError(3, PARENT_NOT_FOUND, http_status=404 if trueai else 200)
+        if parent.status != "succeeded" or lagging(parent):
+            raise MjError(4, PARENT_NOT_SUCCESS)
+        return parent
+
+    @api
+    async def action(request: Request) -> Response:
+        """trueai: press one of the parent's buttons."""
+        body = await _body(request)
+        parent_id, custom_id = _text(body.get("taskId")), _text(body.get("customId"))
+        if parent_id is None or custom_id is None:
+            raise MjError(4, "参数错误")
+        parent = parent_of(parent_id)
+        if custom_id not in {b["customId"] for b in buttons(parent)}:
+            raise MjError(4, UNKNOWN_ACTION)
+        kind, _, rest = custom_id.removeprefix("MJ::JOB::").partition("::")
+        if kind not in ("upsample", "variation", "reroll"):
+            raise MjError(4, UNKNOWN_ACTION)  # pan, zoom, vary (region): not simulated
+        proxy_action = {"upsample": "UPSCALE", "variation": "VARIATION", "reroll": "REROLL"}[kind]
+        job = {
+            "prompt": parent.prompt,
+            "action": proxy_action,
+            "state": body.get("state"),
+            "parent": parent.id,
+            "index": int(rest.split("::")[0]) if proxy_action in _INDEXED else None,
+            "customId": custom_id,
+        }
+        # Remix on, no auto submit: a variation or reroll waits for its window.
+        modal = proxy_action != "UPSCALE"
+        return await create(request, job, body.get("notifyHook"), modal=modal)
+
+    @api
+    async def modal(request: Request) -> Response:
+        """trueai: confirm a MODAL task's window; it runs from now on."""
+        body = await _body(request)
+        task_id = _text(body.get("taskId"))
+        if task_id is None:
+            raise MjError(4, "参数错误")
+        prediction = sim.get(task_id)
+        if prediction is None or prediction.dialect is not mj:
+            raise MjError(3, PARENT_NOT_FOUND, http_status=404)
+        prompt = _text(body.get("prompt"))
+        if prompt is not None:
+            prediction.input["prompt"] = prompt
+        if not await sim.release(prediction):
+            raise MjError(4, PARENT_NOT_SUCCESS)
         return JSONResponse(
             {"code": 1, "description": SUBMITTED, "result": prediction.id, "properties": {}}
         )
@@ -257,14 +387,16 @@ def routes(sim: Simulator, dialect: MidjourneyDialect | None = None) -> list[Rou
     async def fetch(request: Request) -> Response:
         prediction = sim.get(request.path_params["task_id"])
         if prediction is None or prediction.dialect is not mj:
-            return Response(status_code=200)  # Spring's answer to a null task: an empty body
+            # A null task: Spring answers an empty 200, ASP.NET Core an empty 204.
+            return Response(status_code=204 if trueai else 200)
         sim.stats.fetches[prediction.id] += 1
-        return JSONResponse(task_json(prediction, lagging=lagging(prediction)))
+        return JSONResponse(task_json(prediction, lagging=lagging(prediction), fork=mj.fork))
 
     @api
     async def list_by_condition(request: Request) -> Response:
         """The tasks of the given ids that the proxy knows ([] for none): TaskController's
-        ``listByIds``, a cheap call that still needs the secret (``taskhook check``)."""
+        ``listByIds`` in both forks, a cheap call that still needs the secret
+        (``taskhook check``)."""
         try:
             body = json.loads(await request.body() or b"{}")
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -274,12 +406,22 @@ def routes(sim: Simulator, dialect: MidjourneyDialect | None = None) -> list[Rou
             return JSONResponse([])
         found = [sim.get(i) for i in ids if isinstance(i, str)]
         return JSONResponse(
-            [task_json(p, lagging=lagging(p)) for p in found if p is not None and p.dialect is mj]
+            [
+                task_json(p, lagging=lagging(p), fork=mj.fork)
+                for p in found
+                if p is not None and p.dialect is mj
+            ]
         )
 
-    return [
+    common = [
         Route("/mj/submit/imagine", imagine, methods=["POST"]),
         Route("/mj/task/list-by-condition", list_by_condition, methods=["POST"]),
-        Route("/mj/submit/change", change, methods=["POST"]),
         Route("/mj/task/{task_id}/fetch", fetch, methods=["GET"]),
     ]
+    if trueai:
+        return [
+            *common,
+            Route("/mj/submit/action", action, methods=["POST"]),
+            Route("/mj/submit/modal", modal, methods=["POST"]),
+        ]
+    return [*common, Route("/mj/submit/change", change, methods=["POST"])]

@@ -7,11 +7,15 @@ would parse the real vendor's.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import string
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
+
+from vendors.simulator.png import gradient_png
 
 if TYPE_CHECKING:
     from vendors.simulator.dialect import Dialect
@@ -85,6 +89,15 @@ class Prediction:
     completed_at: str | None = None
     started_ts: float | None = None
     completed_ts: float | None = None
+    retention: float | None = None
+    """Seconds after completion that the outputs (and the input) are kept; None: forever.
+    Replicate deletes an API prediction's input and output after an hour."""
+    inline_outputs: bool = False
+    """Outputs are data: URIs, as a `Prefer: wait` create answers them."""
+    webhook_completed: str | None = None
+    """When the final webhook went out (Replicate shows it; null without a webhook)."""
+    held: bool = False
+    """Created but waiting to be started (a midjourney-proxy task in MODAL)."""
 
     def __post_init__(self) -> None:
         if not self.created_at:
@@ -111,9 +124,25 @@ class Prediction:
         self.error = error
         self.completed_at, self.completed_ts = iso_now()
 
+    @property
+    def data_removed(self) -> bool:
+        """True once the retention period after completion has passed."""
+        return (
+            self.retention is not None
+            and self.completed_ts is not None
+            and time.time() - self.completed_ts > self.retention
+        )
+
     def file_url(self, index: int) -> str:
         """Where output ``index`` is served (``GET /files/{id}/{index}.png``)."""
         return f"{self.base_url}/files/{self.id}/{index}.png"
+
+    def output_ref(self, index: int) -> str:
+        """Output ``index`` as the job reports it: a URL, or the image itself inline."""
+        if not self.inline_outputs:
+            return self.file_url(index)
+        png = gradient_png(self.id, index, self.prompt)
+        return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
     def to_json(self) -> dict[str, Any]:
         """The prediction object of Replicate's API; every field is always present."""
@@ -121,14 +150,15 @@ class Prediction:
         metrics: dict[str, float] = {}
         if self.started_ts is not None and self.completed_ts is not None:
             metrics["predict_time"] = round(self.completed_ts - self.started_ts, 6)
+        removed = self.data_removed
         return {
             "id": self.id,
             "model": self.model,
             "version": self.version,
-            "input": self.input,
+            "input": {} if removed else self.input,
             "logs": self.logs,
-            "output": list(self.output) if self.output is not None else None,
-            "data_removed": False,
+            "output": list(self.output) if self.output is not None and not removed else None,
+            "data_removed": removed,
             "error": self.error,
             "status": self.status,
             "created_at": self.created_at,
@@ -143,4 +173,30 @@ class Prediction:
             "metrics": metrics,
             "webhook": self.webhook,
             "webhook_events_filter": list(self.events_filter),
+            "webhook_completed": self.webhook_completed,
         }
+
+    def to_list_json(self) -> dict[str, Any]:
+        """The entry of `GET /v1/predictions`: no logs, no webhook, plus `source`
+        (https://replicate.com/docs/reference/http#predictions.list)."""
+        full = self.to_json()
+        entry = {key: full[key] for key in _LIST_FIELDS}
+        entry["source"] = "api"
+        entry["urls"] = {"get": full["urls"]["get"], "cancel": full["urls"]["cancel"]}
+        return entry
+
+
+_LIST_FIELDS = (
+    "id",
+    "model",
+    "version",
+    "input",
+    "output",
+    "data_removed",
+    "error",
+    "status",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "metrics",
+)

@@ -33,6 +33,10 @@ class Stats:
     retried: int = 0
     failed_deliveries: int = 0
     """Copies given up on: retries exhausted, or a non-retryable answer (4xx other than 429)."""
+    lost_answers: int = 0
+    """Creates that made a job whose answer was replaced by a 504."""
+    results_expired: int = 0
+    """Result reads answered 404 because the vendor's retention had passed."""
     fetches: Counter[str] = field(default_factory=Counter)
     """Answered ``GET /v1/predictions/{id}`` per prediction id: how often each job was polled."""
 
@@ -62,6 +66,8 @@ class Stats:
                 "errors_503": self.api_errors_503,
                 "errors_429": self.api_errors_429,
             },
+            "results_expired": self.results_expired,
+            "lost_answers": self.lost_answers,
             "fetches": {
                 "total": self.fetches.total(),
                 "predictions_fetched": len(self.fetches),

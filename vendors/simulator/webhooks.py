@@ -2,9 +2,12 @@
 
 Two layers:
 
-* :class:`WebhookSender` performs one message's delivery: signing (Standard Webhooks), retries
-  on transport errors / 5xx / 429 with short backoff, and the per-message faults — drop, delay,
-  a junk copy with a forged signature sent first, a duplicate copy sent after.
+* :class:`WebhookSender` performs one message's delivery: signing (each dialect its own way),
+  the vendor's own retry schedule (``Dialect.retry_delays``: Replicate retries only a
+  prediction's final webhook, also after a 4xx, for about a minute; fal retries its one webhook
+  10 times over 2 hours; midjourney-proxy never retries), scaled by ``time_scale``, and the
+  per-message faults — drop, delay, a junk copy with a forged signature sent first, a
+  duplicate copy sent after.
 * :class:`Courier` is one prediction's outbox. It delivers that prediction's messages one at a
   time in the order they were produced, so without ``reorder`` a receiver sees ``start`` … ``logs``
   … ``completed`` in order even with delays. With ``reorder`` it holds them until the
@@ -32,13 +35,11 @@ from vendors.simulator.stats import Stats
 
 log = logging.getLogger(__name__)
 
-RETRY_BACKOFF_SECONDS = 0.05
-"""First resend wait; doubles per attempt (Replicate backs off over minutes, tests can't)."""
-RETRY_BACKOFF_CAP_SECONDS = 1.0
-
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 # (message id, body, forged) -> headers of one send; each vendor dialect signs its own way.
 Signer = Callable[[str, bytes, bool], dict[str, str]]
+# event -> the vendor's waits (real seconds) before each resend of a refused message.
+RetrySchedule = Callable[[str], tuple[float, ...]]
 
 
 @dataclass
@@ -63,8 +64,16 @@ class WebhookSender:
         self._stats = stats
         self._client = client
 
-    async def deliver(self, url: str, message: Message, rng: random.Random, sign: Signer) -> None:
-        """Deliver one message, applying this message's share of the configured faults."""
+    async def deliver(
+        self,
+        url: str,
+        message: Message,
+        rng: random.Random,
+        sign: Signer,
+        delays: tuple[float, ...] = (),
+    ) -> None:
+        """Deliver one message, applying this message's share of the configured faults;
+        `delays` are the vendor's waits before each resend (none: sent once)."""
         cfg = self._config
         # Draw every roll up front so the RNG stream per message is the same whatever the
         # probabilities are: the same seed gives the same decisions across configurations.
@@ -77,25 +86,25 @@ class WebhookSender:
         if junk_roll < cfg.bad_signature:
             self._stats.bad_signature += 1
             await self._post(url, message, sign, forged=True)
-        await self._deliver_with_retries(url, message, sign)
+        await self._deliver_with_retries(url, message, sign, delays)
         if dup_roll < cfg.duplicate:
             self._stats.duplicated += 1
-            await self._deliver_with_retries(url, message, sign)
+            await self._deliver_with_retries(url, message, sign, delays)
 
-    async def _deliver_with_retries(self, url: str, message: Message, sign: Signer) -> None:
-        """Send a genuine copy; resend on transport error, 5xx or 429 only."""
-        for attempt in range(self._config.webhook_retries + 1):
+    async def _deliver_with_retries(
+        self, url: str, message: Message, sign: Signer, delays: tuple[float, ...]
+    ) -> None:
+        """Send a genuine copy; while it is refused (no answer, or any status but 2xx: the
+        vendors retry after a 4xx too), resend after each of `delays`, scaled."""
+        for attempt in range(len(delays) + 1):
             if attempt:
                 self._stats.retried += 1
-                backoff = RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1)
-                await asyncio.sleep(min(backoff, RETRY_BACKOFF_CAP_SECONDS))
+                await asyncio.sleep(delays[attempt - 1] * self._config.time_scale)
             self._stats.sent += 1
             status = await self._post(url, message, sign, forged=False)
             if status is not None and 200 <= status < 300:
                 self._stats.delivered += 1
                 return
-            if status is not None and status != 429 and status < 500:
-                break  # the receiver refused this message for good (or redirected us)
         self._stats.failed_deliveries += 1
 
     async def _post(self, url: str, message: Message, sign: Signer, *, forged: bool) -> int | None:
@@ -121,10 +130,12 @@ class Courier:
         reorder: bool,
         spawn: Spawn,
         sign: Signer,
+        retries: RetrySchedule = lambda event: (),
     ) -> None:
         self._url = url
         self._sender = sender
         self._sign = sign
+        self._retries = retries
         # Fault rolls and the shuffle use separate streams: the worker and whoever closes the
         # courier run concurrently, and interleaved draws would break reproducibility.
         self._fault_rng = random.Random(rng.getrandbits(64))
@@ -186,7 +197,13 @@ class Courier:
         try:
             while (message := await self._queue.get()) is not None:
                 try:
-                    await self._sender.deliver(self._url, message, self._fault_rng, self._sign)
+                    await self._sender.deliver(
+                        self._url,
+                        message,
+                        self._fault_rng,
+                        self._sign,
+                        self._retries(message.event),
+                    )
                 except Exception:
                     log.exception("webhook %s could not be delivered", message.webhook_id)
                 self._released.popleft()

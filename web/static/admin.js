@@ -163,7 +163,9 @@
       return el("tr", { dataset: { testid: "vendor", vendor: v.vendor, circuit: v.circuit } },
         cell(name), circuitCell, cell(String(v.failures)),
         cell(v.open_until ? T.formatTime(v.open_until) : ""),
-        cell(v.blocked_until ? T.formatTime(v.blocked_until) : ""));
+        cell(v.blocked_until ? T.formatTime(v.blocked_until) : ""),
+        el("td", { dataset: { testid: "results-expired" },
+                   text: v.results_expired_last_day + " / " + v.results_expired }));
     });
     if (!rows.length) rows.push(el("tr", {}, el("td", { text: "No vendor is configured." })));
     $("vendors").replaceChildren(...rows);
