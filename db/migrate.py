@@ -78,3 +78,50 @@ async def migrate(conn: Conn) -> list[Migration]:
 
 async def is_current(conn: Conn) -> bool:
     return {m.version for m in load_migrations()} <= await applied_versions(conn)
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """The database's migrations against the ones this release knows."""
+
+    applied: frozenset[int]
+    known: frozenset[int]
+
+    @property
+    def missing(self) -> list[int]:
+        """Known here, not applied there: the schema is behind (run `taskhook migrate`)."""
+        return sorted(self.known - self.applied)
+
+    @property
+    def unknown(self) -> list[int]:
+        """Applied there, unknown here: the schema is ahead (this release is older)."""
+        return sorted(self.applied - self.known)
+
+    @property
+    def current(self) -> bool:
+        return not self.missing and not self.unknown
+
+    def describe(self) -> str:
+        """One sentence for an operator; what to do comes with it."""
+        newest = f"{max(self.known):04d}" if self.known else "none"
+        if self.unknown:
+            ahead = ", ".join(f"{v:04d}" for v in self.unknown)
+            return (
+                f"the database schema is ahead of this taskhook: migration(s) {ahead} are "
+                f"applied but this release knows up to {newest} (a rollback?); run the "
+                "release that applied them, or restore the database from before that upgrade"
+            )
+        if self.missing:
+            behind = ", ".join(f"{v:04d}" for v in self.missing)
+            return (
+                f"the database schema is behind this taskhook: migration(s) {behind} are not "
+                "applied; run `taskhook migrate`"
+            )
+        return f"the database schema is current ({newest})"
+
+
+async def schema_state(conn: Conn) -> SchemaState:
+    return SchemaState(
+        applied=frozenset(await applied_versions(conn)),
+        known=frozenset(m.version for m in load_migrations()),
+    )

@@ -6,18 +6,29 @@
 
 -- transition --
 -- The only writer of tasks.status: taskhook_transition_many (db/migrations/0008_set_based.sql),
--- here for one task. JSON arguments come as text, the allowed states comma-joined.
-SELECT from_status, applied, status, progress, refunds, ended, notified
+-- here for one task. JSON arguments come as text, the allowed states comma-joined. `age`: the
+-- seconds since submit of a task this move ended (taskhook_task_duration_seconds), else NULL.
+SELECT t.from_status, t.applied, t.status, t.progress, t.refunds, t.ended, t.notified,
+       CASE WHEN t.applied AND t.status IN ('completed', 'failed', 'canceled') THEN
+           (SELECT extract(epoch FROM now() - k.created_at)::float8
+              FROM tasks AS k WHERE k.id = $1::uuid)
+       END AS age
   FROM taskhook_transition_many(ARRAY[$1::uuid], ARRAY[$2::text], ARRAY[$3::task_status],
                                 ARRAY[$4::text], ARRAY[$5::text], ARRAY[$6::int],
                                 ARRAY[$7::text], ARRAY[$8::text], ARRAY[$9::text],
-                                ARRAY[$10::text], ARRAY[$11::text], ARRAY[$12::timestamptz]);
+                                ARRAY[$10::text], ARRAY[$11::text], ARRAY[$12::timestamptz])
+       AS t;
 
 -- receive_webhooks --
 -- Verified webhooks' whole database work in one round trip and one commit
--- (taskhook_receive_many, 0008).
-SELECT * FROM taskhook_receive_many($1, $2, $3, $4, $5, $6, $7, $8::task_status[], $9, $10,
-                                    $11, $12, $13, $14);
+-- (taskhook_receive_many, 0008); `age` as in transition, looked up only for a task that ended.
+SELECT r.*,
+       CASE WHEN r.applied AND r.status IN ('completed', 'failed', 'canceled') THEN
+           (SELECT extract(epoch FROM now() - k.created_at)::float8
+              FROM tasks AS k WHERE k.id = ($3::uuid[])[r.ord])
+       END AS age
+  FROM taskhook_receive_many($1, $2, $3, $4, $5, $6, $7, $8::task_status[], $9, $10,
+                             $11, $12, $13, $14) AS r;
 
 -- create_user --
 -- A new user and their first API key (stored only as a hash).

@@ -109,6 +109,8 @@ def result_of(row: Record, to: TaskStatus) -> TransitionResult:
     metrics.TRANSITIONS.labels(to.value, outcome.value).inc()
     if row["refunds"]:
         metrics.REFUNDS.inc()
+    if row["age"] is not None and status is not None:  # this move ended the task
+        metrics.TASK_DURATION.labels(status.value).observe(row["age"])
     return TransitionResult(
         outcome=outcome, from_status=from_status, status=status, refunded=row["refunds"] > 0
     )

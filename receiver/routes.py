@@ -31,6 +31,7 @@ from taskhook.errors import (
     TaskhookError,
     TokenInvalid,
     Unavailable,
+    VerificationUnavailable,
 )
 from taskhook.http import read_body
 from taskhook.runtime import Runtime
@@ -71,6 +72,9 @@ async def receive(request: Request) -> JSONResponse:
         status = await _receive(rt, adapter, request)
     except TaskhookError as exc:
         metrics.WEBHOOKS.labels(vendor, exc.code).inc()
+        readiness = rt.readiness.get(vendor)
+        if isinstance(exc, VerificationUnavailable) and readiness is not None:
+            readiness.poke()  # the vendor is calling: retry its preparation now
         raise
     metrics.WEBHOOKS.labels(vendor, status).inc()  # positional: a third cheaper
     return JSONResponse({"status": status})

@@ -293,8 +293,9 @@ async def run_reconciler(rt: Runtime, stop: asyncio.Event, *, interval: float = 
         pause = interval
         try:
             summary = await reconcile_once(rt)
+            # Every pass, idle ones too: a reconciler that stopped passing shows in the logs.
+            log.info("reconcile_pass", **summary.as_dict())
             if summary.claimed:
-                log.info("reconcile_pass", **summary.as_dict())
                 # more may be due: come back as soon as the bucket has refilled a little
                 pause = min(interval, max(0.01, 1 / rt.settings.poll_rate))
         except (

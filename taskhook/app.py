@@ -2,36 +2,67 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import hashlib
+import hmac
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import asyncpg
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
 
 import web
 from db.migrate import is_current
 from receiver.routes import routes as receiver_routes
 from submit.routes import routes as submit_routes
-from taskhook import queue_metrics
-from taskhook.errors import ClientDisconnected, TaskhookError, Unavailable
+from taskhook import metrics_server
+from taskhook.errors import (
+    ClientDisconnected,
+    NotFound,
+    RequestInvalid,
+    TaskhookError,
+    Unauthorized,
+    Unavailable,
+)
+from taskhook.middleware import RequestMiddleware
 from taskhook.openapi import openapi_json
 from taskhook.runtime import Runtime, open_runtime
 from taskhook.settings import Settings
 
 log = structlog.get_logger()
 
+MAX_CHALLENGE = 128
 
-async def healthz(_request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok"})
+
+def healthz_proof(secret: str, challenge: str) -> str:
+    """What /healthz answers to `?challenge=`: only a process holding this deployment's
+    TASKHOOK_SECRET can compute it (`taskhook check` proves its public URL reaches this
+    deployment, not merely some server). Keyed by a key of its own, derived from the secret."""
+    key = hmac.new(secret.encode(), b"taskhook healthz proof", hashlib.sha256).digest()
+    return hmac.new(key, challenge.encode(), hashlib.sha256).hexdigest()
+
+
+async def healthz(request: Request) -> JSONResponse:
+    challenge = request.query_params.get("challenge")
+    if challenge is None:
+        return JSONResponse({"status": "ok"})
+    if not 0 < len(challenge) <= MAX_CHALLENGE:
+        raise RequestInvalid(f"challenge must be 1 to {MAX_CHALLENGE} characters.")
+    rt: Runtime = request.app.state.runtime
+    return JSONResponse({"status": "ok", "proof": healthz_proof(rt.settings.secret, challenge)})
 
 
 async def readyz(request: Request) -> JSONResponse:
+    """503 when this process cannot serve (database, schema). A vendor whose preparation is
+    still failing does not make it unready: clients are served and the other vendors' webhooks
+    accepted; it is named here (details in /admin) while the process keeps retrying."""
     rt: Runtime = request.app.state.runtime
     try:
         async with rt.pool.acquire(timeout=2) as conn:
@@ -40,13 +71,28 @@ async def readyz(request: Request) -> JSONResponse:
         raise Unavailable("The database is not reachable.") from None
     if not current:
         raise Unavailable("Database migrations are not current; run `taskhook migrate`.")
-    return JSONResponse({"status": "ready"})
+    vendors = {name: {"ready": r.ready} for name, r in rt.readiness.items()}
+    degraded = not all(r.ready for r in rt.readiness.values())
+    return JSONResponse({"status": "degraded" if degraded else "ready", "vendors": vendors})
 
 
 async def metrics(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
-    await queue_metrics.refresh(rt.pool)  # collectors are sync: read the queues first
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    settings = rt.settings
+    if not settings.metrics_on_web_port:
+        raise NotFound(
+            "Metrics are not served on this port: see TASKHOOK_METRICS_PORT and "
+            "TASKHOOK_METRICS_TOKEN."
+        )
+    if settings.metrics_token is not None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        matches = hmac.compare_digest(given.strip().encode(), settings.metrics_token.encode())
+        if scheme.lower() != "bearer" or not matches:
+            raise Unauthorized(
+                "The metrics token is required: send `Authorization: Bearer <token>`."
+            )
+    body = await metrics_server.render(rt.pool)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 async def taskhook_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -106,7 +152,18 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Starlet
             yield
             await runtime.drain()
             return
-        async with open_runtime(settings) as rt:
+        async with AsyncExitStack() as stack:
+            rt = await stack.enter_async_context(open_runtime(settings))
+            if settings.metrics_port is not None:
+                # Every process of a `serve --workers N` binds it; any one answers for all.
+                await stack.enter_async_context(
+                    metrics_server.metrics_listener(
+                        rt.pool,
+                        host=settings.metrics_host,
+                        port=settings.metrics_port,
+                        reuse_port=True,
+                    )
+                )
             app.state.runtime = rt
             yield
 
@@ -121,9 +178,10 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Starlet
         *submit_routes,
         *web.routes,
     ]
-    app = Starlette(
+    app = TaskhookApp(
         routes=routes,
         lifespan=lifespan,
+        access_log=settings.access_log,
         exception_handlers={
             TaskhookError: taskhook_error,
             HTTPException: http_error,
@@ -143,3 +201,33 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Starlet
     # Handlers reach the pool, clients and adapters here; tests hand in a ready runtime.
     app.state.runtime = runtime
     return app
+
+
+class TaskhookApp(Starlette):
+    """Starlette, with the request middleware (taskhook/middleware.py) wrapped around
+    everything, its error middleware included, so it sees and counts the 500s that renders."""
+
+    def __init__(
+        self, *, routes: Sequence[BaseRoute], access_log: bool = False, **options: Any
+    ) -> None:
+        self._templates = route_templates(routes)
+        self._access_log = access_log
+        super().__init__(routes=routes, **options)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestMiddleware(
+            super().build_middleware_stack(),
+            routes=self._templates,
+            access_log=self._access_log,
+        )
+
+
+def route_templates(routes: Sequence[BaseRoute]) -> Mapping[Any, str]:
+    """Each route's endpoint (as the router leaves it in the scope) → its path template."""
+    templates: dict[Any, str] = {}
+    for route in routes:
+        if isinstance(route, Route):
+            templates.setdefault(route.endpoint, route.path)
+        elif isinstance(route, Mount):
+            templates.setdefault(route.app, route.path + "/{path}")
+    return templates

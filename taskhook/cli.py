@@ -7,8 +7,8 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import click
@@ -18,63 +18,119 @@ from taskhook.settings import Settings, SettingsError
 T = TypeVar("T")
 
 ENV_HELP = (
-    "Configuration comes from the environment (DATABASE_URL, TASKHOOK_DATA_DIR, "
-    "TASKHOOK_S3_ENDPOINT_URL, REPLICATE_API_TOKEN, ...; see docs/API.md). With no "
-    "DATABASE_URL or S3 endpoint, embedded servers are started under TASKHOOK_DATA_DIR."
+    "Configuration comes from the environment (TASKHOOK_ENV, DATABASE_URL, TASKHOOK_SECRET, "
+    "TASKHOOK_S3_BUCKET, REPLICATE_API_TOKEN, ...; see docs/API.md). In development, with no "
+    "DATABASE_URL or storage setting, embedded servers are started under TASKHOOK_DATA_DIR; "
+    "TASKHOOK_ENV=production embeds and generates nothing."
 )
 
 
+class StartupError(click.ClickException):
+    """One line on stderr ("Error: ...") and the exit code of its kind (taskhook/startup.py)."""
+
+    def __init__(self, message: str, *, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
+
+
 def load_settings() -> Settings:
+    """The settings, or every problem with them in one line and exit 2."""
+    from taskhook.startup import EXIT_SETTINGS
+
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise StartupError(str(exc), exit_code=EXIT_SETTINGS) from None
     if settings.production and (problem := vendor_settings_problem(settings)):
-        raise click.UsageError(problem)
+        raise StartupError(problem, exit_code=EXIT_SETTINGS)
+    from taskhook.logs import configure_logging
+
+    configure_logging(json=not sys.stderr.isatty(), level=settings.log_level)
     return settings
 
 
 def vendor_settings_problem(settings: Settings) -> str | None:
     """What a configured vendor cannot work with, known without calling anyone: Replicate
-    delivers webhooks only to an https URL it can reach (issue 16.6)."""
-    if settings.replicate is not None:
-        from vendors.replicate import webhook_base_problem
+    delivers webhooks only to an https URL it can reach (issue 16.6). Asked only of Replicate
+    itself: with REPLICATE_API_BASE elsewhere (a simulator, a recording proxy) the caller of
+    our webhooks is that, and it decides what it can reach."""
+    from taskhook.settings import ReplicateSettings
+    from vendors.replicate import webhook_base_problem
 
+    if settings.replicate is not None and settings.replicate.api_base == ReplicateSettings.api_base:
         return webhook_base_problem(settings.public_url)
     return None
 
 
-def with_database(settings: Settings) -> Settings:
-    """Settings with a database: DATABASE_URL, or the embedded server (started if needed)."""
-    if settings.database_url:
-        return settings
+def preflight(settings: Settings, *, storage: bool, schema: bool = True) -> None:
+    """Database (and S3) reachable and the schema this release's, or one line and exit."""
+    from taskhook.startup import StartupFailed
+    from taskhook.startup import preflight as check
+
+    try:
+        run(check(settings, storage=storage, schema=schema))
+    except StartupFailed as exc:
+        raise StartupError(str(exc), exit_code=exc.exit_code) from None
+
+
+def with_database(settings: Settings, *, schema: bool = True) -> Settings:
+    """Settings with a database that answers and (unless `schema` is off) has this release's
+    schema: DATABASE_URL, or the embedded server (started and migrated if needed)."""
     from taskhook.embedded import install_signal_handlers, start_postgres
 
-    install_signal_handlers()
-    return replace(settings, database_url=start_postgres(settings.data_dir).dsn)
+    if settings.database_url is None:
+        install_signal_handlers()
+        pg = start_postgres(settings.data_dir)
+        settings = settings.with_default(
+            f"PostgreSQL embedded, data in {pg.pgdata}", database_url=pg.dsn
+        )
+        _migrate_embedded(settings)
+    preflight(settings, storage=False, schema=schema)
+    return settings
+
+
+def _migrate_embedded(settings: Settings) -> None:
+    """An embedded database has no release step: every process brings it up to date."""
+    from db.migrate import migrate as apply
+
+    run(with_conn(settings, apply))
 
 
 def with_services(settings: Settings, *, port: int) -> Settings:
-    from taskhook.embedded import install_signal_handlers
+    """Settings with everything a process needs, checked: database (embedded and migrated in
+    development when not given), storage, and a public URL (development: this host's)."""
+    from taskhook.embedded import EmbeddedServiceError, install_signal_handlers
     from taskhook.runtime import resolve_services
 
     install_signal_handlers()
-    settings = resolve_services(settings)
+    embedded_database = settings.database_url is None
+    try:
+        settings = resolve_services(settings)
+    except EmbeddedServiceError as exc:  # an embedded server that will not start
+        raise StartupError(str(exc).splitlines()[0], exit_code=1) from None
+    if embedded_database:
+        _migrate_embedded(settings)
     if settings.public_url is None:
-        settings = replace(settings, public_url=f"http://127.0.0.1:{port}")
+        url = f"http://127.0.0.1:{port}"
+        settings = settings.with_default(f"TASKHOOK_PUBLIC_URL set to {url}", public_url=url)
+    preflight(settings, storage=True)
     return settings
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    from taskhook.logs import configure_logging
-
-    configure_logging(json=not sys.stderr.isatty())
     try:
         import uvloop
 
         return uvloop.run(coro)
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
         return asyncio.run(coro)
+
+
+def start_logging(settings: Settings) -> None:
+    """A long-running process: JSON lines, and the standard library's (uvicorn's) the same."""
+    from taskhook.logs import configure_logging
+
+    configure_logging(json=not sys.stderr.isatty(), level=settings.log_level, stdlib=True)
 
 
 async def with_conn(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
@@ -107,53 +163,11 @@ def cli() -> None:
     pass
 
 
-@cli.command(
-    help="Check that the configured vendors can reach this deployment: prints one JSON document "
-    "{ok, checks: [{name, ok, detail}]}, exit 0 only when every check passes."
-)
-def check() -> None:
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        raise click.UsageError(str(exc)) from None
-    results = run(vendor_url_checks(settings))
-    echo_json(
-        {
-            "ok": all(ok for _, ok, _ in results),
-            "checks": [{"name": name, "ok": ok, "detail": detail} for name, ok, detail in results],
-        }
-    )
-    if not all(ok for _, ok, _ in results):
-        sys.exit(1)
-
-
-async def vendor_url_checks(settings: Settings) -> list[tuple[str, bool, str]]:
-    """Replicate must be able to deliver to TASKHOOK_PUBLIC_URL: https, reachable, and no
-    redirect in front of it (it follows none)."""
-    if settings.replicate is None:
-        return []
-    import httpx
-
-    from vendors.replicate import webhook_base_problem, webhook_redirect_problem
-
-    name = "replicate webhook url"
-    problem = webhook_base_problem(settings.public_url)
-    if problem is None and settings.public_url:
-        try:
-            async with httpx.AsyncClient(timeout=10.0) as client:
-                problem = await webhook_redirect_problem(client, settings.public_url)
-        except httpx.HTTPError as exc:
-            problem = f"{settings.public_url} did not answer: {exc!r}"
-    if problem:
-        return [(name, False, problem)]
-    return [(name, True, f"{settings.public_url} is https and answers webhooks without a redirect")]
-
-
 @cli.command(help="Apply database migrations (idempotent; safe to run concurrently).")
 def migrate() -> None:
     from db.migrate import migrate as apply
 
-    settings = with_database(load_settings())
+    settings = with_database(load_settings(), schema=False)
     applied = run(with_conn(settings, apply))
     echo_json({"applied": [f"{m.version:04d}_{m.name}" for m in applied]})
 
@@ -166,26 +180,37 @@ def migrate() -> None:
     default=1,
     show_default=True,
     type=click.IntRange(1, 64),
-    help="uvicorn worker processes",
+    help="uvicorn worker processes (metrics are summed across them)",
 )
 def serve(host: str, port: int, workers: int) -> None:
     import uvicorn
 
-    from db.migrate import migrate as apply
     from taskhook.slow_clients import guarded_protocol
+    from taskhook.startup import announce
 
-    settings = with_services(load_settings(), port=port)
-    if load_settings().database_url is None:
-        run(with_conn(settings, apply))  # embedded: nobody else runs the release step
+    settings = load_settings()
+    start_logging(settings)
+    settings = with_services(settings, port=port)
     export_settings(settings)
+    if workers > 1:
+        _multiprocess_metrics()
+    metrics = (
+        f"{settings.metrics_host}:{settings.metrics_port}"
+        if settings.metrics_port is not None
+        else ("web port" if settings.metrics_on_web_port else "off")
+    )
+    announce(settings, process="web", listen=f"{host}:{port}", workers=workers, metrics=metrics)
     uvicorn.run(
         "taskhook.cli:web_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
+        # Our own JSON access line (taskhook/middleware.py, TASKHOOK_ACCESS_LOG) replaces
+        # uvicorn's; its error lines come out as JSON through the standard library's logging.
         access_log=False,
-        log_level="warning",
+        log_config=None,
+        log_level=None,
         proxy_headers=True,
         # SIGTERM: stop accepting, let in-flight requests finish (up to this long), then exit.
         timeout_graceful_shutdown=30,
@@ -195,18 +220,40 @@ def serve(host: str, port: int, workers: int) -> None:
     )
 
 
+def _multiprocess_metrics() -> None:
+    """prometheus_client's multiprocess mode for uvicorn's worker processes (they inherit the
+    environment): a private directory, emptied, removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from taskhook.metrics_server import MULTIPROC_ENV
+
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        for stale in Path(given).glob("*.db"):  # a previous run's: they would add up
+            stale.unlink()
+        return
+    path = tempfile.mkdtemp(prefix="taskhook-metrics-")
+    os.environ[MULTIPROC_ENV] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+
+
 def export_settings(settings: Settings) -> None:
     """Resolved embedded endpoints, for processes uvicorn starts (they re-read the env)."""
     assert settings.database_url and settings.public_url
     os.environ["DATABASE_URL"] = settings.database_url
     os.environ["TASKHOOK_PUBLIC_URL"] = settings.public_url
     os.environ["TASKHOOK_SECRET"] = settings.secret
-    os.environ["TASKHOOK_ADMIN_KEY"] = settings.admin_key
+    os.environ["TASKHOOK_ADMIN_KEY"] = settings.admin_key or "off"
     if settings.s3_endpoint_url:
         os.environ["TASKHOOK_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+        os.environ["TASKHOOK_S3_BUCKET"] = settings.s3_bucket
+    if settings.s3_embedded:
         os.environ["AWS_ACCESS_KEY_ID"] = settings.aws_access_key_id or ""
         os.environ["AWS_SECRET_ACCESS_KEY"] = settings.aws_secret_access_key or ""
-        os.environ["AWS_REGION"] = settings.aws_region
+        os.environ["AWS_REGION"] = settings.aws_region or ""
 
 
 def web_app() -> Any:
@@ -214,8 +261,9 @@ def web_app() -> Any:
     from taskhook.logs import configure_logging
     from taskhook.slow_clients import InFlightLimit
 
-    configure_logging(json=True, cache=True)  # a web process: its whole life, one config
-    settings = load_settings()
+    settings = Settings.from_env()  # checked by `serve` already, from the same environment
+    # A web process: its whole life, one config.
+    configure_logging(json=True, level=settings.log_level, cache=True, stdlib=True)
     return InFlightLimit(create_app(settings), limit=settings.server.max_requests)
 
 
@@ -225,17 +273,21 @@ def metrics_port_option(f: Any) -> Any:
         type=click.IntRange(1, 65535),
         default=None,
         envvar="TASKHOOK_METRICS_PORT",
-        help="serve this process's Prometheus metrics on 127.0.0.1:PORT/metrics "
-        "(web processes have /metrics already)",
+        help="serve this process's Prometheus metrics on TASKHOOK_METRICS_HOST:PORT/metrics "
+        "(TASKHOOK_METRICS_HOST: 127.0.0.1 unless set)",
     )(f)
 
 
-def serve_metrics(port: int | None) -> None:
+@asynccontextmanager
+async def metrics_served(rt: Any, settings: Settings) -> AsyncIterator[None]:
     """Workers and reconcilers count refunds, polls and storage too: let them be scraped."""
-    if port is not None:
-        from prometheus_client import start_http_server
+    if settings.metrics_port is None:
+        yield
+        return
+    from taskhook.metrics_server import metrics_listener
 
-        start_http_server(port, addr="127.0.0.1")
+    async with metrics_listener(rt.pool, host=settings.metrics_host, port=settings.metrics_port):
+        yield
 
 
 @cli.command(help="Store finished results to S3 and retry pending vendor registrations.")
@@ -243,16 +295,26 @@ def serve_metrics(port: int | None) -> None:
 @metrics_port_option
 def worker(concurrency: int, metrics_port: int | None) -> None:
     from taskhook.runtime import open_runtime
+    from taskhook.startup import announce
     from taskhook.worker import Worker
 
-    settings = with_services(load_settings(), port=8000)
-    serve_metrics(metrics_port)
+    settings = load_settings().with_overrides(metrics_port=metrics_port)
+    start_logging(settings)
+    settings = with_services(settings, port=8000)
+    announce(settings, process="worker", listen=_metrics_listen(settings))
 
-    async def main() -> None:
-        async with open_runtime(settings) as rt:
-            await until_signal(Worker(rt, concurrency=concurrency).run)
+    async def work(stop: asyncio.Event) -> None:
+        async with open_runtime(settings) as rt, metrics_served(rt, settings):
+            await Worker(rt, concurrency=concurrency).run(stop)
 
-    run(main())
+    # The signal handlers first: a SIGTERM while the runtime opens stops the work cleanly.
+    run(until_signal(work))
+
+
+def _metrics_listen(settings: Settings) -> str | None:
+    if settings.metrics_port is None:
+        return None
+    return f"{settings.metrics_host}:{settings.metrics_port}"
 
 
 @cli.command(
@@ -265,19 +327,54 @@ def worker(concurrency: int, metrics_port: int | None) -> None:
 def reconcile(once: bool, interval: float, metrics_port: int | None) -> None:
     from reconciler.reconcile import reconcile_once, run_reconciler
     from taskhook.runtime import open_runtime
+    from taskhook.startup import announce
 
-    settings = with_services(load_settings(), port=8000)
-    if not once:
-        serve_metrics(metrics_port)  # a cron pass reports in its JSON summary instead
+    settings = load_settings()
+    if not once:  # a cron pass reports in its JSON summary instead
+        settings = settings.with_overrides(metrics_port=metrics_port)
+    else:
+        settings = settings.with_overrides(metrics_port=None)
+    start_logging(settings)
+    settings = with_services(settings, port=8000)
+    announce(settings, process="reconciler", listen=_metrics_listen(settings), once=once)
 
-    async def main() -> None:
-        async with open_runtime(settings) as rt:
+    async def work(stop: asyncio.Event) -> None:
+        async with open_runtime(settings) as rt, metrics_served(rt, settings):
             if once:
                 echo_json((await reconcile_once(rt)).as_dict())
             else:
-                await until_signal(lambda stop: run_reconciler(rt, stop, interval=interval))
+                await run_reconciler(rt, stop, interval=interval)
 
-    run(main())
+    # The signal handlers first: a SIGTERM while the runtime opens stops the work cleanly.
+    run(until_signal(work))
+
+
+@cli.command(
+    help="Check a deployment before it goes live: database reachable and migrated, bucket "
+    "writable, each vendor's credentials, Replicate's webhook secret, the public URL reaching "
+    "this deployment, secrets, clock skew. Exit 0 only when every check passes."
+)
+@click.option("--json", "as_json", is_flag=True, help="one JSON document instead of a table")
+def check(as_json: bool) -> None:
+    from taskhook.check import run_checks
+
+    settings = load_settings()
+    if not settings.production:
+        # Development: the embedded services a process would start, so they can be checked.
+        from taskhook.runtime import resolve_services
+
+        settings = resolve_services(settings)
+    results = run(run_checks(settings))
+    ok = all(r.ok for r in results)
+    if as_json:
+        echo_json({"ok": ok, "checks": [r.as_dict() for r in results]})
+    else:
+        width = max(len(r.name) for r in results)
+        click.echo(f"{'check':<{width}}  result  detail")
+        for r in results:
+            click.echo(f"{r.name:<{width}}  {'pass' if r.ok else 'FAIL':<6}  {r.detail}")
+        click.echo(f"{'all checks pass' if ok else 'some checks FAIL'}")
+    sys.exit(0 if ok else 1)
 
 
 @cli.command(
@@ -619,6 +716,12 @@ def demo(count: int, chaos: bool, port: int, keep_serving: bool) -> None:
     from taskhook.demo import run_demo
 
     settings = load_settings()
+    if settings.production:
+        raise StartupError(
+            "taskhook demo runs on embedded services and the simulator; it does not run with "
+            "TASKHOOK_ENV=production",
+            exit_code=2,
+        )
     from taskhook.embedded import install_signal_handlers
 
     install_signal_handlers()

@@ -20,6 +20,7 @@ TaskhookError
   RateLimited             429 rate_limited        (with Retry-After)
   ActiveTaskLimit         429 active_task_limit
   Unavailable             503 unavailable
+    VerificationUnavailable 503 verification_unavailable (a vendor's keys not fetched yet)
 VendorError                                       (raised by adapters, never shown to clients)
   VendorUnavailable       transient: retry later
   VendorRejected          permanent: fail and refund
@@ -237,6 +238,13 @@ class Unavailable(TaskhookError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "2"}  # every 503 says when to come back, not only DB errors
+
+
+class VerificationUnavailable(Unavailable):
+    """This vendor's webhooks cannot be verified yet (its signing keys are not fetched); the
+    delivery was not looked at. Deliver it again shortly."""
+
+    code = "verification_unavailable"
 
 
 class VendorError(Exception):

@@ -1,4 +1,10 @@
-"""Prometheus metrics, one registry per process, scraped at /metrics."""
+"""Prometheus metrics, scraped at /metrics (taskhook/metrics_server.py).
+
+One registry per process; `taskhook serve --workers N` runs prometheus_client's multiprocess
+mode instead (PROMETHEUS_MULTIPROC_DIR, set before this module is first imported), so any of
+its processes answers with the sum of them all and counters never go backwards between scrapes
+that land on different processes. Gauges say how they combine across those processes.
+"""
 
 from __future__ import annotations
 
@@ -31,10 +37,26 @@ REGISTRATIONS = Counter(
 )
 STORAGE = Counter("taskhook_storage_total", "Result storage attempts by outcome", ["outcome"])
 CIRCUIT = Gauge(
-    "taskhook_vendor_circuit", "Circuit state: 0 closed, 1 half-open, 2 open", ["vendor"]
+    "taskhook_vendor_circuit",
+    "Circuit state: 0 closed, 1 half-open, 2 open",
+    ["vendor"],
+    multiprocess_mode="mostrecent",  # the state lives in PostgreSQL: the latest reading wins
 )
 POLLS = Counter(
     "taskhook_polls_total", "Reconciler polls by vendor and outcome", ["vendor", "outcome"]
+)
+HTTP_REQUESTS = Histogram(
+    "taskhook_http_request_duration_seconds",
+    "HTTP requests by method, route template and status: count and latency",
+    ["method", "route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+TASK_DURATION = Histogram(
+    "taskhook_task_duration_seconds",
+    "Seconds from submit to a terminal state, by that state (observed by the process that "
+    "ended the task)",
+    ["status"],
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
 )
 STRAY_JOBS = Counter(
     "taskhook_stray_jobs_total",

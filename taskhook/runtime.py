@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -24,36 +24,42 @@ from db.pool import connect, create_pool
 from db.queries import InboundWebhook, receive_webhooks
 from storage.s3 import ResultStore
 from taskhook import metrics
-from taskhook.errors import VendorError
 from taskhook.events import TaskEvents
 from taskhook.net import public_only_client
 from taskhook.settings import Settings
 from taskhook.tokens import CallbackTokens
 from vendors.base import VendorAdapter
 from vendors.health import Limits, VendorHealth
+from vendors.readiness import VendorReadiness
 from vendors.replicate import ReplicateAdapter
 
 log = structlog.get_logger()
 
 
 def resolve_services(settings: Settings) -> Settings:
-    """Start embedded PostgreSQL and S3 for whatever the settings leave unset."""
-    changes: dict[str, Any] = {}
+    """Start embedded PostgreSQL and S3 for whatever a development configuration leaves unset
+    (Settings.from_env never leaves them unset in production), noting each for the
+    announcement at start."""
     if settings.database_url is None:
         from taskhook.embedded import start_postgres
 
-        changes["database_url"] = start_postgres(settings.data_dir).dsn
-    if settings.s3_endpoint_url is None:
+        pg = start_postgres(settings.data_dir)
+        settings = settings.with_default(
+            f"PostgreSQL embedded, data in {pg.pgdata}", database_url=pg.dsn
+        )
+    if settings.s3_embedded and settings.s3_endpoint_url is None:
         from taskhook.embedded import start_s3
 
-        s3 = start_s3(settings.data_dir, bucket=settings.s3_bucket)
-        changes.update(
+        s3 = start_s3(settings.data_dir, bucket=settings.s3_bucket, region=settings.aws_region)
+        settings = settings.with_default(
+            f"S3 embedded at {s3.endpoint_url} (bucket {s3.bucket!r}, region {s3.region}), "
+            f"data in {s3.log_path.parent}",
             s3_endpoint_url=s3.endpoint_url,
             aws_access_key_id=s3.access_key_id,
             aws_secret_access_key=s3.secret_access_key,
             aws_region=s3.region,
         )
-    return replace(settings, **changes) if changes else settings
+    return settings
 
 
 def build_adapters(settings: Settings, http: httpx.AsyncClient) -> dict[str, VendorAdapter]:
@@ -75,6 +81,7 @@ def build_adapters(settings: Settings, http: httpx.AsyncClient) -> dict[str, Ven
             api_key=settings.fal.api_key,
             queue_base=settings.fal.queue_base,
             jwks_url=settings.fal.jwks_url,
+            api_base=settings.fal.api_base,
             tolerance=settings.webhook_tolerance,
             timeout=settings.registration_timeout,
         )
@@ -120,6 +127,8 @@ class Runtime:
     accounts: dict[str, str] = field(default_factory=dict)
     # Confirmations with a vendor in flight from this process, by task (reconciler/confirm.py).
     confirming: dict[Any, asyncio.Future[Any]] = field(default_factory=dict)
+    # Each adapter's preparation (webhook secrets, keys), retried until it works.
+    readiness: dict[str, VendorReadiness] = field(default_factory=dict)
     events: TaskEvents = field(init=False)
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
@@ -214,17 +223,22 @@ async def open_runtime(
         name: VendorHealth(pool, name, vendor_limits(settings, adapter))
         for name, adapter in runtime.vendors.items()
     }
+    runtime.readiness = {
+        name: VendorReadiness(adapter, min_interval=settings.vendor_prepare_retry)
+        for name, adapter in runtime.vendors.items()
+    }
     try:
-        await store.ensure_bucket()
-        for adapter in runtime.vendors.values():
-            try:
-                await adapter.prepare()
-            except VendorError as exc:
-                # Not fatal: callbacks fail verification (the vendor retries them) and polling
-                # still works; the next process start tries again.
-                log.warning("vendor_prepare_failed", vendor=adapter.name, error=str(exc))
+        # A production bucket is never made here: a misspelt name must not create a new one.
+        await store.ensure_bucket(create=not settings.production)
+        for readiness in runtime.readiness.values():
+            # Not fatal: the vendor's webhooks get a 503 (it delivers them again) and polling
+            # still works while the preparation is retried in the background.
+            if not await readiness.attempt():
+                readiness.start_healing()
         yield runtime
     finally:
+        for readiness in runtime.readiness.values():
+            await readiness.close()
         await runtime.drain()
         await runtime.events.close()
         if own_http:

@@ -21,10 +21,19 @@ T = TypeVar("T")
 
 KNOWN_VENDORS = ("replicate", "fal", "midjourney")
 ENVIRONMENTS = ("development", "production")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Every secret we key or compare with: shorter ones are guessable offline from one signed token.
+MIN_SECRET_BYTES = 32
+# TASKHOOK_ADMIN_KEY's value that turns the admin API off (not a key: it is too short to be one).
+ADMIN_OFF = "off"
 
 
 class SettingsError(Exception):
-    """A configuration value is invalid; the message names the variable."""
+    """Configuration values are missing or invalid; the message names every such variable."""
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +49,8 @@ class FalSettings:
     api_key: str = field(repr=False)
     queue_base: str = "https://queue.fal.run"
     jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+    # fal's platform API (model pricing answers only a valid key: `taskhook check` asks it).
+    api_base: str = "https://api.fal.ai/v1"
     # Our fal account (X-Fal-Webhook-User-Id); None: learned and pinned (receiver/accounts.py).
     user_id: str | None = None
 
@@ -81,23 +92,27 @@ class VendorRoute:
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    # TASKHOOK_ENV: in production a process refuses to start with settings that cannot work.
+    # TASKHOOK_ENV: "production" embeds and generates nothing (see from_env).
     env: str = "development"
     data_dir: Path = Path(".taskhook")
     # None: embedded PostgreSQL under data_dir. Not in repr: the DSN may carry a password.
     database_url: str | None = field(default=None, repr=False)
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     public_url: str | None = None  # None: http://127.0.0.1:<port of `serve`>
-    s3_endpoint_url: str | None = None  # None: embedded S3 under data_dir
+    # None and not s3_embedded: AWS S3 itself (boto3's endpoint for the region).
+    s3_endpoint_url: str | None = None
+    # True: start the embedded S3-compatible server under data_dir (development only).
+    s3_embedded: bool = False
     s3_bucket: str = "taskhook"
     aws_access_key_id: str | None = field(default=None, repr=False)
     aws_secret_access_key: str | None = field(default=None, repr=False)
-    aws_region: str = "us-east-1"
+    aws_region: str | None = None  # None: boto3's default chain (AWS_DEFAULT_REGION, config)
     task_deadline: float = 1800.0
     poll_after: float = 15.0
     rate_limit: int = 600
     max_active_tasks: int = 100
-    admin_key: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    # None: the admin API is off (TASKHOOK_ADMIN_KEY=off).
+    admin_key: str | None = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     allow_private_urls: bool = False
     replicate: ReplicateSettings | None = None
     fal: FalSettings | None = None
@@ -121,6 +136,20 @@ class Settings:
     breaker_threshold: int = 10
     breaker_cooldown: float = 30.0
     delivery_retention: float = 7 * 86400.0
+    # /metrics: a bearer token for the web port's, and/or a listener of its own.
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    log_level: str = "info"
+    access_log: bool = False
+    # Seconds a starting process keeps retrying an unreachable database or S3 before it exits.
+    startup_retry: float = 30.0
+    # Seconds a starting process waits for `taskhook migrate` when the schema is behind.
+    schema_wait: float = 0.0
+    # Seconds between attempts to prepare a vendor that failed to (doubling up to a minute).
+    vendor_prepare_retry: float = 5.0
+    # What was filled in rather than configured (development only), announced at start.
+    defaults: tuple[str, ...] = field(default=(), compare=False)
     # Storing results (issue 14): one download's wall clock and minimum rate (bytes/s after
     # download_grace seconds, 0 = none), a task's whole time in storing, and its outputs' count
     # and total size.
@@ -151,12 +180,29 @@ class Settings:
         """How long a registration in flight keeps other processes off the task."""
         return self.registration_timeout + 5
 
+    @property
+    def metrics_on_web_port(self) -> bool:
+        """Whether the web port answers /metrics: with a token (it is then required), or in
+        development when no listener of its own was asked for. In production an open /metrics
+        would show queue depths and vendor health to anyone who reaches the API."""
+        if self.metrics_token is not None:
+            return True
+        return self.metrics_port is None and not self.production
+
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    def with_default(self, note: str, **changes: object) -> Settings:
+        """These settings with `changes` filled in by taskhook, noted for the announcement."""
+        return replace(self, defaults=(*self.defaults, note), **changes)  # type: ignore[arg-type]
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every variable, then raise one SettingsError naming every problem
+        (an operator fixes them all in one round, not one per restart)."""
         env = os.environ if environ is None else environ
+        problems: list[str] = []
+        defaults: list[str] = []
 
         def get(name: str) -> str | None:
             value = env.get(name, "").strip()
@@ -169,41 +215,122 @@ class Settings:
             try:
                 value = convert(raw)
             except ValueError:
-                raise SettingsError(f"{name} must be {check or 'valid'}, got {raw!r}") from None
+                problems.append(f"{name} must be {check or 'valid'}, got {raw!r}")
+                return default
             if check == "a positive number" and not (isinstance(value, float) and value > 0):
-                raise SettingsError(f"{name} must be {check}, got {raw!r}")
+                problems.append(f"{name} must be {check}, got {raw!r}")
+                return default
+            if check == "a non-negative number" and not (
+                isinstance(value, float) and value >= 0 and value != float("inf")
+            ):
+                problems.append(f"{name} must be {check}, got {raw!r}")
+                return default
             if check == "a non-negative integer" and not (isinstance(value, int) and value >= 0):
-                raise SettingsError(f"{name} must be {check}, got {raw!r}")
+                problems.append(f"{name} must be {check}, got {raw!r}")
+                return default
             return value
 
         def positive_int(name: str, default: int) -> int:
             value = parse(name, int, default, "a non-negative integer")
             if value < 1:
-                raise SettingsError(f"{name} must be at least 1, got {value}")
+                problems.append(f"{name} must be at least 1, got {value}")
+                return default
             return value
 
-        env_name = (get("TASKHOOK_ENV") or "development").lower()
-        if env_name not in ENVIRONMENTS:
-            raise SettingsError(
-                f"TASKHOOK_ENV must be one of {', '.join(ENVIRONMENTS)}, got {env_name!r}"
-            )
+        def choice(name: str, allowed: tuple[str, ...], default: str) -> str:
+            raw = (get(name) or default).lower()
+            if raw not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+                return default
+            return raw
+
+        def http_url(name: str) -> str | None:
+            value = get(name)
+            if value and not value.startswith(("http://", "https://")):
+                problems.append(f"{name} must be an http(s) URL, got {value!r}")
+                return None
+            return value.rstrip("/") if value else None
+
+        def long_enough(name: str, value: str) -> str:
+            size = len(value.encode())
+            if size < MIN_SECRET_BYTES:
+                problems.append(
+                    f"{name} must be at least {MIN_SECRET_BYTES} bytes, got {size} (make one "
+                    "with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                )
+            return value
+
+        def secret(name: str, file: str, *, hint: str = "") -> str:
+            """A configured secret, else (development only) one generated in the data dir."""
+            value = get(name)
+            if value is not None:
+                return long_enough(name, value)
+            if production:
+                problems.append(f"{name} is required in production{hint}")
+                return ""
+            try:
+                value = generated_secret(data_dir, file)
+            except SettingsError as exc:
+                problems.extend(exc.problems)
+                return ""
+            defaults.append(f"{name} generated, kept in {data_dir / file}")
+            return long_enough(f"{name} (kept in {data_dir / file})", value)
+
+        production = choice("TASKHOOK_ENV", ENVIRONMENTS, "development") == "production"
         data_dir = Path(get("TASKHOOK_DATA_DIR") or ".taskhook")
         database_url = get("DATABASE_URL")
         if database_url and not database_url.startswith(("postgres://", "postgresql://")):
-            raise SettingsError(f"DATABASE_URL must be a postgresql:// URL, got {database_url!r}")
-        public_url = get("TASKHOOK_PUBLIC_URL")
-        if public_url and not public_url.startswith(("http://", "https://")):
-            raise SettingsError(f"TASKHOOK_PUBLIC_URL must be an http(s) URL, got {public_url!r}")
+            problems.append(f"DATABASE_URL must be a postgresql:// URL, got {database_url!r}")
+        elif database_url is None and production:
+            problems.append("DATABASE_URL is required in production")
+        public_url = http_url("TASKHOOK_PUBLIC_URL")
+        if production and not (public_url or "").startswith("https://"):
+            # Replicate calls only https webhooks, and a callback token must not travel clear.
+            problems.append(
+                "TASKHOOK_PUBLIC_URL must be the https:// URL vendors reach this deployment at "
+                f"in production, got {get('TASKHOOK_PUBLIC_URL')!r}"
+            )
         allow_private = get("TASKHOOK_ALLOW_PRIVATE_URLS") or "0"
         if allow_private not in ("0", "1"):
-            raise SettingsError(
-                f"TASKHOOK_ALLOW_PRIVATE_URLS must be 0 or 1, got {allow_private!r}"
+            problems.append(f"TASKHOOK_ALLOW_PRIVATE_URLS must be 0 or 1, got {allow_private!r}")
+        access_log = get("TASKHOOK_ACCESS_LOG") or "0"
+        if access_log not in ("0", "1"):
+            problems.append(f"TASKHOOK_ACCESS_LOG must be 0 or 1, got {access_log!r}")
+
+        # Storage: an endpoint means any S3-compatible store, a bucket alone AWS S3 itself;
+        # nothing at all (development only) the embedded server under the data dir.
+        s3_endpoint_url = http_url("TASKHOOK_S3_ENDPOINT_URL")
+        s3_bucket = get("TASKHOOK_S3_BUCKET")
+        s3_embedded = (
+            not production and s3_bucket is None and get("TASKHOOK_S3_ENDPOINT_URL") is None
+        )
+        if production and s3_bucket is None:
+            problems.append(
+                "TASKHOOK_S3_BUCKET is required in production (alone for AWS S3, with "
+                "TASKHOOK_S3_ENDPOINT_URL for another S3-compatible store)"
             )
         allow_unrouted = get("TASKHOOK_ALLOW_UNROUTED_MODELS") or "0"
         if allow_unrouted not in ("0", "1"):
-            raise SettingsError(
+            problems.append(
                 f"TASKHOOK_ALLOW_UNROUTED_MODELS must be 0 or 1, got {allow_unrouted!r}"
             )
+
+        secret_value = secret("TASKHOOK_SECRET", "secret")
+        admin_key: str | None
+        if (get("TASKHOOK_ADMIN_KEY") or "").lower() == ADMIN_OFF:
+            admin_key = None
+        else:
+            admin_key = secret(
+                "TASKHOOK_ADMIN_KEY",
+                "admin_key",
+                hint=f" (at least {MIN_SECRET_BYTES} bytes, or `off` for no admin API)",
+            )
+        metrics_token = get("TASKHOOK_METRICS_TOKEN")
+        if metrics_token is not None:
+            long_enough("TASKHOOK_METRICS_TOKEN", metrics_token)
+        metrics_port = parse("TASKHOOK_METRICS_PORT", int, None, "a port number (1-65535)")
+        if metrics_port is not None and not 1 <= metrics_port <= 65535:
+            problems.append(f"TASKHOOK_METRICS_PORT must be a port number, got {metrics_port}")
 
         replicate = None
         token = get("REPLICATE_API_TOKEN")
@@ -211,11 +338,10 @@ class Settings:
             base = (get("REPLICATE_API_BASE") or "https://api.replicate.com/v1").rstrip("/")
             secrets_raw = get("REPLICATE_WEBHOOK_SECRET") or ""
             webhook_secrets = tuple(s.strip() for s in secrets_raw.split(",") if s.strip())
-            for s in webhook_secrets:
-                if not s.startswith("whsec_") or not _decodes(s):
-                    raise SettingsError(
-                        "REPLICATE_WEBHOOK_SECRET must be whsec_<base64> secrets, comma-separated"
-                    )
+            if any(not s.startswith("whsec_") or not _decodes(s) for s in webhook_secrets):
+                problems.append(
+                    "REPLICATE_WEBHOOK_SECRET must be whsec_<base64> secrets, comma-separated"
+                )
             replicate = ReplicateSettings(
                 api_token=token, api_base=base, webhook_secrets=webhook_secrets
             )
@@ -227,43 +353,50 @@ class Settings:
                 api_key=fal_key,
                 queue_base=(get("FAL_QUEUE_BASE") or FalSettings.queue_base).rstrip("/"),
                 jwks_url=get("FAL_JWKS_URL") or FalSettings.jwks_url,
+                api_base=(get("FAL_API_BASE") or FalSettings.api_base).rstrip("/"),
                 user_id=get("FAL_USER_ID"),
             )
         midjourney = None
-        mj_base = get("MJ_PROXY_BASE")
+        mj_base = http_url("MJ_PROXY_BASE")
         if mj_base:
-            if not mj_base.startswith(("http://", "https://")):
-                raise SettingsError(f"MJ_PROXY_BASE must be an http(s) URL, got {mj_base!r}")
             dialect = (get("MJ_PROXY_DIALECT") or "auto").lower()
             if dialect not in MJ_DIALECTS:
-                raise SettingsError(
+                problems.append(
                     f"MJ_PROXY_DIALECT must be one of {', '.join(MJ_DIALECTS)}, got {dialect!r}"
                 )
+                dialect = "auto"
             midjourney = MidjourneySettings(
-                api_base=mj_base.rstrip("/"), api_secret=get("MJ_PROXY_SECRET"), dialect=dialect
+                api_base=mj_base, api_secret=get("MJ_PROXY_SECRET"), dialect=dialect
             )
 
-        return cls(
-            env=env_name,
+        try:
+            routes = parse_routes(get("TASKHOOK_ROUTES"))
+        except SettingsError as exc:
+            problems.extend(exc.problems)
+            routes = {}
+
+        settings = cls(
+            env="production" if production else "development",
             data_dir=data_dir,
             database_url=database_url,
-            secret=get("TASKHOOK_SECRET") or generated_secret(data_dir, "secret"),
-            public_url=public_url.rstrip("/") if public_url else None,
-            s3_endpoint_url=get("TASKHOOK_S3_ENDPOINT_URL"),
-            s3_bucket=get("TASKHOOK_S3_BUCKET") or "taskhook",
+            secret=secret_value,
+            public_url=public_url,
+            s3_endpoint_url=s3_endpoint_url,
+            s3_embedded=s3_embedded,
+            s3_bucket=s3_bucket or "taskhook",
             aws_access_key_id=get("AWS_ACCESS_KEY_ID"),
             aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
-            aws_region=get("AWS_REGION") or "us-east-1",
+            aws_region=get("AWS_REGION"),
             task_deadline=parse("TASKHOOK_TASK_DEADLINE", float, 1800.0, "a positive number"),
             poll_after=parse("TASKHOOK_POLL_AFTER", float, 15.0, "a positive number"),
             rate_limit=parse("TASKHOOK_RATE_LIMIT", int, 600, "a non-negative integer"),
             max_active_tasks=parse("TASKHOOK_MAX_ACTIVE_TASKS", int, 100, "a non-negative integer"),
-            admin_key=get("TASKHOOK_ADMIN_KEY") or generated_secret(data_dir, "admin_key"),
+            admin_key=admin_key,
             allow_private_urls=allow_private == "1",
             replicate=replicate,
             fal=fal,
             midjourney=midjourney,
-            routes=parse_routes(get("TASKHOOK_ROUTES")),
+            routes=routes,
             allow_unrouted_models=allow_unrouted == "1",
             registration_timeout=parse("TASKHOOK_VENDOR_TIMEOUT", float, 10.0, "a positive number"),
             poll_rate=parse("TASKHOOK_POLL_RATE", float, 20.0, "a positive number"),
@@ -274,6 +407,14 @@ class Settings:
             delivery_retention=parse(
                 "TASKHOOK_DELIVERY_RETENTION", float, 7 * 86400.0, "a positive number"
             ),
+            metrics_token=metrics_token,
+            metrics_port=metrics_port,
+            metrics_host=get("TASKHOOK_METRICS_HOST") or "127.0.0.1",
+            log_level=choice("TASKHOOK_LOG_LEVEL", LOG_LEVELS, "info"),
+            access_log=access_log == "1",
+            startup_retry=parse("TASKHOOK_STARTUP_RETRY", float, 30.0, "a non-negative number"),
+            schema_wait=parse("TASKHOOK_SCHEMA_WAIT", float, 0.0, "a non-negative number"),
+            defaults=tuple(defaults),
             download_timeout=parse("TASKHOOK_DOWNLOAD_TIMEOUT", float, 60.0, "a positive number"),
             download_min_rate=float(
                 parse("TASKHOOK_DOWNLOAD_MIN_RATE", int, 32 * 1024, "a non-negative integer")
@@ -292,6 +433,9 @@ class Settings:
                 max_requests=positive_int("TASKHOOK_MAX_REQUESTS", 500),
             ),
         )
+        if problems:
+            raise SettingsError(problems)
+        return settings
 
 
 def parse_routes(raw: str | None) -> dict[str, tuple[VendorRoute, ...]]:

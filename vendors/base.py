@@ -53,6 +53,10 @@ class VendorAdapter(Protocol):
     async def prepare(self) -> None:
         """Fetch what the adapter needs before it can verify (e.g. webhook secrets, keys)."""
 
+    async def check_credentials(self) -> str:
+        """One cheap authenticated call (`taskhook check`): a few words on what answered;
+        raises VendorError when the credentials are refused or the vendor cannot say."""
+
     def model_error(self, model: str) -> str | None:
         """Why this model name can never work with this vendor, or None."""
 

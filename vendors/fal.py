@@ -65,6 +65,9 @@ log = structlog.get_logger()
 
 NAME = "fal"
 DEFAULT_QUEUE_BASE = "https://queue.fal.run"
+DEFAULT_API_BASE = "https://api.fal.ai/v1"
+# A model whose price `check_credentials` asks for when no route names a fal model.
+CHECK_MODEL = "fal-ai/flux/schnell"
 DEFAULT_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 
 # The submit answer's URLs for the request, to be used as given (see the module docstring).
@@ -355,9 +358,11 @@ class FalAdapter:
         clock: Callable[[], float] = time.monotonic,
         min_refresh_interval: float = MIN_REFRESH_INTERVAL,
         max_key_age: float = MAX_KEY_AGE,
+        api_base: str = DEFAULT_API_BASE,
     ) -> None:
         self._client = client
         self._base = queue_base.rstrip("/")
+        self._api_base = api_base.rstrip("/")
         self._jwks_url = jwks_url
         self._headers = {"Authorization": f"Key {api_key}"}
         self._tolerance = tolerance
@@ -377,6 +382,26 @@ class FalAdapter:
     def keys(self) -> tuple[Ed25519PublicKey, ...]:
         """The signing keys currently trusted."""
         return self._keys
+
+    async def check_credentials(self, model: str = CHECK_MODEL) -> str:
+        """The platform API's model pricing: cheap, and it answers a valid key only."""
+        response = await send(
+            self._client,
+            "GET",
+            f"{self._api_base}/models/pricing",
+            vendor="fal",
+            headers=self._headers,
+            timeout=self._timeout,
+            params={"endpoint_id": model},
+        )
+        raise_for_transient(response, vendor="fal", credential="key")
+        if response.status_code >= 400:
+            detail = detail_text(json_object(response).get("detail")) or "no detail"
+            raise VendorRejected(f"fal refused the pricing call ({response.status_code}): {detail}")
+        prices = json_object(response).get("prices")
+        if not isinstance(prices, list):
+            raise VendorUnavailable("fal's pricing answer has no prices")
+        return f"key accepted (priced {model})"
 
     async def prepare(self) -> None:
         """Fetch fal's signing keys; VendorUnavailable when they cannot be had."""

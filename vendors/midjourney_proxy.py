@@ -210,6 +210,15 @@ class MidjourneyProxyAdapter:
     async def prepare(self) -> None:
         """Nothing to fetch: there are no keys to verify callbacks with."""
 
+    async def check_credentials(self) -> str:
+        """`POST /mj/task/list-by-condition` with no ids: cheap, and behind the secret."""
+        status, answer = await self._call("POST", "/mj/task/list-by-condition", json={"ids": []})
+        if status >= 400 or not isinstance(answer, list):
+            raise VendorRejected(f"midjourney-proxy answered {status} to a task list")
+        if SECRET_HEADER not in self._headers:
+            return "answered without an mj-api-secret (the proxy asks for none)"
+        return "mj-api-secret accepted"
+
     def model_error(self, model: str) -> str | None:
         return None if _MODEL.fullmatch(model) else model_problem()
 

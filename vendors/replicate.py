@@ -19,7 +19,12 @@ import httpx
 
 from db.states import TaskStatus
 from receiver.signature import Delivery, decode_secret, verify_standard_webhook
-from taskhook.errors import PayloadInvalid, VendorRejected, VendorUnavailable
+from taskhook.errors import (
+    PayloadInvalid,
+    VendorRejected,
+    VendorUnavailable,
+    VerificationUnavailable,
+)
 from vendors.base import RESULT_EXPIRED, VendorUpdate
 from vendors.http import raise_for_transient, seconds_in, send
 
@@ -232,6 +237,14 @@ class ReplicateAdapter:
         except ValueError as exc:
             raise VendorUnavailable(f"Replicate's webhook secret is unusable: {exc}") from exc
 
+    async def check_credentials(self) -> str:
+        """`GET /account`: the token's owner, Replicate's cheapest authenticated call."""
+        body = await self._call("GET", "/account")
+        username = body.get("username") if isinstance(body, dict) else None
+        if not isinstance(username, str):
+            raise VendorUnavailable("Replicate's account answer names no username")
+        return f"token of {body.get('type') or 'account'} {username!r}"
+
     def model_error(self, model: str) -> str | None:
         name, _, version = model.partition(":")
         if _VERSION_ID.fullmatch(model) or (
@@ -321,6 +334,13 @@ class ReplicateAdapter:
         await self._call("POST", f"/predictions/{vendor_task_id}/cancel")
 
     def verify(self, body: bytes, headers: Mapping[str, str], *, now: float) -> Delivery:
+        if not self._secrets:
+            # Not the sender's fault: the account's secret has not been fetched yet (the
+            # runtime retries). A 503 makes Replicate deliver again instead of dropping it.
+            raise VerificationUnavailable(
+                "Replicate's webhook signing secret has not been fetched yet; taskhook is "
+                "retrying. Deliver again shortly."
+            )
         return verify_standard_webhook(
             body, headers, self._secrets, now=now, tolerance=self._tolerance
         )

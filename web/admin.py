@@ -38,6 +38,8 @@ def silent_after(settings: Settings) -> float:
 
 def require_admin(request: Request) -> Runtime:
     rt: Runtime = request.app.state.runtime
+    if rt.settings.admin_key is None:
+        raise NotFound("The admin API is turned off on this deployment (TASKHOOK_ADMIN_KEY=off).")
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     expected = rt.settings.admin_key.encode()
     given = key.strip().encode()
@@ -68,11 +70,15 @@ async def overview(request: Request) -> JSONResponse:
     vendors: list[dict[str, Any]] = []
     for name in sorted(set(rt.vendors) | set(rows) | set(expired)):
         row = rows.get(name)
+        readiness = rt.readiness.get(name)
         lost, lost_today = expired.get(name, (0, 0))
         vendors.append(
             {
                 "vendor": name,
                 "configured": name in rt.vendors,
+                # This process's preparation (webhook secrets, keys), retried until it works.
+                "ready": readiness.ready if readiness else None,
+                "prepare_error": readiness.error if readiness else None,
                 "circuit": row.circuit if row else "closed",
                 "failures": row.failures if row else 0,
                 "open_until": _time(row.open_until) if row else None,

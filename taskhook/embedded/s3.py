@@ -201,7 +201,9 @@ def _weed_env(credentials: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def client_for(endpoint_url: str, access_key_id: str, secret_access_key: str) -> S3Client:
+def client_for(
+    endpoint_url: str, access_key_id: str, secret_access_key: str, region: str = REGION
+) -> S3Client:
     """A boto3 S3 client for the embedded server, failing fast (used for the readiness probe)."""
     import boto3
     from botocore.config import Config
@@ -211,7 +213,7 @@ def client_for(endpoint_url: str, access_key_id: str, secret_access_key: str) ->
         endpoint_url=endpoint_url,
         aws_access_key_id=access_key_id,
         aws_secret_access_key=secret_access_key,
-        region_name=REGION,
+        region_name=region,
         config=Config(
             s3={"addressing_style": "path"},
             signature_version="s3v4",
@@ -273,8 +275,13 @@ def _ensure_bucket(client: S3Client, bucket: str) -> None:
             raise EmbeddedServiceError(message) from exc
 
 
-def start_s3(data_dir: Path, *, bucket: str = "taskhook", timeout: float = 60) -> EmbeddedS3:
+def start_s3(
+    data_dir: Path, *, bucket: str = "taskhook", region: str | None = None, timeout: float = 60
+) -> EmbeddedS3:
     """Start (or join) the embedded S3 server for ``data_dir`` and make sure ``bucket`` exists.
+
+    ``region`` (the caller's AWS_REGION, else us-east-1) is the one clients sign for; weed
+    accepts any, and ``embedded.json`` records the one last asked for.
 
     Blocks until the server answers S3 requests: one to two seconds, near nothing when another
     taskhook process already runs it. Raises EmbeddedServiceError with the tail of weed.log if
@@ -287,13 +294,15 @@ def start_s3(data_dir: Path, *, bucket: str = "taskhook", timeout: float = 60) -
     config_path = s3_dir / "embedded.json"
     log_path = s3_dir / "weed.log"
     weed = find_weed()
+    region = region or REGION
 
     def launch() -> LaunchSpec:
         config = _load_config(config_path)
         if config is None:
-            config = {"ports": choose_ports(), "region": REGION, **_new_credentials()}
+            config = {"ports": choose_ports(), **_new_credentials()}
         elif not _ports_free(config["ports"]):
             config["ports"] = choose_ports()
+        config["region"] = region
         _write_json(config_path, config)
         return LaunchSpec(
             name="S3 (weed mini)",
@@ -314,7 +323,7 @@ def start_s3(data_dir: Path, *, bucket: str = "taskhook", timeout: float = 60) -
 
     def wait_ready(supervised: Supervised, deadline: float) -> None:
         endpoint, config = current()
-        client = client_for(endpoint, config["access_key_id"], config["secret_access_key"])
+        client = client_for(endpoint, config["access_key_id"], config["secret_access_key"], region)
         master = int(config["ports"]["master"])
         poll_until(
             supervised,
@@ -324,7 +333,7 @@ def start_s3(data_dir: Path, *, bucket: str = "taskhook", timeout: float = 60) -
 
     def connect() -> tuple[str, dict[str, Any]]:
         endpoint, config = current()
-        client = client_for(endpoint, config["access_key_id"], config["secret_access_key"])
+        client = client_for(endpoint, config["access_key_id"], config["secret_access_key"], region)
         _ensure_bucket(client, bucket)
         return endpoint, config
 
@@ -349,7 +358,7 @@ def start_s3(data_dir: Path, *, bucket: str = "taskhook", timeout: float = 60) -
             endpoint_url=endpoint,
             access_key_id=config["access_key_id"],
             secret_access_key=config["secret_access_key"],
-            region=str(config.get("region", REGION)),
+            region=region,
             bucket=bucket,
             log_path=log_path,
             _lease=lease,

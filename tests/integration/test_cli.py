@@ -189,23 +189,34 @@ def test_workers_and_reconcilers_can_be_scraped(
 
 
 @pytest.mark.parametrize("command", ["migrate", "check"])
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://hooks.example.com", "TASKHOOK_PUBLIC_URL must be the https://"),
+        ("https://10.0.0.5", "points at 10.0.0.5, which Replicate cannot reach"),
+    ],
+)
 def test_production_refuses_a_public_url_replicate_will_not_call(
-    invoke, monkeypatch: pytest.MonkeyPatch, command: str
+    invoke, monkeypatch: pytest.MonkeyPatch, command: str, url: str, says: str
 ) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("TASKHOOK_ENV", "production")
-    monkeypatch.setenv("REPLICATE_API_TOKEN", "r8_x")
-    monkeypatch.setenv("TASKHOOK_PUBLIC_URL", "http://hooks.example.com")
+    """`check` included: a setting that cannot work is a refusal to start (one line, exit 2)
+    in production, not a failed check."""
+    for name, value in {
+        "TASKHOOK_ENV": "production",
+        "TASKHOOK_SECRET": "s" * 32,
+        "TASKHOOK_ADMIN_KEY": "a" * 32,
+        "TASKHOOK_S3_BUCKET": "results",
+        "REPLICATE_API_TOKEN": "r8_x",
+        "TASKHOOK_PUBLIC_URL": url,
+    }.items():
+        monkeypatch.setenv(name, value)
     code, out = invoke(command)
-    if command == "check":
-        report = json.loads(out)
-        assert code == 1 and report["ok"] is False
-        assert "https" in report["checks"][0]["detail"]
-    else:
-        assert code == 2 and "TASKHOOK_PUBLIC_URL must be https" in out
+    assert code == 2 and says in out
+    assert len(out.strip().splitlines()) == 1
 
 
 def test_check_finds_a_redirect_in_front_of_the_deployment(
-    invoke, monkeypatch: pytest.MonkeyPatch
+    invoke, monkeypatch: pytest.MonkeyPatch, s3: S3Config
 ) -> None:  # type: ignore[no-untyped-def]
     """An https URL that answers a webhook with a redirect (here a local server doing what an
     http-to-https or www redirect does): Replicate follows none."""
@@ -230,8 +241,16 @@ def test_check_finds_a_redirect_in_front_of_the_deployment(
         monkeypatch.setattr(replicate_module, "webhook_base_problem", lambda url: None)
         monkeypatch.setenv("REPLICATE_API_TOKEN", "r8_x")
         monkeypatch.setenv("TASKHOOK_PUBLIC_URL", f"http://127.0.0.1:{server.server_port}")
-        code, out = invoke("check")
+        for name, value in {
+            "TASKHOOK_S3_ENDPOINT_URL": s3.endpoint_url,
+            "TASKHOOK_S3_BUCKET": s3.bucket,
+            "AWS_ACCESS_KEY_ID": s3.access_key_id or "",
+            "AWS_SECRET_ACCESS_KEY": s3.secret_access_key or "",
+        }.items():
+            monkeypatch.setenv(name, value)
+        code, out = invoke("check", "--json")
     finally:
         server.shutdown()
     report = json.loads(out)
-    assert code == 1 and "follows no redirect" in report["checks"][0]["detail"]
+    (url_check,) = [c for c in report["checks"] if c["name"] == "replicate webhook url"]
+    assert code == 1 and "follows no redirect" in url_check["detail"]

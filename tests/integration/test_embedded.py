@@ -241,6 +241,22 @@ def test_s3_keeps_objects_and_ports_and_moves_off_a_taken_port(
     assert "is not available" in (tmp_path / "s3" / "weed.log.1").read_text()
 
 
+def test_s3_honours_the_callers_region(tmp_path: Path) -> None:
+    """The generated configuration used to say us-east-1 whatever AWS_REGION said (15.1);
+    resolve_services passes the settings' region (AWS_REGION) here."""
+    server = start_s3(tmp_path, region="eu-west-1")
+    try:
+        assert server.region == "eu-west-1"
+        config = json.loads((tmp_path / "s3" / "embedded.json").read_text())
+        assert config["region"] == "eu-west-1"
+        client = s3_client(server)  # signs for the server's region
+        client.put_object(Bucket=server.bucket, Key="r.txt", Body=b"eu")
+        assert client.get_object(Bucket=server.bucket, Key="r.txt")["Body"].read() == b"eu"
+    finally:
+        server.stop()
+    assert_nothing_left(tmp_path)
+
+
 def test_s3_server_dies_with_a_killed_supervisor_and_restarts(tmp_path: Path) -> None:
     server = start_s3(tmp_path)
     try:

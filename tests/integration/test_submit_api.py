@@ -206,7 +206,10 @@ async def test_unknown_route_and_method_are_json(client: httpx.AsyncClient) -> N
 
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
-    assert (await client.get("/readyz")).json() == {"status": "ready"}
+    assert (await client.get("/readyz")).json() == {
+        "status": "ready",
+        "vendors": {"replicate": {"ready": True}},
+    }
     metrics = await client.get("/metrics")
     assert "taskhook_webhooks_total" in metrics.text
 

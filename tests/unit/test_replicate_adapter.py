@@ -20,6 +20,7 @@ from taskhook.errors import (
     SignatureInvalid,
     VendorRejected,
     VendorUnavailable,
+    VerificationUnavailable,
 )
 from vendors.replicate import EVENTS_FILTER, ReplicateAdapter, to_update
 from vendors.simulator.signing import webhook_headers
@@ -694,8 +695,10 @@ async def test_prepare_fetches_the_default_secret_then_verify_accepts(
     adapter = make_adapter(recorder)
     body = json.dumps(prediction("processing")).encode()
 
-    with pytest.raises(SignatureInvalid):  # no secret yet
+    # No secret yet: not the sender's fault, and a 503 the vendor retries, not a 401.
+    with pytest.raises(VerificationUnavailable) as caught:
         adapter.verify(body, signed(SECRET, body), now=TS)
+    assert caught.value.status_code == 503 and "not been fetched" in caught.value.message
 
     await adapter.prepare()
 

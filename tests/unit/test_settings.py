@@ -11,6 +11,9 @@ from taskhook.settings import ReplicateSettings, Settings, SettingsError, Vendor
 
 SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SECRET_B = "whsec_QUFBQUFBQUFBQUFBQUFBQQ=="
+LONG_SECRET = "s3cr3t-value-" + "s" * 32
+LONG_ADMIN_KEY = "admin-value-" + "a" * 32
+LONG_METRICS_TOKEN = "metrics-value-" + "m" * 32
 
 
 @pytest.fixture
@@ -36,8 +39,10 @@ def test_defaults(env: dict[str, str], data_dir: Path) -> None:
     assert settings.database_url is None
     assert settings.allow_private_urls is False
     assert settings.s3_endpoint_url is None
+    assert settings.s3_embedded is True
     assert settings.s3_bucket == "taskhook"
-    assert settings.aws_region == "us-east-1"
+    assert settings.aws_region is None  # boto3's own chain decides
+    assert settings.env == "development" and not settings.production
 
 
 def test_blank_values_count_as_unset(env: dict[str, str]) -> None:
@@ -75,8 +80,9 @@ def test_generating_leaves_only_the_secret_files(env: dict[str, str], data_dir: 
 
 def test_an_existing_secret_file_wins(env: dict[str, str], data_dir: Path) -> None:
     data_dir.mkdir(parents=True)
-    (data_dir / "secret").write_text("kept-from-last-run\n", encoding="utf-8")
-    assert Settings.from_env(env).secret == "kept-from-last-run"
+    kept = "kept-from-last-run-" + "x" * 32
+    (data_dir / "secret").write_text(kept + "\n", encoding="utf-8")
+    assert Settings.from_env(env).secret == kept
 
 
 def test_each_data_dir_gets_its_own_secrets(tmp_path: Path) -> None:
@@ -87,10 +93,11 @@ def test_each_data_dir_gets_its_own_secrets(tmp_path: Path) -> None:
 
 
 def test_given_secrets_are_used_and_nothing_is_written(env: dict[str, str], data_dir: Path) -> None:
-    env.update(TASKHOOK_SECRET="s3cr3t-value", TASKHOOK_ADMIN_KEY="admin-value")
+    env.update(TASKHOOK_SECRET=LONG_SECRET, TASKHOOK_ADMIN_KEY=LONG_ADMIN_KEY)
     settings = Settings.from_env(env)
-    assert settings.secret == "s3cr3t-value"
-    assert settings.admin_key == "admin-value"
+    assert settings.secret == LONG_SECRET
+    assert settings.admin_key == LONG_ADMIN_KEY
+    assert settings.defaults == ()
     assert not (data_dir / "secret").exists()
     assert not (data_dir / "admin_key").exists()
 
@@ -193,7 +200,7 @@ def test_an_unknown_midjourney_proxy_dialect_names_its_variable(env: dict[str, s
 @pytest.mark.parametrize(("value", "production"), [(None, False), ("production", True)])
 def test_taskhook_env(env: dict[str, str], value: str | None, production: bool) -> None:
     if value is not None:
-        env["TASKHOOK_ENV"] = value
+        env.update(PRODUCTION, TASKHOOK_ENV=value)  # production: with what it requires
     assert Settings.from_env(env).production is production
 
 
@@ -254,10 +261,15 @@ def test_vendors_property() -> None:
 
 
 def test_secret_values_stay_out_of_repr(env: dict[str, str]) -> None:
-    env.update(TASKHOOK_SECRET="very-secret-1", TASKHOOK_ADMIN_KEY="very-secret-2")
+    env.update(
+        TASKHOOK_SECRET=LONG_SECRET,
+        TASKHOOK_ADMIN_KEY=LONG_ADMIN_KEY,
+        TASKHOOK_METRICS_TOKEN=LONG_METRICS_TOKEN,
+    )
     text = repr(Settings.from_env(env))
-    assert "very-secret-1" not in text
-    assert "very-secret-2" not in text
+    assert LONG_SECRET not in text
+    assert LONG_ADMIN_KEY not in text
+    assert LONG_METRICS_TOKEN not in text
 
 
 def test_fal_and_midjourney_are_configured_by_their_variables(env: dict[str, str]) -> None:
@@ -322,4 +334,189 @@ def test_bad_routes_stop_start_up_with_the_reason(env: dict[str, str], raw: str,
 def test_a_midjourney_base_must_be_a_url(env: dict[str, str]) -> None:
     env["MJ_PROXY_BASE"] = "mj.local"
     with pytest.raises(SettingsError, match="MJ_PROXY_BASE"):
+        Settings.from_env(env)
+
+
+# --- TASKHOOK_ENV, every problem at once, secrets long enough (issues 14.13 and 15.1) -------
+
+PRODUCTION = {
+    "TASKHOOK_ENV": "production",
+    "DATABASE_URL": "postgresql://taskhook:pw@db.internal:5432/taskhook",
+    "TASKHOOK_SECRET": LONG_SECRET,
+    "TASKHOOK_PUBLIC_URL": "https://hooks.example.com",
+    "TASKHOOK_S3_BUCKET": "results",
+    "TASKHOOK_ADMIN_KEY": LONG_ADMIN_KEY,
+}
+
+
+def test_every_bad_variable_is_named_in_one_error(env: dict[str, str]) -> None:
+    env.update(
+        TASKHOOK_TASK_DEADLINE="soon",
+        TASKHOOK_RATE_LIMIT="-1",
+        TASKHOOK_SECRET="short",
+        TASKHOOK_LOG_LEVEL="loud",
+        TASKHOOK_ROUTES="not json",
+    )
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    message = str(caught.value)
+    assert "\n" not in message
+    for name in (
+        "TASKHOOK_TASK_DEADLINE",
+        "TASKHOOK_RATE_LIMIT",
+        "TASKHOOK_SECRET",
+        "TASKHOOK_LOG_LEVEL",
+        "TASKHOOK_ROUTES",
+    ):
+        assert name in message
+    assert len(caught.value.problems) == 5
+
+
+@pytest.mark.parametrize(
+    "name", ["TASKHOOK_SECRET", "TASKHOOK_ADMIN_KEY", "TASKHOOK_METRICS_TOKEN"]
+)
+@pytest.mark.parametrize("environment", ["development", "production"])
+def test_a_configured_secret_needs_32_bytes(
+    env: dict[str, str], name: str, environment: str
+) -> None:
+    env.update(PRODUCTION, TASKHOOK_ENV=environment)
+    env[name] = "x" * 31
+    with pytest.raises(SettingsError, match=f"{name} must be at least 32 bytes, got 31"):
+        Settings.from_env(env)
+    env[name] = "é" * 16  # 32 bytes in UTF-8, 16 characters
+    assert Settings.from_env(env).env == environment
+
+
+def test_a_secret_file_too_short_is_refused_not_used(env: dict[str, str], data_dir: Path) -> None:
+    data_dir.mkdir(parents=True)
+    (data_dir / "secret").write_text("short\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match=r"TASKHOOK_SECRET .* at least 32 bytes, got 5"):
+        Settings.from_env(env)
+
+
+def test_production_names_every_missing_setting_and_generates_nothing(
+    env: dict[str, str], data_dir: Path
+) -> None:
+    env["TASKHOOK_ENV"] = "production"
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    message = str(caught.value)
+    for name in (
+        "DATABASE_URL",
+        "TASKHOOK_SECRET",
+        "TASKHOOK_PUBLIC_URL",
+        "TASKHOOK_S3_BUCKET",
+        "TASKHOOK_ADMIN_KEY",
+    ):
+        assert f"{name} " in message
+    assert "`off` for no admin API" in message
+    assert not data_dir.exists()  # no secret was generated, no directory made
+
+
+def test_a_production_configuration(env: dict[str, str], data_dir: Path) -> None:
+    env.update(PRODUCTION)
+    settings = Settings.from_env(env)
+    assert settings.production
+    assert settings.defaults == ()
+    assert (settings.s3_embedded, settings.s3_endpoint_url, settings.s3_bucket) == (
+        False,
+        None,
+        "results",
+    )
+    assert not data_dir.exists()
+
+
+@pytest.mark.parametrize("url", ["http://hooks.example.com", "hooks.example.com"])
+def test_production_wants_an_https_public_url(env: dict[str, str], url: str) -> None:
+    env.update(PRODUCTION, TASKHOOK_PUBLIC_URL=url)
+    with pytest.raises(SettingsError, match="TASKHOOK_PUBLIC_URL must be the https://"):
+        Settings.from_env(env)
+
+
+def test_the_admin_api_can_be_turned_off(env: dict[str, str], data_dir: Path) -> None:
+    env.update(PRODUCTION, TASKHOOK_ADMIN_KEY="off")
+    assert Settings.from_env(env).admin_key is None
+    env = {"TASKHOOK_DATA_DIR": str(data_dir), "TASKHOOK_ADMIN_KEY": "OFF"}
+    assert Settings.from_env(env).admin_key is None
+    assert not (data_dir / "admin_key").exists()
+
+
+def test_an_unknown_environment_is_refused(env: dict[str, str]) -> None:
+    env["TASKHOOK_ENV"] = "staging"
+    with pytest.raises(SettingsError, match="TASKHOOK_ENV must be one of development, production"):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("given", "embedded", "endpoint", "bucket"),
+    [
+        ({}, True, None, "taskhook"),
+        ({"TASKHOOK_S3_BUCKET": "mine"}, False, None, "mine"),  # AWS S3 itself
+        (
+            {"TASKHOOK_S3_ENDPOINT_URL": "http://minio:9000/"},
+            False,
+            "http://minio:9000",
+            "taskhook",
+        ),
+        # AWS credentials alone are not a storage choice: a shell may carry them for other work.
+        ({"AWS_ACCESS_KEY_ID": "AKIA", "AWS_REGION": "eu-west-1"}, True, None, "taskhook"),
+    ],
+)
+def test_storage_is_embedded_only_when_no_storage_setting_is_given(
+    env: dict[str, str],
+    given: dict[str, str],
+    embedded: bool,
+    endpoint: str | None,
+    bucket: str,
+) -> None:
+    env.update(given)
+    settings = Settings.from_env(env)
+    assert (settings.s3_embedded, settings.s3_endpoint_url, settings.s3_bucket) == (
+        embedded,
+        endpoint,
+        bucket,
+    )
+
+
+def test_development_notes_what_it_generated(env: dict[str, str], data_dir: Path) -> None:
+    notes = Settings.from_env(env).defaults
+    assert notes == (
+        f"TASKHOOK_SECRET generated, kept in {data_dir / 'secret'}",
+        f"TASKHOOK_ADMIN_KEY generated, kept in {data_dir / 'admin_key'}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "on_web_port"),
+    [
+        ({}, True),
+        ({"TASKHOOK_METRICS_PORT": "9100"}, False),
+        ({"TASKHOOK_METRICS_TOKEN": LONG_METRICS_TOKEN}, True),
+        ({"TASKHOOK_ENV": "production"}, False),
+        ({"TASKHOOK_ENV": "production", "TASKHOOK_METRICS_TOKEN": LONG_METRICS_TOKEN}, True),
+    ],
+)
+def test_where_metrics_are_served(
+    env: dict[str, str], given: dict[str, str], on_web_port: bool
+) -> None:
+    if given.get("TASKHOOK_ENV") == "production":
+        env.update(PRODUCTION)
+    env.update(given)
+    assert Settings.from_env(env).metrics_on_web_port is on_web_port
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TASKHOOK_METRICS_PORT", "0"),
+        ("TASKHOOK_METRICS_PORT", "http"),
+        ("TASKHOOK_ACCESS_LOG", "yes"),
+        ("TASKHOOK_STARTUP_RETRY", "-1"),
+        ("TASKHOOK_SCHEMA_WAIT", "forever"),
+        ("TASKHOOK_S3_ENDPOINT_URL", "minio:9000"),
+    ],
+)
+def test_more_bad_values_name_their_variable(env: dict[str, str], name: str, value: str) -> None:
+    env[name] = value
+    with pytest.raises(SettingsError, match=name):
         Settings.from_env(env)

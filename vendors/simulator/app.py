@@ -1,6 +1,7 @@
 """HTTP routes of the simulator: Replicate's predictions API plus a few ``/_sim`` extras.
 
-Everything under ``/v1`` checks the bearer token (when configured) before anything else;
+Everything under ``/v1`` checks the bearer token (when configured) before anything else
+(``GET /v1/account`` answers the token's owner, as Replicate's does);
 create, get and cancel then roll the ``error_rate`` dice and may answer 503 or 429 *without*
 touching any state, as an overloaded vendor would. Output images live under ``/files`` (public,
 like Replicate's delivery CDN) and ``/_sim/stats`` exposes the fault counters and how often each
@@ -29,6 +30,13 @@ from vendors.simulator.png import gradient_png
 from vendors.simulator.validation import MODEL_RE, RequestError, parse_create
 
 NOT_FOUND = {"detail": "Not found.", "status": 404}
+# What Replicate's GET /v1/account answers (type user|organization, username, name, github_url).
+ACCOUNT = {
+    "type": "organization",
+    "username": "taskhook-simulator",
+    "name": "taskhook simulator",
+    "github_url": None,
+}
 THROTTLE_RESET = 30.0
 """Seconds Replicate's 429 says its rate limit needs ("resets in ~30s")."""
 RESULT_RETENTION = 3600.0
@@ -201,6 +209,11 @@ def create_app(
     async def webhook_secret(request: Request) -> Response:
         return JSONResponse({"key": config.webhook_secret})
 
+    @api(faults=False)
+    async def account(request: Request) -> Response:
+        """`GET /v1/account`: the token's owner, Replicate's cheapest authenticated call."""
+        return JSONResponse(ACCOUNT)
+
     def page_url(request: Request, cursor: int) -> str:
         return f"{base_url(request)}/v1/predictions?cursor={cursor}"
 
@@ -250,6 +263,7 @@ def create_app(
             Route("/v1/predictions/{prediction_id}", get_prediction, methods=["GET"]),
             Route("/v1/predictions/{prediction_id}/cancel", cancel_prediction, methods=["POST"]),
             Route("/v1/webhooks/default/secret", webhook_secret, methods=["GET"]),
+            Route("/v1/account", account, methods=["GET"]),
             Route("/files/{prediction_id}/{index:int}.png", output_file, methods=["GET"]),
             Route("/_sim/stats", stats, methods=["GET"]),
             *fal.routes(sim),

@@ -19,6 +19,10 @@ tests record it). What fal does that is unpleasant is done too: a result is kept
 the job ends, 6 minutes when it is 10 KB or more (then 404), scaled by ``time_scale``; a
 ``payload_error`` fraction of successful jobs' webhooks come without their payload; a refused
 webhook is retried 10 times over 2 hours.
+
+fal's platform API (``https://api.fal.ai/v1``) lives under ``/fal-api/v1``: only
+``GET /models/pricing?endpoint_id=...``, which answers a valid key only (fal's docs: "Users must
+provide a valid API key"), the cheap authenticated call ``taskhook check`` makes.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from vendors.simulator.predictions import EventKind, Prediction
 from vendors.simulator.validation import FAIL_WORD, REJECT_WORD, CreateRequest, version_for
 
 PREFIX = "/fal"
+PLATFORM_PREFIX = "/fal-api/v1"
+UNIT_PRICE = 0.003  # USD per image, what the simulator quotes for every endpoint
 USER_ID = "sim-user-7f3a9c"
 """The fixed account id the simulator's webhooks carry in ``X-Fal-Webhook-User-Id``."""
 
@@ -412,9 +418,28 @@ def routes(sim: Simulator, dialect: FalDialect | None = None) -> list[Route]:
     async def jwks(request: Request) -> Response:
         return JSONResponse(fal.jwks(), headers={"cache-control": "public, max-age=3600"})
 
+    async def pricing(request: Request) -> Response:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "key" or not key.strip() or not authorized(request):
+            return JSONResponse({"detail": "Unauthorized"}, status_code=401)
+        ids = [
+            part.strip()
+            for value in request.query_params.getlist("endpoint_id")
+            for part in value.split(",")
+            if part.strip()
+        ]
+        if not 1 <= len(ids) <= 50:
+            return FalError(422, "endpoint_id: 1 to 50 endpoint ids are required").response()
+        prices = [
+            {"endpoint_id": i, "unit_price": UNIT_PRICE, "unit": "image", "currency": "USD"}
+            for i in ids
+        ]
+        return JSONResponse({"prices": prices, "next_cursor": None, "has_more": False})
+
     requests = PREFIX + "/{app:path}/requests/{request_id}"
     return [
         Route(PREFIX + "/.well-known/jwks.json", jwks, methods=["GET"]),
+        Route(PLATFORM_PREFIX + "/models/pricing", pricing, methods=["GET"]),
         Route(requests + "/status", status, methods=["GET"]),
         Route(requests + "/cancel", cancel, methods=["PUT"]),
         Route(requests, result, methods=["GET"]),

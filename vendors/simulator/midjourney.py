@@ -392,8 +392,30 @@ def routes(sim: Simulator, dialect: MidjourneyDialect | None = None) -> list[Rou
         sim.stats.fetches[prediction.id] += 1
         return JSONResponse(task_json(prediction, lagging=lagging(prediction), fork=mj.fork))
 
+    @api
+    async def list_by_condition(request: Request) -> Response:
+        """The tasks of the given ids that the proxy knows ([] for none): TaskController's
+        ``listByIds`` in both forks, a cheap call that still needs the secret
+        (``taskhook check``)."""
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            body = None
+        ids = body.get("ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list):
+            return JSONResponse([])
+        found = [sim.get(i) for i in ids if isinstance(i, str)]
+        return JSONResponse(
+            [
+                task_json(p, lagging=lagging(p), fork=mj.fork)
+                for p in found
+                if p is not None and p.dialect is mj
+            ]
+        )
+
     common = [
         Route("/mj/submit/imagine", imagine, methods=["POST"]),
+        Route("/mj/task/list-by-condition", list_by_condition, methods=["POST"]),
         Route("/mj/task/{task_id}/fetch", fetch, methods=["GET"]),
     ]
     if trueai:

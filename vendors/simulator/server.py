@@ -44,6 +44,7 @@ class RunningSimulator:
                 api_key=config.fal_key or "fal-key",
                 queue_base=f"{self.url}/fal",
                 jwks_url=f"{self.url}/fal/.well-known/jwks.json",
+                api_base=f"{self.url}/fal-api/v1",
             ),
             "midjourney": MidjourneySettings(api_base=self.url, api_secret=config.mj_secret),
         }

@@ -156,7 +156,10 @@
   function renderVendors(vendors) {
     const rows = vendors.map(function (v) {
       const circuitCell = el("td", {}, badge(v.circuit, "circuit-" + v.circuit));
-      const name = v.vendor + (v.configured ? "" : " (not configured)");
+      // A vendor whose preparation (e.g. fetching Replicate's webhook secret) still fails:
+      // its webhooks get 503 until the background retry succeeds.
+      const notReady = v.ready === false ? " (not ready: " + (v.prepare_error || "?") + ")" : "";
+      const name = v.vendor + (v.configured ? "" : " (not configured)") + notReady;
       return el("tr", { dataset: { testid: "vendor", vendor: v.vendor, circuit: v.circuit } },
         cell(name), circuitCell, cell(String(v.failures)),
         cell(v.open_until ? T.formatTime(v.open_until) : ""),
