@@ -9,13 +9,13 @@ from typing import Any
 import httpx
 import pytest
 
+from common.ids import parse_task_id
+from common.settings import Settings, VendorRoute
 from db import queries
-from db.models import parse_task_id
-from taskhook.settings import Settings, VendorRoute
+from simulator import SimulatorConfig
+from simulator.validation import FAIL_WORD
 from tests.acceptance.stack import Stack, running_stack, wait_all_terminal, wait_for
 from tests.acceptance.test_end_to_end import check_books
-from vendors.simulator import SimulatorConfig
-from vendors.simulator.validation import FAIL_WORD
 
 FAULTS = SimulatorConfig(
     job_seconds=0.3,
