@@ -23,11 +23,11 @@ import httpx
 import structlog
 from asyncpg.connection import Connection
 
-from common.settings import Settings
 from common.tokens import CallbackTokens
 from simulator.signing import new_webhook_id, webhook_headers
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime
+from vendors.registry import read_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seeding import fresh_database, insert_submitted_tasks
@@ -78,7 +78,7 @@ async def main() -> int:
             # the dev S3 when one runs, else the embedded one (the runtime checks the bucket)
             **await s3_env(DATA_DIR),
         }
-        settings = replace(Settings.from_env(env))
+        settings = replace(read_settings(env))
         tokens = CallbackTokens(CALLBACK_SECRET)
         async with open_runtime(settings) as rt:
             app = create_app(settings, runtime=rt)

@@ -9,17 +9,14 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TypeVar
-
-from common.whsec import decode_secret
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
 
-KNOWN_VENDORS = ("replicate", "fal", "midjourney")
 ENVIRONMENTS = ("development", "production")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Every secret we key or compare with: shorter ones are guessable offline from one signed token.
@@ -37,34 +34,95 @@ class SettingsError(Exception):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReplicateSettings:
-    api_token: str = field(repr=False)
-    api_base: str = "https://api.replicate.com/v1"
-    # Several `whsec_...` secrets during a rotation; empty = fetch the account's default secret.
-    webhook_secrets: tuple[str, ...] = ()
+class Declared:
+    """One environment variable, declared once beside the field it fills: its name, how its
+    text becomes the value, and what it means. docs/API.md's settings table is checked against
+    these declarations (tests/unit/test_settings_declared.py)."""
+
+    env: str
+    doc: str
+    # Text -> value; raises ValueError saying what the value must be ("a positive number").
+    # None: read in Settings.from_env by hand, because it depends on other settings.
+    read: Callable[[str], Any] | None = None
+    # A secret's value is never repeated in an error message.
+    secret: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
-class FalSettings:
-    api_key: str = field(repr=False)
-    queue_base: str = "https://queue.fal.run"
-    jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
-    # fal's platform API (model pricing answers only a valid key: `taskhook check` asks it).
-    api_base: str = "https://api.fal.ai/v1"
-    # Our fal account (X-Fal-Webhook-User-Id); None: learned and pinned (lifecycle/accounts.py).
-    user_id: str | None = None
+def setting(
+    env: str,
+    default: Any = MISSING,
+    *,
+    doc: str,
+    read: Callable[[str], Any] | None = None,
+    secret: bool = False,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A settings field declared with its variable (see Declared)."""
+    metadata = {"setting": Declared(env=env, doc=doc, read=read, secret=secret)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata, repr=not secret)
+    return field(default=default, metadata=metadata, repr=not secret)
 
 
-MJ_DIALECTS = ("auto", "novicezk", "trueai")
+def declarations(cls: type) -> list[tuple[str, Declared]]:
+    """(field name, declaration) of every declared field of a settings dataclass."""
+    return [(f.name, f.metadata["setting"]) for f in fields(cls) if "setting" in f.metadata]
 
 
-@dataclass(frozen=True, kw_only=True)
-class MidjourneySettings:
-    api_base: str
-    api_secret: str | None = field(default=None, repr=False)
-    # Which fork's follow-up API: novicezk's /mj/submit/change, trueai's /mj/submit/action
-    # (v10 removed change); auto tells them apart by the parent task's `buttons`.
-    dialect: str = "auto"
+def read_declared(
+    cls: type, get: Callable[[str], str | None], problems: list[str]
+) -> dict[str, Any]:
+    """The values of `cls`'s declared fields that are set and readable; every unreadable one
+    adds a problem (and keeps its default)."""
+    values: dict[str, Any] = {}
+    for name, declared in declarations(cls):
+        raw = get(declared.env)
+        if raw is None or declared.read is None:
+            continue
+        try:
+            values[name] = declared.read(raw)
+        except ValueError as exc:
+            shown = "" if declared.secret else f", got {raw!r}"
+            problems.append(f"{declared.env} must be {exc}{shown}")
+    return values
+
+
+class PluggedVendor(Protocol):
+    """What reading the settings needs of a vendor (vendors/base.py's VendorPlugin): its name,
+    its settings dataclass (fields declared with `setting`) and the variable that turns it on."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def settings(self) -> type: ...
+
+    @property
+    def enabled_by(self) -> str: ...
+
+
+def http_url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError("an http(s) URL")
+    return raw.rstrip("/")
+
+
+def base_url(raw: str) -> str:
+    return raw.rstrip("/")
+
+
+def text(raw: str) -> str:
+    return raw
+
+
+def one_of(*allowed: str) -> Callable[[str], str]:
+    def read(raw: str) -> str:
+        value = raw.lower()
+        if value not in allowed:
+            raise ValueError(f"one of {', '.join(allowed)}")
+        return value
+
+    return read
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,9 +172,9 @@ class Settings:
     # None: the admin API is off (TASKHOOK_ADMIN_KEY=off).
     admin_key: str | None = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     allow_private_urls: bool = False
-    replicate: ReplicateSettings | None = None
-    fal: FalSettings | None = None
-    midjourney: MidjourneySettings | None = None
+    # Vendor name -> its settings (the dataclass its module declares), in order of preference:
+    # the vendors registered in vendors/registry.py whose variable is set.
+    vendor_settings: Mapping[str, Any] = field(default_factory=dict)
     # Model name -> vendors serving it, in order of preference (TASKHOOK_ROUTES).
     routes: Mapping[str, tuple[VendorRoute, ...]] = field(default_factory=dict)
     # With routes, a model no route lists is refused unless this is set (at task_cost).
@@ -174,12 +232,11 @@ class Settings:
     @property
     def vendors(self) -> tuple[str, ...]:
         """Configured vendors in order of preference; the first is the default."""
-        configured = (
-            ("replicate", self.replicate),
-            ("fal", self.fal),
-            ("midjourney", self.midjourney),
-        )
-        return tuple(name for name, value in configured if value is not None)
+        return tuple(self.vendor_settings)
+
+    def vendor(self, name: str) -> Any:
+        """One configured vendor's settings (its module's dataclass), or None."""
+        return self.vendor_settings.get(name)
 
     @property
     def registration_lease(self) -> float:
@@ -203,9 +260,12 @@ class Settings:
         return replace(self, defaults=(*self.defaults, note), **changes)  # type: ignore[arg-type]
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, vendors: Sequence[PluggedVendor] = ()
+    ) -> Settings:
         """Read and check every variable, then raise one SettingsError naming every problem
-        (an operator fixes them all in one round, not one per restart)."""
+        (an operator fixes them all in one round, not one per restart). `vendors` are the ones
+        this build knows (vendors/registry.py's VENDORS, passed by its `read_settings`)."""
         env = os.environ if environ is None else environ
         problems: list[str] = []
         defaults: list[str] = []
@@ -348,45 +408,17 @@ class Settings:
         if metrics_port is not None and not 1 <= metrics_port <= 65535:
             problems.append(f"TASKHOOK_METRICS_PORT must be a port number, got {metrics_port}")
 
-        replicate = None
-        token = get("REPLICATE_API_TOKEN")
-        if token:
-            base = (get("REPLICATE_API_BASE") or "https://api.replicate.com/v1").rstrip("/")
-            secrets_raw = get("REPLICATE_WEBHOOK_SECRET") or ""
-            webhook_secrets = tuple(s.strip() for s in secrets_raw.split(",") if s.strip())
-            if any(not s.startswith("whsec_") or not _decodes(s) for s in webhook_secrets):
-                problems.append(
-                    "REPLICATE_WEBHOOK_SECRET must be whsec_<base64> secrets, comma-separated"
-                )
-            replicate = ReplicateSettings(
-                api_token=token, api_base=base, webhook_secrets=webhook_secrets
-            )
-
-        fal = None
-        fal_key = get("FAL_KEY")
-        if fal_key:
-            fal = FalSettings(
-                api_key=fal_key,
-                queue_base=(get("FAL_QUEUE_BASE") or FalSettings.queue_base).rstrip("/"),
-                jwks_url=get("FAL_JWKS_URL") or FalSettings.jwks_url,
-                api_base=(get("FAL_API_BASE") or FalSettings.api_base).rstrip("/"),
-                user_id=get("FAL_USER_ID"),
-            )
-        midjourney = None
-        mj_base = http_url("MJ_PROXY_BASE")
-        if mj_base:
-            dialect = (get("MJ_PROXY_DIALECT") or "auto").lower()
-            if dialect not in MJ_DIALECTS:
-                problems.append(
-                    f"MJ_PROXY_DIALECT must be one of {', '.join(MJ_DIALECTS)}, got {dialect!r}"
-                )
-                dialect = "auto"
-            midjourney = MidjourneySettings(
-                api_base=mj_base, api_secret=get("MJ_PROXY_SECRET"), dialect=dialect
-            )
+        vendor_settings: dict[str, Any] = {}
+        for vendor in vendors:
+            if get(vendor.enabled_by) is None:
+                continue
+            before = len(problems)
+            values = read_declared(vendor.settings, get, problems)
+            if len(problems) == before:
+                vendor_settings[vendor.name] = vendor.settings(**values)
 
         try:
-            routes = parse_routes(get("TASKHOOK_ROUTES"))
+            routes = parse_routes(get("TASKHOOK_ROUTES"), known=[v.name for v in vendors])
         except SettingsError as exc:
             problems.extend(exc.problems)
             routes = {}
@@ -409,9 +441,7 @@ class Settings:
             max_active_tasks=parse("TASKHOOK_MAX_ACTIVE_TASKS", int, 100, "a non-negative integer"),
             admin_key=admin_key,
             allow_private_urls=allow_private == "1",
-            replicate=replicate,
-            fal=fal,
-            midjourney=midjourney,
+            vendor_settings=vendor_settings,
             routes=routes,
             allow_unrouted_models=allow_unrouted == "1",
             registration_timeout=parse("TASKHOOK_VENDOR_TIMEOUT", float, 10.0, "a positive number"),
@@ -457,7 +487,7 @@ class Settings:
         return settings
 
 
-def parse_routes(raw: str | None) -> dict[str, tuple[VendorRoute, ...]]:
+def parse_routes(raw: str | None, *, known: Sequence[str]) -> dict[str, tuple[VendorRoute, ...]]:
     """TASKHOOK_ROUTES: {"<model>": [{"vendor": ..., "model": ..., "price": N}, ...], ...}."""
     if raw is None:
         return {}
@@ -486,10 +516,10 @@ def parse_routes(raw: str | None) -> dict[str, tuple[VendorRoute, ...]]:
                 or entry.get("price", 1) < 0
             ):
                 raise SettingsError(f"{usage}; bad route for {name!r}: {entry!r}")
-            if entry["vendor"] not in KNOWN_VENDORS:
+            if entry["vendor"] not in known:
                 raise SettingsError(
                     f"TASKHOOK_ROUTES: unknown vendor {entry['vendor']!r} for {name!r} "
-                    f"(known: {', '.join(KNOWN_VENDORS)})"
+                    f"(known: {', '.join(known)})"
                 )
             parsed.append(
                 VendorRoute(entry["vendor"], str(entry.get("model", name)), entry.get("price", 1))
@@ -499,14 +529,6 @@ def parse_routes(raw: str | None) -> dict[str, tuple[VendorRoute, ...]]:
             raise SettingsError(f"{usage}; {name!r} lists a vendor twice")
         routes[name] = tuple(parsed)
     return routes
-
-
-def _decodes(secret: str) -> bool:
-    try:
-        decode_secret(secret)
-    except ValueError:
-        return False
-    return True
 
 
 def generated_secret(data_dir: Path, name: str) -> str:

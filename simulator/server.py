@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.applications import Starlette
 
-from common.settings import FalSettings, MidjourneySettings, ReplicateSettings
 from simulator.app import create_app
 from simulator.config import SimulatorConfig
 from simulator.lifecycle import Simulator
@@ -29,25 +27,6 @@ class RunningSimulator:
         """The in-process state (stats, ``wait_idle``) behind the server."""
         sim: Simulator = self.app.state.simulator
         return sim
-
-    def vendor_settings(self) -> dict[str, Any]:
-        """Settings fields (``replicate``, ``fal``, ``midjourney``) that point taskhook at this
-        simulator, each dialect on its own path, with the credentials it checks."""
-        config = self.simulator.config
-        return {
-            "replicate": ReplicateSettings(
-                api_token=config.api_token or "token",
-                api_base=f"{self.url}/v1",
-                webhook_secrets=(config.webhook_secret,),
-            ),
-            "fal": FalSettings(
-                api_key=config.fal_key or "fal-key",
-                queue_base=f"{self.url}/fal",
-                jwks_url=f"{self.url}/fal/.well-known/jwks.json",
-                api_base=f"{self.url}/fal-api/v1",
-            ),
-            "midjourney": MidjourneySettings(api_base=self.url, api_secret=config.mj_secret),
-        }
 
     async def stop(self) -> None:
         """Graceful shutdown: stop accepting, finish open requests, run the app's shutdown."""

@@ -32,6 +32,7 @@ from simulator import SimulatorConfig, running_simulator
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime, resolve_services
 from taskhook.serving import bind, running_app, url_for
+from taskhook.simulated import simulated_vendors
 from taskhook.worker import Worker
 
 TERMINAL = {"completed", "failed", "canceled"}
@@ -105,7 +106,7 @@ async def run_demo(
             allow_private_urls=True,  # the simulator serves images from 127.0.0.1
             poll_after=3.0 if chaos else settings.poll_after,
             # The simulator speaks all three vendors; the demo spreads its tasks over them.
-            **sim.vendor_settings(),
+            vendor_settings=simulated_vendors(sim),
             # Every model the demo and its web page offer: with routes, others are refused.
             routes={
                 "flux-schnell": (
