@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncpg
 
 from db import queries
-from taskhook.audit import SETTLE, run_audit
+from lifecycle.audit import SETTLE, run_audit
 from tests.factories import make_task, make_user
 
 Conn = asyncpg.Connection

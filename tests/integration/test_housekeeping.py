@@ -10,13 +10,13 @@ from dataclasses import replace
 
 import asyncpg
 
+from common.states import TaskStatus
 from db import queries
-from db.states import TaskStatus
 from db.transition import transition
-from reconciler.housekeeping import housekeeping
-from reconciler.reconcile import reconcile_once
+from lifecycle.housekeeping import housekeeping
+from lifecycle.reconcile import reconcile_once
+from lifecycle.runtime import Runtime
 from submit.render import render_task
-from taskhook.runtime import Runtime
 from tests.factories import make_task, make_user
 from web import admin_queries
 

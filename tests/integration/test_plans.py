@@ -4,7 +4,7 @@ incremental audit runs reads its index, in the plan PostgreSQL makes for the val
 and in the generic plan asyncpg's prepared statements switch to from their sixth execution.
 
 The database is seeded set-based by bench/growth_seed.sql (the growth benchmark's own history,
-smaller): 60k tasks over 60 days, 3000 of them live, one heavy user with 3000 (150 live).
+smaller): 40k tasks over 60 days, 2000 of them live, one heavy user with 2000 (100 live).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from web import admin_queries
 from web.admin_queries import QUERIES as ADMIN_QUERIES
 
 SEED = Path(__file__).resolve().parents[2] / "bench" / "growth_seed.sql"
-TASKS, LIVE, USERS, HEAVY = 60_000, 3_000, 3_000, 3_000
+TASKS, LIVE, USERS, HEAVY = 40_000, 2_000, 2_000, 2_000
 HEAVY_USER = uuid.UUID("00000000-0000-0000-0000-000000000000")  # replaced by the fixture
 BIG_TABLES = {"tasks", "task_events", "credit_ledger", "webhook_deliveries"}
 MODES = ("force_custom_plan", "force_generic_plan")
@@ -247,10 +247,10 @@ async def test_pruning_with_nothing_due_reads_an_index_page(
 
 
 async def test_incremental_audit_reads_what_changed(history: asyncpg.Connection[Any]) -> None:
-    """Custom plans only: the audit runs them so (SET LOCAL plan_cache_mode, taskhook.audit),
+    """Custom plans only: the audit runs them so (SET LOCAL plan_cache_mode, lifecycle/audit.py),
     as a generic plan cannot know that `since` is recent."""
     since = datetime.now(UTC) - timedelta(hours=1)
-    # The seeded history adds a task every 86 s: an hour holds ~40 of them.
+    # The seeded history adds a task every 130 s: an hour holds ~28 of them.
     for name in (
         "audit_balances_since",
         "audit_refunds_since",
