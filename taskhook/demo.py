@@ -28,12 +28,14 @@ from db.pool import connect
 from lifecycle.audit import default_grace, run_audit
 from lifecycle.reconcile import run_reconciler
 from lifecycle.users import create_user
-from simulator import SimulatorConfig, running_simulator
+from simulator import RunningSimulator, SimulatorConfig, running_simulator
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime, resolve_services
 from taskhook.serving import bind, running_app, url_for
-from taskhook.simulated import simulated_vendors
 from taskhook.worker import Worker
+from vendors.fal import FalSettings
+from vendors.midjourney_proxy import MidjourneySettings
+from vendors.replicate import ReplicateSettings
 
 TERMINAL = {"completed", "failed", "canceled"}
 # The simulator and our adapter agree on this; it guards nothing real.
@@ -68,6 +70,27 @@ def _percentile(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def simulator_settings(sim: RunningSimulator) -> dict[str, Any]:
+    """Settings.vendor_settings that point taskhook at a running simulator, each dialect on
+    its own path, with the credentials it checks. Here, not in the
+    simulator: it stands apart and knows nothing of taskhook's settings."""
+    config = sim.simulator.config
+    return {
+        "replicate": ReplicateSettings(
+            api_token=config.api_token or "token",
+            api_base=f"{sim.url}/v1",
+            webhook_secrets=(config.webhook_secret,),
+        ),
+        "fal": FalSettings(
+            api_key=config.fal_key or "fal-key",
+            queue_base=f"{sim.url}/fal",
+            jwks_url=f"{sim.url}/fal/.well-known/jwks.json",
+            api_base=f"{sim.url}/fal-api/v1",
+        ),
+        "midjourney": MidjourneySettings(api_base=sim.url, api_secret=config.mj_secret),
+    }
 
 
 async def run_demo(
@@ -106,7 +129,7 @@ async def run_demo(
             allow_private_urls=True,  # the simulator serves images from 127.0.0.1
             poll_after=3.0 if chaos else settings.poll_after,
             # The simulator speaks all three vendors; the demo spreads its tasks over them.
-            vendor_settings=simulated_vendors(sim),
+            vendor_settings=simulator_settings(sim),
             # Every model the demo and its web page offer: with routes, others are refused.
             routes={
                 "flux-schnell": (

@@ -17,9 +17,9 @@ from lifecycle.runtime import Runtime
 from lifecycle.users import create_user
 from simulator import RunningSimulator, SimulatorConfig, running_simulator
 from taskhook.app import create_app
+from taskhook.demo import simulator_settings
 from taskhook.runtime import open_runtime
 from taskhook.serving import bind, running_app, url_for
-from taskhook.simulated import simulated_vendors
 from taskhook.worker import Worker
 
 TERMINAL = {"completed", "failed", "canceled"}
@@ -105,7 +105,7 @@ async def running_stack(
             # The tests' own polling (wait_all_terminal: every open task, every 50 ms) is no
             # client's traffic: the per-user limit (tested in test_limits) would refuse it.
             rate_limit=0,
-            vendor_settings=simulated_vendors(sim),
+            vendor_settings=simulator_settings(sim),
         )
         if configure is not None:
             settings = configure(settings, sim.url)
