@@ -34,7 +34,9 @@ from common.errors import (
     ValidationFailed,
 )
 from common.states import TaskStatus
+from common.validation import schema
 from submit.accept import MAX_IDEMPOTENCY_KEY
+from submit.contracts import NewTask
 from submit.listing import DEFAULT_LIMIT, MAX_LIMIT
 from submit.streaming import MAX_EVENT_ID_DIGITS
 
@@ -43,7 +45,6 @@ JsonObject = dict[str, Any]
 OPENAPI_VERSION = "3.1.0"
 TASK_ID_PATTERN = r"^tsk_[0-9a-f]{32}$"
 USER_ID_PATTERN = r"^usr_[0-9a-f]{32}$"
-MAX_MODEL_LENGTH = 200  # submit/routes.py `_validate`
 STATUS_FILTERS = ["active", *(s.value for s in TaskStatus)]
 
 _SCHEMAS = "#/components/schemas/"
@@ -225,31 +226,7 @@ def _schemas() -> JsonObject:
                 },
             },
         },
-        "NewTask": {
-            "type": "object",
-            "required": ["model", "input"],
-            "additionalProperties": False,
-            "properties": {
-                "model": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": MAX_MODEL_LENGTH,
-                    "pattern": r"\S",
-                    "description": "a model named in TASKHOOK_ROUTES (routed to the first healthy "
-                    "vendor serving it), or a vendor's own model id (Replicate: 'owner/name', "
-                    "'owner/name:version' or a 64-hex version id; fal: 'owner/app[/path]'; "
-                    "midjourney: 'midjourney', 'niji', ...): one a route lists costs that "
-                    "route's price at that vendor; with routes configured, others are refused "
-                    "(422) unless TASKHOOK_ALLOW_UNROUTED_MODELS=1",
-                },
-                "input": {"type": "object", "description": "the model's inputs"},
-                "vendor": {
-                    "type": "string",
-                    "description": "pin the task to one of the configured vendors (replicate, "
-                    "fal, midjourney): no failover; default: routed, else the first vendor",
-                },
-            },
-        },
+        "NewTask": schema(NewTask),
         "Me": {
             "type": "object",
             "required": ["id", "email", "credits"],
