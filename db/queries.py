@@ -398,7 +398,12 @@ async def set_delivery_outcome(conn: Conn, *, delivery_row_id: int, outcome: str
 
 
 async def list_deliveries(conn: Conn, *, status: str | None, limit: int) -> list[Record]:
-    return list(await conn.fetch(QUERIES["list_deliveries"], status, limit))
+    """The inbox newest first; one statement per filter, each along its own index."""
+    if status is None:
+        return list(await conn.fetch(QUERIES["list_deliveries"], limit))
+    if status == "rejected":
+        return list(await conn.fetch(QUERIES["list_dead_letters"], limit))
+    return list(await conn.fetch(QUERIES["list_deliveries_status"], status, limit))
 
 
 async def audit_balances(conn: Conn) -> list[Record]:

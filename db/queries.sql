@@ -278,9 +278,38 @@ RETURNING id;
 UPDATE webhook_deliveries SET outcome = $2 WHERE id = $1;
 
 -- list_deliveries --
-SELECT id, vendor, delivery_id, task_id, status, outcome, error, received_at, length(body) AS bytes
+-- The inbox, newest first: the newest of the accepted and replayed ones
+-- (webhook_deliveries_received) and of the dead letters (webhook_deliveries_rejected), each
+-- read backwards along its own index, merged: a page, not the week the inbox keeps.
+SELECT * FROM (
+    (SELECT id, vendor, delivery_id, task_id, status, outcome, error, received_at,
+            length(body) AS bytes
+       FROM webhook_deliveries WHERE status <> 'rejected'
+      ORDER BY received_at DESC, id DESC LIMIT $1)
+    UNION ALL
+    (SELECT id, vendor, delivery_id, task_id, status, outcome, error, received_at,
+            length(body) AS bytes
+       FROM webhook_deliveries WHERE status = 'rejected'
+      ORDER BY received_at DESC, id DESC LIMIT $1)
+) AS d
+ ORDER BY received_at DESC, id DESC
+ LIMIT $1;
+
+-- list_dead_letters --
+-- Dead letters only, newest first (webhook_deliveries_rejected).
+SELECT id, vendor, delivery_id, task_id, status, outcome, error, received_at,
+       length(body) AS bytes
   FROM webhook_deliveries
- WHERE ($1::text IS NULL OR status = $1)
+ WHERE status = 'rejected'
+ ORDER BY received_at DESC, id DESC
+ LIMIT $1;
+
+-- list_deliveries_status --
+-- Accepted or replayed ones only ($1), newest first (webhook_deliveries_received).
+SELECT id, vendor, delivery_id, task_id, status, outcome, error, received_at,
+       length(body) AS bytes
+  FROM webhook_deliveries
+ WHERE status <> 'rejected' AND status = $1
  ORDER BY received_at DESC, id DESC
  LIMIT $2;
 

@@ -250,6 +250,20 @@ async def test_dashboard_counts_and_refunds_skip_history(
     assert not any(n.get("Relation Name") == "tasks" for n in nodes(top))
 
 
+async def test_the_inbox_lists_a_page(history: asyncpg.Connection[Any]) -> None:
+    for mode in MODES:
+        top = await plan(history, QUERIES["list_deliveries"], [50], mode=mode)
+        assert {"webhook_deliveries_received", "webhook_deliveries_rejected"} <= indexes(top)
+        assert not seq_scans(top) and rows_read(top) <= 300, (mode, rows_read(top))
+    await assert_reads(
+        history,
+        QUERIES["list_dead_letters"],
+        [50],
+        index="webhook_deliveries_rejected",
+        most_rows=100,
+    )
+
+
 async def test_pruning_with_nothing_due_reads_an_index_page(
     history: asyncpg.Connection[Any],
 ) -> None:
