@@ -130,12 +130,18 @@ async def rotate_secret(
 
 
 async def claim_outbox(
-    conn: Conn, *, limit: int, owner: str, lease_seconds: float, busy_hosts: Sequence[str]
+    conn: Conn,
+    *,
+    limit: int,
+    owner: str,
+    lease_seconds: float,
+    busy_hosts: Sequence[str],
+    per_host: int = 1000,
 ) -> list[OutboxClaim]:
     if limit <= 0:
         return []
     records = await conn.fetch(
-        QUERIES["claim_outbox"], limit, owner, lease_seconds, list(busy_hosts)
+        QUERIES["claim_outbox"], limit, owner, lease_seconds, list(busy_hosts), per_host
     )
     return [OutboxClaim.from_record(r) for r in records]
 
@@ -174,8 +180,8 @@ async def finish_attempt(
     return state
 
 
-async def release_outbox(conn: Conn, *, event_id: int, owner: str) -> None:
-    await conn.execute(QUERIES["release_outbox"], event_id, owner)
+async def release_outbox(conn: Conn, *, event_ids: Sequence[int], owner: str) -> None:
+    await conn.execute(QUERIES["release_outbox"], list(event_ids), owner)
 
 
 async def task_webhook_attempts(

@@ -31,26 +31,38 @@ ON CONFLICT (user_id) WHERE expires_at IS NULL DO NOTHING
 RETURNING key;
 
 -- claim_outbox --
--- Due events, oldest first, leased to owner $2 for $3 seconds, at most $1 of them. SKIP LOCKED
--- lets any number of senders share the outbox; a sender's lease that lapses (it was killed)
--- makes the event due again, under the same webhook_id. An event waits while an older event
--- of its task is in flight, so a task's events never overtake each other; hosts $4 (those at
--- this sender's cap) are left to others. Each row comes with the user's signing keys, newest
--- first.
-WITH claimed AS (
+-- Due events, oldest first, leased to owner $2 for $3 seconds: at most $1 of them and $5 per
+-- host, none for hosts $4 (those at this sender's cap: a slow endpoint holds its own slots
+-- only). SKIP LOCKED lets any number of senders share the outbox; a lease that lapses (its
+-- sender was killed) makes the event due again, under the same webhook_id. An event waits
+-- while an older event of its task is in flight, so a task's events never overtake each
+-- other. The window looks at the oldest 1000 due events only, to stay cheap with a backlog.
+-- Each row comes with the user's signing keys, newest first.
+WITH due AS (
+    SELECT c.id, c.host, c.next_attempt_at
+      FROM webhook_outbox AS c
+     WHERE c.state = 'pending' AND c.next_attempt_at <= now()
+       AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= now())
+       AND c.host <> ALL($4::text[])
+       AND NOT EXISTS (SELECT FROM webhook_outbox AS b
+                        WHERE b.task_id = c.task_id AND b.id < c.id
+                          AND b.lease_expires_at > now())
+     ORDER BY c.next_attempt_at
+     LIMIT 1000
+), ranked AS (
+    SELECT d.id, d.next_attempt_at,
+           row_number() OVER (PARTITION BY d.host ORDER BY d.next_attempt_at) AS rn
+      FROM due AS d
+), claimed AS (
     UPDATE webhook_outbox AS o
        SET lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3),
            attempts = o.attempts + 1, updated_at = now()
      WHERE o.id IN (
            SELECT c.id FROM webhook_outbox AS c
-            WHERE c.state = 'pending' AND c.next_attempt_at <= now()
+            WHERE c.id IN (SELECT r.id FROM ranked AS r WHERE r.rn <= $5
+                            ORDER BY r.next_attempt_at LIMIT $1)
+              AND c.state = 'pending'
               AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= now())
-              AND c.host <> ALL($4::text[])
-              AND NOT EXISTS (SELECT FROM webhook_outbox AS b
-                               WHERE b.task_id = c.task_id AND b.id < c.id
-                                 AND b.lease_expires_at > now())
-            ORDER BY c.next_attempt_at
-            LIMIT $1
               FOR UPDATE SKIP LOCKED)
     RETURNING o.id, o.task_id, o.user_id, o.url, o.host, o.event, o.webhook_id, o.attempts,
               o.created_at
@@ -99,11 +111,11 @@ SELECT (SELECT count(*) FROM attempt) AS recorded, (SELECT state FROM moved) AS 
        (SELECT count(*) FROM stopped) AS stopped;
 
 -- release_outbox --
--- Hand an event back unattempted (the sender is stopping): due again at once.
+-- Hand events back unattempted (the sender is stopping, or its host is full): due again.
 UPDATE webhook_outbox
    SET lease_owner = NULL, lease_expires_at = NULL, attempts = greatest(attempts - 1, 0),
        updated_at = now()
- WHERE id = $1 AND lease_owner = $2;
+ WHERE id = ANY($1::bigint[]) AND lease_owner = $2;
 
 -- task_webhook_attempts --
 -- A task's events and their attempts, oldest first, for its owner $2 (NULL: operators).
