@@ -19,6 +19,8 @@ from db import queries
 from db.models import Task, format_task_id
 from db.queries import Conn
 from db.states import SUCCEEDED, TaskStatus
+from lifecycle import client_webhooks
+from lifecycle.client_webhooks import ClientWebhook
 from submit.registration import register_new
 from submit.render import render_task
 from submit.routing import Plan
@@ -48,6 +50,7 @@ async def accept(
     task_input: dict[str, Any],
     request_key: list[Any],
     parent_id: uuid.UUID | None = None,
+    webhook: ClientWebhook | None = None,
 ) -> JSONResponse:
     """Charge, insert and answer 202 (or replay the task an Idempotency-Key already made).
 
@@ -74,6 +77,7 @@ async def accept(
         request_hash=hashlib.sha256(canonical.encode()).digest(),
         trace_id=trace_id,
         parent_id=parent_id,
+        webhook=webhook,
     )
     if created:
         log.info("task_submitted", task_id=task.public_id, vendor=task.vendor, trace_id=trace_id)
@@ -82,6 +86,12 @@ async def accept(
     if not created:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(await render_task(task, rt.store), status_code=202, headers=headers)
+
+
+def webhook_key(webhook: ClientWebhook | None) -> list[Any]:
+    """The webhook's part of an idempotent request (nothing without one, so the keys of
+    requests without a webhook stay what they were)."""
+    return [] if webhook is None else [{"webhook": webhook.url, "events": list(webhook.events)}]
 
 
 async def _charge_and_insert(
@@ -95,6 +105,7 @@ async def _charge_and_insert(
     request_hash: bytes,
     trace_id: str,
     parent_id: uuid.UUID | None = None,
+    webhook: ClientWebhook | None = None,
 ) -> tuple[Task, bool]:
     """(task, created). Charge and insert commit together; a lost key race rolls back.
 
@@ -145,6 +156,10 @@ async def _charge_and_insert(
                         )
                     if task_id is None:
                         raise _KeyRaceLost()
+                    if webhook is not None:
+                        await client_webhooks.attach(
+                            conn, task_id=task_id, user_id=user_id, webhook=webhook
+                        )
                     task = await queries.get_task(conn, task_id=task_id, user_id=user_id)
                     assert task is not None
                     return task, True
