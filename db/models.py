@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,30 +9,8 @@ from typing import Any
 
 from asyncpg import Record
 
-from db.states import TaskStatus
-
-TASK_PREFIX = "tsk_"
-USER_PREFIX = "usr_"
-
-
-def format_task_id(task_id: uuid.UUID) -> str:
-    return f"{TASK_PREFIX}{task_id.hex}"
-
-
-# The one spelling of a task id. uuid.UUID() alone also takes dashes, braces, `urn:uuid:`,
-# upper case and any Unicode digits: several names for one task, which caches, logs and
-# clients comparing ids would each take for different tasks.
-_TASK_ID = re.compile(rf"{TASK_PREFIX}([0-9a-f]{{32}})")
-
-
-def parse_task_id(text: str) -> uuid.UUID | None:
-    """The uuid behind a public task id, or None when it is not one of ours."""
-    found = _TASK_ID.fullmatch(text)
-    return uuid.UUID(hex=found.group(1)) if found else None
-
-
-def format_user_id(user_id: uuid.UUID) -> str:
-    return f"{USER_PREFIX}{user_id.hex}"
+from common.ids import format_task_id
+from common.states import TaskStatus
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 
+from common.net import is_public
 from db import webhooks_out
 from db.queries import Conn
 from lifecycle.webhook_signing import encode_secret, new_key
-from taskhook.net import is_public
 
 EVENTS = ("start", "progress", "completed")
 DEFAULT_EVENTS = ("completed",)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from taskhook.settings import WEBHOOK_RETRY_SCHEDULE
+from common.settings import WEBHOOK_RETRY_SCHEDULE
 
 DEFAULT_DELAYS: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
 JITTER = 0.2

@@ -28,12 +28,12 @@ import asyncpg
 import httpx
 import structlog
 
+from common import metrics
 from db import webhooks_out
 from db.pool import connect
 from db.webhooks_out import OutboxClaim
 from lifecycle.retry_schedule import RetrySchedule
 from lifecycle.webhook_signing import new_key, sign
-from taskhook import metrics
 
 log = structlog.get_logger()
 

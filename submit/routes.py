@@ -9,10 +9,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from common.errors import NotFound, Unavailable, ValidationFailed
+from common.http import read_json
+from common.ids import format_user_id, parse_task_id
+from common.settings import VendorRoute
 from db import queries
-from db.models import format_user_id, parse_task_id
 from lifecycle import client_webhooks
 from lifecycle.client_webhooks import ClientWebhook
+from lifecycle.routing import choose, plan
+from lifecycle.runtime import Runtime
 from submit import webhooks
 from submit.accept import accept, webhook_key
 from submit.actions import create_action
@@ -20,16 +25,7 @@ from submit.auth import current_user
 from submit.cancel import cancel_task
 from submit.listing import list_tasks
 from submit.render import render_task
-from submit.routing import choose, plan
 from submit.streaming import task_events
-from taskhook.errors import (
-    NotFound,
-    Unavailable,
-    ValidationFailed,
-)
-from taskhook.http import read_json
-from taskhook.runtime import Runtime
-from taskhook.settings import VendorRoute
 
 log = structlog.get_logger()
 

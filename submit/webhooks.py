@@ -5,12 +5,12 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from common.errors import NotFound
+from common.ids import parse_task_id
 from db import queries
-from db.models import parse_task_id
 from lifecycle import client_webhooks
+from lifecycle.runtime import Runtime
 from submit.auth import current_user
-from taskhook.errors import NotFound
-from taskhook.runtime import Runtime
 
 
 async def get_secret(request: Request) -> JSONResponse:

@@ -23,8 +23,8 @@ def webhooks() -> None:
 @click.option("--task", "task", default=None, help="one task's events (tsk_...)")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 def webhooks_list(failed: bool, task: str | None, limit: int) -> None:
+    from common.ids import format_task_id, parse_task_id
     from db import webhooks_out
-    from db.models import format_task_id, parse_task_id
     from taskhook.cli import echo_json, load_settings, run, with_conn, with_database
 
     task_id = None

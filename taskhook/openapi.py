@@ -14,13 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from db.states import TaskStatus
-from lifecycle.client_webhooks import EVENTS as WEBHOOK_EVENTS
-from lifecycle.client_webhooks import MAX_URL as MAX_WEBHOOK_URL
-from submit.accept import MAX_IDEMPOTENCY_KEY
-from submit.listing import DEFAULT_LIMIT, MAX_LIMIT
-from submit.streaming import MAX_EVENT_ID_DIGITS
-from taskhook.errors import (
+from common.errors import (
     TASK_ERRORS,
     ActiveTaskLimit,
     AlreadyFinished,
@@ -39,6 +33,12 @@ from taskhook.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from common.states import TaskStatus
+from lifecycle.client_webhooks import EVENTS as WEBHOOK_EVENTS
+from lifecycle.client_webhooks import MAX_URL as MAX_WEBHOOK_URL
+from submit.accept import MAX_IDEMPOTENCY_KEY
+from submit.listing import DEFAULT_LIMIT, MAX_LIMIT
+from submit.streaming import MAX_EVENT_ID_DIGITS
 
 JsonObject = dict[str, Any]
 

@@ -20,16 +20,16 @@ import asyncpg
 import httpx
 import structlog
 
+from common.net import public_only_client
 from db import queries
 from db.pool import connect
+from lifecycle.registration import register
+from lifecycle.results import store_result
 from lifecycle.retry_schedule import RetrySchedule
+from lifecycle.runtime import Runtime
 from lifecycle.webhook_sender import CHANNEL as WEBHOOKS_CHANNEL
 from lifecycle.webhook_sender import Render, WebhookSender
-from storage.results import store_result
-from submit.registration import register
 from submit.render import render_task
-from taskhook.net import public_only_client
-from taskhook.runtime import Runtime
 
 log = structlog.get_logger()
 

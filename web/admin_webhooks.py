@@ -7,10 +7,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from common.errors import NotFound
+from common.ids import format_task_id
 from db import webhooks_out
-from db.models import format_task_id
 from db.queries import Conn
-from taskhook.errors import NotFound
 
 DESTINATION_LIMIT = 20
 EVENT_LIMIT = 50

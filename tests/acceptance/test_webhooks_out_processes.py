@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 from standardwebhooks import Webhook
 
-from db.states import TaskStatus
+from common.states import TaskStatus
 from db.transition import transition
 from lifecycle import client_webhooks
 from lifecycle.client_webhooks import ClientWebhook

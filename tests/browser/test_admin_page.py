@@ -11,8 +11,8 @@ pytest.importorskip("playwright.async_api")
 
 from playwright.async_api import Page, expect
 
+from common.ids import format_task_id
 from db import queries
-from db.models import format_task_id
 from tests.acceptance.stack import Stack, wait_all_terminal
 from tests.factories import make_task, make_user
 
@@ -117,7 +117,7 @@ async def test_dashboard_counts_vendors_and_dead_letter_replay(
 
 async def test_client_webhooks_panel_and_replay(page: Page, stack: Stack) -> None:
     """Issue 18: failing destinations, failed events, and a replay from the dashboard."""
-    from db.states import TaskStatus
+    from common.states import TaskStatus
     from db.transition import transition
     from lifecycle import client_webhooks
     from lifecycle.client_webhooks import ClientWebhook

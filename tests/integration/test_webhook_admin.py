@@ -9,11 +9,11 @@ import asyncpg
 import httpx
 import pytest
 
-from db.states import TaskStatus
+from common.settings import Settings
+from common.states import TaskStatus
 from db.transition import transition
 from lifecycle import client_webhooks
 from lifecycle.client_webhooks import ClientWebhook
-from taskhook.settings import Settings
 from tests.factories import make_task, make_user
 
 Conn = asyncpg.Connection

@@ -11,11 +11,12 @@ import asyncpg
 import httpx
 import pytest
 
-from db.models import parse_task_id
-from db.states import TaskStatus
+from common.ids import parse_task_id
+from common.settings import Settings
+from common.states import TaskStatus
 from db.transition import transition
-from taskhook.runtime import Runtime, open_runtime
-from taskhook.settings import Settings
+from lifecycle.runtime import Runtime
+from taskhook.runtime import open_runtime
 from tests.factories import make_user
 
 Conn = asyncpg.Connection

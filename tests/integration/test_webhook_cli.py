@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
-from db.states import TaskStatus
+from common.states import TaskStatus
 from db.transition import transition
 from lifecycle import client_webhooks
 from lifecycle.client_webhooks import ClientWebhook

@@ -8,9 +8,9 @@ from typing import Any
 
 import asyncpg
 
+from common.states import TaskStatus
 from db import queries
 from db import webhooks_out as outbox
-from db.states import TaskStatus
 from db.transition import allowed_from, transition
 from tests.factories import make_task, make_user
 

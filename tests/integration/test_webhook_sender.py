@@ -14,16 +14,16 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from common.net import public_only_client
+from common.states import TaskStatus, rank
 from db import webhooks_out
-from db.states import TaskStatus, rank
 from db.transition import transition
 from lifecycle import client_webhooks
 from lifecycle.client_webhooks import ClientWebhook
 from lifecycle.retry_schedule import RetrySchedule
+from lifecycle.runtime import Runtime
 from lifecycle.webhook_sender import WebhookSender
 from submit.render import render_task
-from taskhook.net import public_only_client
-from taskhook.runtime import Runtime
 from taskhook.worker import webhook_render
 from tests.factories import make_task, make_user
 from tests.webhook_receiver import Received, Reply, WebhookReceiver, eventually

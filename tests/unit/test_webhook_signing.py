@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from standardwebhooks import Webhook
 
+from common.settings import Settings, SettingsError
 from lifecycle.client_webhooks import read_webhook
 from lifecycle.retry_schedule import RetrySchedule
 from lifecycle.webhook_signing import encode_secret, new_key, sign
-from taskhook.settings import Settings, SettingsError
 
 
 def test_signatures_verify_with_the_official_library_under_either_key() -> None:
