@@ -202,8 +202,8 @@ CREATE TABLE webhook_outbox (
 );
 CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX webhook_outbox_task ON webhook_outbox (task_id, id);
-CREATE INDEX webhook_outbox_undelivered ON webhook_outbox (updated_at)
-    WHERE state IN ('failed', 'gone');
+-- Finished events, oldest first: pruning after TASKHOOK_DELIVERY_RETENTION, failures lists.
+CREATE INDEX webhook_outbox_finished ON webhook_outbox (updated_at) WHERE state <> 'pending';
 
 -- What was sent, when, and the answer: GET /v1/tasks/{id}/webhook_attempts.
 CREATE TABLE webhook_attempts (

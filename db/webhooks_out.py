@@ -211,3 +211,9 @@ async def outbox_depth(conn: Conn, *, timeout: float | None = None) -> OutboxDep
     record = await conn.fetchrow(QUERIES["outbox_depth"], timeout=timeout)
     assert record is not None
     return OutboxDepth(pending=int(record["pending"]), oldest_due=float(record["oldest_due"]))
+
+
+async def prune_outbox(conn: Conn, *, older_than_seconds: float, limit: int) -> int:
+    """How many finished events (with their attempts) were deleted."""
+    n: int = await conn.fetchval(QUERIES["prune_outbox"], older_than_seconds, limit)
+    return n

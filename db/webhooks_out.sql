@@ -169,3 +169,17 @@ SELECT count(*) AS pending,
        coalesce(extract(epoch FROM now() - min(created_at)
                         FILTER (WHERE next_attempt_at <= now())), 0)::float8 AS oldest_due
   FROM webhook_outbox WHERE state = 'pending';
+
+-- prune_outbox --
+-- Finished events (delivered, failed, gone, superseded) last changed more than $1 seconds ago,
+-- oldest first, at most $2; their attempts go with them. Read from the old end of
+-- webhook_outbox_finished, so a round with nothing due costs an index page.
+WITH due AS (
+    SELECT id FROM webhook_outbox
+     WHERE state <> 'pending' AND updated_at < now() - make_interval(secs => $1)
+     ORDER BY updated_at
+     LIMIT $2
+), pruned AS (
+    DELETE FROM webhook_outbox AS o USING due WHERE o.id = due.id RETURNING 1
+)
+SELECT count(*) FROM pruned;

@@ -184,3 +184,22 @@ async def test_a_gone_url_stops_the_tasks_later_events(conn: Conn) -> None:
     await move(conn, task_id, TaskStatus.COMPLETED, "c")
     # p1 was the task's start, which this client did not ask for; nothing after the 410.
     assert [(r["progress"], r["state"]) for r in await rows(conn, task_id)] == [(20, "gone")]
+
+
+async def test_finished_events_are_pruned_after_the_retention(conn: Conn) -> None:
+    done = await task_with_webhook(conn, ["progress", "completed"])
+    await move(conn, done, TaskStatus.PROCESSING, "p1", progress=10)
+    await move(conn, done, TaskStatus.PROCESSING, "p2", progress=20)  # supersedes p1's
+    await move(conn, done, TaskStatus.FAILED, "f", error={"code": "vendor_failed"})
+    waiting = await task_with_webhook(conn, ["completed"])
+    await move(conn, waiting, TaskStatus.CANCELED, "c")
+    await conn.execute(
+        "UPDATE webhook_outbox SET state = 'delivered' WHERE task_id = $1 AND state = 'pending'",
+        done,
+    )
+    await conn.execute("UPDATE webhook_outbox SET updated_at = now() - interval '2 days'")
+    assert await outbox.prune_outbox(conn, older_than_seconds=86400, limit=1) == 1
+    assert await outbox.prune_outbox(conn, older_than_seconds=86400, limit=10) == 1
+    assert await outbox.prune_outbox(conn, older_than_seconds=86400, limit=10) == 0
+    assert await rows(conn, done) == []
+    assert [r["state"] for r in await rows(conn, waiting)] == ["pending"]  # never before sent
