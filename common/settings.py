@@ -210,6 +210,20 @@ def long_enough(raw: str) -> str:
     return raw
 
 
+# Seconds between attempts of a client's webhook: Svix's schedule (lifecycle/retry_schedule.py).
+WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
+def delays(raw: str) -> tuple[float, ...]:
+    try:
+        found = tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        found = ()
+    if not found or any(not (0 < d < float("inf")) for d in found):
+        raise ValueError("positive seconds, comma-separated")
+    return found
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerLimits:
     """What one web process gives a client connection (taskhook/slow_clients.py): time to send
@@ -446,6 +460,32 @@ class Settings:
         read=at_least_one,
     )
     server: ServerLimits = field(default_factory=ServerLimits)
+    # Webhooks out to clients (issue 18): one attempt's time in all, attempts in flight per
+    # process and per destination host there, and the delays between attempts (Svix's).
+    webhook_timeout: float = setting(
+        "TASKHOOK_WEBHOOK_TIMEOUT",
+        10.0,
+        doc="seconds one client webhook attempt may take",
+        read=positive,
+    )
+    webhook_concurrency: int = setting(
+        "TASKHOOK_WEBHOOK_CONCURRENCY",
+        64,
+        doc="client webhook attempts in flight per process",
+        read=at_least_one,
+    )
+    webhook_host_concurrency: int = setting(
+        "TASKHOOK_WEBHOOK_HOST_CONCURRENCY",
+        8,
+        doc="client webhook attempts in flight per destination host",
+        read=at_least_one,
+    )
+    webhook_retry_schedule: tuple[float, ...] = setting(
+        "TASKHOOK_WEBHOOK_RETRY_SCHEDULE",
+        WEBHOOK_RETRY_SCHEDULE,
+        doc="seconds between a client webhook's attempts",
+        read=delays,
+    )
 
     @property
     def production(self) -> bool:

@@ -10,8 +10,36 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from common.validation import Problem
+from lifecycle.client_webhooks import EVENTS, MAX_URL
 
 MAX_MODEL_LENGTH = 200
+
+# A client's webhook (issue 18): what is allowed depends on the settings (private addresses),
+# so lifecycle/client_webhooks.py's read_webhook checks it; declared here for the schema.
+Webhook = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": MAX_URL,
+            "description": "your endpoint for this task's events: an https URL to a public "
+            "address (http and private addresses only where TASKHOOK_ALLOW_PRIVATE_URLS=1). Each "
+            "event POSTs the task as GET /v1/tasks/{id} renders it, signed (Standard Webhooks) "
+            "with your secret (GET /v1/webhooks/secret)",
+        }
+    ),
+]
+WebhookEvents = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "string", "enum": list(EVENTS)},
+            "description": "which events to send (default: completed = any terminal state)",
+        }
+    ),
+]
 
 
 def _not_blank(value: str) -> str:
@@ -59,3 +87,5 @@ class NewTask(BaseModel):
         Field(description="the model's inputs"),
         Problem("required: an object of model inputs"),
     ]
+    webhook: Webhook = None
+    webhook_events_filter: WebhookEvents = None

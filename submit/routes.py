@@ -15,9 +15,12 @@ from common.ids import format_user_id, parse_task_id
 from common.settings import VendorRoute
 from common.validation import check, details
 from db import queries
+from lifecycle import client_webhooks
+from lifecycle.client_webhooks import ClientWebhook
 from lifecycle.routing import choose, plan
 from lifecycle.runtime import Runtime
-from submit.accept import accept
+from submit import webhooks
+from submit.accept import accept, webhook_key
 from submit.actions import create_action
 from submit.auth import current_user
 from submit.cancel import cancel_task
@@ -34,46 +37,54 @@ def check_shape(body: Any) -> tuple[NewTask | None, dict[str, str]]:
     return check(NewTask, body)
 
 
-def _validate(body: Any, rt: Runtime) -> tuple[str | None, str, dict[str, Any], list[VendorRoute]]:
-    """(pinned vendor, model, input, routes), or ValidationFailed listing every problem."""
+def _validate(
+    body: Any, rt: Runtime
+) -> tuple[str | None, str, dict[str, Any], list[VendorRoute], ClientWebhook | None]:
+    """(pinned vendor, model, input, routes, webhook), or ValidationFailed listing every
+    problem."""
     task, problems = check_shape(body)
     if "" in problems:
         raise ValidationFailed(details=details(NewTask, problems))
     # Only an absent vendor means "route it"; an explicit null is a mistake like any other.
-    pinned = isinstance(body, dict) and "vendor" in body
+    pinned = "vendor" in body
     vendor = task.vendor if task is not None else body.get("vendor")
     if pinned and (not isinstance(vendor, str) or vendor not in rt.vendors):
         problems["vendor"] = f"must be one of: {', '.join(rt.settings.vendors) or 'none'}"
         vendor = None
-    model = task.model if task is not None else body.get("model")
     routes: list[VendorRoute] = []
     if "model" not in problems and (not pinned or vendor is not None):
+        model = body["model"]
         assert isinstance(model, str)
         choice = choose(rt, model, vendor)
         routes = choice.routes
         if choice.problem is not None:
             field, message = choice.problem
             problems[field] = message
+    webhook, webhook_problems = client_webhooks.read_webhook(
+        body, allow_private=rt.settings.allow_private_urls
+    )
+    problems.update((p["field"], p["message"]) for p in webhook_problems)
     if problems:
         raise ValidationFailed(details=details(NewTask, problems))
     if not routes:
         raise Unavailable("No vendor that can serve this model is configured on this server.")
     assert task is not None
-    return vendor, task.model, task.input, routes
+    return vendor, task.model, task.input, routes, webhook
 
 
 async def create_task(request: Request) -> JSONResponse:
     rt: Runtime = request.app.state.runtime
     user = await current_user(request)
     body = await read_json(request, limit=rt.settings.max_body_bytes)
-    vendor, model, task_input, routes = _validate(body, rt)
+    vendor, model, task_input, routes, webhook = _validate(body, rt)
     return await accept(
         request,
         user_id=user.id,
         model=model,
         plan=await plan(rt, routes),
         task_input=task_input,
-        request_key=[vendor or "", model, task_input],
+        request_key=[vendor or "", model, task_input, *webhook_key(webhook)],
+        webhook=webhook,
     )
 
 
@@ -103,7 +114,10 @@ routes = [
     Route("/v1/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
     Route("/v1/tasks/{task_id}/actions", create_action, methods=["POST"]),
     Route("/v1/tasks/{task_id}/events", task_events, methods=["GET"]),
+    Route("/v1/tasks/{task_id}/webhook_attempts", webhooks.webhook_attempts, methods=["GET"]),
     Route("/v1/tasks/{task_id}", get_task, methods=["GET"]),
+    Route("/v1/webhooks/secret", webhooks.get_secret, methods=["GET"]),
+    Route("/v1/webhooks/secret/rotate", webhooks.rotate_secret, methods=["POST"]),
     Route("/v1/me", me, methods=["GET"]),
 ]
 

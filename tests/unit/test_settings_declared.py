@@ -63,6 +63,8 @@ def test_every_declaration_says_what_it_is() -> None:
 
 def shown(value: Any) -> str:
     """A default as the table writes it."""
+    if isinstance(value, tuple):
+        return ",".join(shown(item) for item in value)
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, float):
