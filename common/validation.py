@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pydantic
+from pydantic.json_schema import models_json_schema
 
 from common.errors import ValidationFailed
 
@@ -92,3 +93,13 @@ def _clean(node: Any) -> Any:
     if isinstance(node, list):
         return [_clean(item) for item in node]
     return node
+
+
+def components(*models: type[pydantic.BaseModel]) -> dict[str, Any]:
+    """OpenAPI components for these models and every model they use, referring to each other
+    as `#/components/schemas/<name>`."""
+    _, top = models_json_schema(
+        [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
+    )
+    found: dict[str, Any] = _clean(top.get("$defs", {}))
+    return found

@@ -1,4 +1,4 @@
-"""The client API's request bodies, declared once: their limits make the checks (through
+"""The client API's bodies, declared once: their limits make the checks (through
 common/validation.py) and the OpenAPI schemas (taskhook/openapi.py), their `Problem`s the
 sentences of a 422. Chosen over msgspec for listing every problem at once, as API.md promises
 (bench/contracts.py, bench/RESULTS.md)."""
@@ -9,10 +9,15 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
+from common.errors import TASK_ERRORS
+from common.states import TaskStatus
 from common.validation import Problem
 from lifecycle.client_webhooks import EVENTS, MAX_URL
 
 MAX_MODEL_LENGTH = 200
+# GET /v1/tasks: a page's size when `limit` is not given, and at most.
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 100
 
 # A client's webhook (issue 18): what is allowed depends on the settings (private addresses),
 # so lifecycle/client_webhooks.py's read_webhook checks it; declared here for the schema.
@@ -89,3 +94,79 @@ class NewTask(BaseModel):
     ]
     webhook: Webhook = None
     webhook_events_filter: WebhookEvents = None
+
+
+# -- responses: the task object as submit/render.py writes it ----------------------------------
+# Rendering stays hand-written dicts (a model would only slow it: bench/RESULTS.md); these
+# declare its shape once for OpenAPI, and tests hold the renderer to them.
+
+TASK_ID_PATTERN = r"^tsk_[0-9a-f]{32}$"
+
+
+def _timestamp(description: str) -> Any:
+    return Field(json_schema_extra={"format": "date-time"}, description=description)
+
+
+class ResultFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str, Field(json_schema_extra={"format": "uri"}, description="presigned S3 URL")]
+    content_type: str
+    bytes: Annotated[int, Field(ge=0)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class Result(ResultFile):
+    """The first stored output; `files` lists all of them when there are several."""
+
+    files: Annotated[list[ResultFile], Field(min_length=2)] = None  # type: ignore[assignment]
+
+
+class TaskError(BaseModel):
+    """Why a failed task failed."""
+
+    code: Annotated[str, Field(description=", ".join(TASK_ERRORS) + ", ...")]
+    message: Annotated[
+        str,
+        Field(
+            description="the code's fixed sentence, never details: "
+            + "; ".join(f"{code}: {text}" for code, text in TASK_ERRORS.items())
+        ),
+    ]
+
+
+class Task(BaseModel):
+    """A task as the client API shows it (GET /v1/tasks/{id})."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, Field(pattern=TASK_ID_PATTERN)]
+    # The TaskStatus component (taskhook/openapi.py) describes the states once.
+    status: Annotated[
+        TaskStatus, WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/TaskStatus"}]})
+    ]
+    progress: Annotated[int, Field(ge=0, le=100, description="never decreases")]
+    vendor: str
+    model: str
+    input: dict[str, Any]
+    cost: Annotated[int, Field(ge=0, description="credits charged")]
+    created_at: Annotated[str, _timestamp("when the task was accepted")]
+    updated_at: Annotated[str, _timestamp("last change")]
+    deadline_at: Annotated[str, _timestamp("when an unfinished task fails and is refunded")]
+    completed_at: Annotated[str | None, _timestamp("when the task became terminal")]
+    result: Annotated[Result | None, Field(description="completed tasks only")]
+    error: Annotated[TaskError | None, Field(description="failed tasks only")]
+    refunded: bool
+    parent_id: Annotated[
+        str | None,
+        Field(pattern=TASK_ID_PATTERN, description="the task a follow-up action acts on"),
+    ]
+
+
+class TaskPage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: Annotated[list[Task], Field(max_length=MAX_LIMIT, description="newest first")]
+    next_cursor: Annotated[
+        str | None, Field(description="pass as `cursor` for the next page; null on the last")
+    ]

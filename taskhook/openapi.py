@@ -15,7 +15,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from common.errors import (
-    TASK_ERRORS,
     ActiveTaskLimit,
     AlreadyFinished,
     AlreadyTerminal,
@@ -34,18 +33,16 @@ from common.errors import (
     ValidationFailed,
 )
 from common.states import TaskStatus
-from common.validation import schema
+from common.validation import components, schema
 from lifecycle import client_webhooks
 from lifecycle.client_webhooks import EVENTS as WEBHOOK_EVENTS
 from submit.accept import MAX_IDEMPOTENCY_KEY
-from submit.contracts import NewTask
-from submit.listing import DEFAULT_LIMIT, MAX_LIMIT
+from submit.contracts import DEFAULT_LIMIT, MAX_LIMIT, TASK_ID_PATTERN, NewTask, TaskPage
 from submit.streaming import MAX_EVENT_ID_DIGITS
 
 JsonObject = dict[str, Any]
 
 OPENAPI_VERSION = "3.1.0"
-TASK_ID_PATTERN = r"^tsk_[0-9a-f]{32}$"
 USER_ID_PATTERN = r"^usr_[0-9a-f]{32}$"
 STATUS_FILTERS = ["active", *(s.value for s in TaskStatus)]
 
@@ -116,17 +113,6 @@ _WEBHOOK_FIELDS: JsonObject = {
 
 
 def _schemas() -> JsonObject:
-    result_file: JsonObject = {
-        "type": "object",
-        "required": ["url", "content_type", "bytes", "sha256"],
-        "additionalProperties": False,
-        "properties": {
-            "url": {"type": "string", "format": "uri", "description": "presigned S3 URL"},
-            "content_type": {"type": "string"},
-            "bytes": {"type": "integer", "minimum": 0},
-            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-        },
-    }
     return {
         "TaskStatus": {
             "type": "string",
@@ -134,108 +120,7 @@ def _schemas() -> JsonObject:
             "description": "pending -> submitted -> processing -> storing -> completed; or "
             "failed / canceled from any non-terminal state. Forward only.",
         },
-        "ResultFile": result_file,
-        "Result": {
-            "description": "The first stored output; `files` lists all of them when there are "
-            "several.",
-            "type": "object",
-            "required": ["url", "content_type", "bytes", "sha256"],
-            "additionalProperties": False,
-            "properties": {
-                **result_file["properties"],
-                "files": {
-                    "type": "array",
-                    "minItems": 2,
-                    "items": _ref(_SCHEMAS + "ResultFile"),
-                },
-            },
-        },
-        "TaskError": {
-            "description": "Why a failed task failed.",
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {
-                    "type": "string",
-                    "description": ", ".join(TASK_ERRORS) + ", ...",
-                },
-                "message": {
-                    "type": "string",
-                    "description": "the code's fixed sentence, never details: "
-                    + "; ".join(f"{code}: {text}" for code, text in TASK_ERRORS.items()),
-                },
-            },
-        },
-        "Task": {
-            "type": "object",
-            "required": [
-                "id",
-                "status",
-                "progress",
-                "vendor",
-                "model",
-                "input",
-                "cost",
-                "created_at",
-                "updated_at",
-                "deadline_at",
-                "completed_at",
-                "result",
-                "error",
-                "refunded",
-                "parent_id",
-            ],
-            "additionalProperties": False,
-            "properties": {
-                "id": {"type": "string", "pattern": TASK_ID_PATTERN},
-                "status": _ref(_SCHEMAS + "TaskStatus"),
-                "progress": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "maximum": 100,
-                    "description": "never decreases",
-                },
-                "vendor": {"type": "string"},
-                "model": {"type": "string"},
-                "input": {"type": "object"},
-                "cost": {"type": "integer", "minimum": 0, "description": "credits charged"},
-                "created_at": _timestamp("when the task was accepted"),
-                "updated_at": _timestamp("last change"),
-                "deadline_at": _timestamp("when an unfinished task fails and is refunded"),
-                "completed_at": _nullable(_timestamp("when the task became terminal")),
-                "result": _nullable(
-                    {**_ref(_SCHEMAS + "Result"), "description": "completed tasks only"}
-                ),
-                "error": _nullable(
-                    {**_ref(_SCHEMAS + "TaskError"), "description": "failed tasks only"}
-                ),
-                "refunded": {"type": "boolean"},
-                "parent_id": _nullable(
-                    {
-                        "type": "string",
-                        "pattern": TASK_ID_PATTERN,
-                        "description": "the task a follow-up action acts on",
-                    }
-                ),
-            },
-        },
-        "TaskPage": {
-            "type": "object",
-            "required": ["data", "next_cursor"],
-            "additionalProperties": False,
-            "properties": {
-                "data": {
-                    "type": "array",
-                    "maxItems": MAX_LIMIT,
-                    "items": _ref(_SCHEMAS + "Task"),
-                    "description": "newest first",
-                },
-                "next_cursor": {
-                    "type": ["string", "null"],
-                    "description": "pass as `cursor` for the next page; null on the last",
-                },
-            },
-        },
+        **components(TaskPage),
         "NewTask": schema(NewTask),
         "WebhookSecret": {
             "type": "object",
