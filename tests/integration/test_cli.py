@@ -161,6 +161,7 @@ def test_prune_reports_what_it_did(invoke, s3: S3Config, monkeypatch: pytest.Mon
         "results": 0,
         "files": 0,
         "counted": 0,
+        "webhook_events": 0,
         "skipped": False,
     }
 
