@@ -44,6 +44,7 @@ def test_help_names_the_environment(invoke) -> None:  # type: ignore[no-untyped-
         "credits",
         "tasks",
         "deliveries",
+        "webhooks",
         "audit",
         "prune",
         "check",
