@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from common.settings import Settings, SettingsError
+from taskhook.cli_webhooks import webhooks
 
 T = TypeVar("T")
 
@@ -761,6 +762,9 @@ def demo(count: int, chaos: bool, port: int, keep_serving: bool) -> None:
     install_signal_handlers()
     ok = run(run_demo(settings, tasks=count, chaos=chaos, port=port, keep_serving=keep_serving))
     sys.exit(0 if ok else 1)
+
+
+cli.add_command(webhooks)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from common.settings import Settings
 from common.states import TaskStatus
 from lifecycle.replay import MAX_DELIVERY_ROW_ID, replay_delivery
 from lifecycle.runtime import Runtime
-from web import admin_queries
+from web import admin_queries, admin_webhooks
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -65,6 +65,7 @@ async def overview(request: Request) -> JSONResponse:
         expired = await admin_queries.results_expired(conn)
         refunds = await admin_queries.recent_refunds(conn, limit=REFUND_LIMIT)
         users = await admin_queries.user_credits(conn, limit=USER_LIMIT)
+        client_webhooks = await admin_webhooks.panel(conn)
 
     rows = {v.vendor: v for v in health}
     vendors: list[dict[str, Any]] = []
@@ -145,6 +146,7 @@ async def overview(request: Request) -> JSONResponse:
             for u in users
         ],
         "silent_after_seconds": silent,
+        "client_webhooks": client_webhooks,
     }
     return JSONResponse(body, headers=NO_STORE)
 
@@ -161,3 +163,11 @@ async def replay(request: Request) -> JSONResponse:
         {"id": result.delivery_row_id, "status": result.status, "message": result.message},
         headers=NO_STORE,
     )
+
+
+async def replay_webhook(request: Request) -> JSONResponse:
+    """Send a client's webhook event again (the dashboard's panel of webhooks to clients)."""
+    rt = require_admin(request)
+    async with rt.pool.acquire() as conn:
+        body = await admin_webhooks.replay(conn, request.path_params["event_id"])
+    return JSONResponse(body, headers=NO_STORE)
