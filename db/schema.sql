@@ -57,6 +57,7 @@ CREATE TABLE tasks (
     create_ambiguous_at timestamptz,  -- a create whose answer never came was sent then
     webhook_url      text,    -- the client's callback (0017)
     webhook_events   text[],  -- which of start, progress, completed it wants
+    refunded         boolean NOT NULL DEFAULT false,  -- set with its refund (0021)
     UNIQUE (user_id, idempotency_key)
 ) WITH (fillfactor = 80);
 
@@ -285,7 +286,7 @@ SELECT t.id, t.user_id, t.vendor, t.model, COALESCE(t.vendor_model, t.model) AS 
        t.vendor_task_id, t.outputs, t.result, t.error, t.trace_id, t.attempts,
        t.storage_attempts, t.last_error, t.created_at, t.updated_at, t.deadline_at,
        t.completed_at, t.next_attempt_at, t.next_poll_at,
-       t.status IN ('failed', 'canceled') AS refunded,
+       t.refunded,  -- 0021: a task a follow-up builds on keeps its charge
        t.vendor_urls, t.create_ambiguous_at
   FROM tasks AS t;
 
@@ -304,6 +305,8 @@ BEGIN
     -- Per row: lock the task, record the event once, move it if the state machine allows
     -- (allowed: db.states.ALLOWED_FROM, comma-joined; a same-state report applies only when
     -- its progress grows), refund once when it fails or is canceled, and notify listeners.
+    -- A task a follow-up action builds on (a child: tasks.parent_id) keeps its charge when it
+    -- fails after the vendor's success (from storing): the client has the vendor's job.
     -- Tasks are locked in id order, so two callers cannot deadlock on each other's tasks.
     -- Users are updated once each, with the sum of their tasks' refunds, and visited in id
     -- order by the plan PostgreSQL picks for a batch's few rows; were another plan ever to
@@ -311,6 +314,12 @@ BEGIN
     -- batch one delivery at a time.
     IF cardinality(p_task_id) > (SELECT count(DISTINCT t) FROM unnest(p_task_id) AS t) THEN
         RAISE EXCEPTION 'taskhook_transition_many: one row per task';
+    END IF;
+    IF 'failed' = ANY(p_to) THEN
+        -- Lock first, in a statement of its own, so that the next one's snapshot sees a
+        -- follow-up committed while we waited for its parent (lock_parent holds it FOR SHARE
+        -- until the child commits): that parent keeps its charge.
+        PERFORM FROM tasks AS t WHERE t.id = ANY(p_task_id) ORDER BY t.id FOR UPDATE;
     END IF;
     RETURN QUERY
     WITH input AS (
@@ -330,7 +339,12 @@ BEGIN
         SELECT i.*, c.status AS from_status,
                (c.status = ANY(string_to_array(i.allowed, ',')::task_status[])
                 AND (c.status <> i.to_status OR COALESCE(i.progress, -1) > c.progress))
-                   AS applies
+                   AS applies,
+               (i.to_status = 'canceled'
+                OR (i.to_status = 'failed'
+                    AND NOT (c.status = 'storing'
+                             AND EXISTS (SELECT FROM tasks AS k WHERE k.parent_id = i.task_id))))
+                   AS refunds
           FROM input AS i JOIN cur AS c ON c.id = i.task_id
     ), ev AS (
         INSERT INTO task_events (task_id, event_key, from_status, to_status, applied, cause,
@@ -369,6 +383,7 @@ BEGIN
                lease_owner = CASE WHEN ev.applied THEN NULL ELSE t.lease_owner END,
                lease_expires_at = CASE WHEN ev.applied THEN NULL ELSE t.lease_expires_at END,
                updated_at = CASE WHEN ev.applied THEN now() ELSE t.updated_at END,
+               refunded = CASE WHEN ev.applied AND d.refunds THEN true ELSE t.refunded END,
                completed_at = CASE
                    WHEN ev.applied AND d.to_status IN ('completed', 'failed', 'canceled')
                        THEN now()
@@ -377,12 +392,12 @@ BEGIN
           FROM decision AS d JOIN ev ON ev.task_id = d.task_id
          WHERE t.id = d.task_id
            AND (ev.applied OR (t.vendor_task_id IS NULL AND d.vendor_task_id IS NOT NULL))
-        RETURNING t.id, t.user_id, t.cost, t.status, t.progress, ev.applied
+        RETURNING t.id, t.user_id, t.cost, t.status, t.progress, t.refunded, ev.applied
     ), refund AS (
         INSERT INTO credit_ledger (user_id, task_id, kind, amount)
         SELECT m.user_id, m.id, 'refund', m.cost
           FROM moved AS m
-         WHERE m.applied AND m.status IN ('failed', 'canceled')
+         WHERE m.applied AND m.refunded
         ON CONFLICT (task_id, kind) WHERE task_id IS NOT NULL DO NOTHING
         RETURNING user_id, task_id, amount
     ), ending AS (
