@@ -18,6 +18,11 @@ from taskhook.cli_webhooks import webhooks
 
 T = TypeVar("T")
 
+# Each command imports what it runs inside its own function, on purpose: `serve` must set
+# PROMETHEUS_MULTIPROC_DIR before common.metrics is first imported (it chooses the metrics mode
+# then), and `taskhook --help` or `migrate` need not load the web app. No import loop is
+# hidden here: taskhook/ is the top floor and nothing below imports it.
+
 ENV_HELP = (
     "Configuration comes from the environment (TASKHOOK_ENV, DATABASE_URL, TASKHOOK_SECRET, "
     "TASKHOOK_S3_BUCKET, REPLICATE_API_TOKEN, ...; see docs/API.md). In development, with no "

@@ -129,6 +129,7 @@ async def test_success_before_processing_skips_ahead(conn: Conn) -> None:
     row = await conn.fetchrow(
         "SELECT status::text, progress, outputs FROM tasks WHERE id=$1", task_id
     )
+    assert row is not None
     assert row["status"] == "storing" and row["progress"] == 0
     assert row["outputs"] == ["https://x/0.png"]
 
@@ -161,6 +162,7 @@ async def test_completed_sets_progress_to_100(conn: Conn) -> None:
         result={"files": []},
     )
     row = await conn.fetchrow("SELECT progress, completed_at FROM tasks WHERE id = $1", task_id)
+    assert row is not None
     assert row["progress"] == 100 and row["completed_at"] is not None
 
 
@@ -289,6 +291,7 @@ async def test_the_previous_release_still_moves_tasks(conn: Conn) -> None:
                                             '{"code": "vendor_failed"}', NULL, NULL)""",
         task_id,
     )
+    assert row is not None
     assert (row["from_status"], row["applied"], row["status"], row["refunds"]) == (
         "processing",
         True,
@@ -325,6 +328,7 @@ async def test_a_progress_report_is_a_hot_update_that_keeps_the_poll_date(conn: 
         row = await conn.fetchrow(
             "SELECT next_poll_at, poll_not_before FROM tasks WHERE id = $1", task_id
         )
+        assert row is not None
         return tuple(row)
 
     await report("p1", 10, first)  # no date stored yet: it is set
