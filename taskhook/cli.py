@@ -171,11 +171,16 @@ def cli() -> None:
 
 @cli.command(help="Apply database migrations (idempotent; safe to run concurrently).")
 def migrate() -> None:
-    from db.migrate import migrate as apply
+    from db.migrate import migrate_all
 
     settings = with_database(load_settings(), schema=False)
-    applied = run(with_conn(settings, apply))
-    echo_json({"applied": [f"{m.version:04d}_{m.name}" for m in applied]})
+    applied = run(with_conn(settings, migrate_all))
+    echo_json(
+        {
+            "applied": [f"{m.version:04d}_{m.name}" for m in applied.migrations],
+            "functions": applied.functions,
+        }
+    )
 
 
 @cli.command(help="Web app: client API, webhook receiver, health and metrics.")

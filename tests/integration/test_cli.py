@@ -59,7 +59,7 @@ def test_help_names_the_environment(invoke) -> None:  # type: ignore[no-untyped-
 
 def test_migrate_is_idempotent(invoke) -> None:  # type: ignore[no-untyped-def]
     code, out = invoke("migrate")
-    assert code == 0 and json.loads(out) == {"applied": []}
+    assert code == 0 and json.loads(out) == {"applied": [], "functions": []}
 
 
 def test_users_and_credits(invoke) -> None:  # type: ignore[no-untyped-def]
