@@ -1,6 +1,6 @@
 """Every error a client or vendor can see, with its HTTP status and stable code.
 
-TaskhookError
+TaskhookError             500 internal_error      (the base: whatever is not one of these)
   RequestInvalid          400 invalid_json
   ClientDisconnected      400 client_disconnected (the body never ended; nobody reads this)
   PayloadInvalid          400 invalid_payload     (a signed webhook we cannot read)
@@ -14,6 +14,8 @@ TaskhookError
   IdempotencyConflict     409 idempotency_conflict
   AlreadyTerminal         409 already_terminal
   AlreadyFinished         409 already_finished    (the vendor succeeded: no cancel)
+  ParentNotSucceeded      409 parent_not_succeeded (an action on a task that failed)
+  ParentNotReady          409 parent_not_ready    (an action on a task its vendor has not finished)
   PayloadTooLarge         413 payload_too_large
   UnsupportedMediaType    415 unsupported_media_type
   ValidationFailed        422 validation_error    (with details)
@@ -24,6 +26,7 @@ TaskhookError
 VendorError                                       (raised by adapters, never shown to clients)
   VendorUnavailable       transient: retry later
   VendorRejected          permanent: fail and refund
+    VendorParentNotReady  the vendor does not see an action's parent finished: confirm, retry
 
 The docstring of each class is its default message; one handler renders them all as
 `{"error": {"code": ..., "message": ...}}`.

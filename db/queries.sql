@@ -321,15 +321,19 @@ SELECT u.id, u.email, u.balance, COALESCE(sum(l.amount), 0)::bigint AS ledger
 HAVING u.balance <> COALESCE(sum(l.amount), 0);
 
 -- audit_refunds --
--- Refunds that do not match a failed or canceled task exactly once.
+-- Refunds that do not match a failed or canceled task exactly once, except a failed task a
+-- follow-up action builds on, which keeps its charge (0021_followups_keep_charge.sql; a parent
+-- has a child only once the vendor finished it, so it can only fail from storing).
 SELECT t.id, t.status::text AS status,
        count(l.id) FILTER (WHERE l.kind = 'refund') AS refunds,
        count(l.id) FILTER (WHERE l.kind = 'charge') AS charges
   FROM tasks AS t LEFT JOIN credit_ledger AS l ON l.task_id = t.id
  GROUP BY t.id
 HAVING count(l.id) FILTER (WHERE l.kind = 'charge') <> 1
-    OR count(l.id) FILTER (WHERE l.kind = 'refund')
-       <> CASE WHEN t.status IN ('failed', 'canceled') THEN 1 ELSE 0 END;
+    OR count(l.id) FILTER (WHERE l.kind = 'refund') <> t.refunded::int
+    OR t.refunded <> (t.status = 'canceled'
+                      OR (t.status = 'failed'
+                          AND NOT EXISTS (SELECT FROM tasks AS k WHERE k.parent_id = t.id)));
 
 -- audit_active_counts --
 -- Users whose live-task count differs from their tasks (live tasks counted once, grouped).
@@ -624,8 +628,10 @@ SELECT t.id, t.status::text AS status,
   LEFT JOIN credit_ledger AS l ON l.task_id = t.id
  GROUP BY t.id
 HAVING count(l.id) FILTER (WHERE l.kind = 'charge') <> 1
-    OR count(l.id) FILTER (WHERE l.kind = 'refund')
-       <> CASE WHEN t.status IN ('failed', 'canceled') THEN 1 ELSE 0 END;
+    OR count(l.id) FILTER (WHERE l.kind = 'refund') <> t.refunded::int
+    OR t.refunded <> (t.status = 'canceled'
+                      OR (t.status = 'failed'
+                          AND NOT EXISTS (SELECT FROM tasks AS k WHERE k.parent_id = t.id)));
 
 -- audit_active_counts_since --
 -- audit_active_counts for the users who submitted a task since $1 (its charge) or whose

@@ -71,8 +71,10 @@ async def run_audit(
     incremental: bool = False,
 ) -> AuditReport:
     """Balance = sum(ledger) per user; one charge and at most one refund per task, a refund
-    exactly for failed/canceled ones; no open task past its deadline (plus a grace period;
-    a storing task past the later of its deadline and its storing deadline);
+    exactly for failed/canceled ones, except a failed task a follow-up action builds on (it
+    keeps its charge: 0021_followups_keep_charge.sql), and `tasks.refunded` saying so; no
+    open task past its deadline (plus a grace period; a storing task past the later of its
+    deadline and its storing deadline);
     no event or accepted delivery naming a task that does not exist (the log tables' foreign
     keys, checked here instead of on every insert: 0009_log_tables.sql).
 

@@ -18,6 +18,11 @@ from taskhook.cli_webhooks import webhooks
 
 T = TypeVar("T")
 
+# Each command imports what it runs inside its own function, on purpose: `serve` must set
+# PROMETHEUS_MULTIPROC_DIR before common.metrics is first imported (it chooses the metrics mode
+# then), and `taskhook --help` or `migrate` need not load the web app. No import loop is
+# hidden here: taskhook/ is the top floor and nothing below imports it.
+
 ENV_HELP = (
     "Configuration comes from the environment (TASKHOOK_ENV, DATABASE_URL, TASKHOOK_SECRET, "
     "TASKHOOK_S3_BUCKET, REPLICATE_API_TOKEN, ...; see docs/API.md). In development, with no "
@@ -166,11 +171,16 @@ def cli() -> None:
 
 @cli.command(help="Apply database migrations (idempotent; safe to run concurrently).")
 def migrate() -> None:
-    from db.migrate import migrate as apply
+    from db.migrate import migrate_all
 
     settings = with_database(load_settings(), schema=False)
-    applied = run(with_conn(settings, apply))
-    echo_json({"applied": [f"{m.version:04d}_{m.name}" for m in applied]})
+    applied = run(with_conn(settings, migrate_all))
+    echo_json(
+        {
+            "applied": [f"{m.version:04d}_{m.name}" for m in applied.migrations],
+            "functions": applied.functions,
+        }
+    )
 
 
 @cli.command(help="Web app: client API, webhook receiver, health and metrics.")

@@ -118,6 +118,7 @@ async def test_unsigned_junk_is_coalesced_truncated_and_pruned(quiet: Settings) 
                 "SELECT count(*) AS n, max(length(body)) AS largest, sum(length(body)) AS total "
                 "FROM webhook_deliveries WHERE vendor = 'midjourney'"
             )
+        assert stored is not None
         assert stored["n"] >= 90 and stored["largest"] <= 16 * 1024
         assert stored["total"] <= 101 * 16 * 1024  # not 100 x 200 KB (+ the job's own)
 
