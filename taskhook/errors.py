@@ -145,6 +145,26 @@ class InsufficientCredits(TaskhookError):
     status_code = 402
     code = "insufficient_credits"
 
+    def __init__(self, *, price: int, balance: int) -> None:
+        # What a user needs to act: the price, what they have, and where credits come from
+        # (an operator grants them: `taskhook credits grant` / `credits adjust`).
+        super().__init__(
+            f"This task costs {price} {_credits(price)} and your balance is {balance} "
+            f"{_credits(balance)}. Ask the operator of this service to add credits to your "
+            "account, then submit again."
+        )
+        self.price = price
+        self.balance = balance
+
+    def body(self) -> dict[str, Any]:
+        answer = super().body()
+        answer["error"].update(price=self.price, balance=self.balance)
+        return answer
+
+
+def _credits(n: int) -> str:
+    return "credit" if n == 1 else "credits"
+
 
 class NotFound(TaskhookError):
     """No such resource."""

@@ -287,6 +287,16 @@ def _schemas() -> JsonObject:
                             "items": _ref(_SCHEMAS + "FieldProblem"),
                             "description": "validation_error only: every problem at once",
                         },
+                        "price": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "insufficient_credits only: what the task costs",
+                        },
+                        "balance": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "insufficient_credits only: the user's credits now",
+                        },
                     },
                 }
             },
@@ -302,7 +312,9 @@ def _responses() -> JsonObject:
             [Unauthorized],
         ),
         "InsufficientCredits": _error_response(
-            "Not enough credits for the task.", [InsufficientCredits]
+            "Not enough credits for the task: the message and the fields `price` and `balance` "
+            "say what it costs and what the user has.",
+            [InsufficientCredits],
         ),
         "NotFound": _error_response(
             "No such task, or another user's.",

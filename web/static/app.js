@@ -29,6 +29,7 @@
     pollTimer: null,
     pollPausedUntil: 0,
     streamsBroken: false, // the events endpoint refused us: poll instead
+    submissions: new Map(), // "what" -> {body, key}: submissions not yet answered with a task
   };
 
   function call(path, options) {
@@ -52,8 +53,10 @@
           : "Your saved API key is no longer valid. Please sign in again.");
         showSignIn();
       } else {
-        // The server is unreachable or busy: keep the key and try again shortly.
-        T.showError(T.describe(err));
+        // The server is unreachable or busy: keep the key and try again shortly (and say so:
+        // this is the one call the page retries by itself).
+        T.showError((err.status === 0 ? "Could not reach the server." : T.describe(err)) +
+          " Retrying shortly…");
         setTimeout(function () { if (session === state.session) signIn(key, false); }, 3000);
       }
       return;
@@ -77,6 +80,7 @@
     state.tasks.clear();
     state.nextCursor = null;
     state.streamsBroken = false;
+    state.submissions.clear();
     clearTimeout(state.pollTimer);
     $("tasks").replaceChildren();
     $("account").hidden = true;
@@ -338,12 +342,15 @@
 
   async function followUp(entry, button, action, index) {
     button.disabled = true;
+    const path = "/v1/tasks/" + encodeURIComponent(entry.data.id) + "/actions";
+    const body = { action: action, index: index };
     try {
-      upsert(await call("/v1/tasks/" + encodeURIComponent(entry.data.id) + "/actions", {
+      upsert(await call(path, {
         method: "POST",
-        headers: { "Idempotency-Key": T.randomToken() },
-        body: { action: action, index: index },
+        headers: { "Idempotency-Key": submissionKey(path, body) },
+        body: body,
       }));
+      state.submissions.delete(path);
       T.clearError();
       refreshCredits();
     } catch (err) {
@@ -536,14 +543,17 @@
     button.disabled = true;
     button.textContent = "Starting…";
     const session = state.session;
+    const body = requestFor($("model"), prompt);
     try {
       const task = await call("/v1/tasks", {
         method: "POST",
-        // One key per click: a retried request can never start the same job twice.
-        headers: { "Idempotency-Key": T.randomToken() },
-        body: requestFor($("model"), prompt),
+        // One key per submission: clicking again after an unanswered or refused attempt sends
+        // the same request under the same key, so it can never start (or charge) a job twice.
+        headers: { "Idempotency-Key": submissionKey("/v1/tasks", body) },
+        body: body,
       });
       if (session !== state.session) return;
+      state.submissions.delete("/v1/tasks"); // done: the next click is a new submission
       T.clearError();
       promptBox.value = "";
       upsert(task);
@@ -554,6 +564,18 @@
       button.disabled = false;
       button.textContent = "Generate";
     }
+  }
+
+  // The Idempotency-Key of this submission: the previous attempt's while the request is the
+  // same one (an answer that never came may still have created the task), a new one otherwise.
+  function submissionKey(path, body) {
+    const text = JSON.stringify(body);
+    let known = state.submissions.get(path);
+    if (!known || known.body !== text) {
+      known = { body: text, key: T.randomToken() };
+      state.submissions.set(path, known);
+    }
+    return known.key;
   }
 
   // A model option may pin a vendor (data-vendor): midjourney is only served by its proxy.
