@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from asyncpg import Record
@@ -34,6 +34,15 @@ def parse_task_id(text: str) -> uuid.UUID | None:
 
 def format_user_id(user_id: uuid.UUID) -> str:
     return f"{USER_PREFIX}{user_id.hex}"
+
+
+def iso_time(value: datetime | None) -> str | None:
+    """A timestamp as the API writes it everywhere: ISO 8601 in UTC with a `Z`."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.isoformat().replace("+00:00", "Z") if value.tzinfo else value.isoformat() + "Z"
 
 
 @dataclass(frozen=True, kw_only=True)

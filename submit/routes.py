@@ -15,10 +15,12 @@ from submit.accept import accept
 from submit.actions import create_action
 from submit.auth import current_user
 from submit.cancel import cancel_task
+from submit.keys import routes as key_routes
 from submit.listing import list_tasks
 from submit.render import render_task
 from submit.routing import choose, plan
 from submit.streaming import task_events
+from submit.usage import usage
 from taskhook.errors import (
     NotFound,
     Unavailable,
@@ -112,6 +114,8 @@ routes = [
     Route("/v1/tasks/{task_id}/events", task_events, methods=["GET"]),
     Route("/v1/tasks/{task_id}", get_task, methods=["GET"]),
     Route("/v1/me", me, methods=["GET"]),
+    Route("/v1/me/usage", usage, methods=["GET"]),
+    *key_routes,
 ]
 
 __all__ = ["routes"]

@@ -522,8 +522,14 @@ def users_create(email: str, credits: int) -> None:
     import asyncpg
 
     from db.models import format_user_id
+    from lifecycle.accounts import check_email
+    from taskhook.errors import ValidationFailed
     from taskhook.users import create_user
 
+    try:
+        check_email(email)  # before any database is started
+    except ValidationFailed as exc:
+        raise click.ClickException(exc.message) from None
     settings = with_database(load_settings())
     try:
         user_id, key = run(
@@ -531,6 +537,8 @@ def users_create(email: str, credits: int) -> None:
         )
     except asyncpg.UniqueViolationError:
         raise click.ClickException(f"a user with email {email!r} already exists") from None
+    except ValidationFailed as exc:  # not an email address
+        raise click.ClickException(exc.message) from None
     click.echo(json.dumps({"user_id": format_user_id(user_id), "api_key": key}))
 
 
@@ -727,6 +735,12 @@ def demo(count: int, chaos: bool, port: int, keep_serving: bool) -> None:
     install_signal_handlers()
     ok = run(run_demo(settings, tasks=count, chaos=chaos, port=port, keep_serving=keep_serving))
     sys.exit(0 if ok else 1)
+
+
+# The account commands (users list, keys, credits adjust) register themselves on the groups.
+from taskhook import cli_accounts  # noqa: E402
+
+__all__ = ["cli", "cli_accounts", "main"]
 
 
 def main() -> None:

@@ -145,7 +145,7 @@ async def _drive(
     console: Console, rt: Any, settings: Settings, web_url: str, *, tasks: int, chaos: bool
 ) -> bool:
     async with rt.pool.acquire() as conn:
-        email = f"demo-{uuid.uuid4().hex[:8]}@taskhook.local"
+        email = f"demo-{uuid.uuid4().hex[:8]}@example.com"
         _, api_key = await create_user(conn, email=email, credits=tasks)
     console.print(
         f"  client {email} with {tasks} credits, key {api_key[:12]}...; "

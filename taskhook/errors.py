@@ -12,6 +12,7 @@ TaskhookError
   InsufficientCredits     402 insufficient_credits
   NotFound                404 not_found
   IdempotencyConflict     409 idempotency_conflict
+  KeyLimit                409 key_limit           (a user's unrevoked API keys are capped)
   AlreadyTerminal         409 already_terminal
   AlreadyFinished         409 already_finished    (the vendor succeeded: no cancel)
   PayloadTooLarge         413 payload_too_large
@@ -178,6 +179,13 @@ class IdempotencyConflict(TaskhookError):
 
     status_code = 409
     code = "idempotency_conflict"
+
+
+class KeyLimit(TaskhookError):
+    """Too many API keys; revoke one you no longer use first."""
+
+    status_code = 409
+    code = "key_limit"
 
 
 class AlreadyTerminal(TaskhookError):

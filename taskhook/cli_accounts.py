@@ -1,0 +1,186 @@
+"""`taskhook users | keys | credits`: the accounts an operator manages day to day (issue 17.2).
+
+Registered on the groups of taskhook.cli (imported at its end). What operators read comes as a
+table, with `--json` for machines; what a script consumes (a new key) is one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from taskhook.cli import cli, credits, load_settings, run, users, with_conn, with_database
+
+
+def echo_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Aligned columns, a header line first; `-` for an empty cell."""
+    cells = [[("-" if v is None or v == "" else str(v)) for v in row] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    for line in [list(columns), *cells]:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+
+
+def json_option(f: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="one JSON document")(f)
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    from taskhook.errors import TaskhookError
+
+    message = exc.message if isinstance(exc, TaskhookError) else str(exc)
+    return click.ClickException(message)
+
+
+@users.command("list", help="Every user by email: credits, open tasks, unrevoked keys.")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+@json_option
+def users_list(limit: int, as_json: bool) -> None:
+    from db import accounts_queries
+    from db.models import format_user_id, iso_time
+
+    settings = with_database(load_settings())
+    found = run(
+        with_conn(settings, lambda c: accounts_queries.list_users(c, after_email=None, limit=limit))
+    )
+    rows = [
+        {
+            "id": format_user_id(u.id),
+            "email": u.email,
+            "credits": u.balance,
+            "active_tasks": u.active_tasks,
+            "keys": u.keys,
+            "created_at": iso_time(u.created_at),
+        }
+        for u in found
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    echo_table(
+        ["email", "id", "credits", "open tasks", "keys", "created"],
+        [
+            [r["email"], r["id"], r["credits"], r["active_tasks"], r["keys"], r["created_at"]]
+            for r in rows
+        ],
+    )
+
+
+@cli.group(help="API keys: a user may hold several; a key is shown whole only once.")
+def keys() -> None:
+    pass
+
+
+@keys.command("create", help='Another API key for EMAIL; prints {"id", "api_key", "prefix"}.')
+@click.argument("email")
+def keys_create(email: str) -> None:
+    from lifecycle.accounts import create_key, user_by_email
+    from taskhook.errors import TaskhookError
+
+    settings = with_database(load_settings())
+
+    async def make(conn: Any) -> Any:
+        user = await user_by_email(conn, email)
+        return await create_key(conn, user_id=user.id)
+
+    try:
+        made, key = run(with_conn(settings, make))
+    except TaskhookError as exc:
+        raise _fail(exc) from None
+    click.echo(json.dumps({"id": made.public_id, "api_key": key, "prefix": made.prefix}))
+
+
+@keys.command("list", help="EMAIL's keys, newest first: prefix, created, revoked.")
+@click.argument("email")
+@json_option
+def keys_list(email: str, as_json: bool) -> None:
+    from db import accounts_queries
+    from db.models import iso_time
+    from lifecycle.accounts import user_by_email
+    from taskhook.errors import TaskhookError
+
+    settings = with_database(load_settings())
+
+    async def fetch(conn: Any) -> Any:
+        user = await user_by_email(conn, email)
+        return await accounts_queries.list_api_keys(conn, user_id=user.id)
+
+    try:
+        found = run(with_conn(settings, fetch))
+    except TaskhookError as exc:
+        raise _fail(exc) from None
+    rows = [
+        {
+            "id": k.public_id,
+            "prefix": k.prefix,
+            "created_at": iso_time(k.created_at),
+            "revoked_at": iso_time(k.revoked_at),
+        }
+        for k in found
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    echo_table(
+        ["id", "prefix", "created", "revoked"],
+        [[r["id"], r["prefix"], r["created_at"], r["revoked_at"]] for r in rows],
+    )
+
+
+@keys.command("revoke", help="Revoke KEY_ID (key_...): refused at once by every process.")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    from db.accounts_queries import parse_key_id
+    from db.models import iso_time
+    from lifecycle.accounts import revoke_key
+    from taskhook.errors import TaskhookError
+
+    parsed = parse_key_id(key_id)
+    if parsed is None:
+        raise click.ClickException(f"{key_id!r} is not a key id (key_...)")
+    settings = with_database(load_settings())
+    try:
+        revoked = run(with_conn(settings, lambda c: revoke_key(c, key_id=parsed, user_id=None)))
+    except TaskhookError:
+        raise click.ClickException(f"no key {key_id}") from None
+    click.echo(
+        json.dumps(
+            {
+                "id": revoked.public_id,
+                "prefix": revoked.prefix,
+                "revoked_at": iso_time(revoked.revoked_at),
+            }
+        )
+    )
+
+
+@credits.command(
+    "adjust",
+    help="Add (or, negative, take away) AMOUNT credits of EMAIL, with a reason kept in the "
+    "ledger. Never below zero: such an adjustment is refused (exit 1), nothing written.",
+    context_settings={"ignore_unknown_options": True},  # AMOUNT may be negative: -5
+)
+@click.argument("email")
+@click.argument("amount", type=int)
+@click.option("--reason", required=True, help="why: kept in the ledger and shown to the user")
+def credits_adjust(email: str, amount: int, reason: str) -> None:
+    from lifecycle.accounts import adjust_credits
+    from taskhook.errors import TaskhookError
+
+    settings = with_database(load_settings())
+    try:
+        done = run(
+            with_conn(
+                settings, lambda c: adjust_credits(c, email=email, amount=amount, reason=reason)
+            )
+        )
+    except TaskhookError as exc:
+        raise _fail(exc) from None
+    if not done.applied:
+        raise click.ClickException(
+            f"{email} has {done.balance} credits: adjusting by {amount} would take the balance "
+            "below zero; nothing was changed"
+        )
+    click.echo(json.dumps({"email": email, "credits": done.balance, "adjusted": amount}))
