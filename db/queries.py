@@ -10,7 +10,7 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -18,6 +18,7 @@ from asyncpg import Connection, Record
 from asyncpg.pool import PoolConnectionProxy
 
 from db.models import Task, User
+from db.states import ACTIVE, TaskStatus
 
 Conn = Connection | PoolConnectionProxy
 
@@ -267,7 +268,13 @@ async def get_task(conn: Conn, *, task_id: uuid.UUID, user_id: uuid.UUID | None)
 
 
 async def list_tasks(conn: Conn, *, status: str | None, limit: int) -> list[Task]:
-    records = await conn.fetch(QUERIES["list_tasks"], status, limit)
+    """Every user's tasks, newest first; one statement per kind of filter, each on its index."""
+    if status is None:
+        records = await conn.fetch(QUERIES["list_tasks"], limit)
+    elif TaskStatus(status) in ACTIVE:
+        records = await conn.fetch(QUERIES["list_tasks_live"], status, limit)
+    else:
+        records = await conn.fetch(QUERIES["list_tasks_ended"], status, limit)
     return [Task.from_record(r) for r in records]
 
 
@@ -494,10 +501,14 @@ async def mark_delivery_replayed(conn: Conn, *, delivery_row_id: int, outcome: s
 async def prune_deliveries(
     conn: Conn, *, older_than_seconds: float, limit: int, unsigned_vendors: Sequence[str] = ()
 ) -> int:
-    status: str = await conn.execute(
+    pruned: int = await conn.fetchval(
         QUERIES["prune_deliveries"], older_than_seconds, limit, list(unsigned_vendors)
     )
-    return int(status.split()[-1])
+    return pruned
+
+
+# A keyset position before every task: where a listing without a cursor starts.
+_LIST_START = (datetime.max.replace(tzinfo=UTC), uuid.UUID(int=(1 << 128) - 1))
 
 
 async def list_user_tasks(
@@ -509,8 +520,77 @@ async def list_user_tasks(
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> list[Task]:
-    before_at, before_id = after if after else (None, None)
-    records = await conn.fetch(
-        QUERIES["list_user_tasks"], user_id, status, active, before_at, before_id, limit
-    )
+    """A user's tasks newest first, after the cursor's position. One statement per kind of
+    filter, so each keeps its index in generic plans (list_user_tasks in queries.sql)."""
+    before_at, before_id = after or _LIST_START
+    if active or (status is not None and TaskStatus(status) in ACTIVE):
+        records = await conn.fetch(
+            QUERIES["list_user_tasks_live"], user_id, before_at, before_id, status, limit
+        )
+    elif status is not None:
+        records = await conn.fetch(
+            QUERIES["list_user_tasks_ended"], user_id, before_at, before_id, status, limit
+        )
+    else:
+        records = await conn.fetch(QUERIES["list_user_tasks"], user_id, before_at, before_id, limit)
     return [Task.from_record(r) for r in records]
+
+
+async def audit_mark(conn: Conn) -> datetime | None:
+    """When the last incremental audit that found nothing wrong started."""
+    at: datetime | None = await conn.fetchval(QUERIES["audit_mark"])
+    return at
+
+
+async def set_audit_mark(conn: Conn, *, at: datetime) -> None:
+    await conn.execute(QUERIES["set_audit_mark"], at)
+
+
+async def audit_balances_since(conn: Conn, *, since: datetime) -> list[Record]:
+    return list(await conn.fetch(QUERIES["audit_balances_since"], since))
+
+
+async def audit_refunds_since(conn: Conn, *, since: datetime) -> list[Record]:
+    return list(await conn.fetch(QUERIES["audit_refunds_since"], since))
+
+
+async def audit_active_counts_since(conn: Conn, *, since: datetime) -> list[Record]:
+    return list(await conn.fetch(QUERIES["audit_active_counts_since"], since))
+
+
+async def audit_orphans_since(conn: Conn, *, since: datetime) -> list[Record]:
+    return list(await conn.fetch(QUERIES["audit_orphans_since"], since))
+
+
+async def fold_state_counts(conn: Conn, *, settled_seconds: float, limit: int) -> int:
+    folded: int = await conn.fetchval(QUERIES["fold_state_counts"], settled_seconds, limit)
+    return folded
+
+
+async def prune_events(conn: Conn, *, older_than_seconds: float, limit: int) -> tuple[int, int]:
+    """(tasks whose events were pruned, events deleted)."""
+    row = await conn.fetchrow(QUERIES["prune_events"], older_than_seconds, limit)
+    assert row is not None
+    return int(row["tasks"]), int(row["events"])
+
+
+@dataclass(frozen=True)
+class EndedTask:
+    task_id: uuid.UUID
+    completed_at: datetime
+    status: str
+    result: dict[str, Any] | None
+
+
+async def results_due(conn: Conn, *, older_than_seconds: float, limit: int) -> list[EndedTask]:
+    records = await conn.fetch(QUERIES["results_due"], older_than_seconds, limit)
+    return [EndedTask(r["id"], r["completed_at"], r["status"], r["result"]) for r in records]
+
+
+async def forget_results(
+    conn: Conn, *, task_ids: Sequence[uuid.UUID], through: tuple[datetime, uuid.UUID]
+) -> int:
+    forgot: int = await conn.fetchval(
+        QUERIES["forget_results"], list(task_ids), through[0], through[1]
+    )
+    return forgot

@@ -123,10 +123,24 @@ SELECT t.* FROM task_rows AS t
  WHERE t.id = $1 AND ($2::uuid IS NULL OR t.user_id = $2);
 
 -- list_tasks --
--- Operators' view, newest first; status NULL means all.
+-- Operators' view, newest first (tasks_created: the page, not the table).
 SELECT t.* FROM task_rows AS t
- WHERE ($1::text IS NULL OR t.status = $1::text)
  ORDER BY t.created_at DESC, t.id DESC
+ LIMIT $1;
+
+-- list_tasks_ended --
+-- Operators' view of one terminal state ($1), newest first, along tasks_created.
+SELECT t.* FROM task_rows AS t
+ WHERE t.status = $1::text
+ ORDER BY t.created_at DESC, t.id DESC
+ LIMIT $2;
+
+-- list_tasks_live --
+-- Operators' view of one live state ($1), newest first: only live tasks are read (the partial
+-- index tasks_deadline_open), whatever the history.
+SELECT r.* FROM tasks AS k JOIN task_rows AS r ON r.id = k.id
+ WHERE k.status IN ('pending', 'submitted', 'processing', 'storing') AND k.status = $1::task_status
+ ORDER BY k.created_at DESC, k.id DESC
  LIMIT $2;
 
 -- claim_pending_registrations --
@@ -277,13 +291,13 @@ HAVING count(l.id) FILTER (WHERE l.kind = 'charge') <> 1
        <> CASE WHEN t.status IN ('failed', 'canceled') THEN 1 ELSE 0 END;
 
 -- audit_active_counts --
--- Users whose live-task count differs from their tasks.
-SELECT u.id, u.email, u.active_tasks,
-       (SELECT count(*) FROM tasks AS t WHERE t.user_id = u.id
-           AND t.status IN ('pending', 'submitted', 'processing', 'storing')) AS actual
+-- Users whose live-task count differs from their tasks (live tasks counted once, grouped).
+SELECT u.id, u.email, u.active_tasks, COALESCE(a.n, 0) AS actual
   FROM users AS u
- WHERE u.active_tasks <> (SELECT count(*) FROM tasks AS t WHERE t.user_id = u.id
-           AND t.status IN ('pending', 'submitted', 'processing', 'storing'));
+  LEFT JOIN (SELECT user_id, count(*) AS n FROM tasks
+              WHERE status IN ('pending', 'submitted', 'processing', 'storing')
+              GROUP BY user_id) AS a ON a.user_id = u.id
+ WHERE u.active_tasks <> COALESCE(a.n, 0);
 
 -- audit_orphans --
 -- Log rows naming a task that does not exist. task_events and webhook_deliveries carry no
@@ -464,22 +478,197 @@ SELECT id, vendor, delivery_id, task_id, status, outcome, error, headers, body, 
 UPDATE webhook_deliveries SET status = 'replayed', outcome = $2, error = NULL WHERE id = $1;
 
 -- prune_deliveries --
--- Accepted deliveries older than the retention period. Dead letters stay until replayed,
--- except those of unsigned vendors ($3): anyone with a callback URL can make one (issue 14.7).
-DELETE FROM webhook_deliveries
- WHERE id IN (SELECT id FROM webhook_deliveries
-               WHERE (status IN ('accepted', 'replayed')
-                      OR (status = 'rejected' AND vendor = ANY($3::text[])))
-                 AND received_at < now() - make_interval(secs => $1)
-               LIMIT $2);
+-- Accepted deliveries older than the retention period, oldest first, along
+-- webhook_deliveries_received: a pass with nothing due reads one index page. Dead letters stay
+-- until replayed, except those of unsigned vendors ($3): anyone with a callback URL can make
+-- one (issue 14.7); few, along webhook_deliveries_rejected.
+WITH accepted AS (
+    DELETE FROM webhook_deliveries
+     WHERE id IN (SELECT id FROM webhook_deliveries
+                   WHERE status <> 'rejected'
+                     AND received_at < now() - make_interval(secs => $1)
+                   ORDER BY received_at
+                   LIMIT $2)
+    RETURNING 1
+), unsigned AS (
+    DELETE FROM webhook_deliveries
+     WHERE id IN (SELECT id FROM webhook_deliveries
+                   WHERE status = 'rejected' AND vendor = ANY($3::text[])
+                     AND received_at < now() - make_interval(secs => $1)
+                   ORDER BY received_at
+                   LIMIT $2)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM accepted) + (SELECT count(*) FROM unsigned);
 
 -- list_user_tasks --
--- A user's tasks newest first, keyset-paginated on (created_at, id). $2: status filter, NULL
--- for all; $3: only non-terminal ones ('active'); $4/$5: the cursor's position, NULL at start.
+-- A user's tasks newest first, keyset-paginated on (created_at, id) before the cursor's
+-- position ($2, $3; the start: infinity and the greatest id). The cursor is a row comparison
+-- the index tasks_user_created walks from, in custom and generic plans alike: no "$n IS NULL
+-- OR" branches, which a generic plan can only filter with.
 SELECT t.* FROM task_rows AS t
- WHERE t.user_id = $1
-   AND ($2::text IS NULL OR t.status = $2::text)
-   AND (NOT $3 OR t.status IN ('pending', 'submitted', 'processing', 'storing'))
-   AND ($4::timestamptz IS NULL OR (t.created_at, t.id) < ($4::timestamptz, $5::uuid))
+ WHERE t.user_id = $1 AND (t.created_at, t.id) < ($2::timestamptz, $3::uuid)
  ORDER BY t.created_at DESC, t.id DESC
- LIMIT $6;
+ LIMIT $4;
+
+-- list_user_tasks_ended --
+-- The same for one terminal state ($4), along tasks_user_created.
+SELECT t.* FROM task_rows AS t
+ WHERE t.user_id = $1 AND (t.created_at, t.id) < ($2::timestamptz, $3::uuid)
+   AND t.status = $4::text
+ ORDER BY t.created_at DESC, t.id DESC
+ LIMIT $5;
+
+-- list_user_tasks_live --
+-- The same for live tasks ('active'), or one live state ($4, NULL for all of them): the
+-- partial index tasks_user_live holds only those, so the client page's poll of its active
+-- tasks reads them and nothing of the user's history. (Filtered on the table's own status:
+-- the view's is text, which no partial index predicate matches.)
+SELECT r.* FROM tasks AS k JOIN task_rows AS r ON r.id = k.id
+ WHERE k.user_id = $1 AND (k.created_at, k.id) < ($2::timestamptz, $3::uuid)
+   AND k.status IN ('pending', 'submitted', 'processing', 'storing')
+   AND k.status = COALESCE($4::task_status, k.status)
+ ORDER BY k.created_at DESC, k.id DESC
+ LIMIT $5;
+
+-- audit_mark --
+-- When the last incremental audit that found nothing wrong started (progress_marks 'audit').
+SELECT at FROM progress_marks WHERE name = 'audit';
+
+-- set_audit_mark --
+INSERT INTO progress_marks (name, at) VALUES ('audit', $1)
+ON CONFLICT (name) DO UPDATE SET at = EXCLUDED.at, updated_at = now();
+
+-- audit_balances_since --
+-- audit_balances for the users with ledger rows written since $1 (credit_ledger_created).
+SELECT u.id, u.email, u.balance, COALESCE(sum(l.amount), 0)::bigint AS ledger
+  FROM users AS u LEFT JOIN credit_ledger AS l ON l.user_id = u.id
+ WHERE u.id IN (SELECT user_id FROM credit_ledger WHERE created_at >= $1)
+ GROUP BY u.id
+HAVING u.balance <> COALESCE(sum(l.amount), 0);
+
+-- audit_refunds_since --
+-- audit_refunds for the tasks with ledger rows written since $1 (every new task has its
+-- charge) or that ended since (tasks_ended).
+WITH changed AS (
+    SELECT task_id AS id FROM credit_ledger WHERE created_at >= $1 AND task_id IS NOT NULL
+    UNION
+    SELECT id FROM tasks WHERE completed_at >= $1
+)
+SELECT t.id, t.status::text AS status,
+       count(l.id) FILTER (WHERE l.kind = 'refund') AS refunds,
+       count(l.id) FILTER (WHERE l.kind = 'charge') AS charges
+  FROM changed AS c JOIN tasks AS t ON t.id = c.id
+  LEFT JOIN credit_ledger AS l ON l.task_id = t.id
+ GROUP BY t.id
+HAVING count(l.id) FILTER (WHERE l.kind = 'charge') <> 1
+    OR count(l.id) FILTER (WHERE l.kind = 'refund')
+       <> CASE WHEN t.status IN ('failed', 'canceled') THEN 1 ELSE 0 END;
+
+-- audit_active_counts_since --
+-- audit_active_counts for the users who submitted a task since $1 (its charge) or whose
+-- task ended since; each user's live tasks counted on tasks_user_live.
+WITH changed AS (
+    SELECT user_id FROM credit_ledger WHERE created_at >= $1
+    UNION
+    SELECT user_id FROM tasks WHERE completed_at >= $1
+)
+SELECT u.id, u.email, u.active_tasks, a.n AS actual
+  FROM changed AS c JOIN users AS u ON u.id = c.user_id
+ CROSS JOIN LATERAL (SELECT count(*) AS n FROM tasks AS t
+                      WHERE t.user_id = u.id
+                        AND t.status IN ('pending', 'submitted', 'processing', 'storing')) AS a
+ WHERE u.active_tasks <> a.n;
+
+-- audit_orphans_since --
+-- audit_orphans for the events and accepted deliveries written since $1.
+SELECT 'task_events' AS log, e.task_id, count(*) AS rows
+  FROM task_events AS e
+ WHERE e.created_at >= $1
+   AND NOT EXISTS (SELECT FROM tasks AS t WHERE t.id = e.task_id)
+ GROUP BY e.task_id
+UNION ALL
+SELECT 'webhook_deliveries', w.task_id, count(*)
+  FROM webhook_deliveries AS w
+ WHERE w.status <> 'rejected' AND w.status = 'accepted' AND w.received_at >= $1
+   AND NOT EXISTS (SELECT FROM tasks AS t WHERE t.id = w.task_id)
+ GROUP BY w.task_id
+ ORDER BY 1, 2
+ LIMIT 100;
+
+-- fold_state_counts --
+-- Add the tasks that ended after the 'counts' mark and more than $1 seconds ago (a
+-- transition's completed_at is its transaction's start: one still running then commits
+-- behind the mark otherwise) to task_state_counts, at most $2 of them, oldest first along
+-- tasks_ended, and move the mark past them. The mark's row lock serializes reconcilers.
+WITH mark AS (
+    SELECT at, task_id FROM progress_marks WHERE name = 'counts' FOR UPDATE
+), batch AS (
+    SELECT t.id, t.completed_at, t.status
+      FROM mark AS m JOIN tasks AS t
+        ON t.completed_at IS NOT NULL AND (t.completed_at, t.id) > (m.at, m.task_id)
+     WHERE t.completed_at < now() - make_interval(secs => $1)
+     ORDER BY t.completed_at, t.id
+     LIMIT $2
+), added AS (
+    UPDATE task_state_counts AS c SET n = c.n + b.n
+      FROM (SELECT status, count(*) AS n FROM batch GROUP BY status) AS b
+     WHERE c.status = b.status
+    RETURNING 1
+), moved AS (
+    UPDATE progress_marks AS p SET at = l.completed_at, task_id = l.id, updated_at = now()
+      FROM (SELECT completed_at, id FROM batch ORDER BY completed_at DESC, id DESC LIMIT 1) AS l
+     WHERE p.name = 'counts'
+    RETURNING 1
+)
+SELECT count(*) FROM batch;
+
+-- prune_events --
+-- Events of the tasks that ended more than $1 seconds ago, after the 'events' mark: at most
+-- $2 tasks, oldest first along tasks_ended, each task's events by the (task_id, event_key)
+-- index; the mark moves past them. (An event recorded for a task after its events were
+-- pruned, e.g. a late duplicate webhook, stays.)
+WITH mark AS (
+    SELECT at, task_id FROM progress_marks WHERE name = 'events' FOR UPDATE
+), batch AS (
+    SELECT t.id, t.completed_at
+      FROM mark AS m JOIN tasks AS t
+        ON t.completed_at IS NOT NULL AND (t.completed_at, t.id) > (m.at, m.task_id)
+     WHERE t.completed_at < now() - make_interval(secs => $1)
+     ORDER BY t.completed_at, t.id
+     LIMIT $2
+), gone AS (
+    DELETE FROM task_events AS e USING batch AS b WHERE e.task_id = b.id
+    RETURNING 1
+), moved AS (
+    UPDATE progress_marks AS p SET at = l.completed_at, task_id = l.id, updated_at = now()
+      FROM (SELECT completed_at, id FROM batch ORDER BY completed_at DESC, id DESC LIMIT 1) AS l
+     WHERE p.name = 'events'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM batch) AS tasks, (SELECT count(*) FROM gone) AS events;
+
+-- results_due --
+-- Completed tasks whose stored results passed their retention ($1 seconds since they ended),
+-- after the 'results' mark, oldest first along tasks_ended, at most $2: their files' keys.
+SELECT t.id, t.completed_at, t.status::text AS status, t.result
+  FROM progress_marks AS m JOIN tasks AS t
+    ON t.completed_at IS NOT NULL AND (t.completed_at, t.id) > (m.at, m.task_id)
+ WHERE m.name = 'results' AND t.completed_at < now() - make_interval(secs => $1)
+ ORDER BY t.completed_at, t.id
+ LIMIT $2;
+
+-- forget_results --
+-- These tasks' files are deleted from the bucket: their result keeps no file (the task
+-- object's `result` is null from now on) and says when; the 'results' mark moves to ($2, $3).
+WITH forgot AS (
+    UPDATE tasks
+       SET result = jsonb_build_object('files', '[]'::jsonb, 'pruned_at', now())
+     WHERE id = ANY($1::uuid[]) AND status = 'completed'
+    RETURNING id
+), moved AS (
+    UPDATE progress_marks SET at = $2, task_id = $3, updated_at = now()
+     WHERE name = 'results' AND (at, task_id) < ($2::timestamptz, $3::uuid)
+    RETURNING 1
+)
+SELECT count(*) FROM forgot;

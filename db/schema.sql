@@ -71,6 +71,12 @@ CREATE INDEX tasks_deadline_open ON tasks (deadline_at)
     WHERE status IN ('pending', 'submitted', 'processing', 'storing');
 CREATE INDEX tasks_result_expired ON tasks (vendor, completed_at)
     WHERE status = 'failed' AND error ->> 'code' = 'result_expired';
+-- Paths that must not read history (0014_live_paths.sql): a user's live tasks, the newest
+-- tasks, tasks in the order they ended (retention, counts, incremental audit).
+CREATE INDEX tasks_user_live ON tasks (user_id, created_at DESC, id DESC)
+    WHERE status IN ('pending', 'submitted', 'processing', 'storing');
+CREATE INDEX tasks_created ON tasks (created_at DESC, id DESC);
+CREATE INDEX tasks_ended ON tasks (completed_at, id) WHERE completed_at IS NOT NULL;
 
 CREATE TABLE task_events (
     id          bigserial PRIMARY KEY,
@@ -84,6 +90,7 @@ CREATE TABLE task_events (
     created_at  timestamptz NOT NULL DEFAULT now(),
     UNIQUE (task_id, event_key)
 );
+CREATE INDEX task_events_created ON task_events USING brin (created_at);
 
 CREATE TABLE credit_ledger (
     id         bigserial PRIMARY KEY,
@@ -105,6 +112,9 @@ CREATE UNIQUE INDEX credit_ledger_task_kind ON credit_ledger (task_id, kind)
     WHERE task_id IS NOT NULL;
 -- A user's ledger, newest first, a page at a time (GET /v1/me/usage).
 CREATE INDEX credit_ledger_user_page ON credit_ledger (user_id, id);
+CREATE INDEX credit_ledger_refunds ON credit_ledger (created_at DESC, id DESC)
+    WHERE kind = 'refund';
+CREATE INDEX credit_ledger_created ON credit_ledger USING brin (created_at);
 
 CREATE TABLE webhook_deliveries (
     id          bigserial PRIMARY KEY,
@@ -121,6 +131,27 @@ CREATE TABLE webhook_deliveries (
 );
 CREATE INDEX webhook_deliveries_rejected ON webhook_deliveries (received_at)
     WHERE status = 'rejected';
+CREATE INDEX webhook_deliveries_received ON webhook_deliveries (received_at)
+    WHERE status <> 'rejected';
+
+-- Where a step that walks history in order has got to (0014): the dashboard's counts,
+-- retention of events and stored results, the incremental audit.
+CREATE TABLE progress_marks (
+    name       text PRIMARY KEY,
+    at         timestamptz NOT NULL,
+    task_id    uuid NOT NULL DEFAULT '00000000-0000-0000-0000-000000000000',
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO progress_marks (name, at, task_id)
+VALUES ('events', '-infinity', DEFAULT), ('results', '-infinity', DEFAULT),
+       ('counts', '-infinity', 'ffffffff-ffff-ffff-ffff-ffffffffffff');
+
+-- Tasks per terminal state that ended up to the 'counts' mark (0014).
+CREATE TABLE task_state_counts (
+    status task_status PRIMARY KEY,
+    n      bigint NOT NULL
+);
+INSERT INTO task_state_counts (status, n) VALUES ('completed', 0), ('failed', 0), ('canceled', 0);
 
 CREATE TABLE vendor_state (
     vendor        text PRIMARY KEY,
@@ -155,8 +186,7 @@ SELECT t.id, t.user_id, t.vendor, t.model, COALESCE(t.vendor_model, t.model) AS 
        t.vendor_task_id, t.outputs, t.result, t.error, t.trace_id, t.attempts,
        t.storage_attempts, t.last_error, t.created_at, t.updated_at, t.deadline_at,
        t.completed_at, t.next_attempt_at, t.next_poll_at,
-       EXISTS (SELECT 1 FROM credit_ledger AS l WHERE l.task_id = t.id AND l.kind = 'refund')
-           AS refunded,
+       t.status IN ('failed', 'canceled') AS refunded,
        t.vendor_urls, t.create_ambiguous_at
   FROM tasks AS t;
 
@@ -486,3 +516,34 @@ $fn$;
 ALTER FUNCTION taskhook_transition_many SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION taskhook_receive_many SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION taskhook_receive_many SET lock_timeout = '1s';
+
+-- Autovacuum by churn, not by a fifth of the table (0015_autovacuum.sql).
+ALTER TABLE tasks SET (
+    autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 5000,
+    autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_cost_limit = 2000
+);
+ALTER TABLE users SET (
+    autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_cost_limit = 2000
+);
+ALTER TABLE vendor_state SET (
+    autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000
+);
+ALTER TABLE progress_marks SET (
+    autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 200
+);
+ALTER TABLE rate_windows SET (
+    autovacuum_vacuum_scale_factor = 0.05, autovacuum_vacuum_threshold = 1000
+);
+ALTER TABLE task_events SET (
+    autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02,
+    autovacuum_analyze_scale_factor = 0.02
+);
+ALTER TABLE credit_ledger SET (
+    autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02,
+    autovacuum_analyze_scale_factor = 0.02
+);
+ALTER TABLE webhook_deliveries SET (
+    autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.02,
+    autovacuum_analyze_scale_factor = 0.02
+);

@@ -8,6 +8,7 @@ from each vendor's shared rate limit and respect its circuit breaker (vendors/he
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +21,8 @@ import structlog
 from db import queries
 from db.states import TaskStatus
 from db.transition import Outcome, TransitionResult, transition
+from reconciler.housekeeping import housekeeping
+from storage.s3 import StorageUnavailable
 from taskhook import metrics
 from taskhook.errors import VendorError, VendorRejected, VendorUnavailable
 from taskhook.runtime import Runtime
@@ -40,7 +43,9 @@ class PassSummary:
     failed: int = 0
     refunded: int = 0
     errors: int = 0
-    pruned: int = 0
+    pruned: int = 0  # webhook deliveries
+    pruned_events: int = 0
+    pruned_results: int = 0  # completed tasks whose stored files were deleted
     duration: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -264,8 +269,10 @@ async def expire_storing(rt: Runtime, summary: PassSummary, *, batch: int) -> No
                 log.warning("storing_deadline_exceeded")
 
 
-async def reconcile_once(rt: Runtime, *, batch: int = 200) -> PassSummary:
-    """One pass over every configured vendor; one task's error never stops the pass."""
+async def reconcile_once(rt: Runtime, *, batch: int = 200, housekeep: bool = True) -> PassSummary:
+    """One pass over every configured vendor; one task's error never stops the pass.
+    `housekeep`: also one round of retention and counts (reconciler/housekeeping.py), which
+    `run_reconciler` does on its own timer and a cron pass (`--once`) every time."""
     started = time.monotonic()
     summary = PassSummary()
     # A crashed reconciler's claims lapse after this; long enough for any poll to finish.
@@ -274,14 +281,16 @@ async def reconcile_once(rt: Runtime, *, batch: int = 200) -> PassSummary:
         *(_VendorPass(rt, health, summary).run(batch, lease) for health in rt.health.values())
     )
     await expire_storing(rt, summary, batch=batch)
-    async with rt.pool.acquire() as conn:
-        summary.pruned = await queries.prune_deliveries(
-            conn,
-            older_than_seconds=rt.settings.delivery_retention,
-            limit=10_000,
-            unsigned_vendors=[n for n, a in rt.vendors.items() if not a.signed_callbacks],
-        )
-        await queries.prune_rate_windows(conn)
+    if housekeep:
+        try:
+            pruned = await housekeeping(rt)
+        except StorageUnavailable as exc:
+            # The bucket is down: the files wait for the next round, the pass goes on.
+            log.warning("housekeeping_failed", error=str(exc))
+        else:
+            summary.pruned = pruned.deliveries
+            summary.pruned_events = pruned.events
+            summary.pruned_results = pruned.results
     summary.duration = round(time.monotonic() - started, 3)
     return summary
 
@@ -289,10 +298,14 @@ async def reconcile_once(rt: Runtime, *, batch: int = 200) -> PassSummary:
 async def run_reconciler(rt: Runtime, stop: asyncio.Event, *, interval: float = 5.0) -> None:
     """The Procfile's `reconciler` process: passes back to back while there is due work the
     rate limit allows, otherwise a pause of `interval`, until stopped."""
+    housekept = -math.inf
     while not stop.is_set():
         pause = interval
         try:
-            summary = await reconcile_once(rt)
+            housekeep = time.monotonic() - housekept >= rt.settings.prune_interval
+            summary = await reconcile_once(rt, housekeep=housekeep)
+            if housekeep:
+                housekept = time.monotonic()
             # Every pass, idle ones too: a reconciler that stopped passing shows in the logs.
             log.info("reconcile_pass", **summary.as_dict())
             if summary.claimed:

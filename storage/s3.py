@@ -137,6 +137,29 @@ class ResultStore:
             ExtraArgs={"ContentType": content_type},
         )
 
+    async def delete(self, keys: Sequence[str]) -> None:
+        """Delete these objects (absent ones are no error: deleting twice is harmless), a
+        thousand per request, the most one DeleteObjects takes."""
+
+        def remove(chunk: list[str]) -> None:
+            try:
+                answer = self._client.delete_objects(
+                    Bucket=self.bucket,
+                    Delete={"Objects": [{"Key": key} for key in chunk], "Quiet": True},
+                )
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                raise StorageUnavailable(self._describe(exc)) from exc
+            failed = [e for e in answer.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if failed:
+                raise StorageUnavailable(
+                    f"{self.where()}: {len(failed)} object(s) not deleted, e.g. "
+                    f"{failed[0].get('Key')}: {failed[0].get('Code')}"
+                )
+
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 1000):
+            await asyncio.to_thread(remove, unique[start : start + 1000])
+
     async def read(self, key: str) -> bytes:
         def get() -> bytes:
             return self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()

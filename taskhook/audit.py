@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from db import queries
@@ -12,6 +13,11 @@ from taskhook.settings import Settings
 # The longest reconciler interval the docs allow: `taskhook reconcile --once` from cron, every
 # minute (`taskhook reconcile` itself passes every 5 s).
 CRON_INTERVAL = 60.0
+
+# How far before its mark an incremental audit starts: rows carry their transaction's start
+# time, so a row written by a transaction that began before the last audit but committed after
+# it carries a time before the mark. Transactions here last seconds; ten minutes covers them.
+SETTLE = timedelta(minutes=10)
 
 
 def default_grace(settings: Settings) -> float:
@@ -28,6 +34,8 @@ class AuditReport:
     overdue_open_tasks: list[dict[str, Any]] = field(default_factory=list)
     active_count_mismatches: list[dict[str, Any]] = field(default_factory=list)
     orphan_log_rows: list[dict[str, Any]] = field(default_factory=list)
+    # None: the whole history was checked; else rows written since then.
+    since: datetime | None = None
 
     @property
     def ok(self) -> bool:
@@ -42,6 +50,7 @@ class AuditReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "since": self.since.isoformat().replace("+00:00", "Z") if self.since else None,
             "balance_mismatches": self.balance_mismatches,
             "ledger_mismatches": self.ledger_mismatches,
             "overdue_open_tasks": self.overdue_open_tasks,
@@ -59,21 +68,55 @@ async def run_audit(
     *,
     grace_seconds: float = CRON_INTERVAL + Settings.registration_timeout,
     storage_deadline: float = Settings.storage_deadline,
+    incremental: bool = False,
 ) -> AuditReport:
     """Balance = sum(ledger) per user; one charge and at most one refund per task, a refund
     exactly for failed/canceled ones; no open task past its deadline (plus a grace period;
     a storing task past the later of its deadline and its storing deadline);
     no event or accepted delivery naming a task that does not exist (the log tables' foreign
-    keys, checked here instead of on every insert: 0009_log_tables.sql)."""
-    return AuditReport(
-        balance_mismatches=[_plain(r) for r in await queries.audit_balances(conn)],
-        ledger_mismatches=[_plain(r) for r in await queries.audit_refunds(conn)],
-        overdue_open_tasks=[
-            _plain(r)
-            for r in await queries.audit_overdue(
-                conn, grace_seconds=grace_seconds, storage_deadline=storage_deadline
-            )
-        ],
-        active_count_mismatches=[_plain(r) for r in await queries.audit_active_counts(conn)],
-        orphan_log_rows=[_plain(r) for r in await queries.audit_orphans(conn)],
-    )
+    keys, checked here instead of on every insert: 0009_log_tables.sql).
+
+    `incremental`: only what changed since the last incremental run that found nothing wrong
+    (its start, less SETTLE): the users with new ledger rows, the tasks created or ended since,
+    the events and deliveries written since; open tasks are few and always all checked. Its
+    cost follows the traffic since, not the history. The first run, and any run after one that
+    found something, checks everything since the last clean one (or all); a clean run moves
+    the mark. The full audit also catches what no new row points at (a balance changed by
+    hand), so run it now and then."""
+    started: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    mark = await queries.audit_mark(conn) if incremental else None
+    overdue = [
+        _plain(r)
+        for r in await queries.audit_overdue(
+            conn, grace_seconds=grace_seconds, storage_deadline=storage_deadline
+        )
+    ]
+    if mark is None:
+        report = AuditReport(
+            balance_mismatches=[_plain(r) for r in await queries.audit_balances(conn)],
+            ledger_mismatches=[_plain(r) for r in await queries.audit_refunds(conn)],
+            overdue_open_tasks=overdue,
+            active_count_mismatches=[_plain(r) for r in await queries.audit_active_counts(conn)],
+            orphan_log_rows=[_plain(r) for r in await queries.audit_orphans(conn)],
+        )
+    else:
+        since = mark - SETTLE
+        report = AuditReport(
+            balance_mismatches=[
+                _plain(r) for r in await queries.audit_balances_since(conn, since=since)
+            ],
+            ledger_mismatches=[
+                _plain(r) for r in await queries.audit_refunds_since(conn, since=since)
+            ],
+            overdue_open_tasks=overdue,
+            active_count_mismatches=[
+                _plain(r) for r in await queries.audit_active_counts_since(conn, since=since)
+            ],
+            orphan_log_rows=[
+                _plain(r) for r in await queries.audit_orphans_since(conn, since=since)
+            ],
+            since=since,
+        )
+    if incremental and report.ok:
+        await queries.set_audit_mark(conn, at=started)
+    return report

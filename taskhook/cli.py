@@ -350,6 +350,26 @@ def reconcile(once: bool, interval: float, metrics_port: int | None) -> None:
 
 
 @cli.command(
+    help="Prune the history as the retention settings say (webhook deliveries, task events, "
+    "stored results of old tasks) until nothing is due, and fold ended tasks into the "
+    "dashboard's counts; prints a JSON summary. The reconciler does the same on its own timer."
+)
+def prune() -> None:
+    from reconciler.housekeeping import housekeeping
+    from taskhook.runtime import open_runtime
+
+    settings = load_settings()
+    start_logging(settings)
+    settings = with_services(settings, port=8000)
+
+    async def work() -> dict[str, Any]:
+        async with open_runtime(settings) as rt:
+            return (await housekeeping(rt, until_done=True)).as_dict()
+
+    echo_json(run(work()))
+
+
+@cli.command(
     help="Check a deployment before it goes live: database reachable and migrated, bucket "
     "writable, each vendor's credentials, Replicate's webhook secret, the public URL reaching "
     "this deployment, secrets, clock skew. Exit 0 only when every check passes."
@@ -685,7 +705,8 @@ def deliveries_replay(delivery_id: int) -> None:
 
 @cli.command(
     help="Check invariants: balance = sum(ledger), one refund at most per task, no "
-    "open task past its deadline. Exit 1 with a report when one fails."
+    "open task past its deadline; what changed since the last clean run, or --full. Exit 1 "
+    "with a report when one fails."
 )
 @click.option(
     "--grace",
@@ -694,7 +715,12 @@ def deliveries_replay(delivery_id: int) -> None:
     help="seconds past a deadline before an open task counts as a violation [default: 60 "
     "(a reconciler interval, at most cron's minute) + TASKHOOK_VENDOR_TIMEOUT (its last poll)]",
 )
-def audit(grace: float | None) -> None:
+@click.option(
+    "--full",
+    is_flag=True,
+    help="check the whole history, not only what changed since the last clean run",
+)
+def audit(grace: float | None, full: bool) -> None:
     from taskhook.audit import default_grace, run_audit
 
     settings = with_database(load_settings())
@@ -703,7 +729,10 @@ def audit(grace: float | None) -> None:
         with_conn(
             settings,
             lambda c: run_audit(
-                c, grace_seconds=allowed, storage_deadline=settings.storage_deadline
+                c,
+                grace_seconds=allowed,
+                storage_deadline=settings.storage_deadline,
+                incremental=not full,
             ),
         )
     )

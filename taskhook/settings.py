@@ -136,6 +136,12 @@ class Settings:
     breaker_threshold: int = 10
     breaker_cooldown: float = 30.0
     delivery_retention: float = 7 * 86400.0
+    # Seconds a terminal task's events / a completed task's stored result files are kept
+    # after it ended; None keeps them (TASKHOOK_EVENT_RETENTION, TASKHOOK_RESULT_RETENTION).
+    event_retention: float | None = None
+    result_retention: float | None = None
+    # Seconds between the reconciler's housekeeping steps (pruning, the dashboard's counts).
+    prune_interval: float = 300.0
     # /metrics: a bearer token for the web port's, and/or a listener of its own.
     metrics_token: str | None = field(default=None, repr=False)
     metrics_port: int | None = None
@@ -228,6 +234,16 @@ class Settings:
             if check == "a non-negative integer" and not (isinstance(value, int) and value >= 0):
                 problems.append(f"{name} must be {check}, got {raw!r}")
                 return default
+            return value
+
+        def retention(name: str) -> float | None:
+            raw = get(name)
+            if raw is None or raw.strip().lower() == "keep":
+                return None
+            value: float | None = parse(name, float, None, "a positive number or `keep`")
+            if value is not None and not (0 < value < float("inf")):
+                problems.append(f"{name} must be a positive number or `keep`, got {raw!r}")
+                return None
             return value
 
         def positive_int(name: str, default: int) -> int:
@@ -407,6 +423,9 @@ class Settings:
             delivery_retention=parse(
                 "TASKHOOK_DELIVERY_RETENTION", float, 7 * 86400.0, "a positive number"
             ),
+            event_retention=retention("TASKHOOK_EVENT_RETENTION"),
+            result_retention=retention("TASKHOOK_RESULT_RETENTION"),
+            prune_interval=parse("TASKHOOK_PRUNE_INTERVAL", float, 300.0, "a positive number"),
             metrics_token=metrics_token,
             metrics_port=metrics_port,
             metrics_host=get("TASKHOOK_METRICS_HOST") or "127.0.0.1",

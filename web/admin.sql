@@ -2,11 +2,22 @@
 -- the dashboard changes, a dead-letter replay, goes through receiver.replay.
 
 -- count_by_state --
--- Tasks per state, every state of the enum included (zero when none), in life order.
-SELECT s.status::text AS status, count(t.id) AS n
+-- Tasks per state, every state of the enum included (zero when none), in life order, without
+-- reading history: live states counted on their partial index (tasks_deadline_open), terminal
+-- ones from task_state_counts (folded in up to the 'counts' mark by the reconciler's
+-- housekeeping) plus those that ended after the mark (tasks_ended).
+SELECT s.status::text AS status,
+       COALESCE(c.n, 0) + COALESCE(r.n, 0) + COALESCE(l.n, 0) AS n
   FROM unnest(enum_range(NULL::task_status)) AS s (status)
-  LEFT JOIN tasks AS t ON t.status = s.status
- GROUP BY s.status
+  LEFT JOIN task_state_counts AS c ON c.status = s.status
+  LEFT JOIN (SELECT t.status, count(*) AS n
+               FROM progress_marks AS m JOIN tasks AS t
+                 ON t.completed_at IS NOT NULL AND (t.completed_at, t.id) > (m.at, m.task_id)
+              WHERE m.name = 'counts'
+              GROUP BY t.status) AS r ON r.status = s.status
+  LEFT JOIN (SELECT status, count(*) AS n FROM tasks
+              WHERE status IN ('pending', 'submitted', 'processing', 'storing')
+              GROUP BY status) AS l ON l.status = s.status
  ORDER BY s.status;
 
 -- stuck_tasks --
@@ -60,11 +71,9 @@ SELECT l.id, l.task_id, u.email, l.amount, l.created_at, t.status::text AS task_
  LIMIT $1;
 
 -- user_credits --
--- Every user's balance and how many of their tasks are still open, by email.
-SELECT u.id, u.email, u.balance,
-       (SELECT count(*) FROM tasks AS t
-         WHERE t.user_id = u.id
-           AND t.status IN ('pending', 'submitted', 'processing', 'storing')) AS active_tasks
+-- Users' balances and how many of their tasks are still open (users.active_tasks, kept by
+-- submit and the transition, proven by `taskhook audit`), by email.
+SELECT u.id, u.email, u.balance, u.active_tasks::bigint AS active_tasks
   FROM users AS u
  ORDER BY u.email
  LIMIT $1;

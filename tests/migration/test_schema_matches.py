@@ -22,6 +22,9 @@ CATALOG = {
                          AND conrelid::regclass::text <> 'schema_migrations'""",
     "indexes": """SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'
                    AND tablename <> 'schema_migrations'""",
+    # Per-table storage settings (fillfactor, autovacuum: 0015_autovacuum.sql).
+    "reloptions": """SELECT relname, reloptions::text FROM pg_class
+                       WHERE relnamespace = 'public'::regnamespace AND reloptions IS NOT NULL""",
     "enums": """SELECT t.typname, e.enumlabel, e.enumsortorder FROM pg_enum e
                   JOIN pg_type t ON t.oid = e.enumtypid""",
     # Functions by signature, body and settings (schema.sql repeats the migrations' text).
