@@ -17,6 +17,7 @@ from submit.auth import current_user
 from submit.cancel import cancel_task
 from submit.keys import routes as key_routes
 from submit.listing import list_tasks
+from submit.models import list_models
 from submit.render import render_task
 from submit.routing import choose, plan
 from submit.streaming import task_events
@@ -115,6 +116,7 @@ routes = [
     Route("/v1/tasks/{task_id}", get_task, methods=["GET"]),
     Route("/v1/me", me, methods=["GET"]),
     Route("/v1/me/usage", usage, methods=["GET"]),
+    Route("/v1/models", list_models, methods=["GET"]),
     *key_routes,
 ]
 

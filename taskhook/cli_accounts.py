@@ -184,3 +184,34 @@ def credits_adjust(email: str, amount: int, reason: str) -> None:
             "below zero; nothing was changed"
         )
     click.echo(json.dumps({"email": email, "credits": done.balance, "adjusted": amount}))
+
+
+@cli.group(help="The model catalogue: what this deployment serves (GET /v1/models).")
+def models() -> None:
+    pass
+
+
+@models.command("list", help="Each model: price, vendors and whether each takes tasks now.")
+@json_option
+def models_list(as_json: bool) -> None:
+    from lifecycle.catalogue import catalogue
+
+    settings = with_database(load_settings())
+    found = run(with_conn(settings, lambda c: catalogue(c, settings)))
+    if as_json:
+        click.echo(json.dumps({"data": [m.as_dict() for m in found]}, indent=2))
+        return
+    echo_table(
+        ["model", "price", "vendors", "description"],
+        [
+            [
+                m.id,
+                m.price,
+                ", ".join(
+                    f"{v.vendor}{'' if v.available else ' (unavailable)'}" for v in m.vendors
+                ),
+                m.description,
+            ]
+            for m in found
+        ],
+    )

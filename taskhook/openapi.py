@@ -664,6 +664,34 @@ def _account_schemas() -> JsonObject:
                 "api_key": {"type": "string", "description": "the key itself, shown only now"},
             },
         },
+        "Model": {
+            "type": "object",
+            "required": ["id", "price", "vendors", "description", "route"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string", "description": "what to post as `model`"},
+                "price": {"type": "integer", "minimum": 0, "description": "credits per task now"},
+                "vendors": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["vendor", "available", "price"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "vendor": {"type": "string"},
+                            "available": {"type": "boolean"},
+                            "price": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                },
+                "description": {"type": "string"},
+                "route": {
+                    "type": "boolean",
+                    "description": "a route name; false: a vendor's model id, post it with "
+                    "its `vendor`",
+                },
+            },
+        },
         "LedgerEntry": {
             "type": "object",
             "required": ["kind", "amount", "reason", "task", "created_at"],
@@ -759,6 +787,28 @@ def _account_paths() -> JsonObject:
                         "content": _json(_ref(_SCHEMAS + "ApiKey")),
                     },
                     **_common(404),
+                },
+            },
+        },
+        "/v1/models": {
+            "get": {
+                "operationId": "listModels",
+                "summary": "The models this deployment serves, their prices and vendors now",
+                "responses": {
+                    "200": {
+                        "description": "The catalogue.",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["data"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "data": {"type": "array", "items": _ref(_SCHEMAS + "Model")}
+                                },
+                            }
+                        ),
+                    },
+                    **_common(),
                 },
             },
         },

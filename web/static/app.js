@@ -68,8 +68,42 @@
     $("signin").hidden = true;
     $("workspace").hidden = false;
     $("api-key").value = "";
-    await loadTasks(session);
+    await Promise.all([loadModels(session), loadTasks(session)]);
     schedulePoll(session, 0);
+  }
+
+  // ---- the model catalogue ------------------------------------------------------------------
+  // What this deployment serves (GET /v1/models): a route's name is posted as it is, so routes,
+  // failover and route prices apply; a vendor's own model is posted with its vendor.
+
+  async function loadModels(session) {
+    const select = $("model");
+    let answer;
+    try {
+      answer = await call("/v1/models");
+    } catch (err) {
+      if (session !== state.session || handleAuthLoss(err)) return;
+      T.showError("Could not load the models: " + T.describe(err));
+      return;
+    }
+    if (session !== state.session) return;
+    const previous = select.value;
+    const options = (answer.data || []).map(function (model) {
+      const available = model.vendors.some(function (v) { return v.available; });
+      const price = model.price + (model.price === 1 ? " credit" : " credits");
+      const option = el("option", {
+        text: model.description + " · " + price + (available ? "" : " · busy, will wait"),
+        dataset: { price: String(model.price) },
+      });
+      option.value = model.id;
+      if (!model.route && model.vendors.length) option.dataset.vendor = model.vendors[0].vendor;
+      return option;
+    });
+    select.replaceChildren.apply(select, options);
+    if (options.some(function (o) { return o.value === previous; })) select.value = previous;
+    select.setAttribute("aria-busy", "false");
+    $("submit").disabled = options.length === 0;
+    if (!options.length) T.showError("This service offers no models right now.");
   }
 
   function signOut() {
@@ -83,6 +117,8 @@
     state.submissions.clear();
     clearTimeout(state.pollTimer);
     $("tasks").replaceChildren();
+    $("model").replaceChildren();
+    $("model").setAttribute("aria-busy", "true");
     $("account").hidden = true;
     T.clearError();
     showSignIn();
@@ -561,7 +597,7 @@
     } catch (err) {
       if (!handleAuthLoss(err)) T.showError(T.describe(err));
     } finally {
-      button.disabled = false;
+      button.disabled = $("model").options.length === 0;
       button.textContent = "Generate";
     }
   }
