@@ -1,30 +1,17 @@
 """`taskhook users | keys | credits`: the accounts an operator manages day to day (issue 17.2).
 
-Registered on the groups of taskhook.cli (imported at its end). What operators read comes as a
+Added to the groups of taskhook.cli by it (`_add_account_commands`), so that `python -m
+taskhook.cli` has them too. What operators read comes as a
 table, with `--json` for machines; what a script consumes (a new key) is one JSON line.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from taskhook.cli import cli, credits, load_settings, run, users, with_conn, with_database
-
-
-def echo_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Aligned columns, a header line first; `-` for an empty cell."""
-    cells = [[("-" if v is None or v == "" else str(v)) for v in row] for row in rows]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    for line in [list(columns), *cells]:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
-
-
-def json_option(f: Any) -> Any:
-    return click.option("--json", "as_json", is_flag=True, help="one JSON document")(f)
+from taskhook.cli_output import echo_json, echo_table, json_option
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -34,12 +21,13 @@ def _fail(exc: Exception) -> click.ClickException:
     return click.ClickException(message)
 
 
-@users.command("list", help="Every user by email: credits, open tasks, unrevoked keys.")
+@click.command("list", help="Every user by email: credits, open tasks, unrevoked keys.")
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 100_000))
 @json_option
 def users_list(limit: int, as_json: bool) -> None:
     from db import accounts_queries
     from db.models import format_user_id, iso_time
+    from taskhook.cli import load_settings, run, with_conn, with_database
 
     settings = with_database(load_settings())
     found = run(
@@ -57,7 +45,7 @@ def users_list(limit: int, as_json: bool) -> None:
         for u in found
     ]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
     echo_table(
         ["email", "id", "credits", "open tasks", "keys", "created"],
@@ -68,7 +56,7 @@ def users_list(limit: int, as_json: bool) -> None:
     )
 
 
-@cli.group(help="API keys: a user may hold several; a key is shown whole only once.")
+@click.group(help="API keys: a user may hold several; a key is shown whole only once.")
 def keys() -> None:
     pass
 
@@ -77,6 +65,7 @@ def keys() -> None:
 @click.argument("email")
 def keys_create(email: str) -> None:
     from lifecycle.accounts import create_key, user_by_email
+    from taskhook.cli import load_settings, run, with_conn, with_database
     from taskhook.errors import TaskhookError
 
     settings = with_database(load_settings())
@@ -89,7 +78,7 @@ def keys_create(email: str) -> None:
         made, key = run(with_conn(settings, make))
     except TaskhookError as exc:
         raise _fail(exc) from None
-    click.echo(json.dumps({"id": made.public_id, "api_key": key, "prefix": made.prefix}))
+    echo_json({"id": made.public_id, "api_key": key, "prefix": made.prefix})
 
 
 @keys.command("list", help="EMAIL's keys, newest first: prefix, created, revoked.")
@@ -99,6 +88,7 @@ def keys_list(email: str, as_json: bool) -> None:
     from db import accounts_queries
     from db.models import iso_time
     from lifecycle.accounts import user_by_email
+    from taskhook.cli import load_settings, run, with_conn, with_database
     from taskhook.errors import TaskhookError
 
     settings = with_database(load_settings())
@@ -121,7 +111,7 @@ def keys_list(email: str, as_json: bool) -> None:
         for k in found
     ]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
     echo_table(
         ["id", "prefix", "created", "revoked"],
@@ -140,23 +130,23 @@ def keys_revoke(key_id: str) -> None:
     parsed = parse_key_id(key_id)
     if parsed is None:
         raise click.ClickException(f"{key_id!r} is not a key id (key_...)")
+    from taskhook.cli import load_settings, run, with_conn, with_database
+
     settings = with_database(load_settings())
     try:
         revoked = run(with_conn(settings, lambda c: revoke_key(c, key_id=parsed, user_id=None)))
     except TaskhookError:
         raise click.ClickException(f"no key {key_id}") from None
-    click.echo(
-        json.dumps(
-            {
-                "id": revoked.public_id,
-                "prefix": revoked.prefix,
-                "revoked_at": iso_time(revoked.revoked_at),
-            }
-        )
+    echo_json(
+        {
+            "id": revoked.public_id,
+            "prefix": revoked.prefix,
+            "revoked_at": iso_time(revoked.revoked_at),
+        }
     )
 
 
-@credits.command(
+@click.command(
     "adjust",
     help="Add (or, negative, take away) AMOUNT credits of EMAIL, with a reason kept in the "
     "ledger. Never below zero: such an adjustment is refused (exit 1), nothing written.",
@@ -167,6 +157,7 @@ def keys_revoke(key_id: str) -> None:
 @click.option("--reason", required=True, help="why: kept in the ledger and shown to the user")
 def credits_adjust(email: str, amount: int, reason: str) -> None:
     from lifecycle.accounts import adjust_credits
+    from taskhook.cli import load_settings, run, with_conn, with_database
     from taskhook.errors import TaskhookError
 
     settings = with_database(load_settings())
@@ -183,10 +174,10 @@ def credits_adjust(email: str, amount: int, reason: str) -> None:
             f"{email} has {done.balance} credits: adjusting by {amount} would take the balance "
             "below zero; nothing was changed"
         )
-    click.echo(json.dumps({"email": email, "credits": done.balance, "adjusted": amount}))
+    echo_json({"email": email, "credits": done.balance, "adjusted": amount})
 
 
-@cli.group(help="The model catalogue: what this deployment serves (GET /v1/models).")
+@click.group(help="The model catalogue: what this deployment serves (GET /v1/models).")
 def models() -> None:
     pass
 
@@ -195,11 +186,12 @@ def models() -> None:
 @json_option
 def models_list(as_json: bool) -> None:
     from lifecycle.catalogue import catalogue
+    from taskhook.cli import load_settings, run, with_conn, with_database
 
     settings = with_database(load_settings())
     found = run(with_conn(settings, lambda c: catalogue(c, settings)))
     if as_json:
-        click.echo(json.dumps({"data": [m.as_dict() for m in found]}, indent=2))
+        echo_json({"data": [m.as_dict() for m in found]})
         return
     echo_table(
         ["model", "price", "vendors", "description"],

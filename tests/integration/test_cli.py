@@ -72,8 +72,8 @@ def test_users_and_credits(invoke) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_tasks_and_deliveries_views(invoke) -> None:  # type: ignore[no-untyped-def]
-    assert json.loads(invoke("tasks", "list")[1]) == []
-    assert json.loads(invoke("deliveries", "list", "--rejected")[1]) == []
+    assert json.loads(invoke("tasks", "list", "--json")[1]) == []
+    assert json.loads(invoke("deliveries", "list", "--rejected", "--json")[1]) == []
     code, out = invoke("tasks", "show", "nope")
     assert code == 1 and "not a task id" in out
 
