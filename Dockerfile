@@ -12,14 +12,16 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY taskhook taskhook
+COPY common common
 COPY db db
-COPY submit submit
-COPY receiver receiver
 COPY vendors vendors
 COPY storage storage
-COPY reconciler reconciler
+COPY lifecycle lifecycle
+COPY receiver receiver
+COPY submit submit
 COPY web web
+COPY simulator simulator
+COPY taskhook taskhook
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim

@@ -250,7 +250,7 @@ class ChaosStack:
     """Start, kill, restart and stop the processes; see the module docstring."""
 
     def __init__(self, config: StackConfig) -> None:
-        from vendors.simulator.signing import generate_secret
+        from simulator.signing import generate_secret
 
         self.config = config
         self.webhook_secret = generate_secret()

@@ -51,7 +51,7 @@ from seeding import processing_report
 from db import queries
 from db.migrate import migrate
 from db.pool import connect, dsn_for_database
-from taskhook.audit import run_audit
+from lifecycle.audit import run_audit
 from web import admin_queries
 
 SEED = Path(__file__).with_name("growth_seed.sql")

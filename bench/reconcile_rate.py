@@ -57,8 +57,8 @@ import asyncpg
 import httpx
 from seeding import fresh_database, insert_submitted_tasks
 
+from simulator import RunningSimulator, SimulatorConfig, running_simulator
 from taskhook.embedded import EmbeddedS3, start_postgres, start_s3
-from vendors.simulator import RunningSimulator, SimulatorConfig, running_simulator
 
 WARMUP_SECONDS = 2.0
 STOP_TIMEOUT = 10.0

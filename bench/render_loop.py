@@ -25,13 +25,14 @@ from typing import Any
 
 import httpx
 
+from common.settings import Settings
+from common.states import TaskStatus
 from db import queries
-from db.states import TaskStatus
 from db.transition import transition
+from lifecycle.runtime import Runtime
+from lifecycle.users import create_user
 from taskhook.app import create_app
-from taskhook.runtime import Runtime, open_runtime
-from taskhook.settings import Settings
-from taskhook.users import create_user
+from taskhook.runtime import open_runtime
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seeding import fresh_database

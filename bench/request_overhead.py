@@ -26,9 +26,9 @@ from typing import Any
 
 from starlette.applications import Starlette
 
+from common.settings import ReplicateSettings, Settings
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime, resolve_services
-from taskhook.settings import ReplicateSettings, Settings
 
 SECRET = "bench-request-overhead-" + "x" * 32
 

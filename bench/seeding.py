@@ -18,12 +18,12 @@ from typing import Any
 
 import asyncpg
 
+from common.states import TaskStatus
 from db import queries
 from db.migrate import migrate
 from db.pool import connect, dsn_for_database
-from db.states import TaskStatus
 from db.transition import allowed_from, transition
-from taskhook.users import create_user
+from lifecycle.users import create_user
 
 BATCH = 250
 POLL_AFTER = timedelta(seconds=15)  # TASKHOOK_POLL_AFTER's default

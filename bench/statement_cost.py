@@ -32,9 +32,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common.states import TaskStatus
 from db import queries
 from db.pool import connect, create_pool
-from db.states import TaskStatus
 from db.transition import allowed_from
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

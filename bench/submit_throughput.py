@@ -93,7 +93,7 @@ from webhook_ingest import (
 )
 
 from db.pool import connect
-from taskhook.users import create_user
+from lifecycle.users import create_user
 
 INGEST = Path(__file__).resolve().parent / "webhook_ingest.py"
 MODEL = "black-forest-labs/flux-schnell"

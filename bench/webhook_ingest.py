@@ -62,9 +62,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from seeding import fresh_database, insert_submitted_tasks
 
+from common.tokens import CallbackTokens
 from db.pool import connect
-from taskhook.tokens import CallbackTokens
-from vendors.simulator.signing import new_webhook_id, webhook_headers
+from simulator.signing import new_webhook_id, webhook_headers
 
 REPO = Path(__file__).resolve().parent.parent
 

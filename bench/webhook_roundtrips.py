@@ -23,11 +23,11 @@ import httpx
 import structlog
 from asyncpg.connection import Connection
 
+from common.settings import Settings
+from common.tokens import CallbackTokens
+from simulator.signing import new_webhook_id, webhook_headers
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime
-from taskhook.settings import Settings
-from taskhook.tokens import CallbackTokens
-from vendors.simulator.signing import new_webhook_id, webhook_headers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seeding import fresh_database, insert_submitted_tasks

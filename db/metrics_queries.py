@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
+from common.states import ACTIVE, TaskStatus
 from db.queries import Conn, load_queries
-from db.states import ACTIVE, TaskStatus
 
 QUERIES: Mapping[str, str] = load_queries(
     resources.files("db").joinpath("metrics.sql").read_text(encoding="utf-8")

@@ -2,47 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from asyncpg import Record
 
-from db.states import TaskStatus
-
-TASK_PREFIX = "tsk_"
-USER_PREFIX = "usr_"
-
-
-def format_task_id(task_id: uuid.UUID) -> str:
-    return f"{TASK_PREFIX}{task_id.hex}"
-
-
-# The one spelling of a task id. uuid.UUID() alone also takes dashes, braces, `urn:uuid:`,
-# upper case and any Unicode digits: several names for one task, which caches, logs and
-# clients comparing ids would each take for different tasks.
-_TASK_ID = re.compile(rf"{TASK_PREFIX}([0-9a-f]{{32}})")
-
-
-def parse_task_id(text: str) -> uuid.UUID | None:
-    """The uuid behind a public task id, or None when it is not one of ours."""
-    found = _TASK_ID.fullmatch(text)
-    return uuid.UUID(hex=found.group(1)) if found else None
-
-
-def format_user_id(user_id: uuid.UUID) -> str:
-    return f"{USER_PREFIX}{user_id.hex}"
-
-
-def iso_time(value: datetime | None) -> str | None:
-    """A timestamp as the API writes it everywhere: ISO 8601 in UTC with a `Z`."""
-    if value is None:
-        return None
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return value.isoformat().replace("+00:00", "Z") if value.tzinfo else value.isoformat() + "Z"
+from common.ids import format_task_id
+from common.states import TaskStatus
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,8 +17,8 @@ from typing import Any
 from asyncpg import Connection, Record
 from asyncpg.pool import PoolConnectionProxy
 
+from common.states import ACTIVE, TaskStatus
 from db.models import Task, User
-from db.states import ACTIVE, TaskStatus
 
 Conn = Connection | PoolConnectionProxy
 

@@ -17,10 +17,10 @@ from typing import Any
 
 from asyncpg import Record
 
+from common import metrics
+from common.states import ALLOWED_FROM, PROGRESS_STATES, TaskStatus
 from db import queries
 from db.queries import Conn
-from db.states import ALLOWED_FROM, PROGRESS_STATES, TaskStatus
-from taskhook import metrics
 
 
 class Outcome(enum.StrEnum):

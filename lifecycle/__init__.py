@@ -1,4 +1,4 @@
-"""What happens to a task and its owner: every caller of the transition, and the accounts
-behind the tasks (floor 2 of the floor plan: below HTTP and the processes, above db/)."""
+"""Floor 2, what happens to a task: every caller of the transition (db/transition.py) lives
+here. Imports only common/ and the outside floor (db/, vendors/, storage/)."""
 
 __all__: list[str] = []

@@ -1,101 +1,70 @@
-"""Users, API keys and credits as operators and users manage them day to day (issue 17.2).
+"""Webhooks from our own vendor account only (issue 14.9).
 
-Shared by the CLI (`taskhook users | keys | credits`) and the client API (`/v1/keys`,
-`/v1/me/usage`), so both refuse and record the same way. A key is shown once, when it is made;
-after that only its prefix. Revocation is a database write that every process reads on every
-request (queries.authenticate), so a revoked key is refused at once everywhere.
+fal signs every customer's webhooks with one JWKS, so a valid signature proves only "some fal
+customer"; the signed `X-Fal-Webhook-User-Id` says which. Another customer who learns one of
+our callback URLs could otherwise deliver authentic-looking results for our task. The account
+is `FAL_USER_ID` when configured; otherwise it is learned and pinned in the database
+(`vendor_accounts`, first writer wins) from the first webhook that names the job we registered
+for its task: a stranger holding only a callback URL cannot name that job (their own job with
+our URL carries their request id). Until it is known, a webhook that cannot teach it is
+answered 503 (the vendor retries; the reconciler polls meanwhile).
 """
 
 from __future__ import annotations
 
+import hmac
 import uuid
-from dataclasses import dataclass
 
-from db import accounts_queries as accounts
+import structlog
+
+from common.errors import Unavailable, WrongAccount
 from db import queries
-from db.accounts_queries import ApiKey
-from db.models import User
-from db.queries import Conn
-from submit.auth import hash_api_key, new_api_key
-from taskhook.errors import KeyLimit, NotFound, ValidationFailed
+from lifecycle.runtime import Runtime
+from vendors.signature import Delivery
 
-# Unrevoked keys one user may hold: enough for every app and machine, few enough that a
-# leaked key cannot mint keys without bound.
-MAX_KEYS = 25
-KEY_PREFIX_SHOWN = 8  # "thk_" and four characters: enough to tell one's keys apart
-MAX_REASON = 500
+log = structlog.get_logger()
 
 
-def check_email(email: str) -> None:
-    """Refuse what is not an email address (users are looked up and shown by it)."""
-    from email_validator import EmailNotValidError, validate_email
-
-    try:
-        # Syntax only: no DNS lookup; `.test` and other reserved domains are fine for tests.
-        validate_email(email, check_deliverability=False, test_environment=True)
-    except EmailNotValidError as exc:
-        raise ValidationFailed(
-            f"{email!r} is not an email address: {exc}",
-            details=[{"field": "email", "message": str(exc)}],
-        ) from None
+def configured_account(rt: Runtime, vendor: str) -> str | None:
+    if vendor == "fal" and rt.settings.fal is not None:
+        return rt.settings.fal.user_id
+    return None
 
 
-async def user_by_email(conn: Conn, email: str) -> User:
-    user = await queries.get_user_by_email(conn, email=email)
-    if user is None:
-        raise NotFound(f"no user with email {email!r}")
-    return user
+async def our_account(rt: Runtime, vendor: str, delivery: Delivery, task_id: uuid.UUID) -> str:
+    """The account this vendor's webhooks must come from, learning it when it can."""
+    known = configured_account(rt, vendor) or rt.accounts.get(vendor)
+    if known is not None:
+        return known
+    async with rt.pool.acquire() as conn:
+        pinned = await queries.vendor_account(conn, vendor=vendor)
+        if pinned is None:
+            job = await queries.task_job(conn, task_id=task_id, vendor=vendor)
+            if (
+                job is None
+                or delivery.job is None
+                or not hmac.compare_digest(job.encode(), delivery.job.encode())
+            ):
+                raise Unavailable(
+                    f"Our {vendor} account is not confirmed yet; retry this delivery."
+                )
+            assert delivery.account is not None
+            pinned = await queries.pin_vendor_account(
+                conn, vendor=vendor, account_id=delivery.account
+            )
+            log.info("vendor_account_pinned", vendor=vendor, account=pinned)
+    rt.accounts[vendor] = pinned
+    return pinned
 
 
-async def create_key(conn: Conn, *, user_id: uuid.UUID) -> tuple[ApiKey, str]:
-    """A new key for the user: (its record, the key itself, to be shown this once)."""
-    key = new_api_key()
-    made = await accounts.create_api_key(
-        conn,
-        key_id=uuid.uuid4(),
-        user_id=user_id,
-        key_hash=hash_api_key(key),
-        prefix=key[:KEY_PREFIX_SHOWN],
-        max_keys=MAX_KEYS,
-    )
-    if made is None:
-        raise KeyLimit(f"You already have {MAX_KEYS} API keys; revoke one you no longer use first.")
-    return made, key
-
-
-async def revoke_key(conn: Conn, *, key_id: uuid.UUID, user_id: uuid.UUID | None) -> ApiKey:
-    """Revoke one key (of this user, when given); refused at once on every process."""
-    revoked = await accounts.revoke_api_key(conn, key_id=key_id, user_id=user_id)
-    if revoked is None:
-        raise NotFound("No API key with this id belongs to you.")
-    return revoked
-
-
-@dataclass(frozen=True, kw_only=True)
-class Adjusted:
-    """An adjustment's outcome: the new balance, or (refused) the balance left unchanged."""
-
-    applied: bool
-    balance: int
-
-
-async def adjust_credits(conn: Conn, *, email: str, amount: int, reason: str) -> Adjusted:
-    """Add (or, negative, take away) credits with a reason kept in the ledger; never below
-    zero: such an adjustment is refused and nothing is written."""
-    reason = reason.strip()
-    if not reason or len(reason) > MAX_REASON:
-        raise ValidationFailed(
-            f"a reason of 1-{MAX_REASON} characters is required",
-            details=[{"field": "reason", "message": f"1-{MAX_REASON} characters"}],
-        )
-    if amount == 0:
-        raise ValidationFailed(
-            "an adjustment of 0 credits changes nothing",
-            details=[{"field": "amount", "message": "not 0"}],
-        )
-    user = await user_by_email(conn, email)
-    balance = await accounts.adjust_credits(conn, user_id=user.id, amount=amount, reason=reason)
-    if balance is None:
-        current = await queries.get_user(conn, user_id=user.id)
-        return Adjusted(applied=False, balance=current.balance if current else user.balance)
-    return Adjusted(applied=True, balance=balance)
+async def check_account(
+    rt: Runtime, *, vendor: str, delivery: Delivery, task_id: uuid.UUID
+) -> None:
+    """Raise WrongAccount unless a signed delivery comes from our account at its vendor
+    (vendors whose signatures name no account pass)."""
+    if delivery.account is None:
+        return
+    ours = await our_account(rt, vendor, delivery, task_id)
+    if not hmac.compare_digest(delivery.account.encode(), ours.encode()):
+        log.warning("webhook_wrong_account", vendor=vendor, account=delivery.account)
+        raise WrongAccount(f"This {vendor} webhook comes from another {vendor} account.")

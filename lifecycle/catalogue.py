@@ -12,9 +12,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from common.settings import Settings
 from db import queries
 from db.queries import Conn
-from taskhook.settings import Settings
 
 # Models a client may name at a vendor without routes (or with unrouted models allowed),
 # offered at TASKHOOK_TASK_COST: each vendor's staple, with the words the page shows.

@@ -11,9 +11,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from common.ids import format_task_id, format_user_id
+from common.times import iso_time
 from db import operations_queries as ops
 from db import queries
-from db.models import Task, format_task_id, format_user_id, iso_time
+from db.models import Task
 from db.queries import Conn
 
 MAX_DELIVERIES = 100

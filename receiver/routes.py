@@ -18,14 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from db import queries
-from db.transition import Outcome, allowed_from, result_of
-from receiver.accounts import check_account
-from receiver.signature import Delivery
-from reconciler.confirm import refresh_task
-from submit.registration import cancel_stray
-from taskhook import metrics
-from taskhook.errors import (
+from common import metrics
+from common.errors import (
     NotFound,
     PayloadInvalid,
     TaskhookError,
@@ -33,11 +27,17 @@ from taskhook.errors import (
     Unavailable,
     VerificationUnavailable,
 )
-from taskhook.http import read_body
-from taskhook.runtime import Runtime
-from taskhook.tracing import task_context
-from taskhook.vendor_updates import move_for, note_result
+from common.http import read_body
+from common.tracing import task_context
+from db import queries
+from db.transition import Outcome, allowed_from, result_of
+from lifecycle.accounts import check_account
+from lifecycle.confirm import refresh_task
+from lifecycle.registration import cancel_stray
+from lifecycle.runtime import Runtime
+from lifecycle.vendor_updates import move_for, note_result
 from vendors.base import VendorAdapter
+from vendors.signature import Delivery
 
 log = structlog.get_logger()
 

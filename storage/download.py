@@ -4,7 +4,7 @@ bounded in size, in time and from below in rate.
 A vendor's output URL is data from outside; without these checks a callback could make us fetch
 internal services (SSRF), fill the disk, or hold a worker for ever with a server that sends one
 byte every 20 seconds. Which addresses may be reached is the client's business: `download` is
-given a client from `taskhook.net.public_only_client`, which resolves each name once and
+given a client from `common.net.public_only_client`, which resolves each name once and
 connects only to the address it judged (redirects included).
 """
 
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from taskhook.net import NonPublicAddress, UnresolvableHost
+from common.net import NonPublicAddress, UnresolvableHost
 
 ALLOWED_TYPES: dict[str, str] = {
     "image/png": "png",

@@ -13,16 +13,17 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from common.errors import NotFound, ParentNotReady, ParentNotSucceeded, ValidationFailed
+from common.http import read_json
+from common.ids import parse_task_id
+from common.states import SUCCEEDED, TaskStatus
 from db import queries
-from db.models import Task, parse_task_id
-from db.states import SUCCEEDED, TaskStatus
-from reconciler.confirm import refresh_from_vendor
+from db.models import Task
+from lifecycle.confirm import refresh_from_vendor
+from lifecycle.routing import Plan
+from lifecycle.runtime import Runtime
 from submit.accept import accept
 from submit.auth import current_user
-from submit.routing import Plan
-from taskhook.errors import NotFound, ParentNotReady, ParentNotSucceeded, ValidationFailed
-from taskhook.http import read_json
-from taskhook.runtime import Runtime
 from vendors.base import VendorAdapter
 
 # Actions that pick one image of the parent's grid; the others act on the whole job.

@@ -1,28 +1,16 @@
-"""API keys: random, shown once, stored only as a SHA-256 hash."""
+"""Who is calling: the API key of a request (common/api_keys.py), and the per-user rate limit."""
 
 from __future__ import annotations
 
-import hashlib
 import math
-import secrets
 
 from starlette.requests import Request
 
+from common.api_keys import hash_api_key
+from common.errors import RateLimited, Unauthorized
 from db import queries
 from db.models import User
-from taskhook.errors import RateLimited, Unauthorized
-from taskhook.runtime import Runtime
-
-KEY_PREFIX = "thk_"
-
-
-def new_api_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_api_key(key: str) -> bytes:
-    # A fast hash is right here: keys are 256 random bits, not guessable passwords.
-    return hashlib.sha256(key.encode()).digest()
+from lifecycle.runtime import Runtime
 
 
 def presented_key(request: Request, *, allow_query_key: bool = False) -> str:

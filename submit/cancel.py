@@ -1,81 +1,19 @@
-"""POST /v1/tasks/{id}/cancel: stop a task, refund it once, and tell the vendor.
-
-The refund is part of the transition, so a cancel racing a vendor's failure or success still
-ends with exactly one outcome and at most one refund. The vendor is told afterwards, best
-effort: its own `canceled` callback then arrives as a stale event and changes nothing.
-
-Only a task the vendor has not finished can be canceled (db.states.CANCELABLE): once it
-reported success the job exists and was paid for, and a follow-up action may already act on
-it, so a refund then would give away a job (two, with the action) for one credit.
-"""
+"""POST /v1/tasks/{id}/cancel: who asks, which task, the answer (lifecycle/cancel.py cancels)."""
 
 from __future__ import annotations
 
-import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from db import queries
-from db.models import Task, parse_task_id
-from db.states import SUCCEEDED, TERMINAL, TaskStatus
-from db.transition import transition
+from common.ids import parse_task_id
+from lifecycle.cancel import cancel
+from lifecycle.runtime import Runtime
 from submit.auth import current_user
 from submit.render import render_task
-from taskhook.errors import AlreadyFinished, AlreadyTerminal, NotFound, VendorError
-from taskhook.runtime import Runtime
-
-log = structlog.get_logger()
-
-
-async def _tell_vendor(rt: Runtime, task: Task) -> None:
-    adapter = rt.vendors.get(task.vendor)
-    if adapter is None or not task.vendor_task_id:
-        return
-    try:
-        await adapter.cancel(task.vendor_task_id, model=task.vendor_model, urls=task.vendor_urls)
-    except VendorError as exc:
-        log.warning(
-            "vendor_cancel_failed",
-            vendor=task.vendor,
-            vendor_task_id=task.vendor_task_id,
-            error=str(exc),
-        )
-
-
-def _refuse_unless_cancelable(status: TaskStatus) -> None:
-    if status in SUCCEEDED:
-        raise AlreadyFinished(
-            f"The vendor has already finished this task (it is {status.value}); "
-            "it can no longer be canceled."
-        )
-    if status in TERMINAL:
-        raise AlreadyTerminal(f"The task is already {status.value}.")
 
 
 async def cancel_task(request: Request) -> JSONResponse:
     rt: Runtime = request.app.state.runtime
     user = await current_user(request)
-    task_id = parse_task_id(request.path_params["task_id"])
-    async with rt.pool.acquire() as conn:
-        task = await queries.get_task(conn, task_id=task_id, user_id=user.id) if task_id else None
-        if task is None:
-            raise NotFound("No task with this id belongs to you.")
-        _refuse_unless_cancelable(task.status)
-        await transition(
-            conn,
-            task_id=task.id,
-            to=TaskStatus.CANCELED,
-            event_key="cancel",
-            cause="client",
-            detail={"by": "client"},
-        )
-        task = await queries.get_task(conn, task_id=task.id, user_id=user.id)
-    assert task is not None
-    if task.status is not TaskStatus.CANCELED:
-        # Something else (a vendor failure, the vendor's success) got there first.
-        _refuse_unless_cancelable(task.status)
-        raise AlreadyTerminal(f"The task is already {task.status.value}.")
-    if task.vendor_task_id:
-        rt.spawn(_tell_vendor(rt, task))
-    log.info("task_canceled", task_id=task.public_id, vendor=task.vendor, trace_id=task.trace_id)
+    task = await cancel(rt, task_id=parse_task_id(request.path_params["task_id"]), user_id=user.id)
     return JSONResponse(await render_task(task, rt.store))

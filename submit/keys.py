@@ -12,13 +12,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from common.api_keys import hash_api_key
+from common.errors import NotFound
+from common.times import iso_time
 from db import accounts_queries
 from db.accounts_queries import ApiKey, parse_key_id
-from db.models import iso_time
-from lifecycle.accounts import create_key, revoke_key
-from submit.auth import current_user, hash_api_key, presented_key
-from taskhook.errors import NotFound
-from taskhook.runtime import Runtime
+from lifecycle.runtime import Runtime
+from lifecycle.user_accounts import create_key, revoke_key
+from submit.auth import current_user, presented_key
 
 
 def render_key(key: ApiKey, *, current: bool) -> dict[str, Any]:

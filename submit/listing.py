@@ -14,13 +14,13 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from common.errors import ValidationFailed
+from common.states import TaskStatus
 from db import queries
 from db.models import Task
-from db.states import TaskStatus
+from lifecycle.runtime import Runtime
 from submit.auth import current_user
 from submit.render import render_tasks
-from taskhook.errors import ValidationFailed
-from taskhook.runtime import Runtime
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100

@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from lifecycle.catalogue import catalogue
+from lifecycle.runtime import Runtime
 from submit.auth import current_user
-from taskhook.runtime import Runtime
 
 
 async def list_models(request: Request) -> JSONResponse:

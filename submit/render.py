@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from db.models import Task, format_task_id
-from db.states import TaskStatus
+from common.errors import task_error_for_client
+from common.ids import format_task_id
+from common.states import TaskStatus
+from db.models import Task
 from storage.s3 import ResultStore
-from taskhook.errors import task_error_for_client
 
 
 def _time(value: datetime | None) -> str | None:

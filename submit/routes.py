@@ -9,8 +9,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from common.errors import NotFound, Unavailable, ValidationFailed
+from common.http import read_json
+from common.ids import format_user_id, parse_task_id
+from common.settings import VendorRoute
 from db import queries
-from db.models import format_user_id, parse_task_id
+from lifecycle.routing import choose, plan
+from lifecycle.runtime import Runtime
 from submit.accept import accept
 from submit.actions import create_action
 from submit.auth import current_user
@@ -19,17 +24,8 @@ from submit.keys import routes as key_routes
 from submit.listing import list_tasks
 from submit.models import list_models
 from submit.render import render_task
-from submit.routing import choose, plan
 from submit.streaming import task_events
 from submit.usage import usage
-from taskhook.errors import (
-    NotFound,
-    Unavailable,
-    ValidationFailed,
-)
-from taskhook.http import read_json
-from taskhook.runtime import Runtime
-from taskhook.settings import VendorRoute
 
 log = structlog.get_logger()
 

@@ -1,6 +1,6 @@
 """GET /v1/tasks/{id}/events: Server-Sent Events of one task until it is terminal.
 
-Driven by PostgreSQL NOTIFY (taskhook/events.py), so it works across any number of web
+Driven by PostgreSQL NOTIFY (lifecycle/events.py), so it works across any number of web
 processes. Event ids are the task's update time in microseconds, which only grows, so
 `Last-Event-ID` lets a reconnecting client skip what it has already seen.
 """
@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
+from common.errors import NotFound, ValidationFailed
+from common.ids import parse_task_id
+from common.states import TERMINAL
 from db import queries
-from db.models import Task, parse_task_id
-from db.states import TERMINAL
+from db.models import Task
+from lifecycle.runtime import Runtime
 from submit.auth import current_user
 from submit.render import render_task
-from taskhook.errors import NotFound, ValidationFailed
-from taskhook.runtime import Runtime
 
 HEARTBEAT_SECONDS = 15.0
 # A NOTIFY is never lost while the listener is up, but a re-read now and then is cheap insurance.

@@ -13,13 +13,14 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from common.errors import ValidationFailed
+from common.ids import format_task_id
+from common.times import iso_time
 from db import accounts_queries
 from db.accounts_queries import LedgerRow
-from db.models import format_task_id, iso_time
+from lifecycle.runtime import Runtime
 from submit.auth import current_user
 from submit.listing import DEFAULT_LIMIT, MAX_LIMIT, _limit
-from taskhook.errors import ValidationFailed
-from taskhook.runtime import Runtime
 
 
 def _cursors(rt: Runtime) -> URLSafeSerializer:

@@ -19,11 +19,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 import web
-from db.migrate import is_current
-from receiver.routes import routes as receiver_routes
-from submit.routes import routes as submit_routes
-from taskhook import metrics_server
-from taskhook.errors import (
+from common.errors import (
     ClientDisconnected,
     NotFound,
     TaskhookError,
@@ -31,10 +27,15 @@ from taskhook.errors import (
     Unavailable,
     ValidationFailed,
 )
+from common.settings import Settings
+from db.migrate import is_current
+from lifecycle.runtime import Runtime
+from receiver.routes import routes as receiver_routes
+from submit.routes import routes as submit_routes
+from taskhook import metrics_server
 from taskhook.middleware import RequestMiddleware
 from taskhook.openapi import openapi_json
-from taskhook.runtime import Runtime, open_runtime
-from taskhook.settings import Settings
+from taskhook.runtime import open_runtime
 
 log = structlog.get_logger()
 

@@ -20,15 +20,16 @@ from typing import Any
 import asyncpg
 import httpx
 
+from common.errors import VendorError
+from common.settings import MIN_SECRET_BYTES, ReplicateSettings, Settings
 from db.migrate import schema_state
 from db.pool import connect
 from storage.s3 import StorageUnavailable
 from taskhook.app import healthz_proof
-from taskhook.errors import VendorError
 from taskhook.runtime import build_adapters
-from taskhook.settings import MIN_SECRET_BYTES, ReplicateSettings, Settings
 from taskhook.startup import database_host, storage_description, store_for
 from vendors.fal import FalAdapter
+from vendors.replicate import webhook_base_problem, webhook_redirect_problem
 
 # Webhook timestamps get ±300 s, leases and deadlines are the database's clock: a host further
 # off than this is drifting, and its NTP needs a look before it matters.
@@ -138,8 +139,6 @@ async def _replicate_url(settings: Settings, client: httpx.AsyncClient) -> str:
     """Replicate delivers only to an https URL it can reach, and follows no redirect (16.6).
     The reachability rule is Replicate's own: with REPLICATE_API_BASE elsewhere (a simulator)
     that other caller decides what it reaches, and only the redirect probe applies."""
-    from vendors.replicate import webhook_base_problem, webhook_redirect_problem
-
     assert settings.replicate is not None
     url = settings.public_url
     if url is None:

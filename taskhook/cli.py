@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import click
 
+from common.settings import Settings, SettingsError
 from taskhook.cli_output import echo_json, echo_table, json_option
-from taskhook.settings import Settings, SettingsError
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ def load_settings() -> Settings:
         raise StartupError(str(exc), exit_code=EXIT_SETTINGS) from None
     if settings.production and (problem := vendor_settings_problem(settings)):
         raise StartupError(problem, exit_code=EXIT_SETTINGS)
-    from taskhook.logs import configure_logging
+    from common.logs import configure_logging
 
     configure_logging(json=not sys.stderr.isatty(), level=settings.log_level)
     return settings
@@ -55,7 +55,7 @@ def vendor_settings_problem(settings: Settings) -> str | None:
     delivers webhooks only to an https URL it can reach (issue 16.6). Asked only of Replicate
     itself: with REPLICATE_API_BASE elsewhere (a simulator, a recording proxy) the caller of
     our webhooks is that, and it decides what it can reach."""
-    from taskhook.settings import ReplicateSettings
+    from common.settings import ReplicateSettings
     from vendors.replicate import webhook_base_problem
 
     if settings.replicate is not None and settings.replicate.api_base == ReplicateSettings.api_base:
@@ -129,7 +129,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 def start_logging(settings: Settings) -> None:
     """A long-running process: JSON lines, and the standard library's (uvicorn's) the same."""
-    from taskhook.logs import configure_logging
+    from common.logs import configure_logging
 
     configure_logging(json=not sys.stderr.isatty(), level=settings.log_level, stdlib=True)
 
@@ -254,8 +254,8 @@ def export_settings(settings: Settings) -> None:
 
 
 def web_app() -> Any:
+    from common.logs import configure_logging
     from taskhook.app import create_app
-    from taskhook.logs import configure_logging
     from taskhook.slow_clients import InFlightLimit
 
     settings = Settings.from_env()  # checked by `serve` already, from the same environment
@@ -322,7 +322,7 @@ def _metrics_listen(settings: Settings) -> str | None:
 @click.option("--interval", default=5.0, show_default=True, help="seconds between passes")
 @metrics_port_option
 def reconcile(once: bool, interval: float, metrics_port: int | None) -> None:
-    from reconciler.reconcile import reconcile_once, run_reconciler
+    from lifecycle.reconcile import reconcile_once, run_reconciler
     from taskhook.runtime import open_runtime
     from taskhook.startup import announce
 
@@ -352,7 +352,7 @@ def reconcile(once: bool, interval: float, metrics_port: int | None) -> None:
     "dashboard's counts; prints a JSON summary. The reconciler does the same on its own timer."
 )
 def prune() -> None:
-    from reconciler.housekeeping import housekeeping
+    from lifecycle.housekeeping import housekeeping
     from taskhook.runtime import open_runtime
 
     settings = load_settings()
@@ -489,7 +489,7 @@ def simulator(
     mj_dialect: str,
     mj_lag: float,
 ) -> None:
-    from vendors.simulator import SimulatorConfig, serve
+    from simulator import SimulatorConfig, serve
 
     extra = {"webhook_secret": webhook_secret.split(",")[0]} if webhook_secret else {}
     config = SimulatorConfig(
@@ -538,10 +538,10 @@ def users() -> None:
 def users_create(email: str, credits: int) -> None:
     import asyncpg
 
-    from db.models import format_user_id
-    from lifecycle.accounts import check_email
-    from taskhook.errors import ValidationFailed
-    from taskhook.users import create_user
+    from common.errors import ValidationFailed
+    from common.ids import format_user_id
+    from lifecycle.user_accounts import check_email
+    from lifecycle.users import create_user
 
     try:
         check_email(email)  # before any database is started
@@ -568,8 +568,8 @@ def credits() -> None:
 @click.argument("email")
 @click.argument("amount", type=click.IntRange(1))
 def credits_grant(email: str, amount: int) -> None:
-    from taskhook.errors import NotFound
-    from taskhook.users import grant
+    from common.errors import NotFound
+    from lifecycle.users import grant
 
     settings = with_database(load_settings())
     try:
@@ -656,7 +656,7 @@ def tasks_list(status: str | None, limit: int, as_json: bool) -> None:
 @click.argument("task_id")
 @json_option
 def tasks_show(task_id: str, as_json: bool) -> None:
-    from db.models import parse_task_id
+    from common.ids import parse_task_id
     from lifecycle.task_detail import task_detail
 
     parsed = parse_task_id(task_id)
@@ -733,8 +733,9 @@ def deliveries() -> None:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
 @json_option
 def deliveries_list(rejected: bool, limit: int, as_json: bool) -> None:
+    from common.ids import format_task_id
+    from common.times import iso_time
     from db import queries
-    from db.models import format_task_id, iso_time
 
     settings = with_database(load_settings())
     found = run(
@@ -777,8 +778,8 @@ def deliveries_list(rejected: bool, limit: int, as_json: bool) -> None:
 @deliveries.command("replay", help="Re-run one rejected delivery through the receiver logic.")
 @click.argument("delivery_id", type=int)
 def deliveries_replay(delivery_id: int) -> None:
-    from receiver.replay import replay_delivery
-    from taskhook.errors import NotFound
+    from common.errors import NotFound
+    from lifecycle.replay import replay_delivery
     from taskhook.runtime import open_runtime
 
     settings = with_services(load_settings(), port=8000)
@@ -813,7 +814,7 @@ def deliveries_replay(delivery_id: int) -> None:
     help="check the whole history, not only what changed since the last clean run",
 )
 def audit(grace: float | None, full: bool) -> None:
-    from taskhook.audit import default_grace, run_audit
+    from lifecycle.audit import default_grace, run_audit
 
     settings = with_database(load_settings())
     allowed = default_grace(settings) if grace is None else grace

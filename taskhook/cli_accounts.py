@@ -15,7 +15,7 @@ from taskhook.cli_output import echo_json, echo_table, json_option
 
 
 def _fail(exc: Exception) -> click.ClickException:
-    from taskhook.errors import TaskhookError
+    from common.errors import TaskhookError
 
     message = exc.message if isinstance(exc, TaskhookError) else str(exc)
     return click.ClickException(message)
@@ -25,8 +25,9 @@ def _fail(exc: Exception) -> click.ClickException:
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 100_000))
 @json_option
 def users_list(limit: int, as_json: bool) -> None:
+    from common.ids import format_user_id
+    from common.times import iso_time
     from db import accounts_queries
-    from db.models import format_user_id, iso_time
     from taskhook.cli import load_settings, run, with_conn, with_database
 
     settings = with_database(load_settings())
@@ -64,9 +65,9 @@ def keys() -> None:
 @keys.command("create", help='Another API key for EMAIL; prints {"id", "api_key", "prefix"}.')
 @click.argument("email")
 def keys_create(email: str) -> None:
-    from lifecycle.accounts import create_key, user_by_email
+    from common.errors import TaskhookError
+    from lifecycle.user_accounts import create_key, user_by_email
     from taskhook.cli import load_settings, run, with_conn, with_database
-    from taskhook.errors import TaskhookError
 
     settings = with_database(load_settings())
 
@@ -85,11 +86,11 @@ def keys_create(email: str) -> None:
 @click.argument("email")
 @json_option
 def keys_list(email: str, as_json: bool) -> None:
+    from common.errors import TaskhookError
+    from common.times import iso_time
     from db import accounts_queries
-    from db.models import iso_time
-    from lifecycle.accounts import user_by_email
+    from lifecycle.user_accounts import user_by_email
     from taskhook.cli import load_settings, run, with_conn, with_database
-    from taskhook.errors import TaskhookError
 
     settings = with_database(load_settings())
 
@@ -122,10 +123,10 @@ def keys_list(email: str, as_json: bool) -> None:
 @keys.command("revoke", help="Revoke KEY_ID (key_...): refused at once by every process.")
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
+    from common.errors import TaskhookError
+    from common.times import iso_time
     from db.accounts_queries import parse_key_id
-    from db.models import iso_time
-    from lifecycle.accounts import revoke_key
-    from taskhook.errors import TaskhookError
+    from lifecycle.user_accounts import revoke_key
 
     parsed = parse_key_id(key_id)
     if parsed is None:
@@ -156,9 +157,9 @@ def keys_revoke(key_id: str) -> None:
 @click.argument("amount", type=int)
 @click.option("--reason", required=True, help="why: kept in the ledger and shown to the user")
 def credits_adjust(email: str, amount: int, reason: str) -> None:
-    from lifecycle.accounts import adjust_credits
+    from common.errors import TaskhookError
+    from lifecycle.user_accounts import adjust_credits
     from taskhook.cli import load_settings, run, with_conn, with_database
-    from taskhook.errors import TaskhookError
 
     settings = with_database(load_settings())
     try:

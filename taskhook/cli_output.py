@@ -18,7 +18,7 @@ def echo_json(value: Any) -> None:
 def _json_default(value: Any) -> Any:
     from datetime import datetime
 
-    from db.models import iso_time
+    from common.times import iso_time
 
     if isinstance(value, datetime):
         return iso_time(value)

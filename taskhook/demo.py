@@ -21,18 +21,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from common.logs import configure_logging
+from common.settings import Settings, VendorRoute
 from db.migrate import migrate
 from db.pool import connect
-from reconciler.reconcile import run_reconciler
+from lifecycle.audit import default_grace, run_audit
+from lifecycle.reconcile import run_reconciler
+from lifecycle.users import create_user
+from simulator import SimulatorConfig, running_simulator
 from taskhook.app import create_app
-from taskhook.audit import default_grace, run_audit
-from taskhook.logs import configure_logging
 from taskhook.runtime import open_runtime, resolve_services
 from taskhook.serving import bind, running_app, url_for
-from taskhook.settings import Settings, VendorRoute
-from taskhook.users import create_user
 from taskhook.worker import Worker
-from vendors.simulator import SimulatorConfig, running_simulator
 
 TERMINAL = {"completed", "failed", "canceled"}
 # The simulator and our adapter agree on this; it guards nothing real.

@@ -25,8 +25,8 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from taskhook import metrics
-from taskhook.logs import current_request_id
+from common import metrics
+from common.logs import current_request_id
 
 log = structlog.get_logger()
 
@@ -78,7 +78,7 @@ class RequestMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        # A ContextVar of our own that the log renderer reads (taskhook/logs.py): structlog's
+        # A ContextVar of our own that the log renderer reads (common/logs.py): structlog's
         # bound_contextvars() copies the whole context twice, a third of this layer's cost
         # (bench/request_overhead.py).
         token = current_request_id.set(request_id)

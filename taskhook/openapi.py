@@ -14,11 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from db.states import TaskStatus
-from submit.accept import MAX_IDEMPOTENCY_KEY
-from submit.listing import DEFAULT_LIMIT, MAX_LIMIT
-from submit.streaming import MAX_EVENT_ID_DIGITS
-from taskhook.errors import (
+from common.errors import (
     TASK_ERRORS,
     ActiveTaskLimit,
     AlreadyFinished,
@@ -38,6 +34,10 @@ from taskhook.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from common.states import TaskStatus
+from submit.accept import MAX_IDEMPOTENCY_KEY
+from submit.listing import DEFAULT_LIMIT, MAX_LIMIT
+from submit.streaming import MAX_EVENT_ID_DIGITS
 
 JsonObject = dict[str, Any]
 

@@ -1,4 +1,5 @@
-"""What a running process holds: the pool, one HTTP client, the S3 store and the adapters.
+"""Opening what a running process holds (lifecycle/runtime.py): the pool, one HTTP client,
+the S3 store and the adapters, after the embedded services a development setup leaves unset.
 
 Every process kind (web, worker, reconciler, demo) opens the same runtime, so they agree on
 configuration and nothing about a task lives only in one process's memory.
@@ -6,30 +7,24 @@ configuration and nothing about a task lives only in one process's memory.
 
 from __future__ import annotations
 
-import asyncio
-import random
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
 
-import asyncpg
 import httpx
 import structlog
 
-from db.group_commit import GroupCommit
+from common.net import public_only_client
+from common.settings import Settings
+from common.tokens import CallbackTokens
 from db.migrate import migrate
 from db.pool import connect, create_pool
-from db.queries import InboundWebhook, receive_webhooks
+from lifecycle.runtime import Runtime
+from lifecycle.vendor_health import Limits, VendorHealth
 from storage.s3 import ResultStore
-from taskhook import metrics
-from taskhook.events import TaskEvents
-from taskhook.net import public_only_client
-from taskhook.settings import Settings
-from taskhook.tokens import CallbackTokens
+from taskhook.embedded import start_postgres, start_s3
 from vendors.base import VendorAdapter
-from vendors.health import Limits, VendorHealth
+from vendors.fal import FalAdapter
+from vendors.midjourney_proxy import MidjourneyProxyAdapter
 from vendors.readiness import VendorReadiness
 from vendors.replicate import ReplicateAdapter
 
@@ -41,15 +36,11 @@ def resolve_services(settings: Settings) -> Settings:
     (Settings.from_env never leaves them unset in production), noting each for the
     announcement at start."""
     if settings.database_url is None:
-        from taskhook.embedded import start_postgres
-
         pg = start_postgres(settings.data_dir)
         settings = settings.with_default(
             f"PostgreSQL embedded, data in {pg.pgdata}", database_url=pg.dsn
         )
     if settings.s3_embedded and settings.s3_endpoint_url is None:
-        from taskhook.embedded import start_s3
-
         s3 = start_s3(settings.data_dir, bucket=settings.s3_bucket, region=settings.aws_region)
         settings = settings.with_default(
             f"S3 embedded at {s3.endpoint_url} (bucket {s3.bucket!r}, region {s3.region}), "
@@ -74,8 +65,6 @@ def build_adapters(settings: Settings, http: httpx.AsyncClient) -> dict[str, Ven
             timeout=settings.registration_timeout,
         )
     if settings.fal:
-        from vendors.fal import FalAdapter
-
         adapters["fal"] = FalAdapter(
             http,
             api_key=settings.fal.api_key,
@@ -86,8 +75,6 @@ def build_adapters(settings: Settings, http: httpx.AsyncClient) -> dict[str, Ven
             timeout=settings.registration_timeout,
         )
     if settings.midjourney:
-        from vendors.midjourney_proxy import MidjourneyProxyAdapter
-
         adapters["midjourney"] = MidjourneyProxyAdapter(
             http,
             api_base=settings.midjourney.api_base,
@@ -110,70 +97,6 @@ def vendor_limits(settings: Settings, adapter: VendorAdapter) -> Limits:
         breaker_cooldown=settings.breaker_cooldown,
         create_rate=None if documented is None else settings.create_rate or documented,
     )
-
-
-@dataclass
-class Runtime:
-    settings: Settings
-    pool: asyncpg.Pool[Any]
-    http: httpx.AsyncClient
-    store: ResultStore
-    vendors: dict[str, VendorAdapter]
-    tokens: CallbackTokens
-    # For URLs that come from outside (vendors' outputs): public addresses only (taskhook.net).
-    downloads: httpx.AsyncClient
-    health: dict[str, VendorHealth] = field(default_factory=dict)
-    # Vendor accounts learned and pinned in the database (receiver/accounts.py), once read.
-    accounts: dict[str, str] = field(default_factory=dict)
-    # Confirmations with a vendor in flight from this process, by task (reconciler/confirm.py).
-    confirming: dict[Any, asyncio.Future[Any]] = field(default_factory=dict)
-    # Each adapter's preparation (webhook secrets, keys), retried until it works.
-    readiness: dict[str, VendorReadiness] = field(default_factory=dict)
-    events: TaskEvents = field(init=False)
-    clock: Callable[[], float] = time.time
-    rng: random.Random = field(default_factory=random.Random)
-    # Vendor registrations in flight from this process, below the HTTP client's 100
-    # connections so none waits for a connection inside its timeout (submit spawns one each).
-    registration_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
-    _background: set[asyncio.Task[None]] = field(default_factory=set)
-    # Webhooks arriving while another batch commits share the next commit (the receiver).
-    webhooks: GroupCommit[InboundWebhook, asyncpg.Record] = field(init=False)
-
-    def __post_init__(self) -> None:
-        assert self.settings.database_url
-        self.events = TaskEvents(self.settings.database_url)
-        self.webhooks = GroupCommit(
-            self.pool, receive_webhooks, on_commit=metrics.WEBHOOK_COMMIT_SIZE.observe
-        )
-
-    @property
-    def result_retention(self) -> dict[str, float]:
-        """Seconds each configured vendor keeps a finished job's result, where it does not
-        keep them for good (vendors/base.py)."""
-        return {
-            name: adapter.result_retention
-            for name, adapter in self.vendors.items()
-            if adapter.result_retention is not None
-        }
-
-    @property
-    def public_url(self) -> str:
-        assert self.settings.public_url, "public_url is resolved before the runtime opens"
-        return self.settings.public_url
-
-    def callback_url(self, *, task_id: Any, vendor: str) -> str:
-        token = self.tokens.issue(task_id=task_id, vendor=vendor)
-        return f"{self.public_url}/hooks/{vendor}/{token}"
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run after the response; tracked so shutdown can wait instead of dropping work."""
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def drain(self, timeout: float = 10.0) -> None:
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=timeout)
 
 
 @asynccontextmanager

@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from taskhook.settings import ServerLimits
+from common.settings import ServerLimits
 from taskhook.slow_clients import InFlightLimit, guarded_protocol
 
 _STARTUP_POLL_SECONDS = 0.01

@@ -29,7 +29,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from taskhook.settings import ServerLimits
+from common.settings import ServerLimits
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 

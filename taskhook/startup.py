@@ -27,10 +27,10 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import structlog
 
+from common.settings import Settings
 from db.migrate import SchemaState, schema_state
 from db.pool import connect
 from storage.s3 import ResultStore, StorageUnavailable
-from taskhook.settings import Settings
 
 log = structlog.get_logger()
 

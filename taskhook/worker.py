@@ -20,9 +20,9 @@ import structlog
 
 from db import queries
 from db.pool import connect
-from storage.results import store_result
-from submit.registration import register
-from taskhook.runtime import Runtime
+from lifecycle.registration import register
+from lifecycle.results import store_result
+from lifecycle.runtime import Runtime
 
 log = structlog.get_logger()
 

@@ -20,11 +20,12 @@ import asyncpg
 import httpx
 import pytest
 
+from common.logs import configure_logging
+from common.settings import ReplicateSettings, Settings
 from db.migrate import migrate
 from db.pool import connect, dsn_for_database
-from taskhook.logs import configure_logging
-from taskhook.runtime import Runtime, open_runtime
-from taskhook.settings import ReplicateSettings, Settings
+from lifecycle.runtime import Runtime
+from taskhook.runtime import open_runtime
 
 TEST_WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

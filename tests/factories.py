@@ -7,7 +7,7 @@ from typing import Any
 
 from db import queries
 from db.queries import Conn
-from taskhook.users import create_user
+from lifecycle.users import create_user
 
 
 async def make_user(

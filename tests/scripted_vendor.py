@@ -14,12 +14,12 @@ from typing import Any
 
 import httpx
 
-from db.states import TaskStatus
-from receiver.signature import Delivery
-from taskhook.errors import PayloadInvalid
-from taskhook.runtime import Runtime
+from common.errors import PayloadInvalid
+from common.states import TaskStatus
+from lifecycle.runtime import Runtime
+from lifecycle.vendor_health import Limits, VendorHealth
 from vendors.base import VendorUpdate
-from vendors.health import Limits, VendorHealth
+from vendors.signature import Delivery
 
 
 @dataclass

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from db.states import TaskStatus
-from receiver.signature import Delivery
+from common.states import TaskStatus
+from vendors.signature import Delivery
 
 
 @dataclass(frozen=True, kw_only=True)

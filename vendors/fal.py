@@ -50,16 +50,11 @@ import structlog
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from db.states import TaskStatus
-from receiver.signature import Delivery, check_timestamp
-from taskhook.errors import (
-    PayloadInvalid,
-    SignatureInvalid,
-    VendorRejected,
-    VendorUnavailable,
-)
+from common.errors import PayloadInvalid, SignatureInvalid, VendorRejected, VendorUnavailable
+from common.states import TaskStatus
 from vendors.base import RESULT_EXPIRED, VendorUpdate
 from vendors.http import json_object, raise_for_transient, send
+from vendors.signature import Delivery, check_timestamp
 
 log = structlog.get_logger()
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from taskhook.errors import VendorUnavailable
-from taskhook.tracing import outgoing_headers
+from common.errors import VendorUnavailable
+from common.tracing import outgoing_headers
 
 # A vendor asking us to wait longer than this is treated as this: tasks have deadlines.
 MAX_RETRY_AFTER = 3600.0

@@ -50,17 +50,12 @@ from urllib.parse import quote
 
 import httpx
 
-from db.models import format_task_id
-from db.states import TaskStatus
-from receiver.signature import Delivery
-from taskhook.errors import (
-    PayloadInvalid,
-    VendorParentNotReady,
-    VendorRejected,
-    VendorUnavailable,
-)
+from common.errors import PayloadInvalid, VendorParentNotReady, VendorRejected, VendorUnavailable
+from common.ids import format_task_id
+from common.states import TaskStatus
 from vendors.base import VendorUpdate
 from vendors.http import raise_for_transient, send
+from vendors.signature import Delivery
 
 NAME = "midjourney"
 SECRET_HEADER = "mj-api-secret"  # noqa: S105 - a header name, not a secret

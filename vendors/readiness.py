@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from taskhook.errors import VendorError
+from common.errors import VendorError
 from vendors.base import VendorAdapter
 
 log = structlog.get_logger()

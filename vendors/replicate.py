@@ -17,16 +17,11 @@ from typing import Any
 
 import httpx
 
-from db.states import TaskStatus
-from receiver.signature import Delivery, decode_secret, verify_standard_webhook
-from taskhook.errors import (
-    PayloadInvalid,
-    VendorRejected,
-    VendorUnavailable,
-    VerificationUnavailable,
-)
+from common.errors import PayloadInvalid, VendorRejected, VendorUnavailable, VerificationUnavailable
+from common.states import TaskStatus
 from vendors.base import RESULT_EXPIRED, VendorUpdate
 from vendors.http import raise_for_transient, seconds_in, send
+from vendors.signature import Delivery, decode_secret, verify_standard_webhook
 
 NAME = "replicate"
 EVENTS_FILTER = ("start", "output", "logs", "completed")

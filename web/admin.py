@@ -14,12 +14,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from db.models import format_task_id, format_user_id
-from db.states import TaskStatus
-from receiver.replay import MAX_DELIVERY_ROW_ID, replay_delivery
-from taskhook.errors import NotFound, Unauthorized
-from taskhook.runtime import Runtime
-from taskhook.settings import Settings
+from common.errors import NotFound, Unauthorized
+from common.ids import format_task_id, format_user_id
+from common.settings import Settings
+from common.states import TaskStatus
+from lifecycle.replay import MAX_DELIVERY_ROW_ID, replay_delivery
+from lifecycle.runtime import Runtime
 from web import admin_queries
 
 NO_STORE = {"Cache-Control": "no-store"}

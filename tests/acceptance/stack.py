@@ -11,14 +11,15 @@ from typing import Any
 
 import httpx
 
-from reconciler.reconcile import run_reconciler
+from common.settings import Settings
+from lifecycle.reconcile import run_reconciler
+from lifecycle.runtime import Runtime
+from lifecycle.users import create_user
+from simulator import RunningSimulator, SimulatorConfig, running_simulator
 from taskhook.app import create_app
-from taskhook.runtime import Runtime, open_runtime
+from taskhook.runtime import open_runtime
 from taskhook.serving import bind, running_app, url_for
-from taskhook.settings import Settings
-from taskhook.users import create_user
 from taskhook.worker import Worker
-from vendors.simulator import RunningSimulator, SimulatorConfig, running_simulator
 
 TERMINAL = {"completed", "failed", "canceled"}
 

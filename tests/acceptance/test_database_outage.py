@@ -21,22 +21,23 @@ from typing import Any, TypeVar
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.ids import parse_task_id
+from common.settings import ReplicateSettings, Settings
 from db.migrate import migrate
-from db.models import parse_task_id
 from db.pool import connect
-from reconciler.reconcile import run_reconciler
+from lifecycle.audit import run_audit
+from lifecycle.reconcile import run_reconciler
+from lifecycle.runtime import Runtime
+from lifecycle.users import create_user
+from simulator import RunningSimulator, SimulatorConfig, running_simulator
+from simulator.signing import new_webhook_id, webhook_headers
 from taskhook.app import create_app
-from taskhook.audit import run_audit
 from taskhook.embedded import EmbeddedPostgres, start_postgres
-from taskhook.runtime import Runtime, open_runtime
+from taskhook.runtime import open_runtime
 from taskhook.serving import bind, running_app, url_for
-from taskhook.settings import ReplicateSettings, Settings
-from taskhook.users import create_user
 from taskhook.worker import Worker
 from tests.acceptance.stack import TERMINAL, wait_all_terminal, wait_for
 from tests.conftest import S3Config
-from vendors.simulator import RunningSimulator, SimulatorConfig, running_simulator
-from vendors.simulator.signing import new_webhook_id, webhook_headers
 
 T = TypeVar("T")
 BODY = {"model": "black-forest-labs/flux-schnell", "input": {"prompt": "a fox in the dark"}}

@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
+from common.settings import Settings
 from db import queries
-from taskhook.audit import run_audit
-from taskhook.settings import Settings
+from lifecycle.audit import run_audit
+from simulator import SimulatorConfig
 from tests.acceptance.stack import Stack, running_stack, wait_all_terminal
-from vendors.simulator import SimulatorConfig
 
 MODEL = "black-forest-labs/flux-schnell"
 
@@ -157,6 +157,6 @@ async def test_every_fault_at_once(fast: Settings) -> None:
 
 
 def _uuid(public_id: str) -> Any:
-    from db.models import parse_task_id
+    from common.ids import parse_task_id
 
     return parse_task_id(public_id)

@@ -8,10 +8,10 @@ from typing import Any
 
 import httpx
 
-from db.states import TaskStatus, rank
-from taskhook.settings import Settings
+from common.settings import Settings
+from common.states import TaskStatus, rank
+from simulator import SimulatorConfig
 from tests.acceptance.stack import running_stack, wait_for
-from vendors.simulator import SimulatorConfig
 
 BODY = {"model": "black-forest-labs/flux-schnell", "input": {"prompt": "a fox"}}
 

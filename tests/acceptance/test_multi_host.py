@@ -26,10 +26,10 @@ import asyncpg
 import httpx
 import pytest
 
+from simulator import SimulatorConfig, create_app
 from taskhook.serving import running_app
 from tests.acceptance.stack import TERMINAL, wait_for
 from tests.conftest import S3Config
-from vendors.simulator import SimulatorConfig, create_app
 
 PUBLIC = "https://taskhook.example"
 SECRET = "multi-host-secret-" + "s" * 32

@@ -12,13 +12,13 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from common.ids import parse_task_id
+from common.settings import Settings
 from db import queries
-from db.models import parse_task_id
-from taskhook.settings import Settings
+from simulator import SimulatorConfig
+from simulator.validation import FAIL_WORD
 from tests.acceptance.stack import Stack, running_stack, wait_all_terminal
 from tests.acceptance.test_end_to_end import check_books
-from vendors.simulator import SimulatorConfig
-from vendors.simulator.validation import FAIL_WORD
 
 UNKIND = SimulatorConfig(
     job_seconds=0.3,

@@ -19,12 +19,12 @@ import asyncpg
 import httpx
 import pytest
 
-from db.states import TaskStatus
+from common.states import TaskStatus
 from db.transition import transition
-from taskhook.audit import run_audit
+from lifecycle.audit import run_audit
+from simulator import RunningSimulator, SimulatorConfig, running_simulator
 from tests.conftest import S3Config
 from tests.factories import make_task, make_user
-from vendors.simulator import RunningSimulator, SimulatorConfig, running_simulator
 
 Conn = asyncpg.Connection
 CONFIG = SimulatorConfig(job_seconds=0, api_token="tok")

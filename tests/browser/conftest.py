@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from taskhook.settings import Settings
+from common.settings import Settings
+from simulator import SimulatorConfig
 from tests.acceptance.stack import Stack, running_stack
-from vendors.simulator import SimulatorConfig
 
 try:
     from playwright.async_api import Browser, BrowserContext, Page, async_playwright

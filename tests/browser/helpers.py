@@ -7,7 +7,7 @@ from typing import Any
 
 from playwright.async_api import Locator, Page, expect
 
-from taskhook.users import create_user
+from lifecycle.users import create_user
 from tests.acceptance.stack import Stack
 
 # Installed into a page: remembers every (task, status, progress) the list showed, in order, so

@@ -11,8 +11,8 @@ pytest.importorskip("playwright.async_api")
 
 from playwright.async_api import Page, expect
 
+from common.ids import format_task_id
 from db import queries
-from db.models import format_task_id
 from tests.acceptance.stack import Stack, wait_all_terminal
 from tests.factories import make_task, make_user
 

@@ -13,7 +13,7 @@ pytest.importorskip("playwright.async_api")
 
 from playwright.async_api import Page, Request, expect
 
-from taskhook.settings import Settings, parse_model_descriptions, parse_routes
+from common.settings import Settings, parse_model_descriptions, parse_routes
 from tests.acceptance.stack import Stack
 from tests.browser.helpers import new_api_key, sign_in, submit_prompt
 

@@ -37,7 +37,7 @@ import jsonschema_rs
 import pytest
 import yaml
 
-from taskhook.settings import Settings
+from common.settings import Settings
 from tests.conftest import S3Config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,12 +9,13 @@ import asyncpg
 import httpx
 import pytest
 
+from common.errors import VendorParentNotReady
+from common.ids import parse_task_id
+from common.states import TaskStatus
 from db import queries
-from db.models import Task, parse_task_id
-from db.states import TaskStatus
+from db.models import Task
 from db.transition import transition
-from taskhook.errors import VendorParentNotReady
-from taskhook.runtime import Runtime
+from lifecycle.runtime import Runtime
 from tests.factories import make_user
 from tests.scripted_vendor import ScriptedVendor, app_client, install, update
 

@@ -11,12 +11,12 @@ import asyncpg
 import httpx
 import pytest
 
+from common.ids import format_task_id
+from common.settings import Settings
+from common.states import TaskStatus
 from db import queries
-from db.models import format_task_id
-from db.states import TaskStatus
 from db.transition import transition
-from taskhook.runtime import Runtime
-from taskhook.settings import Settings
+from lifecycle.runtime import Runtime
 from tests.factories import make_task, make_user
 
 Conn = asyncpg.Connection

@@ -12,11 +12,11 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from common.settings import FalSettings, Settings, parse_model_descriptions, parse_routes
 from db.queries import Conn
 from taskhook.app import create_app
 from taskhook.cli import cli
 from taskhook.runtime import open_runtime
-from taskhook.settings import FalSettings, Settings, parse_model_descriptions, parse_routes
 from tests.factories import make_user
 
 ROUTES = json.dumps(

@@ -18,12 +18,12 @@ from typing import Any
 import asyncpg
 import pytest
 
+from common.settings import Settings
+from simulator import RunningSimulator, SimulatorConfig, running_simulator
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime
 from taskhook.serving import bind, running_app, url_for
-from taskhook.settings import Settings
 from tests.conftest import S3Config
-from vendors.simulator import RunningSimulator, SimulatorConfig, running_simulator
 
 SECRET = "check-secret-" + "c" * 32
 ADMIN_KEY = "check-admin-" + "a" * 32

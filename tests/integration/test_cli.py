@@ -235,10 +235,10 @@ def test_check_finds_a_redirect_in_front_of_the_deployment(
     server = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        from vendors import replicate as replicate_module
+        from taskhook import check as check_module
 
         # The static rule refuses loopback; this test is about the probe behind it.
-        monkeypatch.setattr(replicate_module, "webhook_base_problem", lambda url: None)
+        monkeypatch.setattr(check_module, "webhook_base_problem", lambda url: None)
         monkeypatch.setenv("REPLICATE_API_TOKEN", "r8_x")
         monkeypatch.setenv("TASKHOOK_PUBLIC_URL", f"http://127.0.0.1:{server.server_port}")
         for name, value in {

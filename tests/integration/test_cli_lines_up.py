@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from common.states import TaskStatus
 from db.queries import Conn
-from db.states import TaskStatus
 from db.transition import transition
 from taskhook.cli import cli
 from tests.factories import make_task, make_user

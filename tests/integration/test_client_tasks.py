@@ -8,10 +8,10 @@ import asyncpg
 import httpx
 import pytest
 
-from db.models import parse_task_id
-from db.states import TaskStatus
+from common.ids import parse_task_id
+from common.states import TaskStatus
 from db.transition import transition
-from taskhook.runtime import Runtime
+from lifecycle.runtime import Runtime
 from tests.factories import make_user
 from tests.integration.test_submit_api import BODY, assert_error
 

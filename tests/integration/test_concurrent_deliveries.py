@@ -18,11 +18,11 @@ from typing import Any
 import asyncpg
 import httpx
 
+from common.states import TaskStatus
 from db import queries
 from db.pool import connect
-from db.states import TaskStatus
 from db.transition import transition
-from taskhook.runtime import Runtime
+from lifecycle.runtime import Runtime
 from tests.factories import make_task, make_user
 from tests.integration.test_receiver import hook_url, post_hook, prediction
 

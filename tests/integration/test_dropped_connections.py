@@ -23,11 +23,11 @@ import asyncpg
 import httpx
 from structlog.testing import capture_logs
 
+from common.states import TaskStatus
 from db.pool import connect
-from db.states import TaskStatus
 from db.transition import transition
-from reconciler.reconcile import run_reconciler
-from taskhook.runtime import Runtime
+from lifecycle.reconcile import run_reconciler
+from lifecycle.runtime import Runtime
 from taskhook.worker import Worker
 from tests.acceptance.stack import wait_for
 from tests.factories import make_task, make_user

@@ -12,12 +12,12 @@ import asyncpg
 import httpx
 import pytest
 
+from common.errors import VendorUnavailable
+from common.ids import parse_task_id
+from common.states import TaskStatus
 from db import queries
-from db.models import parse_task_id
-from db.states import TaskStatus
-from submit.registration import register
-from taskhook.errors import VendorUnavailable
-from taskhook.runtime import Runtime
+from lifecycle.registration import register
+from lifecycle.runtime import Runtime
 from tests.acceptance.stack import wait_for
 from tests.factories import make_user
 from tests.scripted_vendor import ScriptedVendor, app_client, install, update
@@ -122,7 +122,7 @@ async def test_a_job_another_task_recorded_is_never_adopted(
 async def test_after_an_ambiguous_create_the_task_never_fails_over(
     conn: Conn, runtime: Runtime
 ) -> None:
-    from taskhook.settings import VendorRoute
+    from common.settings import VendorRoute
 
     first, second = ScriptedVendor("replicate"), ScriptedVendor("fal")
     install(runtime, first, second)

@@ -19,12 +19,12 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from common.states import TaskStatus
 from db import queries
 from db.group_commit import GroupCommit
 from db.pool import connect, create_pool
-from db.states import TaskStatus
 from db.transition import allowed_from
-from taskhook.runtime import Runtime
+from lifecycle.runtime import Runtime
 from tests.factories import make_task, make_user
 from tests.integration.test_concurrent_deliveries import until_waiting_on_a_lock
 from tests.integration.test_receiver import hook_url, post_hook, prediction

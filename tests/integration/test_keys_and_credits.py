@@ -8,11 +8,12 @@ from typing import Any
 import httpx
 import pytest
 
+from common.settings import Settings
 from db.queries import Conn
-from lifecycle.accounts import MAX_KEYS, adjust_credits
+from lifecycle.runtime import Runtime
+from lifecycle.user_accounts import MAX_KEYS, adjust_credits
 from taskhook.app import create_app
-from taskhook.runtime import Runtime, open_runtime
-from taskhook.settings import Settings
+from taskhook.runtime import open_runtime
 from tests.factories import make_task, make_user
 
 

@@ -10,12 +10,12 @@ import asyncpg
 import httpx
 import pytest
 
-from db.models import parse_task_id
-from db.states import TaskStatus
+from common.ids import parse_task_id
+from common.states import TaskStatus
 from db.transition import transition
+from lifecycle.audit import run_audit
+from lifecycle.runtime import Runtime
 from taskhook.app import create_app
-from taskhook.audit import run_audit
-from taskhook.runtime import Runtime
 from tests.factories import make_user
 from tests.integration.test_submit_api import BODY, assert_error
 

@@ -10,8 +10,8 @@ import asyncpg
 import httpx
 
 from db import queries
-from taskhook.audit import run_audit
-from taskhook.runtime import Runtime
+from lifecycle.audit import run_audit
+from lifecycle.runtime import Runtime
 from tests.factories import make_task, make_user
 from tests.integration.test_receiver import deliveries, hook_url, post_hook, prediction
 

@@ -14,12 +14,13 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from db.states import TaskStatus
+from common.logs import configure_logging
+from common.settings import Settings
+from common.states import TaskStatus
 from db.transition import transition
+from lifecycle.runtime import Runtime
 from taskhook.app import create_app
-from taskhook.logs import configure_logging
-from taskhook.runtime import Runtime, open_runtime
-from taskhook.settings import Settings
+from taskhook.runtime import open_runtime
 from tests.factories import make_task, make_user
 from tests.integration.test_receiver import hook_url, post_hook, prediction
 

@@ -45,12 +45,12 @@ from schemathesis.checks import (
 )
 from starlette.routing import Route
 
-from db.states import TaskStatus
+from common.settings import Settings
+from common.states import TaskStatus
 from db.transition import transition
+from lifecycle.runtime import Runtime
 from taskhook.app import create_app
 from taskhook.openapi import build_openapi
-from taskhook.runtime import Runtime
-from taskhook.settings import Settings
 from tests.factories import make_task, make_user
 
 Conn = asyncpg.Connection

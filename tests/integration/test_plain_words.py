@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from db.queries import Conn
-from taskhook.runtime import Runtime
+from lifecycle.runtime import Runtime
 from tests.factories import make_task, make_user
 
 BODY = {"model": "black-forest-labs/flux-schnell", "input": {"prompt": "a red fox"}}

@@ -14,14 +14,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.settings import Settings
+from common.states import ACTIVE, TaskStatus
 from db import queries
 from db.metrics_queries import LIVE_STATES, QUERIES
 from db.pool import create_pool
-from db.states import ACTIVE, TaskStatus
 from db.transition import transition
+from lifecycle.runtime import Runtime
 from taskhook.app import create_app
-from taskhook.runtime import Runtime
-from taskhook.settings import Settings
 from tests.factories import make_task, make_user
 
 Conn = asyncpg.Connection

@@ -12,12 +12,12 @@ import asyncpg
 import httpx
 import pytest
 
-from db.states import TaskStatus
+from common.states import TaskStatus
 from db.transition import transition
-from taskhook.runtime import Runtime
+from lifecycle.runtime import Runtime
+from simulator.signing import webhook_headers
 from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.factories import make_task, make_user
-from vendors.simulator.signing import webhook_headers
 
 Conn = asyncpg.Connection
 
@@ -193,7 +193,7 @@ async def test_token_for_another_vendor_is_401(
 async def test_token_signed_with_another_secret_is_401(
     client: httpx.AsyncClient, task: uuid.UUID
 ) -> None:
-    from taskhook.tokens import CallbackTokens
+    from common.tokens import CallbackTokens
 
     token = CallbackTokens("someone-else").issue(task_id=task, vendor="replicate")
     r = await post_hook(client, f"/hooks/replicate/{token}", prediction())
@@ -214,7 +214,7 @@ async def test_stale_or_future_timestamp_is_400(
 async def test_non_integer_timestamp_is_400(
     client: httpx.AsyncClient, runtime: Runtime, task: uuid.UUID
 ) -> None:
-    from receiver.signature import decode_secret, sign
+    from vendors.signature import decode_secret, sign
 
     body, stamp = prediction(), f"{time.time():.3f}"
     sig = sign(

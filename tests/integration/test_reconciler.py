@@ -14,15 +14,15 @@ from typing import Any
 import asyncpg
 import httpx
 
+from common import metrics
+from common.errors import VendorUnavailable
+from common.states import TaskStatus
 from db import queries
-from db.states import TaskStatus
 from db.transition import transition
-from reconciler.reconcile import reconcile_once
-from taskhook import metrics
-from taskhook.errors import VendorUnavailable
-from taskhook.runtime import Runtime
+from lifecycle.reconcile import reconcile_once
+from lifecycle.runtime import Runtime
+from lifecycle.vendor_health import Limits, VendorHealth
 from tests.factories import make_task, make_user
-from vendors.health import Limits, VendorHealth
 from vendors.replicate import ReplicateAdapter
 
 Conn = asyncpg.Connection
@@ -186,7 +186,7 @@ async def test_deadline_fails_and_refunds_once_then_late_success_never_reopens(
     vendor.answer = lambda r: httpx.Response(
         200, json=prediction("slow", "succeeded", output=["https://x/0.png"])
     )
-    from taskhook.vendor_updates import apply_update
+    from lifecycle.vendor_updates import apply_update
 
     result = await apply_update(
         conn,
@@ -356,7 +356,7 @@ async def test_prunes_old_accepted_deliveries_but_keeps_dead_letters(
 async def test_open_circuit_defers_registration_without_spending_attempts(
     runtime: Runtime, conn: Conn
 ) -> None:
-    from submit.registration import register
+    from lifecycle.registration import register
 
     vendor = FakeVendor()
     rt = with_vendor(runtime, vendor, breaker_threshold=1, breaker_cooldown=60)
@@ -383,7 +383,7 @@ async def test_confirming_with_the_vendor_catches_up_a_lagging_task(
     runtime: Runtime, conn: Conn
 ) -> None:
     """The callback said 100% but local state is still processing; the vendor says done."""
-    from reconciler.confirm import refresh_from_vendor
+    from lifecycle.confirm import refresh_from_vendor
 
     vendor = FakeVendor()
     vendor.answer = lambda r: httpx.Response(

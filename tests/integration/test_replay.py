@@ -11,11 +11,11 @@ import asyncpg
 import pytest
 from click.testing import CliRunner
 
+from common.errors import NotFound
 from db import queries
-from receiver.replay import replay_delivery
+from lifecycle.replay import replay_delivery
+from lifecycle.runtime import Runtime
 from taskhook.cli import cli
-from taskhook.errors import NotFound
-from taskhook.runtime import Runtime
 from tests.factories import make_task, make_user
 
 Conn = asyncpg.Connection

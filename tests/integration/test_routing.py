@@ -11,13 +11,13 @@ import asyncpg
 import httpx
 import pytest
 
+from common.errors import VendorUnavailable
+from common.ids import parse_task_id
+from common.settings import VendorRoute
+from common.states import TaskStatus
 from db import queries
-from db.models import parse_task_id
-from db.states import TaskStatus
-from receiver.replay import replay_delivery
-from taskhook.errors import VendorUnavailable
-from taskhook.runtime import Runtime
-from taskhook.settings import VendorRoute
+from lifecycle.replay import replay_delivery
+from lifecycle.runtime import Runtime
 from tests.acceptance.stack import wait_for
 from tests.factories import make_user
 from tests.scripted_vendor import ScriptedVendor, app_client, install, update

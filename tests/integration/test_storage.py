@@ -13,16 +13,16 @@ import asyncpg
 import httpx
 import pytest
 
+from common.net import public_only_client
+from common.states import TaskStatus
 from db import queries
 from db.pool import connect
-from db.states import TaskStatus
 from db.transition import transition
-from storage.results import store_result
-from taskhook.net import public_only_client
-from taskhook.runtime import Runtime
+from lifecycle.results import store_result
+from lifecycle.runtime import Runtime
+from simulator.png import gradient_png
 from taskhook.worker import Worker
 from tests.factories import make_task, make_user
-from vendors.simulator.png import gradient_png
 
 Conn = asyncpg.Connection
 PNG = gradient_png("pred", 0, "a fox")

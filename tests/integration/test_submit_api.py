@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 import pytest
 
-from taskhook.runtime import Runtime
+from lifecycle.runtime import Runtime
 from tests.factories import make_user
 
 Conn = asyncpg.Connection

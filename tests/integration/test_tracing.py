@@ -11,12 +11,12 @@ import asyncpg
 import httpx
 import pytest
 
-from submit.registration import register_new
-from taskhook.logs import configure_logging
-from taskhook.runtime import Runtime
+from common.logs import configure_logging
+from lifecycle.registration import register_new
+from lifecycle.runtime import Runtime
+from lifecycle.vendor_health import Limits, VendorHealth
 from tests.factories import make_user
 from tests.integration.test_submit_api import BODY
-from vendors.health import Limits, VendorHealth
 from vendors.replicate import ReplicateAdapter
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

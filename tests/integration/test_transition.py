@@ -11,9 +11,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from common.states import ACTIVE, CANCELABLE, REFUNDING, TaskStatus, rank
 from db import queries
 from db.pool import connect, create_pool
-from db.states import ACTIVE, CANCELABLE, REFUNDING, TaskStatus, rank
 from db.transition import Outcome, transition
 from tests.factories import make_task, make_user
 

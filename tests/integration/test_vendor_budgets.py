@@ -10,14 +10,15 @@ import asyncpg
 import httpx
 import pytest
 
+from common.errors import VendorUnavailable
+from common.ids import parse_task_id
+from common.states import TaskStatus
 from db import queries
-from db.models import parse_task_id
-from db.states import TaskStatus
-from taskhook.errors import VendorUnavailable
-from taskhook.runtime import Runtime, vendor_limits
+from lifecycle.runtime import Runtime
+from lifecycle.vendor_health import Limits, VendorHealth
+from taskhook.runtime import vendor_limits
 from tests.factories import make_user
 from tests.scripted_vendor import ScriptedVendor, app_client, install
-from vendors.health import Limits, VendorHealth
 
 Conn = asyncpg.Connection
 

@@ -15,9 +15,10 @@ import asyncpg
 import httpx
 import pytest
 
+from common.settings import ReplicateSettings, Settings
+from lifecycle.runtime import Runtime
 from taskhook.app import create_app
-from taskhook.runtime import Runtime, open_runtime
-from taskhook.settings import ReplicateSettings, Settings
+from taskhook.runtime import open_runtime
 from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.factories import make_task, make_user
 from tests.integration.test_receiver import hook_url, post_hook, prediction
@@ -109,7 +110,7 @@ class Flaky:
         self.fail = True
 
     async def prepare(self) -> None:
-        from taskhook.errors import VendorUnavailable
+        from common.errors import VendorUnavailable
 
         self.calls += 1
         if self.fail:

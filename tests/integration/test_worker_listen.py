@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from taskhook.runtime import Runtime
+from lifecycle.runtime import Runtime
 from taskhook.worker import Worker
 from tests.factories import make_task, make_user
 

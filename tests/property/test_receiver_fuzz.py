@@ -22,13 +22,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from common.settings import FalSettings, MidjourneySettings, Settings
+from simulator.signing import webhook_headers
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime
-from taskhook.settings import FalSettings, MidjourneySettings, Settings
 from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.factories import make_task, make_user
 from vendors.fal import signed_message
-from vendors.simulator.signing import webhook_headers
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -16,10 +16,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from common.states import TERMINAL, TaskStatus, rank
 from db.pool import create_pool
-from db.states import TERMINAL, TaskStatus, rank
 from db.transition import transition
-from taskhook.audit import run_audit
+from lifecycle.audit import run_audit
 from tests.factories import make_task, make_user
 
 TARGETS = [s for s in TaskStatus if s is not TaskStatus.PENDING]

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from taskhook.runtime import Runtime
+from lifecycle.runtime import Runtime
 from tests.factories import make_user
 
 

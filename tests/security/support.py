@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 
-from db.models import parse_task_id
+from common.ids import parse_task_id
+from simulator.signing import new_webhook_id, webhook_headers
 from tests.acceptance.stack import Stack, wait_for
-from vendors.simulator.signing import new_webhook_id, webhook_headers
 
 MODEL = "black-forest-labs/flux-schnell"
 

@@ -20,11 +20,12 @@ import asyncpg
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from db.states import TaskStatus
+from common.settings import FalSettings, Settings
+from common.states import TaskStatus
 from db.transition import transition
+from lifecycle.runtime import Runtime
 from taskhook.app import create_app
-from taskhook.runtime import Runtime, open_runtime
-from taskhook.settings import FalSettings, Settings
+from taskhook.runtime import open_runtime
 from tests.factories import make_task, make_user
 from vendors.fal import signed_message
 

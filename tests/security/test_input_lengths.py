@@ -17,13 +17,13 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from db.states import TaskStatus
+from common.states import TaskStatus
 from db.transition import transition
-from taskhook.runtime import Runtime
+from lifecycle.runtime import Runtime
+from simulator.signing import webhook_headers
 from tests.conftest import TEST_WEBHOOK_SECRET, S3Config
 from tests.factories import make_task, make_user
 from tests.security.conftest import assert_error, auth_header
-from vendors.simulator.signing import webhook_headers
 
 
 async def test_a_limit_of_5000_digits_is_422_naming_the_limit(
@@ -169,7 +169,7 @@ def test_a_fal_signed_timestamp_of_309_digits_is_stale_not_an_overflow() -> None
     fal's JWKS cannot be served to the app without the simulator)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from taskhook.errors import TimestampOutOfRange
+    from common.errors import TimestampOutOfRange
     from tests.unit.test_fal_signature import BODY, signed
     from vendors.fal import verify_signature
 

@@ -15,8 +15,8 @@ import uuid
 import httpx
 import pytest
 
-from taskhook.runtime import Runtime
-from taskhook.settings import MidjourneySettings, VendorRoute
+from common.settings import MidjourneySettings, VendorRoute
+from lifecycle.runtime import Runtime
 from tests.scripted_vendor import ScriptedVendor, install
 from tests.security.conftest import assert_error, auth_header
 

@@ -18,13 +18,14 @@ import asyncpg
 import httpx
 import pytest
 
+from common.ids import parse_task_id
+from common.states import TaskStatus
 from db import queries
-from db.models import Task, parse_task_id
+from db.models import Task
 from db.pool import connect
-from db.states import TaskStatus
 from db.transition import transition
-from taskhook.audit import run_audit
-from taskhook.runtime import Runtime
+from lifecycle.audit import run_audit
+from lifecycle.runtime import Runtime
 from tests.acceptance.stack import wait_for
 from tests.scripted_vendor import ScriptedVendor, install, update
 from tests.security.conftest import assert_error, auth_header

@@ -17,15 +17,15 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from common.ids import parse_task_id
+from common.settings import Settings
+from common.states import TaskStatus
 from db import queries
-from db.models import parse_task_id
-from db.states import TaskStatus
-from reconciler.reconcile import run_reconciler
-from taskhook.audit import default_grace
+from lifecycle.audit import default_grace
+from lifecycle.reconcile import run_reconciler
+from lifecycle.runtime import Runtime
+from lifecycle.vendor_updates import apply_update
 from taskhook.cli import cli
-from taskhook.runtime import Runtime
-from taskhook.settings import Settings
-from taskhook.vendor_updates import apply_update
 from tests.acceptance.stack import wait_for
 from tests.factories import make_task, make_user
 from tests.scripted_vendor import ScriptedVendor, install, update

@@ -18,10 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from taskhook.runtime import Runtime, build_adapters
-from taskhook.settings import FalSettings, Settings, SettingsError, VendorRoute
+from common.settings import FalSettings, Settings, SettingsError, VendorRoute
+from lifecycle.runtime import Runtime
+from lifecycle.vendor_health import Limits, VendorHealth
+from taskhook.runtime import build_adapters
 from tests.security.conftest import assert_error, auth_header
-from vendors.health import Limits, VendorHealth
 
 ROUTES = {
     "flux-pro": (

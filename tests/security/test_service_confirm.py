@@ -15,12 +15,12 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from db.models import parse_task_id
-from taskhook.settings import Settings
+from common.ids import parse_task_id
+from common.settings import Settings
+from simulator import SimulatorConfig
+from simulator.signing import new_webhook_id, webhook_headers
 from tests.acceptance.stack import Stack, running_stack, wait_for
 from tests.security.support import vendor_task_id
-from vendors.simulator import SimulatorConfig
-from vendors.simulator.signing import new_webhook_id, webhook_headers
 
 # A job that stays running through the test, with no progress callbacks of its own.
 SIM = SimulatorConfig(job_seconds=120, steps=0)

@@ -17,14 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from db.models import parse_task_id
-from taskhook.errors import TASK_ERRORS
-from taskhook.settings import Settings
+from common.errors import TASK_ERRORS
+from common.ids import parse_task_id
+from common.settings import Settings
+from simulator import SimulatorConfig
+from simulator.signing import new_webhook_id, webhook_headers
 from tests.acceptance.stack import running_stack
 from tests.security.support import post_replicate_success, submit, vendor_task_id, wait_status
 from tests.security.test_ssrf import operator_view
-from vendors.simulator import SimulatorConfig
-from vendors.simulator.signing import new_webhook_id, webhook_headers
 
 API_MD = Path(__file__).resolve().parents[2] / "docs" / "API.md"
 

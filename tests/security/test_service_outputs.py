@@ -17,16 +17,16 @@ import asyncpg
 import httpx
 import pytest
 
-from db.models import format_task_id
-from db.states import TaskStatus
+from common.ids import format_task_id
+from common.settings import Settings
+from common.states import TaskStatus
 from db.transition import transition
-from taskhook.runtime import Runtime
-from taskhook.settings import Settings
+from lifecycle.runtime import Runtime
+from simulator import SimulatorConfig
+from simulator.png import gradient_png
 from tests.acceptance.stack import running_stack
 from tests.factories import make_task, make_user
 from tests.security.support import post_replicate_success, submit, wait_status
-from vendors.simulator import SimulatorConfig
-from vendors.simulator.png import gradient_png
 
 Conn = asyncpg.Connection
 

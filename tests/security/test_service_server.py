@@ -25,13 +25,13 @@ import asyncpg
 import httpx
 import pytest
 
+from common.settings import ServerLimits
+from lifecycle.runtime import Runtime
+from simulator.signing import new_webhook_id, webhook_headers
 from taskhook.app import create_app
-from taskhook.runtime import Runtime
 from taskhook.serving import running_app
-from taskhook.settings import ServerLimits
 from tests.conftest import TEST_WEBHOOK_SECRET, S3Config
 from tests.factories import make_task, make_user
-from vendors.simulator.signing import new_webhook_id, webhook_headers
 
 Conn = asyncpg.Connection
 

@@ -14,13 +14,14 @@ from dataclasses import replace
 import asyncpg
 import pytest
 
+from common.settings import Settings
+from common.states import TaskStatus
 from db import queries
-from db.states import TaskStatus
 from db.transition import transition
-from reconciler.reconcile import reconcile_once
-from taskhook.audit import run_audit
-from taskhook.runtime import Runtime
-from taskhook.settings import Settings
+from lifecycle.audit import run_audit
+from lifecycle.reconcile import reconcile_once
+from lifecycle.runtime import Runtime
+from simulator import SimulatorConfig
 from tests.acceptance.stack import running_stack, wait_all_terminal, wait_for
 from tests.factories import make_task, make_user
 from tests.security.support import (
@@ -29,7 +30,6 @@ from tests.security.support import (
     submit,
     wait_status,
 )
-from vendors.simulator import SimulatorConfig
 
 Conn = asyncpg.Connection
 

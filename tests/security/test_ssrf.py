@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from taskhook.settings import Settings
+from common.settings import Settings
+from simulator import SimulatorConfig
 from tests.acceptance.stack import Stack, running_stack
 from tests.security.support import post_replicate_success, submit, wait_status
-from vendors.simulator import SimulatorConfig
 
 PUBLIC_IP = "93.184.216.34"
 STORAGE_FAILED = {

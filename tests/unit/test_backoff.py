@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from taskhook.backoff import backoff_delay
+from common.backoff import backoff_delay
 
 
 class Fixed(random.Random):

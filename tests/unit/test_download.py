@@ -2,7 +2,7 @@
 time and rate limits.
 
 The HTTP side is an ``httpx.MockTransport`` behind the same public-only client production uses
-(``taskhook.net.public_only_client``), so address checks run for real: IP literals need no DNS,
+(``common.net.public_only_client``), so address checks run for real: IP literals need no DNS,
 and hostnames go through a fake resolver handed to the client, so no test touches the network.
 The mock sees the request the guard let through: its URL names the address that was checked.
 """
@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from common.net import public_only_client
 from storage.download import ALLOWED_TYPES, DownloadError, Pace, download
-from taskhook.net import public_only_client
 
 PUBLIC_IP = "93.184.216.34"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4

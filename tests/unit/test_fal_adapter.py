@@ -14,9 +14,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from db.states import TaskStatus
-from taskhook.errors import PayloadInvalid, VendorRejected, VendorUnavailable
-from taskhook.tracing import current_trace_id
+from common.errors import PayloadInvalid, VendorRejected, VendorUnavailable
+from common.states import TaskStatus
+from common.tracing import current_trace_id
 from vendors.fal import _STATUS_MAP, _WEBHOOK_STATUS_MAP, FalAdapter, app_id, progress_from_logs
 
 BASE = "http://queue.fal.test"

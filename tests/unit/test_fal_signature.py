@@ -16,9 +16,9 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from receiver.signature import Delivery
-from taskhook.errors import SignatureInvalid, TimestampOutOfRange, VendorUnavailable
+from common.errors import SignatureInvalid, TimestampOutOfRange, VendorUnavailable
 from vendors.fal import FalAdapter, UnknownSigningKey, parse_jwks, verify_signature
+from vendors.signature import Delivery
 
 JWKS_URL = "https://rest.fal.test/.well-known/jwks.json"
 TS = 1_700_000_000

@@ -7,7 +7,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from taskhook.settings import generated_secret
+from common.settings import generated_secret
 
 
 def test_racing_creators_agree_and_never_read_an_empty_file(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Log lines (taskhook/logs.py): orjson renders them, and what it refuses still gets written."""
+"""Log lines (common/logs.py): orjson renders them, and what it refuses still gets written."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import uuid
 
 import structlog
 
-from taskhook.logs import configure_logging
+from common.logs import configure_logging
 
 
 def test_a_line_orjson_refuses_is_still_written() -> None:

@@ -13,15 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from db.models import format_task_id
-from db.states import TaskStatus
-from taskhook.errors import (
-    PayloadInvalid,
-    VendorParentNotReady,
-    VendorRejected,
-    VendorUnavailable,
-)
-from taskhook.tracing import current_trace_id
+from common.errors import PayloadInvalid, VendorParentNotReady, VendorRejected, VendorUnavailable
+from common.ids import format_task_id
+from common.states import TaskStatus
+from common.tracing import current_trace_id
 from vendors.midjourney_proxy import (
     _STATUS_MAP,
     MidjourneyProxyAdapter,

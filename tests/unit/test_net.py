@@ -1,4 +1,4 @@
-"""Which addresses count as public (taskhook.net.is_public): IPv4 inside IPv6 is unwrapped
+"""Which addresses count as public (common.net.is_public): IPv4 inside IPv6 is unwrapped
 before judging, since `ipaddress.is_global` is True for several such forms (issue 14.8b)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from taskhook.net import embedded_ipv4, is_public
+from common.net import embedded_ipv4, is_public
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import replicate
 from replicate.webhook import Webhooks, WebhookSigningSecret
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from vendors.simulator import SimulatorConfig, create_app, running_simulator
+from simulator import SimulatorConfig, create_app, running_simulator
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 TOKEN = "r8_official_client"

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from reconciler.reconcile import MAX_POLL_GAP, next_poll_delay, poll_cap
+from lifecycle.reconcile import MAX_POLL_GAP, next_poll_delay, poll_cap
 from vendors.fal import FalAdapter
 from vendors.midjourney_proxy import MidjourneyProxyAdapter
 from vendors.replicate import ReplicateAdapter

@@ -14,16 +14,16 @@ from typing import Any
 import httpx
 import pytest
 
-from db.states import TaskStatus
-from taskhook.errors import (
+from common.errors import (
     PayloadInvalid,
     SignatureInvalid,
     VendorRejected,
     VendorUnavailable,
     VerificationUnavailable,
 )
+from common.states import TaskStatus
+from simulator.signing import webhook_headers
 from vendors.replicate import EVENTS_FILTER, ReplicateAdapter, to_update
-from vendors.simulator.signing import webhook_headers
 
 BASE = "http://replicate.test/v1"
 TOKEN = "r8_test_token"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from taskhook.settings import ReplicateSettings, Settings, SettingsError, VendorRoute
+from common.settings import ReplicateSettings, Settings, SettingsError, VendorRoute
 
 SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SECRET_B = "whsec_QUFBQUFBQUFBQUFBQUFBQQ=="

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from taskhook.settings import ServerLimits, Settings, SettingsError
+from common.settings import ServerLimits, Settings, SettingsError
 
 
 @pytest.fixture

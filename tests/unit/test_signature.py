@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from receiver.signature import decode_secret, sign, verify_standard_webhook
-from taskhook.errors import SignatureInvalid, TimestampOutOfRange
+from common.errors import SignatureInvalid, TimestampOutOfRange
+from vendors.signature import decode_secret, sign, verify_standard_webhook
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 MSG_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"

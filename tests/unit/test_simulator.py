@@ -26,11 +26,11 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from vendors.simulator import SimulatorConfig, create_app
-from vendors.simulator.dialect import REPLICATE_FINAL_RETRIES
-from vendors.simulator.lifecycle import Simulator
-from vendors.simulator.png import gradient_png
-from vendors.simulator.signing import sign
+from simulator import SimulatorConfig, create_app
+from simulator.dialect import REPLICATE_FINAL_RETRIES
+from simulator.lifecycle import Simulator
+from simulator.png import gradient_png
+from simulator.signing import sign
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 HOOK = "https://receiver.test/hooks/replicate/tok123"

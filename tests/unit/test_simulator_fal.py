@@ -21,14 +21,14 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from db.states import TaskStatus
-from taskhook.errors import SignatureInvalid, VendorRejected, VendorUnavailable
+from common.errors import SignatureInvalid, VendorRejected, VendorUnavailable
+from common.states import TaskStatus
+from simulator import SimulatorConfig, create_app
+from simulator.fal import FAL_WEBHOOK_RETRIES
+from simulator.lifecycle import REQUESTED_FAILURE, Simulator
+from simulator.predictions import tqdm_line
 from vendors.base import VendorUpdate
 from vendors.fal import FalAdapter
-from vendors.simulator import SimulatorConfig, create_app
-from vendors.simulator.fal import FAL_WEBHOOK_RETRIES
-from vendors.simulator.lifecycle import REQUESTED_FAILURE, Simulator
-from vendors.simulator.predictions import tqdm_line
 
 BASE = "http://sim.test"
 HOOK = "https://receiver.test/hooks/fal/tok123"

@@ -20,14 +20,14 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from db.models import format_task_id
-from db.states import TaskStatus
-from taskhook.errors import VendorParentNotReady, VendorRejected, VendorUnavailable
+from common.errors import VendorParentNotReady, VendorRejected, VendorUnavailable
+from common.ids import format_task_id
+from common.states import TaskStatus
+from simulator import SimulatorConfig, create_app
+from simulator.lifecycle import RANDOM_FAILURE, REQUESTED_FAILURE, Simulator
+from simulator.midjourney import MidjourneyDialect
 from vendors.base import VendorUpdate
 from vendors.midjourney_proxy import MidjourneyProxyAdapter
-from vendors.simulator import SimulatorConfig, create_app
-from vendors.simulator.lifecycle import RANDOM_FAILURE, REQUESTED_FAILURE, Simulator
-from vendors.simulator.midjourney import MidjourneyDialect
 
 BASE = "http://sim.test"
 HOOK = "https://receiver.test/hooks/midjourney/tok123"

@@ -8,7 +8,7 @@ import socket
 import httpx
 import pytest
 
-from vendors.simulator import SimulatorConfig, running_simulator, serve
+from simulator import SimulatorConfig, running_simulator, serve
 
 WAIT = 5.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from db.states import (
+from common.states import (
     ACTIVE,
     ALLOWED_FROM,
     CANCELABLE,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from taskhook.tracing import current_trace_id, outgoing_headers, task_context, trace_id_from
+from common.tracing import current_trace_id, outgoing_headers, task_context, trace_id_from
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 

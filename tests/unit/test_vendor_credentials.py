@@ -14,11 +14,11 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 
-from taskhook.errors import VendorError, VendorUnavailable
+from common.errors import VendorError, VendorUnavailable
+from simulator import SimulatorConfig, create_app
 from vendors.fal import FalAdapter
 from vendors.midjourney_proxy import MidjourneyProxyAdapter
 from vendors.replicate import ReplicateAdapter
-from vendors.simulator import SimulatorConfig, create_app
 
 BASE = "http://sim.test"
 CONFIG = SimulatorConfig(api_token="r8-good", fal_key="fal-good", mj_secret="mj-good")

@@ -17,14 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from db.states import TaskStatus
-from receiver.signature import decode_secret, verify_standard_webhook
+from common.errors import VendorParentNotReady, VendorRejected, VendorUnavailable
+from common.states import TaskStatus
+from simulator import SimulatorConfig, create_app
 from storage.download import from_data_uri
-from taskhook.errors import VendorParentNotReady, VendorRejected, VendorUnavailable
 from vendors.fal import FalAdapter
 from vendors.midjourney_proxy import MidjourneyProxyAdapter
 from vendors.replicate import ReplicateAdapter
-from vendors.simulator import SimulatorConfig, create_app
+from vendors.signature import decode_secret, verify_standard_webhook
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "vendors"
 ALL = sorted(FIXTURES.glob("*/*.json"))

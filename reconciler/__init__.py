@@ -1,3 +1,0 @@
-"""reconciler."""
-
-__all__: list[str] = []
