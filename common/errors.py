@@ -12,6 +12,7 @@ TaskhookError
   InsufficientCredits     402 insufficient_credits
   NotFound                404 not_found
   IdempotencyConflict     409 idempotency_conflict
+  NothingToRetry          409 not_retryable       (an operator's retry: nothing waits)
   KeyLimit                409 key_limit           (a user's unrevoked API keys are capped)
   AlreadyTerminal         409 already_terminal
   AlreadyFinished         409 already_finished    (the vendor succeeded: no cancel)
@@ -179,6 +180,13 @@ class IdempotencyConflict(TaskhookError):
 
     status_code = 409
     code = "idempotency_conflict"
+
+
+class NothingToRetry(TaskhookError):
+    """Nothing of this task waits to be retried now."""
+
+    status_code = 409
+    code = "not_retryable"
 
 
 class KeyLimit(TaskhookError):

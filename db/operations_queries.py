@@ -46,3 +46,52 @@ async def task_deliveries(
 
 async def list_tasks_active(conn: Conn, *, limit: int) -> list[Task]:
     return [Task.from_record(r) for r in await conn.fetch(QUERIES["list_tasks_active"], limit)]
+
+
+async def search_tasks(
+    conn: Conn,
+    *,
+    task_id: uuid.UUID | None,
+    user_id: uuid.UUID | None,
+    email: str | None,
+    status: str | None,
+    limit: int,
+) -> list[Task]:
+    records = await conn.fetch(QUERIES["search_tasks"], task_id, user_id, email, status, limit)
+    return [Task.from_record(r) for r in records]
+
+
+async def retry_registration_now(
+    conn: Conn, *, task_id: uuid.UUID, in_flight_seconds: float
+) -> bool:
+    return (
+        await conn.fetchval(QUERIES["retry_registration_now"], task_id, in_flight_seconds)
+        is not None
+    )
+
+
+async def retry_storage_now(conn: Conn, *, task_id: uuid.UUID) -> bool:
+    return await conn.fetchval(QUERIES["retry_storage_now"], task_id) is not None
+
+
+async def pause_vendor(conn: Conn, *, vendor: str, reason: str | None) -> datetime:
+    paused_at: datetime = await conn.fetchval(QUERIES["pause_vendor"], vendor, reason)
+    return paused_at
+
+
+async def resume_vendor(conn: Conn, *, vendor: str) -> bool:
+    return await conn.fetchval(QUERIES["resume_vendor"], vendor) is not None
+
+
+async def vendor_controls(conn: Conn) -> dict[str, dict[str, Any]]:
+    """Per vendor: paused_at, paused_reason, last_error, last_error_at."""
+    return {
+        r["vendor"]: {
+            k: r[k] for k in ("paused_at", "paused_reason", "last_error", "last_error_at")
+        }
+        for r in await conn.fetch(QUERIES["paused_vendors"])
+    }
+
+
+async def dead_letters_since(conn: Conn, *, since: datetime, limit: int) -> list[int]:
+    return [r["id"] for r in await conn.fetch(QUERIES["dead_letters_since"], since, limit)]

@@ -163,7 +163,13 @@ CREATE TABLE vendor_state (
     circuit       text NOT NULL DEFAULT 'closed'
                   CHECK (circuit IN ('closed', 'open', 'half-open')),
     open_until    timestamptz,
-    updated_at    timestamptz NOT NULL DEFAULT clock_timestamp()
+    updated_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- An operator's pause (0020): no process calls a paused vendor until it is resumed.
+    paused_at     timestamptz,
+    paused_reason text,
+    -- The last failed call, so the dashboard can say why a circuit opened (0020).
+    last_error    text,
+    last_error_at timestamptz
 );
 
 -- The vendor account webhooks must come from, configured or learned and pinned (0011).

@@ -21,13 +21,16 @@ SELECT s.status::text AS status,
  ORDER BY s.status;
 
 -- stuck_tasks --
--- Open tasks past their deadline, or with no news for $1 seconds; the worst first.
+-- Open tasks past their deadline, or with no news for $1 seconds, or pending and retrying
+-- their registration after a failed attempt (last_error says why); the worst first.
 SELECT t.id, u.email, t.status::text AS status, t.progress, t.vendor, t.model, t.attempts,
        t.last_error, t.created_at, t.updated_at, t.deadline_at,
-       t.deadline_at < now() AS overdue
+       t.deadline_at < now() AS overdue,
+       t.status = 'pending' AND t.last_error IS NOT NULL AS retrying
   FROM tasks AS t JOIN users AS u ON u.id = t.user_id
  WHERE t.status IN ('pending', 'submitted', 'processing', 'storing')
-   AND (t.deadline_at < now() OR t.updated_at < now() - make_interval(secs => $1))
+   AND (t.deadline_at < now() OR t.updated_at < now() - make_interval(secs => $1)
+        OR (t.status = 'pending' AND t.last_error IS NOT NULL))
  ORDER BY t.deadline_at, t.id
  LIMIT $2;
 
