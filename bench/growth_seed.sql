@@ -24,7 +24,7 @@ SELECT n,
        now() - make_interval(secs => (:days * 86400.0) * (:tasks - n + 1) / :tasks) AS at,
        CASE WHEN n > :tasks - :live THEN
                 (ARRAY['pending', 'submitted', 'processing', 'processing',
-                       'storing'])[1 + n % 5]
+                       'storing'])[1 + (hashint4(n * 7 + 3) & 2147483647) % 5]
             WHEN n % 50 = 0 THEN 'failed'
             WHEN n % 97 = 0 THEN 'canceled'
             ELSE 'completed' END::task_status AS status
@@ -49,13 +49,16 @@ SELECT g.id, md5('user' || g.u)::uuid, 'replicate', 'black-forest-labs/flux-schn
        md5(g.n::text), 1,
        CASE WHEN g.status = 'pending' THEN g.at + interval '1 hour' END,
        CASE WHEN g.status IN ('submitted', 'processing') THEN now() + interval '1 hour' END,
-       g.at, g.at + interval '40 seconds', g.at + interval '30 minutes',
+       g.at, g.at + interval '40 seconds',
+       -- Live tasks are within their deadline (as the reconciler keeps them): a clean audit.
+       CASE WHEN g.n > :tasks - :live THEN GREATEST(g.at, now()) ELSE g.at END
+           + interval '30 minutes',
        CASE WHEN g.status IN ('completed', 'failed', 'canceled')
             THEN g.at + interval '40 seconds' END
   FROM growth_tasks AS g
  ORDER BY g.n;
 
--- Events in task-id order, so the unique index on (task_id, event_key) fills from the left.
+-- Events in the order they happened, as the transition appends them.
 INSERT INTO task_events (task_id, event_key, from_status, to_status, applied, cause, detail,
                          created_at)
 SELECT g.id, e.key, e.from_status::task_status, e.to_status::task_status, true, e.cause,
@@ -82,7 +85,7 @@ SELECT g.id, e.key, e.from_status::task_status, e.to_status::task_status, true, 
            WHEN 'submitted' THEN e.k = 1
            WHEN 'processing' THEN e.k <= 3
            ELSE e.k <= 6 END
- ORDER BY g.id, e.k;
+ ORDER BY g.n, e.k;
 
 INSERT INTO credit_ledger (user_id, kind, amount, note, created_at)
 SELECT md5('user' || u)::uuid, 'grant', 1000000, 'growth', now() - make_interval(days => :days)

@@ -524,9 +524,13 @@ async def list_user_tasks(
     """A user's tasks newest first, after the cursor's position. One statement per kind of
     filter, so each keeps its index in generic plans (list_user_tasks in queries.sql)."""
     before_at, before_id = after or _LIST_START
-    if active or (status is not None and TaskStatus(status) in ACTIVE):
+    if active:
         records = await conn.fetch(
-            QUERIES["list_user_tasks_live"], user_id, before_at, before_id, status, limit
+            QUERIES["list_user_tasks_live"], user_id, before_at, before_id, limit
+        )
+    elif status is not None and TaskStatus(status) in ACTIVE:
+        records = await conn.fetch(
+            QUERIES["list_user_tasks_live_status"], user_id, before_at, before_id, status, limit
         )
     elif status is not None:
         records = await conn.fetch(

@@ -137,9 +137,14 @@ SELECT t.* FROM task_rows AS t
 
 -- list_tasks_live --
 -- Operators' view of one live state ($1), newest first: only live tasks are read (the partial
--- index tasks_deadline_open), whatever the history.
-SELECT r.* FROM tasks AS k JOIN task_rows AS r ON r.id = k.id
- WHERE k.status IN ('pending', 'submitted', 'processing', 'storing') AND k.status = $1::task_status
+-- index tasks_deadline_open), whatever the history. Materialized first: walking tasks_created
+-- instead, as a generic plan may, reads the whole history when the state has few tasks.
+WITH live AS MATERIALIZED (
+    SELECT id, created_at FROM tasks
+     WHERE status IN ('pending', 'submitted', 'processing', 'storing')
+       AND status = $1::task_status
+)
+SELECT r.* FROM live AS k JOIN task_rows AS r ON r.id = k.id
  ORDER BY k.created_at DESC, k.id DESC
  LIMIT $2;
 
@@ -527,14 +532,22 @@ SELECT t.* FROM task_rows AS t
  LIMIT $5;
 
 -- list_user_tasks_live --
--- The same for live tasks ('active'), or one live state ($4, NULL for all of them): the
--- partial index tasks_user_live holds only those, so the client page's poll of its active
--- tasks reads them and nothing of the user's history. (Filtered on the table's own status:
--- the view's is text, which no partial index predicate matches.)
+-- The same for live tasks ('active'): the partial index tasks_user_live holds only those, so
+-- the client page's poll of its active tasks reads them and nothing of the user's history.
+-- (Filtered on the table's own status: the view's is text, which no partial index predicate
+-- matches.)
 SELECT r.* FROM tasks AS k JOIN task_rows AS r ON r.id = k.id
  WHERE k.user_id = $1 AND (k.created_at, k.id) < ($2::timestamptz, $3::uuid)
    AND k.status IN ('pending', 'submitted', 'processing', 'storing')
-   AND k.status = COALESCE($4::task_status, k.status)
+ ORDER BY k.created_at DESC, k.id DESC
+ LIMIT $4;
+
+-- list_user_tasks_live_status --
+-- The same for one live state ($4), along tasks_user_live.
+SELECT r.* FROM tasks AS k JOIN task_rows AS r ON r.id = k.id
+ WHERE k.user_id = $1 AND (k.created_at, k.id) < ($2::timestamptz, $3::uuid)
+   AND k.status IN ('pending', 'submitted', 'processing', 'storing')
+   AND k.status = $4::task_status
  ORDER BY k.created_at DESC, k.id DESC
  LIMIT $5;
 
@@ -547,12 +560,16 @@ INSERT INTO progress_marks (name, at) VALUES ('audit', $1)
 ON CONFLICT (name) DO UPDATE SET at = EXCLUDED.at, updated_at = now();
 
 -- audit_balances_since --
--- audit_balances for the users with ledger rows written since $1 (credit_ledger_created).
-SELECT u.id, u.email, u.balance, COALESCE(sum(l.amount), 0)::bigint AS ledger
-  FROM users AS u LEFT JOIN credit_ledger AS l ON l.user_id = u.id
- WHERE u.id IN (SELECT user_id FROM credit_ledger WHERE created_at >= $1)
- GROUP BY u.id
-HAVING u.balance <> COALESCE(sum(l.amount), 0);
+-- audit_balances for the users with ledger rows written since $1 (credit_ledger_created),
+-- each user's ledger summed on credit_ledger_user.
+WITH changed AS (
+    SELECT DISTINCT user_id FROM credit_ledger WHERE created_at >= $1
+)
+SELECT u.id, u.email, u.balance, s.ledger
+  FROM changed AS c JOIN users AS u ON u.id = c.user_id
+ CROSS JOIN LATERAL (SELECT COALESCE(sum(l.amount), 0)::bigint AS ledger
+                       FROM credit_ledger AS l WHERE l.user_id = u.id) AS s
+ WHERE u.balance <> s.ledger;
 
 -- audit_refunds_since --
 -- audit_refunds for the tasks with ledger rows written since $1 (every new task has its

@@ -119,23 +119,27 @@ async def run_audit(
         )
     else:
         since = mark - SETTLE
-        report = AuditReport(
-            balance_mismatches=[
-                _plain(r, ids="user") for r in await queries.audit_balances_since(conn, since=since)
-            ],
-            ledger_mismatches=[
-                _plain(r) for r in await queries.audit_refunds_since(conn, since=since)
-            ],
-            overdue_open_tasks=overdue,
-            active_count_mismatches=[
-                _plain(r, ids="user")
-                for r in await queries.audit_active_counts_since(conn, since=since)
-            ],
-            orphan_log_rows=[
-                _plain(r) for r in await queries.audit_orphans_since(conn, since=since)
-            ],
-            since=since,
-        )
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            # Custom plans: a generic one cannot know that `since` is recent, and reads all.
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            report = AuditReport(
+                balance_mismatches=[
+                    _plain(r, ids="user")
+                    for r in await queries.audit_balances_since(conn, since=since)
+                ],
+                ledger_mismatches=[
+                    _plain(r) for r in await queries.audit_refunds_since(conn, since=since)
+                ],
+                overdue_open_tasks=overdue,
+                active_count_mismatches=[
+                    _plain(r, ids="user")
+                    for r in await queries.audit_active_counts_since(conn, since=since)
+                ],
+                orphan_log_rows=[
+                    _plain(r) for r in await queries.audit_orphans_since(conn, since=since)
+                ],
+                since=since,
+            )
     if incremental and report.ok:
         await queries.set_audit_mark(conn, at=started)
     return report

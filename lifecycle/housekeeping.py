@@ -22,6 +22,8 @@ deleted twice is no error.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -67,23 +69,26 @@ async def housekeeping(rt: Runtime, *, until_done: bool = False, batch: int = BA
         try:
             while True:
                 full = False
-                n = await queries.prune_deliveries(
-                    conn,
-                    older_than_seconds=settings.delivery_retention,
-                    limit=batch,
-                    unsigned_vendors=unsigned,
-                )
+                async with _custom_plans(conn):
+                    n = await queries.prune_deliveries(
+                        conn,
+                        older_than_seconds=settings.delivery_retention,
+                        limit=batch,
+                        unsigned_vendors=unsigned,
+                    )
                 done.deliveries += n
                 full |= n >= batch
-                n = await queries.fold_state_counts(
-                    conn, settled_seconds=SETTLED_SECONDS, limit=batch * 10
-                )
+                async with _custom_plans(conn):
+                    n = await queries.fold_state_counts(
+                        conn, settled_seconds=SETTLED_SECONDS, limit=batch * 10
+                    )
                 done.counted += n
                 full |= n >= batch * 10
                 if settings.event_retention is not None:
-                    tasks, events = await queries.prune_events(
-                        conn, older_than_seconds=settings.event_retention, limit=batch
-                    )
+                    async with _custom_plans(conn):
+                        tasks, events = await queries.prune_events(
+                            conn, older_than_seconds=settings.event_retention, limit=batch
+                        )
                     done.event_tasks += tasks
                     done.events += events
                     full |= tasks >= batch
@@ -97,14 +102,24 @@ async def housekeeping(rt: Runtime, *, until_done: bool = False, batch: int = BA
             await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
 
 
+@contextlib.asynccontextmanager
+async def _custom_plans(conn: Any) -> AsyncIterator[None]:
+    """One step's own transaction, planned for its values: its cut-off is a parameter, and a
+    generic plan, not knowing the cut-off is near the old end, reads the whole history."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        yield
+
+
 async def _prune_results(rt: Runtime, conn: Any, done: Pruned, *, batch: int) -> int:
     """Delete the files of the next batch of completed tasks past their retention, then
     forget them; returns how many ended tasks the batch held (failed and canceled ones have
     no files and only move the mark)."""
     assert rt.settings.result_retention is not None
-    due = await queries.results_due(
-        conn, older_than_seconds=rt.settings.result_retention, limit=batch
-    )
+    async with _custom_plans(conn):
+        due = await queries.results_due(
+            conn, older_than_seconds=rt.settings.result_retention, limit=batch
+        )
     if not due:
         return 0
     keys = [

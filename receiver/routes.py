@@ -1,18 +1,13 @@
-"""POST /hooks/{vendor}/{token}: verify, dedupe, apply; answer fast, never download here.
+"""POST /hooks/{vendor}/{token}: read, verify, parse, answer; never download here.
 
 Order of checks: vendor (404), size (413), token (401), signature (401), timestamp (400),
-payload (400, kept as a dead letter), then the server-side function taskhook_receive_many, in a
-commit shared with the deliveries arriving meanwhile (db/group_commit.py): the inbox row, the
-task's checks (still at this vendor, the same job) and the transition commit together, so a
-delivery is stored exactly when its effect is. Unsigned vendors' callbacks stop short of the
-transition: the vendor's API is asked first.
+account (401), payload (400, kept as a dead letter). What is verified and readable is applied
+by lifecycle/receive.py, which answers with a verdict (`applied`, `duplicate`, `confirming`)
+or a typed error.
 """
 
 from __future__ import annotations
 
-import uuid
-
-import asyncpg
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -24,18 +19,12 @@ from common.errors import (
     PayloadInvalid,
     TaskhookError,
     TokenInvalid,
-    Unavailable,
     VerificationUnavailable,
 )
 from common.http import read_body
-from common.tracing import task_context
-from db import queries
-from db.transition import Outcome, allowed_from, result_of
 from lifecycle.accounts import check_account
-from lifecycle.confirm import refresh_task
-from lifecycle.registration import cancel_stray
+from lifecycle.receive import Verdict, apply_callback, keep_dead_letter
 from lifecycle.runtime import Runtime
-from lifecycle.vendor_updates import move_for, note_result
 from vendors.base import VendorAdapter
 from vendors.signature import Delivery
 
@@ -69,40 +58,15 @@ async def receive(request: Request) -> JSONResponse:
     if adapter is None:
         raise NotFound(f"No vendor named {vendor!r} is configured.")
     try:
-        status = await _receive(rt, adapter, request)
+        verdict = await _receive(rt, adapter, request)
     except TaskhookError as exc:
         metrics.WEBHOOKS.labels(vendor, exc.code).inc()
         readiness = rt.readiness.get(vendor)
         if isinstance(exc, VerificationUnavailable) and readiness is not None:
             readiness.poke()  # the vendor is calling: retry its preparation now
         raise
-    metrics.WEBHOOKS.labels(vendor, status).inc()  # positional: a third cheaper
-    return JSONResponse({"status": status})
-
-
-async def _dead_letter(
-    rt: Runtime,
-    *,
-    vendor: str,
-    delivery_id: str,
-    task_id: uuid.UUID,
-    headers: dict[str, str],
-    body: bytes,
-    message: str,
-) -> None:
-    """Keep an authentic but unreadable delivery as a dead letter; nothing else changes."""
-    async with rt.pool.acquire() as conn:
-        await queries.record_delivery(
-            conn,
-            vendor=vendor,
-            delivery_id=delivery_id,
-            task_id=task_id,
-            status="rejected",
-            outcome=None,
-            error=message,
-            headers=headers,
-            body=body,
-        )
+    metrics.WEBHOOKS.labels(vendor, verdict.value).inc()  # positional: a third cheaper
+    return JSONResponse({"status": verdict.value})
 
 
 async def _verify(adapter: VendorAdapter, body: bytes, request: Request) -> Delivery:
@@ -117,11 +81,13 @@ async def _verify(adapter: VendorAdapter, body: bytes, request: Request) -> Deli
     return adapter.verify(body, request.headers, now=now)
 
 
-async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str:
+async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> Verdict:
+    # Read.
     body = await read_body(request, limit=rt.settings.max_body_bytes)
     task_id = rt.tokens.read(request.path_params["token"], vendor=adapter.name)
     if task_id is None:
         raise TokenInvalid()
+    # Verify.
     delivery = await _verify(adapter, body, request)
     if len(delivery.delivery_id) > MAX_DELIVERY_ID:
         # Signed, but not what any vendor sends; too long for the inbox's unique index, so
@@ -137,96 +103,34 @@ async def _receive(rt: Runtime, adapter: VendorAdapter, request: Request) -> str
         for k, v in request.scope["headers"]
         if k in _KEPT_RAW
     }
-    bound = log.bind(
-        task_id=f"tsk_{task_id.hex}", vendor=adapter.name, delivery_id=delivery.delivery_id
-    )
     kept = body
     if not adapter.signed_callbacks and len(body) > UNSIGNED_BODY_KEEP:
         kept = body[:UNSIGNED_BODY_KEEP]
         headers["x-taskhook-body-bytes"] = str(len(body))  # what it was before truncation
+    # Parse.
     try:
         update = adapter.parse(body)
     except PayloadInvalid as exc:
-        await _dead_letter(
+        await keep_dead_letter(
             rt,
             vendor=adapter.name,
-            delivery_id=delivery.delivery_id,
+            delivery=delivery,
             task_id=task_id,
             headers=headers,
             body=kept,
-            message=exc.message,
+            problem=exc,
         )
-        bound.warning("webhook_rejected", error=exc.message)
         raise
-    move = move_for(update, vendor=adapter.name, poll_after=rt.settings.poll_after)
-    progress = None if update.progress is None else max(0, min(100, update.progress))
-    # One round trip, shared with the deliveries arriving meanwhile (db/group_commit.py):
-    # inbox row, task checks, transition and outcome (taskhook_receive_many).
-    webhook = queries.InboundWebhook(
-        vendor=adapter.name,
-        delivery_id=delivery.delivery_id,
+    # Apply (one round trip, shared with the deliveries arriving meanwhile).
+    return await apply_callback(
+        rt,
+        adapter,
         task_id=task_id,
+        delivery=delivery,
+        update=update,
         headers=headers,
         body=kept,
-        # A hint (unsigned, or a signed one that carries no result) is confirmed with the
-        # vendor's API before anything is applied.
-        signed=adapter.signed_callbacks and not update.confirm,
-        vendor_task_id=update.vendor_task_id,
-        to=update.status.value,
-        allowed_from=allowed_from(update.status),
-        progress=progress,
-        outputs=update.outputs,
-        error=move.error,
-        detail=move.detail,
-        next_poll_at=move.next_poll_at,
     )
-    try:
-        row = await rt.webhooks.submit(webhook)
-    except asyncpg.UniqueViolationError:
-        # The same delivery id committed for another task a moment ago; this copy's
-        # transition was rolled back with its inbox row (taskhook_receive_many).
-        bound.info("webhook_duplicate")
-        return "duplicate"
-    except asyncpg.LockNotAvailableError:
-        # The task's row stayed locked for over a second (taskhook_receive_many): nothing was
-        # written; the vendor retries.
-        bound.warning("webhook_task_busy")
-        raise Unavailable("The task is busy; retry this delivery.") from None
-    verdict = row["verdict"]
-    bound = bound.bind(trace_id=row["trace_id"])
-    if verdict == "no_task":
-        raise TokenInvalid("The callback token names no task.")
-    if verdict in ("rejected", "moved"):
-        if verdict == "moved" or adapter.signed_callbacks:
-            # A job this vendor holds for our task that is not the one the task recorded: left
-            # behind by a failover ("moved"), or a second job of a create that went through
-            # twice (no vendor has an idempotency key). The vendor signed this callback and
-            # sent it to this task's own URL, so the job is ours: stop it, it is billed.
-            # (An unsigned callback's job id proves nothing: it is never acted on.)
-            rt.spawn(_cancel_stray(rt, adapter, task_id, update.vendor_task_id))
-        bound.warning("webhook_rejected", error=row["message"])
-        raise PayloadInvalid(row["message"])
-    if verdict == "duplicate":
-        bound.info("webhook_duplicate")
-        return "duplicate"
-    if verdict == "confirming":
-        rt.spawn(refresh_task(rt, task_id))  # what the hint hinted at, from the vendor
-        bound.info("webhook_hint")
-        return "confirming"
-    result = result_of(row, update.status)
-    note_result(result, update=update, task_id=task_id, vendor=adapter.name, cause="webhook")
-    bound.info("webhook_applied", outcome=result.outcome.value, to=update.status.value)
-    return "applied" if result.outcome is Outcome.APPLIED else "duplicate"
-
-
-async def _cancel_stray(
-    rt: Runtime, adapter: VendorAdapter, task_id: uuid.UUID, vendor_task_id: str
-) -> None:
-    async with rt.pool.acquire() as conn:
-        task = await queries.get_task(conn, task_id=task_id, user_id=None)
-    if task is not None:
-        with task_context(task_id=task.public_id, vendor=adapter.name, trace_id=task.trace_id):
-            await cancel_stray(rt, adapter, task=task, vendor_task_id=vendor_task_id)
 
 
 routes = [Route("/hooks/{vendor}/{token}", receive, methods=["POST"])]

@@ -22,13 +22,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from common.logs import configure_logging
-from common.settings import Settings, VendorRoute
+from common.settings import (
+    FalSettings,
+    MidjourneySettings,
+    ReplicateSettings,
+    Settings,
+    VendorRoute,
+)
 from db.migrate import migrate
 from db.pool import connect
 from lifecycle.audit import default_grace, run_audit
 from lifecycle.reconcile import run_reconciler
 from lifecycle.users import create_user
-from simulator import SimulatorConfig, running_simulator
+from simulator import RunningSimulator, SimulatorConfig, running_simulator
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime, resolve_services
 from taskhook.serving import bind, running_app, url_for
@@ -69,6 +75,27 @@ def _percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+def simulator_settings(sim: RunningSimulator) -> dict[str, Any]:
+    """Settings fields (``replicate``, ``fal``, ``midjourney``) that point taskhook at a running
+    simulator, each dialect on its own path, with the credentials it checks. Here, not in the
+    simulator: it stands apart and knows nothing of taskhook's settings."""
+    config = sim.simulator.config
+    return {
+        "replicate": ReplicateSettings(
+            api_token=config.api_token or "token",
+            api_base=f"{sim.url}/v1",
+            webhook_secrets=(config.webhook_secret,),
+        ),
+        "fal": FalSettings(
+            api_key=config.fal_key or "fal-key",
+            queue_base=f"{sim.url}/fal",
+            jwks_url=f"{sim.url}/fal/.well-known/jwks.json",
+            api_base=f"{sim.url}/fal-api/v1",
+        ),
+        "midjourney": MidjourneySettings(api_base=sim.url, api_secret=config.mj_secret),
+    }
+
+
 async def run_demo(
     base: Settings, *, tasks: int, chaos: bool, port: int, keep_serving: bool
 ) -> bool:
@@ -105,7 +132,7 @@ async def run_demo(
             allow_private_urls=True,  # the simulator serves images from 127.0.0.1
             poll_after=3.0 if chaos else settings.poll_after,
             # The simulator speaks all three vendors; the demo spreads its tasks over them.
-            **sim.vendor_settings(),
+            **simulator_settings(sim),
             # Every model the demo and its web page offer: with routes, others are refused.
             routes={
                 "flux-schnell": (

@@ -17,6 +17,7 @@ from lifecycle.runtime import Runtime
 from lifecycle.users import create_user
 from simulator import RunningSimulator, SimulatorConfig, running_simulator
 from taskhook.app import create_app
+from taskhook.demo import simulator_settings
 from taskhook.runtime import open_runtime
 from taskhook.serving import bind, running_app, url_for
 from taskhook.worker import Worker
@@ -104,7 +105,7 @@ async def running_stack(
             # The tests' own polling (wait_all_terminal: every open task, every 50 ms) is no
             # client's traffic: the per-user limit (tested in test_limits) would refuse it.
             rate_limit=0,
-            **sim.vendor_settings(),
+            **simulator_settings(sim),
         )
         if configure is not None:
             settings = configure(settings, sim.url)

@@ -45,6 +45,7 @@ def test_help_names_the_environment(invoke) -> None:  # type: ignore[no-untyped-
         "tasks",
         "deliveries",
         "audit",
+        "prune",
         "check",
     ]:
         assert command in out
@@ -95,6 +96,48 @@ def test_audit_reports_a_broken_ledger(invoke, db_url: str) -> None:  # type: ig
     report = json.loads(out)
     assert code == 1 and report["ok"] is False
     assert report["balance_mismatches"][0]["email"] == "a@example.com"
+
+
+def test_audit_full_finds_what_the_incremental_one_cannot(invoke, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    invoke("users", "create", "a@example.com", "--credits", "5")
+    assert json.loads(invoke("audit")[1])["since"] is None  # the first run checks everything
+
+    async def corrupt_long_ago() -> None:
+        conn = await asyncpg.connect(db_url)
+        try:
+            # The grant a day old, then money from nowhere with no ledger row to point at it.
+            await conn.execute("UPDATE credit_ledger SET created_at = now() - interval '1 day'")
+            await conn.execute("UPDATE users SET balance = balance + 1")
+        finally:
+            await conn.close()
+
+    asyncio.run(corrupt_long_ago())
+    code, out = invoke("audit")
+    assert code == 0 and json.loads(out)["since"] is not None
+    code, out = invoke("audit", "--full")
+    report = json.loads(out)
+    assert code == 1 and report["since"] is None
+    assert report["balance_mismatches"][0]["email"] == "a@example.com"
+
+
+def test_prune_reports_what_it_did(invoke, s3: S3Config, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("TASKHOOK_S3_ENDPOINT_URL", s3.endpoint_url)
+    monkeypatch.setenv("TASKHOOK_S3_BUCKET", s3.bucket)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key_id or "")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_access_key or "")
+    monkeypatch.setenv("AWS_REGION", s3.region)
+    monkeypatch.setenv("TASKHOOK_EVENT_RETENTION", "86400")
+    code, out = invoke("prune")
+    assert code == 0, out
+    assert json.loads(out[out.index("{\n") :]) == {
+        "deliveries": 0,
+        "events": 0,
+        "event_tasks": 0,
+        "results": 0,
+        "files": 0,
+        "counted": 0,
+        "skipped": False,
+    }
 
 
 def test_bad_setting_is_one_clear_line(invoke, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]

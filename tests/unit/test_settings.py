@@ -520,3 +520,35 @@ def test_more_bad_values_name_their_variable(env: dict[str, str], name: str, val
     env[name] = value
     with pytest.raises(SettingsError, match=name):
         Settings.from_env(env)
+
+
+def test_history_is_kept_unless_a_retention_is_set(env: dict[str, str]) -> None:
+    settings = Settings.from_env(env)
+    assert settings.event_retention is None and settings.result_retention is None
+    assert settings.prune_interval == 300.0
+    env.update(
+        TASKHOOK_EVENT_RETENTION="2592000",
+        TASKHOOK_RESULT_RETENTION="keep",
+        TASKHOOK_PRUNE_INTERVAL="60",
+    )
+    settings = Settings.from_env(env)
+    assert settings.event_retention == 2592000.0 and settings.result_retention is None
+    assert settings.prune_interval == 60.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TASKHOOK_EVENT_RETENTION", "0"),
+        ("TASKHOOK_EVENT_RETENTION", "forever"),
+        ("TASKHOOK_RESULT_RETENTION", "-1"),
+        ("TASKHOOK_RESULT_RETENTION", "nan"),
+        ("TASKHOOK_RESULT_RETENTION", "inf"),
+        ("TASKHOOK_PRUNE_INTERVAL", "0"),
+    ],
+)
+def test_a_bad_retention_names_its_variable(env: dict[str, str], name: str, value: str) -> None:
+    env[name] = value
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert name in str(caught.value)
