@@ -67,6 +67,7 @@ try:  # imported as bench.chaos (tests) or run as a script from bench/
         simulator_quiet,
         simulator_stats,
     )
+    from bench.client_receiver import ClientFaults, ClientReceiver, ClientWebhookReport
 except ModuleNotFoundError:
     from chaos_stack import (  # type: ignore[no-redef,import-not-found,unused-ignore]
         TERMINAL,
@@ -87,6 +88,11 @@ except ModuleNotFoundError:
         scrape,
         simulator_quiet,
         simulator_stats,
+    )
+    from client_receiver import (  # type: ignore[no-redef,import-not-found,unused-ignore]
+        ClientFaults,
+        ClientReceiver,
+        ClientWebhookReport,
     )
 
 MODEL = "black-forest-labs/flux-schnell"
@@ -126,6 +132,9 @@ class ChaosConfig:
     timeout: float = 900.0  # for every task to be terminal, counted from the first submit
     verify_files: int = 20
     progress: bool = True
+    # Every task gets a client webhook (issue 18) to a receiver with these faults; None: none.
+    client_faults: ClientFaults | None = field(default_factory=ClientFaults)
+    webhook_timeout: float = 120.0  # all terminal -> every terminal event delivered
 
 
 @dataclass
@@ -196,6 +205,7 @@ class ChaosReport:
     throttled: int = 0
     client_retries: dict[str, int] = field(default_factory=dict)
     log_dir: str = ""
+    client_webhooks: ClientWebhookReport | None = None
 
     @property
     def lost(self) -> int:
@@ -223,6 +233,17 @@ class ChaosReport:
             )
             if value
         ]
+        hooks = self.client_webhooks
+        if hooks is not None:
+            found += [
+                f"client webhooks: {name} = {value}"
+                for name, value in (
+                    ("terminal events never delivered", hooks.missing_terminal),
+                    ("older states received after newer ones", hooks.out_of_order),
+                    ("signatures that did not verify", hooks.bad_signatures),
+                )
+                if value
+            ]
         if not self.audit_ok:
             found.append("taskhook audit failed")
         if not self.credits_ok:
@@ -256,9 +277,12 @@ def log(config: ChaosConfig, message: str) -> None:
 class Client:
     """The tenants: their keys, their requests and what they were told."""
 
-    def __init__(self, config: ChaosConfig, webs: list[Service]) -> None:
+    def __init__(
+        self, config: ChaosConfig, webs: list[Service], webhook_url: str | None = None
+    ) -> None:
         self.config = config
         self.webs = webs
+        self.webhook_url = webhook_url
         self.rng = random.Random(config.seed)
         self.keys: list[str] = []
         self.emails: list[str] = []
@@ -303,6 +327,16 @@ class Client:
         self.keys = [""] * self.config.users
         await asyncio.gather(*(one(i) for i in range(self.config.users)))
 
+    async def webhook_secrets(self) -> list[str]:
+        """Each user's webhook signing secret, by user number."""
+        found = []
+        for user in range(self.config.users):
+            response, error = await self.request(0, "GET", "/v1/webhooks/secret", user=user)
+            if response is None or response.status_code != 200:
+                raise RuntimeError(f"GET /v1/webhooks/secret failed: {error}")
+            found.append(str(response.json()["key"]))
+        return found
+
     async def request(
         self,
         first_web: int,
@@ -338,7 +372,18 @@ class Client:
         threshold = (self.config.kill_at or 2.0) * self.config.tasks
 
         async def submit(sub: Submission) -> None:
-            body = {"model": MODEL, "input": {"prompt": f"chaos {sub.n}", "seed": sub.n}}
+            body: dict[str, Any] = {
+                "model": MODEL,
+                "input": {"prompt": f"chaos {sub.n}", "seed": sub.n},
+            }
+            if self.webhook_url is not None:
+                # Every task tells its client when it ends; every 4th also when it starts and
+                # progresses (the ordering check needs several events per task, the CI run's
+                # two cores the fewer POSTs).
+                body["webhook"] = self.webhook_url
+                body["webhook_events_filter"] = (
+                    ["start", "progress", "completed"] if sub.n % 4 == 0 else ["completed"]
+                )
             web = sub.n % len(self.http)
             async with gate:
                 for attempt in range(100_000):
@@ -553,12 +598,17 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
     )
     client: Client | None = None
     kill_job: asyncio.Task[list[Kill]] | None = None
+    receiver = ClientReceiver(config.client_faults, config.seed) if config.client_faults else None
     try:
         t0 = time.monotonic()
         await stack.start()
         log(config, f"deployment up in {time.monotonic() - t0:.1f} s; logs in {log_dir}")
-        client = Client(config, stack.webs)
+        if receiver is not None:
+            await receiver.start()
+        client = Client(config, stack.webs, receiver.url if receiver else None)
         await client.create_users(stack.env)
+        if receiver is not None:
+            receiver.set_secrets(await client.webhook_secrets())
         before = {w.name: await scrape(w.url) for w in stack.webs}
         mid: dict[str, Samples] = {}
         started = time.time()
@@ -574,6 +624,12 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         if kill_job is not None and client.reached.is_set():
             report.kills = await kill_job  # else: too few submits succeeded; no kills
         report.all_terminal_seconds = await wait_all_terminal(config, client, started)
+        if receiver is not None:
+            users = {sub.task_id: sub.user for sub in client.subs if sub.task_id}
+            waited = await receiver.wait_delivered(set(users), config.webhook_timeout)
+            log(config, f"client webhooks: every terminal event delivered after {waited} s")
+            report.client_webhooks = receiver.report(users)
+            report.client_webhooks.wait_seconds = round(waited or -1.0, 1)
         quiet = await simulator_quiet(stack.simulator.url)
         after = {w.name: await scrape(w.url) for w in stack.webs}
         sim = await simulator_stats(stack.simulator.url)
@@ -603,6 +659,8 @@ async def run_chaos(config: ChaosConfig) -> ChaosReport:
         if client is not None:
             await client.close()
         report.clean_shutdown = await stack.stop()
+        if receiver is not None:
+            await receiver.stop()
         report.log_events = log_summary(log_dir)
         report.cpu_seconds = {s.name: round(s.cpu_seconds, 1) for s in stack.services}
     return report
@@ -691,6 +749,18 @@ def _kills(report: ChaosReport) -> str:
     return "; ".join(parts) or "none"
 
 
+def _client_webhooks(hooks: ClientWebhookReport | None) -> str:
+    if hooks is None:
+        return "off"
+    return (
+        f"terminal delivered {hooks.tasks_with_terminal} (missing {hooks.missing_terminal}), "
+        f"out of order {hooks.out_of_order}, duplicates {hooks.duplicates}, bad signatures "
+        f"{hooks.bad_signatures}; {hooks.received} POSTs received, {hooks.dropped} dropped, "
+        f"{hooks.failed_answers} answered with an error; all delivered "
+        f"{hooks.wait_seconds} s after all-terminal"
+    )
+
+
 def table(report: ChaosReport) -> str:
     sim = report.simulator
     wh, api, jobs = sim.get("webhooks", {}), sim.get("api", {}), sim.get("predictions", {})
@@ -762,6 +832,7 @@ def table(report: ChaosReport) -> str:
         ),
         ("vendor polls (GET prediction)", sim.get("fetches", {}).get("total")),
         ("circuit breaker opened (log lines)", circuit),
+        ("client webhooks", _client_webhooks(report.client_webhooks)),
         ("metrics checks", "ok" if report.metrics_ok else "FAILED"),
         ("clean SIGTERM shutdown", "all" if not not_clean else f"NOT: {', '.join(not_clean)}"),
         ("peak DB connections (while waiting)", report.peak_db_connections),
@@ -832,6 +903,7 @@ async def main(args: argparse.Namespace) -> int:
             max_active=args.max_active,
             timeout=args.timeout or args.deadline + 300,
             progress=not args.quiet,
+            client_faults=None if args.no_client_webhooks else ClientFaults(),
         )
         report = await run_chaos(config)
     finally:
@@ -876,6 +948,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--data-dir", default="", help="default: a new temp dir")
     add("--keep", action="store_true", help="keep the database")
     add("--quiet", action="store_true", help="no progress lines on stderr")
+    add("--no-client-webhooks", action="store_true", help="tasks without a client webhook")
     args = parser.parse_args(argv)
     if args.tasks < 1 or args.users < 1 or args.concurrency < 1:
         parser.error("--tasks, --users and --concurrency must be at least 1")

@@ -12,6 +12,7 @@ database work of every path a client, the dashboard, the reconciler or an operat
                    the inbox's pruning)
   list active      GET /v1/tasks?status=active for the heavy user
   deep page        GET /v1/tasks with a cursor at 90 % of the heavy user's history
+  list failed      GET /v1/tasks?status=failed for the heavy user
   get task         GET /v1/tasks/{id}
   overview         GET /admin/api/overview (all its statements)
   tasks list       `taskhook tasks list`
@@ -212,6 +213,12 @@ async def measure(dsn: str) -> dict[str, float]:
             ),
         )
         await run("get task", lambda: queries.get_task(conn, task_id=some_task, user_id=None))
+        await run(
+            "list failed (heavy user)",
+            lambda: queries.list_user_tasks(
+                conn, user_id=heavy_user, status="failed", active=False, after=None, limit=50
+            ),
+        )
 
         async def overview() -> None:
             await admin_queries.count_by_state(conn)

@@ -25,7 +25,7 @@ SELECT n,
        CASE WHEN n > :tasks - :live THEN
                 (ARRAY['pending', 'submitted', 'processing', 'processing',
                        'storing'])[1 + (hashint4(n * 7 + 3) & 2147483647) % 5]
-            WHEN n % 50 = 0 THEN 'failed'
+            WHEN (hashint4(n * 13 + 5) & 2147483647) % 50 = 0 THEN 'failed'
             WHEN n % 97 = 0 THEN 'canceled'
             ELSE 'completed' END::task_status AS status
   FROM generate_series(1, :tasks) AS n;

@@ -69,3 +69,14 @@ RESULTS_EXPIRED = Counter(
     "Finished jobs whose result the vendor deleted before we stored it (its retention window)",
     ["vendor"],
 )
+CLIENT_WEBHOOK_ATTEMPTS = Counter(
+    "taskhook_client_webhook_attempts_total",
+    "Webhooks sent to clients, by outcome: delivered (2xx), retry, failed (out of retries), "
+    "gone (410)",
+    ["outcome"],
+)
+CLIENT_WEBHOOK_LAG = Histogram(
+    "taskhook_client_webhook_lag_seconds",
+    "Seconds from a task's event (the move that caused it) to its delivery to the client",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 36000, 86400),
+)

@@ -67,6 +67,10 @@ class MidjourneySettings:
     dialect: str = "auto"
 
 
+# Seconds between attempts of a client's webhook: Svix's schedule (lifecycle/retry_schedule.py).
+WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerLimits:
     """What one web process gives a client connection (taskhook/slow_clients.py): time to send
@@ -168,6 +172,12 @@ class Settings:
     max_outputs: int = 16
     max_output_bytes: int = 256 * 1024 * 1024
     server: ServerLimits = field(default_factory=ServerLimits)
+    # Webhooks out to clients (issue 18): one attempt's time in all, attempts in flight per
+    # process and per destination host there, and the delays between attempts (Svix's).
+    webhook_timeout: float = 10.0
+    webhook_concurrency: int = 64
+    webhook_host_concurrency: int = 8
+    webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
 
     @property
     def production(self) -> bool:
@@ -254,6 +264,19 @@ class Settings:
                 problems.append(f"{name} must be at least 1, got {value}")
                 return default
             return value
+
+        def delays(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                found = tuple(float(part) for part in raw.split(","))
+            except ValueError:
+                found = ()
+            if not found or any(not (0 < d < float("inf")) for d in found):
+                problems.append(f"{name} must be positive seconds, comma-separated, got {raw!r}")
+                return default
+            return found
 
         def choice(name: str, allowed: tuple[str, ...], default: str) -> str:
             raw = (get(name) or default).lower()
@@ -445,6 +468,12 @@ class Settings:
             storage_deadline=parse("TASKHOOK_STORAGE_DEADLINE", float, 90.0, "a positive number"),
             max_outputs=positive_int("TASKHOOK_MAX_OUTPUTS", 16),
             max_output_bytes=positive_int("TASKHOOK_MAX_OUTPUT_BYTES", 256 * 1024 * 1024),
+            webhook_timeout=parse("TASKHOOK_WEBHOOK_TIMEOUT", float, 10.0, "a positive number"),
+            webhook_concurrency=positive_int("TASKHOOK_WEBHOOK_CONCURRENCY", 64),
+            webhook_host_concurrency=positive_int("TASKHOOK_WEBHOOK_HOST_CONCURRENCY", 8),
+            webhook_retry_schedule=delays(
+                "TASKHOOK_WEBHOOK_RETRY_SCHEDULE", WEBHOOK_RETRY_SCHEDULE
+            ),
             server=ServerLimits(
                 header_timeout=parse("TASKHOOK_HEADER_TIMEOUT", float, 10.0, "a positive number"),
                 body_timeout=parse("TASKHOOK_BODY_TIMEOUT", float, 30.0, "a positive number"),

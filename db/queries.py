@@ -273,8 +273,10 @@ async def list_tasks(conn: Conn, *, status: str | None, limit: int) -> list[Task
         records = await conn.fetch(QUERIES["list_tasks"], limit)
     elif TaskStatus(status) in ACTIVE:
         records = await conn.fetch(QUERIES["list_tasks_live"], status, limit)
+    elif TaskStatus(status) is TaskStatus.COMPLETED:
+        records = await conn.fetch(QUERIES["list_tasks_completed"], limit)
     else:
-        records = await conn.fetch(QUERIES["list_tasks_ended"], status, limit)
+        records = await conn.fetch(QUERIES["list_tasks_refunded"], status, limit)
     return [Task.from_record(r) for r in records]
 
 
@@ -396,7 +398,12 @@ async def set_delivery_outcome(conn: Conn, *, delivery_row_id: int, outcome: str
 
 
 async def list_deliveries(conn: Conn, *, status: str | None, limit: int) -> list[Record]:
-    return list(await conn.fetch(QUERIES["list_deliveries"], status, limit))
+    """The inbox newest first; one statement per filter, each along its own index."""
+    if status is None:
+        return list(await conn.fetch(QUERIES["list_deliveries"], limit))
+    if status == "rejected":
+        return list(await conn.fetch(QUERIES["list_dead_letters"], limit))
+    return list(await conn.fetch(QUERIES["list_deliveries_status"], status, limit))
 
 
 async def audit_balances(conn: Conn) -> list[Record]:
@@ -532,9 +539,13 @@ async def list_user_tasks(
         records = await conn.fetch(
             QUERIES["list_user_tasks_live_status"], user_id, before_at, before_id, status, limit
         )
+    elif status is not None and TaskStatus(status) is TaskStatus.COMPLETED:
+        records = await conn.fetch(
+            QUERIES["list_user_tasks_completed"], user_id, before_at, before_id, limit
+        )
     elif status is not None:
         records = await conn.fetch(
-            QUERIES["list_user_tasks_ended"], user_id, before_at, before_id, status, limit
+            QUERIES["list_user_tasks_refunded"], user_id, before_at, before_id, status, limit
         )
     else:
         records = await conn.fetch(QUERIES["list_user_tasks"], user_id, before_at, before_id, limit)
@@ -567,14 +578,25 @@ async def audit_orphans_since(conn: Conn, *, since: datetime) -> list[Record]:
     return list(await conn.fetch(QUERIES["audit_orphans_since"], since))
 
 
+async def _mark(conn: Conn, name: str) -> tuple[datetime, uuid.UUID]:
+    """Where step `name` stands (progress_marks), locked until the caller's transaction ends."""
+    row = await conn.fetchrow(QUERIES["progress_mark"], name)
+    assert row is not None  # every step's row is made by its migration
+    return row["at"], row["task_id"]
+
+
 async def fold_state_counts(conn: Conn, *, settled_seconds: float, limit: int) -> int:
-    folded: int = await conn.fetchval(QUERIES["fold_state_counts"], settled_seconds, limit)
+    at, task_id = await _mark(conn, "counts")
+    folded: int = await conn.fetchval(
+        QUERIES["fold_state_counts"], settled_seconds, limit, at, task_id
+    )
     return folded
 
 
 async def prune_events(conn: Conn, *, older_than_seconds: float, limit: int) -> tuple[int, int]:
     """(tasks whose events were pruned, events deleted)."""
-    row = await conn.fetchrow(QUERIES["prune_events"], older_than_seconds, limit)
+    at, task_id = await _mark(conn, "events")
+    row = await conn.fetchrow(QUERIES["prune_events"], older_than_seconds, limit, at, task_id)
     assert row is not None
     return int(row["tasks"]), int(row["events"])
 
@@ -588,7 +610,8 @@ class EndedTask:
 
 
 async def results_due(conn: Conn, *, older_than_seconds: float, limit: int) -> list[EndedTask]:
-    records = await conn.fetch(QUERIES["results_due"], older_than_seconds, limit)
+    at, task_id = await _mark(conn, "results")
+    records = await conn.fetch(QUERIES["results_due"], older_than_seconds, limit, at, task_id)
     return [EndedTask(r["id"], r["completed_at"], r["status"], r["result"]) for r in records]
 
 

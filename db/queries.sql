@@ -128,11 +128,18 @@ SELECT t.* FROM task_rows AS t
  ORDER BY t.created_at DESC, t.id DESC
  LIMIT $1;
 
--- list_tasks_ended --
--- Operators' view of one terminal state ($1), newest first, along tasks_created.
+-- list_tasks_completed --
+-- Operators' view of completed tasks, newest first, along tasks_created (most tasks are).
 SELECT t.* FROM task_rows AS t
- WHERE t.status = $1::text
+ WHERE t.status = 'completed'
  ORDER BY t.created_at DESC, t.id DESC
+ LIMIT $1;
+
+-- list_tasks_refunded --
+-- Operators' view of failed or canceled tasks ($1), newest first, along tasks_refunded.
+SELECT r.* FROM tasks AS k JOIN task_rows AS r ON r.id = k.id
+ WHERE k.status IN ('failed', 'canceled') AND k.status = $1::task_status
+ ORDER BY k.created_at DESC, k.id DESC
  LIMIT $2;
 
 -- list_tasks_live --
@@ -273,9 +280,38 @@ RETURNING id;
 UPDATE webhook_deliveries SET outcome = $2 WHERE id = $1;
 
 -- list_deliveries --
-SELECT id, vendor, delivery_id, task_id, status, outcome, error, received_at, length(body) AS bytes
+-- The inbox, newest first: the newest of the accepted and replayed ones
+-- (webhook_deliveries_received) and of the dead letters (webhook_deliveries_rejected), each
+-- read backwards along its own index, merged: a page, not the week the inbox keeps.
+SELECT * FROM (
+    (SELECT id, vendor, delivery_id, task_id, status, outcome, error, received_at,
+            length(body) AS bytes
+       FROM webhook_deliveries WHERE status <> 'rejected'
+      ORDER BY received_at DESC, id DESC LIMIT $1)
+    UNION ALL
+    (SELECT id, vendor, delivery_id, task_id, status, outcome, error, received_at,
+            length(body) AS bytes
+       FROM webhook_deliveries WHERE status = 'rejected'
+      ORDER BY received_at DESC, id DESC LIMIT $1)
+) AS d
+ ORDER BY received_at DESC, id DESC
+ LIMIT $1;
+
+-- list_dead_letters --
+-- Dead letters only, newest first (webhook_deliveries_rejected).
+SELECT id, vendor, delivery_id, task_id, status, outcome, error, received_at,
+       length(body) AS bytes
   FROM webhook_deliveries
- WHERE ($1::text IS NULL OR status = $1)
+ WHERE status = 'rejected'
+ ORDER BY received_at DESC, id DESC
+ LIMIT $1;
+
+-- list_deliveries_status --
+-- Accepted or replayed ones only ($1), newest first (webhook_deliveries_received).
+SELECT id, vendor, delivery_id, task_id, status, outcome, error, received_at,
+       length(body) AS bytes
+  FROM webhook_deliveries
+ WHERE status <> 'rejected' AND status = $1
  ORDER BY received_at DESC, id DESC
  LIMIT $2;
 
@@ -523,12 +559,21 @@ SELECT t.* FROM task_rows AS t
  ORDER BY t.created_at DESC, t.id DESC
  LIMIT $4;
 
--- list_user_tasks_ended --
--- The same for one terminal state ($4), along tasks_user_created.
+-- list_user_tasks_completed --
+-- The same for completed tasks, along tasks_user_created (most tasks are).
 SELECT t.* FROM task_rows AS t
  WHERE t.user_id = $1 AND (t.created_at, t.id) < ($2::timestamptz, $3::uuid)
-   AND t.status = $4::text
+   AND t.status = 'completed'
  ORDER BY t.created_at DESC, t.id DESC
+ LIMIT $4;
+
+-- list_user_tasks_refunded --
+-- The same for failed or canceled tasks ($4), along tasks_user_refunded: a user without any
+-- costs an index page, not their history.
+SELECT r.* FROM tasks AS k JOIN task_rows AS r ON r.id = k.id
+ WHERE k.user_id = $1 AND (k.created_at, k.id) < ($2::timestamptz, $3::uuid)
+   AND k.status IN ('failed', 'canceled') AND k.status = $4::task_status
+ ORDER BY k.created_at DESC, k.id DESC
  LIMIT $5;
 
 -- list_user_tasks_live --
@@ -620,18 +665,23 @@ SELECT 'webhook_deliveries', w.task_id, count(*)
  ORDER BY 1, 2
  LIMIT 100;
 
+-- progress_mark --
+-- Where a step stands ($1: counts, events, results), locked until its step commits: read
+-- first and handed to the step as values, so its plan knows how little lies beyond (a join
+-- with this row is planned as a third of the table).
+SELECT at, task_id FROM progress_marks WHERE name = $1 FOR UPDATE;
+
 -- fold_state_counts --
--- Add the tasks that ended after the 'counts' mark and more than $1 seconds ago (a
+-- Add the tasks that ended after the 'counts' mark ($3, $4) and more than $1 seconds ago (a
 -- transition's completed_at is its transaction's start: one still running then commits
 -- behind the mark otherwise) to task_state_counts, at most $2 of them, oldest first along
--- tasks_ended, and move the mark past them. The mark's row lock serializes reconcilers.
-WITH mark AS (
-    SELECT at, task_id FROM progress_marks WHERE name = 'counts' FOR UPDATE
-), batch AS (
+-- tasks_ended, and move the mark past them.
+WITH batch AS (
     SELECT t.id, t.completed_at, t.status
-      FROM mark AS m JOIN tasks AS t
-        ON t.completed_at IS NOT NULL AND (t.completed_at, t.id) > (m.at, m.task_id)
-     WHERE t.completed_at < now() - make_interval(secs => $1)
+      FROM tasks AS t
+     WHERE t.completed_at IS NOT NULL
+       AND (t.completed_at, t.id) > ($3::timestamptz, $4::uuid)
+       AND t.completed_at < now() - make_interval(secs => $1)
      ORDER BY t.completed_at, t.id
      LIMIT $2
 ), added AS (
@@ -648,17 +698,16 @@ WITH mark AS (
 SELECT count(*) FROM batch;
 
 -- prune_events --
--- Events of the tasks that ended more than $1 seconds ago, after the 'events' mark: at most
--- $2 tasks, oldest first along tasks_ended, each task's events by the (task_id, event_key)
--- index; the mark moves past them. (An event recorded for a task after its events were
--- pruned, e.g. a late duplicate webhook, stays.)
-WITH mark AS (
-    SELECT at, task_id FROM progress_marks WHERE name = 'events' FOR UPDATE
-), batch AS (
+-- Events of the tasks that ended more than $1 seconds ago, after the 'events' mark ($3, $4):
+-- at most $2 tasks, oldest first along tasks_ended, each task's events by the
+-- (task_id, event_key) index; the mark moves past them. (An event recorded for a task after
+-- its events were pruned, e.g. a late duplicate webhook, stays.)
+WITH batch AS (
     SELECT t.id, t.completed_at
-      FROM mark AS m JOIN tasks AS t
-        ON t.completed_at IS NOT NULL AND (t.completed_at, t.id) > (m.at, m.task_id)
-     WHERE t.completed_at < now() - make_interval(secs => $1)
+      FROM tasks AS t
+     WHERE t.completed_at IS NOT NULL
+       AND (t.completed_at, t.id) > ($3::timestamptz, $4::uuid)
+       AND t.completed_at < now() - make_interval(secs => $1)
      ORDER BY t.completed_at, t.id
      LIMIT $2
 ), gone AS (
@@ -674,11 +723,12 @@ SELECT (SELECT count(*) FROM batch) AS tasks, (SELECT count(*) FROM gone) AS eve
 
 -- results_due --
 -- Completed tasks whose stored results passed their retention ($1 seconds since they ended),
--- after the 'results' mark, oldest first along tasks_ended, at most $2: their files' keys.
+-- after the 'results' mark ($3, $4), oldest first along tasks_ended, at most $2.
 SELECT t.id, t.completed_at, t.status::text AS status, t.result
-  FROM progress_marks AS m JOIN tasks AS t
-    ON t.completed_at IS NOT NULL AND (t.completed_at, t.id) > (m.at, m.task_id)
- WHERE m.name = 'results' AND t.completed_at < now() - make_interval(secs => $1)
+  FROM tasks AS t
+ WHERE t.completed_at IS NOT NULL
+   AND (t.completed_at, t.id) > ($3::timestamptz, $4::uuid)
+   AND t.completed_at < now() - make_interval(secs => $1)
  ORDER BY t.completed_at, t.id
  LIMIT $2;
 

@@ -56,6 +56,8 @@ CREATE TABLE tasks (
     confirmed_at     timestamptz,  -- the last confirmation fetch (0011)
     vendor_urls      jsonb,  -- fal's status/result/cancel URLs, as its submit answer gave them
     create_ambiguous_at timestamptz,  -- a create whose answer never came was sent then
+    webhook_url      text,    -- the client's callback (0017)
+    webhook_events   text[],  -- which of start, progress, completed it wants
     UNIQUE (user_id, idempotency_key)
 ) WITH (fillfactor = 80);
 
@@ -77,6 +79,11 @@ CREATE INDEX tasks_user_live ON tasks (user_id, created_at DESC, id DESC)
     WHERE status IN ('pending', 'submitted', 'processing', 'storing');
 CREATE INDEX tasks_created ON tasks (created_at DESC, id DESC);
 CREATE INDEX tasks_ended ON tasks (completed_at, id) WHERE completed_at IS NOT NULL;
+-- Failed and canceled tasks, a few percent of all, newest first (0016_refunded_lists.sql).
+CREATE INDEX tasks_user_refunded ON tasks (user_id, created_at DESC, id DESC)
+    WHERE status IN ('failed', 'canceled');
+CREATE INDEX tasks_refunded ON tasks (created_at DESC, id DESC)
+    WHERE status IN ('failed', 'canceled');
 
 CREATE TABLE task_events (
     id          bigserial PRIMARY KEY,
@@ -185,6 +192,103 @@ CREATE TABLE rate_windows (
     hits         integer NOT NULL,
     PRIMARY KEY (user_id, window_start)
 );
+
+-- Webhooks out to clients (0017, 0018): the outbox its trigger writes, attempts, secrets.
+CREATE TABLE webhook_outbox (
+    id               bigserial PRIMARY KEY,
+    task_id          uuid NOT NULL,  -- no foreign key: a log, like task_events
+    user_id          uuid NOT NULL,
+    url              text NOT NULL,
+    host             text NOT NULL,  -- the URL's host[:port]: the unit of isolation
+    event            text NOT NULL CHECK (event IN ('start', 'progress', 'completed')),
+    task_status      task_status NOT NULL,  -- the state that caused the event
+    progress         smallint NOT NULL,
+    webhook_id       text NOT NULL UNIQUE,  -- the same on every attempt: clients dedupe on it
+    state            text NOT NULL DEFAULT 'pending'
+                     CHECK (state IN ('pending', 'delivered', 'failed', 'gone', 'superseded')),
+    attempts         integer NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    lease_owner      text,
+    lease_expires_at timestamptz,
+    last_status      integer,
+    last_error       text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    delivered_at     timestamptz
+);
+CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX webhook_outbox_task ON webhook_outbox (task_id, id);
+-- Finished events, oldest first: pruning after TASKHOOK_DELIVERY_RETENTION, failures lists.
+CREATE INDEX webhook_outbox_finished ON webhook_outbox (updated_at) WHERE state <> 'pending';
+
+-- What was sent, when, and the answer: GET /v1/tasks/{id}/webhook_attempts.
+CREATE TABLE webhook_attempts (
+    id            bigserial PRIMARY KEY,
+    outbox_id     bigint NOT NULL REFERENCES webhook_outbox (id) ON DELETE CASCADE,
+    task_id       uuid NOT NULL,
+    attempt       integer NOT NULL,
+    started_at    timestamptz NOT NULL,
+    duration_ms   integer NOT NULL,
+    status_code   integer,  -- NULL: no answer (refused, timed out, address not allowed)
+    error         text,
+    response_body text  -- its first bytes only
+);
+CREATE INDEX webhook_attempts_task ON webhook_attempts (task_id, id);
+CREATE INDEX webhook_attempts_outbox ON webhook_attempts (outbox_id);
+
+CREATE FUNCTION taskhook_webhook_outbox() RETURNS trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_event text;
+BEGIN
+    -- Which of the client's events this move is: `completed` for any terminal state, `start`
+    -- for the first move out of pending, `progress` for everything else.
+    IF NEW.status IN ('completed', 'failed', 'canceled') THEN
+        v_event := 'completed';
+    ELSIF OLD.status = 'pending' AND NEW.status <> 'pending' THEN
+        v_event := 'start';
+    ELSE
+        v_event := 'progress';
+    END IF;
+    IF NOT v_event = ANY(NEW.webhook_events) THEN
+        RETURN NULL;
+    END IF;
+    -- A 410 Gone from this task's URL stops its deliveries.
+    IF EXISTS (SELECT FROM webhook_outbox AS o WHERE o.task_id = NEW.id AND o.state = 'gone') THEN
+        RETURN NULL;
+    END IF;
+    -- A newer state makes older undelivered non-terminal events moot: the body is the task as
+    -- it is when sent, so the newer event carries it. (Under the task's row lock, held by the
+    -- move: a task's events are written one at a time.)
+    UPDATE webhook_outbox AS o SET state = 'superseded', updated_at = now()
+     WHERE o.task_id = NEW.id AND o.state = 'pending' AND o.event <> 'completed';
+    INSERT INTO webhook_outbox (task_id, user_id, url, host, event, task_status, progress,
+                                webhook_id)
+    VALUES (NEW.id, NEW.user_id, NEW.webhook_url,
+            lower(COALESCE(substring(NEW.webhook_url
+                                     FROM '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^/?#]+)'),
+                           NEW.webhook_url)),
+            v_event, NEW.status, NEW.progress,
+            'msg_' || replace(gen_random_uuid()::text, '-', ''));
+    PERFORM pg_notify('taskhook_webhooks', '');
+    RETURN NULL;
+END
+$fn$;
+
+CREATE TRIGGER tasks_webhook_outbox AFTER UPDATE OF status, progress ON tasks
+    FOR EACH ROW
+    WHEN (NEW.webhook_url IS NOT NULL
+          AND (OLD.status IS DISTINCT FROM NEW.status OR OLD.progress IS DISTINCT FROM NEW.progress))
+    EXECUTE FUNCTION taskhook_webhook_outbox();
+
+CREATE TABLE webhook_secrets (
+    id         bigserial PRIMARY KEY,
+    user_id    uuid NOT NULL REFERENCES users (id),
+    key        bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz
+);
+CREATE UNIQUE INDEX webhook_secrets_current ON webhook_secrets (user_id) WHERE expires_at IS NULL;
+CREATE INDEX webhook_secrets_user ON webhook_secrets (user_id, id);
 
 CREATE VIEW task_rows AS
 SELECT t.id, t.user_id, t.vendor, t.model, COALESCE(t.vendor_model, t.model) AS vendor_model,

@@ -24,6 +24,8 @@ from common.states import SUCCEEDED, TaskStatus
 from db import queries
 from db.models import Task
 from db.queries import Conn
+from lifecycle import client_webhooks
+from lifecycle.client_webhooks import ClientWebhook
 from lifecycle.registration import register_new
 from lifecycle.routing import Plan
 from lifecycle.runtime import Runtime
@@ -42,6 +44,7 @@ async def accept(
     request_hash: bytes,
     trace_id: str,
     parent_id: uuid.UUID | None = None,
+    webhook: ClientWebhook | None = None,
 ) -> tuple[Task, bool]:
     """Charge and insert, then start registration in the background: (the task, whether it is
     new). An Idempotency-Key seen before gives back the task it made, not created.
@@ -59,6 +62,7 @@ async def accept(
         request_hash=request_hash,
         trace_id=trace_id,
         parent_id=parent_id,
+        webhook=webhook,
     )
     if created:
         log.info("task_submitted", task_id=task.public_id, vendor=task.vendor, trace_id=trace_id)
@@ -77,6 +81,7 @@ async def _charge_and_insert(
     request_hash: bytes,
     trace_id: str,
     parent_id: uuid.UUID | None = None,
+    webhook: ClientWebhook | None = None,
 ) -> tuple[Task, bool]:
     """(task, created). Charge and insert commit together; a lost key race rolls back.
 
@@ -127,6 +132,10 @@ async def _charge_and_insert(
                         )
                     if task_id is None:
                         raise _KeyRaceLost()
+                    if webhook is not None:  # its events are written by the moves (0017)
+                        await client_webhooks.attach(
+                            conn, task_id=task_id, user_id=user_id, webhook=webhook
+                        )
                     task = await queries.get_task(conn, task_id=task_id, user_id=user_id)
                     assert task is not None
                     return task, True

@@ -13,6 +13,8 @@ so a pass with nothing due costs a few index pages, however long the history:
   behind the 'results' mark;
 - the dashboard's counts of terminal states: tasks that ended are folded into
   task_state_counts behind the 'counts' mark, so the overview counts only those since;
+- clients' webhook events that finished (delivered, failed, gone, superseded) longer ago than
+  TASKHOOK_DELIVERY_RETENTION, with their attempts (webhook_outbox_finished; issue 18);
 - per-minute rate windows older than an hour.
 
 One process at a time does it (a session advisory lock; the others skip their turn), in
@@ -29,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from db import queries
+from db import queries, webhooks_out
 from lifecycle.runtime import Runtime
 
 log = structlog.get_logger()
@@ -50,6 +52,7 @@ class Pruned:
     results: int = 0  # completed tasks whose stored files went
     files: int = 0  # files deleted from the bucket
     counted: int = 0  # ended tasks folded into the dashboard's counts
+    webhook_events: int = 0  # clients' finished webhook events deleted (with their attempts)
     skipped: bool = False  # another process was at it
 
     def as_dict(self) -> dict[str, Any]:
@@ -84,6 +87,11 @@ async def housekeeping(rt: Runtime, *, until_done: bool = False, batch: int = BA
                     )
                 done.counted += n
                 full |= n >= batch * 10
+                n = await webhooks_out.prune_outbox(
+                    conn, older_than_seconds=settings.delivery_retention, limit=batch
+                )
+                done.webhook_events += n
+                full |= n >= batch
                 if settings.event_retention is not None:
                     async with _custom_plans(conn):
                         tasks, events = await queries.prune_events(

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 from common.errors import ValidationFailed
 from common.tracing import trace_id_from
 from lifecycle import accept as accepting
+from lifecycle.client_webhooks import ClientWebhook
 from lifecycle.routing import Plan
 from lifecycle.runtime import Runtime
 from submit.render import render_task
@@ -33,6 +34,7 @@ async def accept(
     task_input: dict[str, Any],
     request_key: list[Any],
     parent_id: uuid.UUID | None = None,
+    webhook: ClientWebhook | None = None,
 ) -> JSONResponse:
     """Charge, insert and answer 202 (or replay the task an Idempotency-Key already made).
 
@@ -59,8 +61,15 @@ async def accept(
         request_hash=hashlib.sha256(canonical.encode()).digest(),
         trace_id=trace_id,
         parent_id=parent_id,
+        webhook=webhook,
     )
     headers = {"Location": f"/v1/tasks/{task.public_id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(await render_task(task, rt.store), status_code=202, headers=headers)
+
+
+def webhook_key(webhook: ClientWebhook | None) -> list[Any]:
+    """The webhook's part of an idempotent request (nothing without one, so the keys of
+    requests without a webhook stay what they were)."""
+    return [] if webhook is None else [{"webhook": webhook.url, "events": list(webhook.events)}]

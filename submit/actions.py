@@ -19,10 +19,12 @@ from common.ids import parse_task_id
 from common.states import SUCCEEDED, TaskStatus
 from db import queries
 from db.models import Task
+from lifecycle import client_webhooks
+from lifecycle.client_webhooks import ClientWebhook
 from lifecycle.confirm import refresh_from_vendor
 from lifecycle.routing import Plan
 from lifecycle.runtime import Runtime
-from submit.accept import accept
+from submit.accept import accept, webhook_key
 from submit.auth import current_user
 from vendors.base import VendorAdapter
 
@@ -31,14 +33,16 @@ INDEXED = frozenset({"upscale", "variation"})
 MAX_INDEX = 4
 
 
-def _validate(body: Any, adapter: VendorAdapter | None, vendor: str) -> dict[str, Any]:
-    """The child's input ({"action", "index"?}), or every problem at once."""
+def _validate(
+    body: Any, adapter: VendorAdapter | None, vendor: str, *, allow_private: bool
+) -> tuple[dict[str, Any], ClientWebhook | None]:
+    """The child's input ({"action", "index"?}) and webhook, or every problem at once."""
     if not isinstance(body, dict):
         raise ValidationFailed(details=[{"field": "", "message": "the body must be a JSON object"}])
     offered = sorted(adapter.actions) if adapter is not None else []
     problems = [
         {"field": name, "message": "unknown field"}
-        for name in sorted(set(body) - {"action", "index"})
+        for name in sorted(set(body) - {"action", "index", *client_webhooks.FIELDS})
     ]
     action = body.get("action")
     if not offered:
@@ -51,9 +55,12 @@ def _validate(body: Any, adapter: VendorAdapter | None, vendor: str) -> dict[str
             problems.append({"field": "index", "message": f"required: which image, 1-{MAX_INDEX}"})
     elif "index" in body:
         problems.append({"field": "index", "message": f"not used by {action!r}"})
+    webhook, webhook_problems = client_webhooks.read_webhook(body, allow_private=allow_private)
+    problems.extend(webhook_problems)
     if problems:
         raise ValidationFailed(details=problems)
-    return {"action": action, "index": index} if action in INDEXED else {"action": action}
+    child = {"action": action, "index": index} if action in INDEXED else {"action": action}
+    return child, webhook
 
 
 async def _succeeded(rt: Runtime, parent: Task) -> Task:
@@ -81,7 +88,12 @@ async def create_action(request: Request) -> JSONResponse:
             parent = await queries.get_task(conn, task_id=parent_id, user_id=user.id)
     if parent is None:
         raise NotFound("No task with this id belongs to you.")
-    child_input = _validate(body, rt.vendors.get(parent.vendor), parent.vendor)
+    child_input, webhook = _validate(
+        body,
+        rt.vendors.get(parent.vendor),
+        parent.vendor,
+        allow_private=rt.settings.allow_private_urls,
+    )
     parent = await _succeeded(rt, parent)
     return await accept(
         request,
@@ -90,6 +102,7 @@ async def create_action(request: Request) -> JSONResponse:
         # Same vendor as the parent (the job it acts on lives there) and the parent's price.
         plan=Plan(vendor=parent.vendor, vendor_model=parent.vendor_model, price=parent.cost),
         task_input=child_input,
-        request_key=["action", parent.public_id, child_input],
+        request_key=["action", parent.public_id, child_input, *webhook_key(webhook)],
         parent_id=parent.id,
+        webhook=webhook,
     )

@@ -14,9 +14,12 @@ from common.http import read_json
 from common.ids import format_user_id, parse_task_id
 from common.settings import VendorRoute
 from db import queries
+from lifecycle import client_webhooks
+from lifecycle.client_webhooks import ClientWebhook
 from lifecycle.routing import choose, plan
 from lifecycle.runtime import Runtime
-from submit.accept import accept
+from submit import webhooks
+from submit.accept import accept, webhook_key
 from submit.actions import create_action
 from submit.auth import current_user
 from submit.cancel import cancel_task
@@ -29,11 +32,14 @@ from submit.usage import usage
 
 log = structlog.get_logger()
 
-_FIELDS = {"model", "input", "vendor"}
+_FIELDS = {"model", "input", "vendor", *client_webhooks.FIELDS}
 
 
-def _validate(body: Any, rt: Runtime) -> tuple[str | None, str, dict[str, Any], list[VendorRoute]]:
-    """(pinned vendor, model, input, routes), or ValidationFailed listing every problem."""
+def _validate(
+    body: Any, rt: Runtime
+) -> tuple[str | None, str, dict[str, Any], list[VendorRoute], ClientWebhook | None]:
+    """(pinned vendor, model, input, routes, webhook), or ValidationFailed listing every
+    problem."""
     if not isinstance(body, dict):
         raise ValidationFailed(details=[{"field": "", "message": "the body must be a JSON object"}])
     problems: list[dict[str, str]] = []
@@ -60,26 +66,31 @@ def _validate(body: Any, rt: Runtime) -> tuple[str | None, str, dict[str, Any], 
     task_input = body.get("input")
     if not isinstance(task_input, dict):
         problems.append({"field": "input", "message": "required: an object of model inputs"})
+    webhook, webhook_problems = client_webhooks.read_webhook(
+        body, allow_private=rt.settings.allow_private_urls
+    )
+    problems.extend(webhook_problems)
     if problems:
         raise ValidationFailed(details=problems)
     if not routes:
         raise Unavailable("No vendor that can serve this model is configured on this server.")
     assert isinstance(model, str) and isinstance(task_input, dict)
-    return vendor, model, task_input, routes
+    return vendor, model, task_input, routes, webhook
 
 
 async def create_task(request: Request) -> JSONResponse:
     rt: Runtime = request.app.state.runtime
     user = await current_user(request)
     body = await read_json(request, limit=rt.settings.max_body_bytes)
-    vendor, model, task_input, routes = _validate(body, rt)
+    vendor, model, task_input, routes, webhook = _validate(body, rt)
     return await accept(
         request,
         user_id=user.id,
         model=model,
         plan=await plan(rt, routes),
         task_input=task_input,
-        request_key=[vendor or "", model, task_input],
+        request_key=[vendor or "", model, task_input, *webhook_key(webhook)],
+        webhook=webhook,
     )
 
 
@@ -109,7 +120,10 @@ routes = [
     Route("/v1/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
     Route("/v1/tasks/{task_id}/actions", create_action, methods=["POST"]),
     Route("/v1/tasks/{task_id}/events", task_events, methods=["GET"]),
+    Route("/v1/tasks/{task_id}/webhook_attempts", webhooks.webhook_attempts, methods=["GET"]),
     Route("/v1/tasks/{task_id}", get_task, methods=["GET"]),
+    Route("/v1/webhooks/secret", webhooks.get_secret, methods=["GET"]),
+    Route("/v1/webhooks/secret/rotate", webhooks.rotate_secret, methods=["POST"]),
     Route("/v1/me", me, methods=["GET"]),
     Route("/v1/me/usage", usage, methods=["GET"]),
     Route("/v1/models", list_models, methods=["GET"]),

@@ -15,6 +15,7 @@ import click
 
 from common.settings import Settings, SettingsError
 from taskhook.cli_output import echo_json, echo_table, json_option
+from taskhook.cli_webhooks import webhooks
 
 T = TypeVar("T")
 
@@ -870,6 +871,7 @@ def _add_account_commands() -> None:
 
 
 _add_account_commands()
+cli.add_command(webhooks)
 
 __all__ = ["cli", "main"]
 

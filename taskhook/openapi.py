@@ -35,6 +35,8 @@ from common.errors import (
     ValidationFailed,
 )
 from common.states import TaskStatus
+from lifecycle.client_webhooks import EVENTS as WEBHOOK_EVENTS
+from lifecycle.client_webhooks import MAX_URL as MAX_WEBHOOK_URL
 from submit.accept import MAX_IDEMPOTENCY_KEY
 from submit.listing import DEFAULT_LIMIT, MAX_LIMIT
 from submit.streaming import MAX_EVENT_ID_DIGITS
@@ -103,6 +105,24 @@ def _retry_after(*, required: bool, description: str) -> JsonObject:
             "schema": {"type": "string", "pattern": "^[0-9]+$"},
         }
     }
+
+
+_WEBHOOK_FIELDS: JsonObject = {
+    "webhook": {
+        "type": "string",
+        "maxLength": MAX_WEBHOOK_URL,
+        "description": "your endpoint for this task's events: an https URL to a public address "
+        "(http and private addresses only where TASKHOOK_ALLOW_PRIVATE_URLS=1). Each event "
+        "POSTs the task as GET /v1/tasks/{id} renders it, signed (Standard Webhooks) with your "
+        "secret (GET /v1/webhooks/secret)",
+    },
+    "webhook_events_filter": {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "string", "enum": list(WEBHOOK_EVENTS)},
+        "description": "which events to send (default: completed = any terminal state)",
+    },
+}
 
 
 def _schemas() -> JsonObject:
@@ -248,6 +268,83 @@ def _schemas() -> JsonObject:
                     "type": "string",
                     "description": "pin the task to one of the configured vendors (replicate, "
                     "fal, midjourney): no failover; default: routed, else the first vendor",
+                },
+                **_WEBHOOK_FIELDS,
+            },
+        },
+        "WebhookSecret": {
+            "type": "object",
+            "required": ["key"],
+            "additionalProperties": False,
+            "properties": {
+                "key": {
+                    "type": "string",
+                    "pattern": "^whsec_[A-Za-z0-9+/=]+$",
+                    "description": "your Standard Webhooks signing secret",
+                }
+            },
+        },
+        "WebhookAttempts": {
+            "type": "object",
+            "required": ["task_id", "events"],
+            "additionalProperties": False,
+            "properties": {
+                "task_id": {"type": "string", "pattern": TASK_ID_PATTERN},
+                "events": {
+                    "type": "array",
+                    "description": "the task's webhook events, oldest first",
+                    "items": {
+                        "type": "object",
+                        "required": [
+                            "webhook_id",
+                            "event",
+                            "task_status",
+                            "url",
+                            "state",
+                            "created_at",
+                            "delivered_at",
+                            "next_attempt_at",
+                            "attempts",
+                        ],
+                        "properties": {
+                            "webhook_id": {"type": "string", "description": "webhook-id sent"},
+                            "event": {"type": "string", "enum": list(WEBHOOK_EVENTS)},
+                            "task_status": _ref(_SCHEMAS + "TaskStatus"),
+                            "url": {"type": "string"},
+                            "state": {
+                                "type": "string",
+                                "enum": ["pending", "delivered", "failed", "gone", "superseded"],
+                            },
+                            "created_at": _timestamp("when the move that caused it was made"),
+                            "delivered_at": _nullable(_timestamp("when a 2xx came")),
+                            "next_attempt_at": _nullable(_timestamp("next try (pending only)")),
+                            "attempts": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": [
+                                        "attempt",
+                                        "sent_at",
+                                        "duration_ms",
+                                        "status_code",
+                                        "error",
+                                        "response_body",
+                                    ],
+                                    "properties": {
+                                        "attempt": {"type": "integer", "minimum": 1},
+                                        "sent_at": _timestamp("when it was sent"),
+                                        "duration_ms": {"type": "integer"},
+                                        "status_code": {"type": ["integer", "null"]},
+                                        "error": {"type": ["string", "null"]},
+                                        "response_body": {
+                                            "type": ["string", "null"],
+                                            "description": "the answer's first 1024 bytes",
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
                 },
             },
         },
@@ -547,6 +644,7 @@ def _paths() -> JsonObject:
                                     "maximum": 4,
                                     "description": "which image of the grid (upscale, variation)",
                                 },
+                                **_WEBHOOK_FIELDS,
                             },
                         }
                     ),
@@ -617,6 +715,46 @@ def _paths() -> JsonObject:
                         },
                     },
                     **_common(404, 422),
+                },
+            },
+        },
+        "/v1/tasks/{task_id}/webhook_attempts": {
+            "parameters": [task_id],
+            "get": {
+                "operationId": "taskWebhookAttempts",
+                "summary": "What was sent to the task's webhook, when, and the answers",
+                "responses": {
+                    "200": {
+                        "description": "The task's webhook events and their attempts.",
+                        "content": _json(_ref(_SCHEMAS + "WebhookAttempts")),
+                    },
+                    **_common(404),
+                },
+            },
+        },
+        "/v1/webhooks/secret": {
+            "get": {
+                "operationId": "getWebhookSecret",
+                "summary": "Your webhook signing secret (made on first use)",
+                "responses": {
+                    "200": {
+                        "description": "The current secret.",
+                        "content": _json(_ref(_SCHEMAS + "WebhookSecret")),
+                    },
+                    **_common(),
+                },
+            },
+        },
+        "/v1/webhooks/secret/rotate": {
+            "post": {
+                "operationId": "rotateWebhookSecret",
+                "summary": "A new signing secret; the previous one keeps signing for 24 hours",
+                "responses": {
+                    "200": {
+                        "description": "The new current secret.",
+                        "content": _json(_ref(_SCHEMAS + "WebhookSecret")),
+                    },
+                    **_common(),
                 },
             },
         },

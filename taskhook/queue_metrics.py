@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from db.metrics_queries import QueueDepths, queue_depths
+from db.webhooks_out import OutboxDepth, outbox_depth
 
 log = structlog.get_logger()
 
@@ -38,15 +39,16 @@ class QueueCollector(Collector):
 
     def __init__(self) -> None:
         self.depths: QueueDepths | None = None
+        self.outbox: OutboxDepth | None = None
 
     def describe(self) -> Iterable[Metric]:
-        return _families(None)
+        return _families(None, None)
 
     def collect(self) -> Iterable[Metric]:
-        return _families(self.depths) if self.depths is not None else []
+        return _families(self.depths, self.outbox) if self.depths is not None else []
 
 
-def _families(depths: QueueDepths | None) -> list[Metric]:
+def _families(depths: QueueDepths | None, outbox: OutboxDepth | None) -> list[Metric]:
     """The metric families; without samples when there are no depths (for describe)."""
     tasks = GaugeMetricFamily(
         "taskhook_queue_tasks", "Tasks not yet finished, by status", labels=["status"]
@@ -60,13 +62,23 @@ def _families(depths: QueueDepths | None) -> list[Metric]:
     dead_letters = GaugeMetricFamily(
         "taskhook_queue_dead_letters", "Rejected webhook deliveries waiting for a replay"
     )
+    webhook_events = GaugeMetricFamily(
+        "taskhook_queue_webhook_events", "Clients' webhook events not yet delivered"
+    )
+    webhook_oldest = GaugeMetricFamily(
+        "taskhook_queue_webhook_oldest_seconds",
+        "Seconds the oldest due client webhook event has waited since its change",
+    )
     if depths is not None:
         for status, count in depths.by_status.items():
             tasks.add_metric([status.value], count)
         overdue.add_metric([], depths.overdue)
         due_polls.add_metric([], depths.due_polls)
         dead_letters.add_metric([], depths.dead_letters)
-    return [tasks, overdue, due_polls, dead_letters]
+    if outbox is not None:
+        webhook_events.add_metric([], outbox.pending)
+        webhook_oldest.add_metric([], outbox.oldest_due)
+    return [tasks, overdue, due_polls, dead_letters, webhook_events, webhook_oldest]
 
 
 COLLECTOR = QueueCollector()
@@ -76,9 +88,11 @@ REGISTRY.register(COLLECTOR)
 async def refresh(pool: asyncpg.Pool[Any]) -> QueueDepths | None:
     """Read the queue depths for the scrape about to be rendered; None (and counted) when the
     database cannot say right now."""
+    outbox = None
     try:
         async with pool.acquire(timeout=TIMEOUT) as conn:
             depths = await queue_depths(conn, timeout=TIMEOUT)
+            outbox = await outbox_depth(conn, timeout=TIMEOUT)
     except (
         OSError,  # TimeoutError too: the database is down, restarting or too slow
         asyncpg.PostgresError,
@@ -94,4 +108,5 @@ async def refresh(pool: asyncpg.Pool[Any]) -> QueueDepths | None:
     if depths is None:
         SCRAPE_ERRORS.inc()
     COLLECTOR.depths = depths
+    COLLECTOR.outbox = outbox if depths is not None else None
     return depths

@@ -1,4 +1,5 @@
-"""The worker process: stores finished results to S3 and retries pending registrations.
+"""The worker process: stores finished results to S3, retries pending registrations and
+delivers clients' webhooks (lifecycle/webhook_sender.py).
 
 Work is claimed in PostgreSQL with SKIP LOCKED and leases, so any number of workers can run;
 NOTIFY wakes a worker early, and a short poll covers any notification that was missed. The
@@ -16,13 +17,19 @@ from collections.abc import Coroutine
 from typing import Any
 
 import asyncpg
+import httpx
 import structlog
 
+from common.net import public_only_client
 from db import queries
 from db.pool import connect
 from lifecycle.registration import register
 from lifecycle.results import store_result
+from lifecycle.retry_schedule import RetrySchedule
 from lifecycle.runtime import Runtime
+from lifecycle.webhook_sender import CHANNEL as WEBHOOKS_CHANNEL
+from lifecycle.webhook_sender import Render, WebhookSender
+from submit.render import render_task
 
 log = structlog.get_logger()
 
@@ -45,8 +52,11 @@ class Worker:
         idle_poll: float = 1.0,
         lease: float = 30.0,
         shutdown_grace: float = 10.0,
+        webhooks: bool = True,
     ) -> None:
         self.rt = rt
+        # Clients' webhooks are sent by every worker unless asked not to (tests of one part).
+        self.webhooks = webhooks
         # Storing jobs and registrations each get this many slots, so slow downloads never
         # hold back registrations.
         self.concurrency = concurrency
@@ -58,6 +68,7 @@ class Worker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection[Any] | None = None
+        self._sender: WebhookSender | None = None
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         try:
@@ -67,8 +78,13 @@ class Worker:
         if status in ("storing", "pending"):
             self._wake.set()
 
+    def _on_webhook_event(self, *_args: object) -> None:
+        if self._sender is not None:
+            self._sender.wake()
+
     def _on_lost(self, _conn: Any) -> None:
         self._wake.set()  # a pass right away: it listens again and catches up on missed work
+        self._on_webhook_event()
 
     async def _listen(self) -> None:
         """LISTEN on a connection of our own, unless already listening; without one (database
@@ -83,6 +99,8 @@ class Worker:
             return
         try:
             await conn.add_listener(CHANNEL, self._on_notify)
+            if self._sender is not None:  # one LISTEN connection for both kinds of work
+                await conn.add_listener(WEBHOOKS_CHANNEL, self._on_webhook_event)
         except _DB_ERRORS as exc:
             log.warning("worker_listen_failed", error=repr(exc))
             conn.terminate()
@@ -223,6 +241,30 @@ class Worker:
             log.info("worker_released_claims", jobs=len(late))
 
     async def run(self, stop: asyncio.Event) -> None:
+        if not self.webhooks:
+            await self._run(stop)
+            return
+        settings = self.rt.settings
+        assert settings.database_url
+        async with client_webhook_http(self.rt) as client:
+            sender = self._sender = WebhookSender(
+                pool=self.rt.pool,
+                dsn=None,  # woken through the worker's own LISTEN connection
+                client=client,
+                render=webhook_render(self.rt),
+                schedule=RetrySchedule(settings.webhook_retry_schedule),
+                timeout=settings.webhook_timeout,
+                concurrency=settings.webhook_concurrency,
+                host_concurrency=settings.webhook_host_concurrency,
+            )
+            sending = asyncio.create_task(sender.run(stop, grace=self.shutdown_grace))
+            try:
+                await self._run(stop)
+            finally:
+                stop.set()
+                await sending
+
+    async def _run(self, stop: asyncio.Event) -> None:
         log.info("worker_started", owner=self.owner)
         grace = self.shutdown_grace
         try:
@@ -259,3 +301,32 @@ class Worker:
                 listener.remove_termination_listener(self._on_lost)
                 await listener.close()
             log.info("worker_stopped", owner=self.owner)
+
+
+def client_webhook_http(rt: Runtime) -> httpx.AsyncClient:
+    """The client for clients' webhook URLs: public addresses only (the same guard as result
+    downloads, unless TASKHOOK_ALLOW_PRIVATE_URLS), connect and read timeouts within the
+    attempt's own."""
+    timeout = rt.settings.webhook_timeout
+    return public_only_client(
+        allow_private=rt.settings.allow_private_urls,
+        timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
+        max_connections=rt.settings.webhook_concurrency,
+        max_redirects=0,
+        user_agent="taskhook-webhooks/0.1",
+    )
+
+
+def webhook_render(rt: Runtime) -> Render:
+    """The task's JSON exactly as GET /v1/tasks/{id} renders it now (result URLs signed
+    afresh)."""
+
+    async def render(task_id: Any) -> bytes | None:
+        async with rt.pool.acquire() as conn:
+            task = await queries.get_task(conn, task_id=task_id, user_id=None)
+        if task is None:
+            return None
+        rendered = await render_task(task, rt.store)
+        return json.dumps(rendered, ensure_ascii=False, separators=(",", ":")).encode()
+
+    return render

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from starlette.routing import Mount, Route
 
-from web.admin import overview, replay
+from web.admin import overview, replay, replay_webhook
 from web.admin_actions import routes as admin_action_routes
 from web.pages import ASSETS_PATH, Assets, admin_page, client_page
 
@@ -16,6 +16,7 @@ routes: list[Route | Mount] = [
     Route("/admin", admin_page, methods=["GET"]),
     Route("/admin/api/overview", overview, methods=["GET"]),
     Route("/admin/api/deliveries/{delivery_id}/replay", replay, methods=["POST"]),
+    Route("/admin/api/webhooks/{event_id}/replay", replay_webhook, methods=["POST"]),
     *admin_action_routes,
     Mount(ASSETS_PATH, app=Assets(), name="assets"),
 ]

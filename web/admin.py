@@ -21,7 +21,7 @@ from common.states import TaskStatus
 from db import operations_queries
 from lifecycle.replay import MAX_DELIVERY_ROW_ID, replay_delivery
 from lifecycle.runtime import Runtime
-from web import admin_queries
+from web import admin_queries, admin_webhooks
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -78,6 +78,7 @@ async def overview(request: Request) -> JSONResponse:
         refunds = await admin_queries.recent_refunds(conn, limit=REFUND_LIMIT)
         users = await admin_queries.user_credits(conn, limit=USER_LIMIT)
         controls = await operations_queries.vendor_controls(conn)
+        client_webhooks = await admin_webhooks.panel(conn)
 
     rows = {v.vendor: v for v in health}
     vendors: list[dict[str, Any]] = []
@@ -159,6 +160,7 @@ async def overview(request: Request) -> JSONResponse:
             for u in users
         ],
         "silent_after_seconds": silent,
+        "client_webhooks": client_webhooks,
     }
     return JSONResponse(body, headers=NO_STORE)
 
@@ -175,3 +177,11 @@ async def replay(request: Request) -> JSONResponse:
         {"id": result.delivery_row_id, "status": result.status, "message": result.message},
         headers=NO_STORE,
     )
+
+
+async def replay_webhook(request: Request) -> JSONResponse:
+    """Send a client's webhook event again (the dashboard's panel of webhooks to clients)."""
+    rt = require_admin(request)
+    async with rt.pool.acquire() as conn:
+        body = await admin_webhooks.replay(conn, request.path_params["event_id"])
+    return JSONResponse(body, headers=NO_STORE)

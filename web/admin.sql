@@ -1,19 +1,23 @@
 -- Operator dashboard reads (web/admin_queries.py wraps each block). Read-only: the only thing
 -- the dashboard changes, a dead-letter replay, goes through receiver.replay.
 
+-- counts_mark --
+-- Up to where the reconciler's housekeeping folded ended tasks into task_state_counts.
+SELECT at, task_id FROM progress_marks WHERE name = 'counts';
+
 -- count_by_state --
 -- Tasks per state, every state of the enum included (zero when none), in life order, without
 -- reading history: live states counted on their partial index (tasks_deadline_open), terminal
--- ones from task_state_counts (folded in up to the 'counts' mark by the reconciler's
--- housekeeping) plus those that ended after the mark (tasks_ended).
+-- ones from task_state_counts (folded up to the 'counts' mark, $1 and $2) plus those that
+-- ended after it (tasks_ended). The mark comes as values, planned for (web/admin_queries.py).
 SELECT s.status::text AS status,
        COALESCE(c.n, 0) + COALESCE(r.n, 0) + COALESCE(l.n, 0) AS n
   FROM unnest(enum_range(NULL::task_status)) AS s (status)
   LEFT JOIN task_state_counts AS c ON c.status = s.status
   LEFT JOIN (SELECT t.status, count(*) AS n
-               FROM progress_marks AS m JOIN tasks AS t
-                 ON t.completed_at IS NOT NULL AND (t.completed_at, t.id) > (m.at, m.task_id)
-              WHERE m.name = 'counts'
+               FROM tasks AS t
+              WHERE t.completed_at IS NOT NULL
+                AND (t.completed_at, t.id) > ($1::timestamptz, $2::uuid)
               GROUP BY t.status) AS r ON r.status = s.status
   LEFT JOIN (SELECT status, count(*) AS n FROM tasks
               WHERE status IN ('pending', 'submitted', 'processing', 'storing')
@@ -22,17 +26,20 @@ SELECT s.status::text AS status,
 
 -- stuck_tasks --
 -- Open tasks past their deadline, or with no news for $1 seconds, or pending and retrying
--- their registration after a failed attempt (last_error says why); the worst first.
+-- their registration after a failed attempt (last_error says why); the worst first (the page
+-- chosen on the live tasks' index before their users are looked up).
 SELECT t.id, u.email, t.status::text AS status, t.progress, t.vendor, t.model, t.attempts,
        t.last_error, t.created_at, t.updated_at, t.deadline_at,
        t.deadline_at < now() AS overdue,
        t.status = 'pending' AND t.last_error IS NOT NULL AS retrying
-  FROM tasks AS t JOIN users AS u ON u.id = t.user_id
- WHERE t.status IN ('pending', 'submitted', 'processing', 'storing')
-   AND (t.deadline_at < now() OR t.updated_at < now() - make_interval(secs => $1)
-        OR (t.status = 'pending' AND t.last_error IS NOT NULL))
- ORDER BY t.deadline_at, t.id
- LIMIT $2;
+  FROM (SELECT * FROM tasks
+         WHERE status IN ('pending', 'submitted', 'processing', 'storing')
+           AND (deadline_at < now() OR updated_at < now() - make_interval(secs => $1)
+                OR (status = 'pending' AND last_error IS NOT NULL))
+         ORDER BY deadline_at, id
+         LIMIT $2) AS t
+  JOIN users AS u ON u.id = t.user_id
+ ORDER BY t.deadline_at, t.id;
 
 -- dead_letters --
 -- Validly signed deliveries that could not be applied, newest first, until replayed.

@@ -4,7 +4,10 @@
 and wrongly signed callbacks, API errors, failed jobs), 2 web processes, 2 reconcilers and 2
 workers through the real CLI against this test's database and S3, submits 1,000 tasks over HTTP,
 SIGKILLs one process of each kind at 40 % and restarts it, and waits (a condition on the
-database) until every task is terminal. `python bench/chaos.py --tasks 10000` is the full run.
+database) until every task is terminal. Every task has a client webhook (issue 18) to a receiver
+that drops, delays and fails answers (bench/client_receiver.py): each task's terminal state must
+reach it, never after a newer state than it. `python bench/chaos.py --tasks 10000` is the full
+run.
 
 The simulator is Replicate as it is (issue 16): only a prediction's final webhook is retried
 (after any refusal, for about a minute), intermediate ones are lost for good; a 429 carries no
@@ -85,4 +88,11 @@ async def test_chaos_run_loses_nothing_and_refunds_once(
     assert all(k.new_pid and k.new_pid != k.pid for k in report.kills), summary
     # /metrics of the web processes agree with the simulator and the database
     assert report.metrics_ok, summary
+    # Clients' webhooks (issue 18): every task's terminal state reached its client, never an
+    # older state after a newer one, every signature verified; duplicates are allowed (counted)
+    hooks = report.client_webhooks
+    assert hooks is not None, summary
+    assert hooks.missing_terminal == 0 and hooks.tasks_with_terminal == TASKS, summary
+    assert hooks.out_of_order == 0 and hooks.bad_signatures == 0, summary
+    assert hooks.dropped and hooks.failed_answers, summary  # the receiver's faults happened
     assert report.ok, summary

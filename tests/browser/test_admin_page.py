@@ -113,3 +113,43 @@ async def test_dashboard_counts_vendors_and_dead_letter_replay(
         assert response.status_code == 202
         await wait_all_terminal(client, [response.json()["id"]], timeout=30)
     await expect(count(page, "completed")).to_have_text("3", timeout=10_000)
+
+
+async def test_client_webhooks_panel_and_replay(page: Page, stack: Stack) -> None:
+    """Issue 18: failing destinations, failed events, and a replay from the dashboard."""
+    from common.states import TaskStatus
+    from db.transition import transition
+    from lifecycle import client_webhooks
+    from lifecycle.client_webhooks import ClientWebhook
+
+    async with stack.runtime.pool.acquire() as conn:
+        user_id, _ = await make_user(conn, credits=1)
+        task_id = await make_task(conn, user_id)
+        await client_webhooks.attach(
+            conn,
+            task_id=task_id,
+            user_id=user_id,
+            webhook=ClientWebhook("https://dead.invalid/hook", ("completed",)),
+        )
+        await conn.execute(
+            "UPDATE tasks SET next_attempt_at = now() + interval '1 hour' WHERE id = $1", task_id
+        )
+        await transition(conn, task_id=task_id, to=TaskStatus.CANCELED, event_key="c", cause="t")
+        event_id = await conn.fetchval(
+            "UPDATE webhook_outbox SET state = 'failed', attempts = 8, last_status = 503"
+            " WHERE task_id = $1 RETURNING id",
+            task_id,
+        )
+
+    await page.goto(stack.url + "/admin")
+    await page.get_by_test_id("admin-key").fill(stack.settings.admin_key)
+    await page.get_by_test_id("sign-in").click()
+    destination = page.locator('[data-testid="webhook-destination"][data-host="dead.invalid"]')
+    await expect(destination).to_contain_text("503")
+    event = page.locator(f'[data-testid="webhook-event"][data-event-id="{event_id}"]')
+    await expect(event).to_have_attribute("data-state", "failed")
+    await expect(event).to_contain_text(format_task_id(task_id))
+    await event.get_by_test_id("webhook-replay").click()
+    await expect(page.get_by_test_id("notice")).to_contain_text("sent again")
+    # The worker tries again at once; the name does not resolve, so it is retried later.
+    await expect(event).to_have_attribute("data-state", "pending")

@@ -120,6 +120,31 @@ def test_audit_full_finds_what_the_incremental_one_cannot(invoke, db_url: str) -
     assert report["balance_mismatches"][0]["email"] == "a@example.com"
 
 
+def test_deliveries_list_merges_the_inbox_and_its_dead_letters_newest_first(
+    invoke, db_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    async def record() -> None:
+        conn = await asyncpg.connect(db_url)
+        try:
+            for n, status in enumerate(["accepted", "rejected", "replayed", "accepted"]):
+                await conn.execute(
+                    "INSERT INTO webhook_deliveries (vendor, delivery_id, status, headers, body,"
+                    " received_at) VALUES ('replicate', $1, $2, '{}', '', now() + $3 * interval"
+                    " '1 second')",
+                    f"d{n}",
+                    status,
+                    n,
+                )
+        finally:
+            await conn.close()
+
+    asyncio.run(record())
+    listed = json.loads(invoke("deliveries", "list")[1])
+    assert [d["delivery_id"] for d in listed] == ["d3", "d2", "d1", "d0"]
+    rejected = json.loads(invoke("deliveries", "list", "--rejected")[1])
+    assert [d["delivery_id"] for d in rejected] == ["d1"]
+
+
 def test_prune_reports_what_it_did(invoke, s3: S3Config, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("TASKHOOK_S3_ENDPOINT_URL", s3.endpoint_url)
     monkeypatch.setenv("TASKHOOK_S3_BUCKET", s3.bucket)
@@ -137,6 +162,7 @@ def test_prune_reports_what_it_did(invoke, s3: S3Config, monkeypatch: pytest.Mon
         "results": 0,
         "files": 0,
         "counted": 0,
+        "webhook_events": 0,
         "skipped": False,
     }
 

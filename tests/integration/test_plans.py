@@ -190,6 +190,25 @@ async def test_deep_cursor_page_starts_at_the_cursor(history: asyncpg.Connection
     )
 
 
+async def test_failed_and_canceled_lists_read_a_page(history: asyncpg.Connection[Any]) -> None:
+    user = await heavy_user(history)
+    for status in ("failed", "canceled"):
+        await assert_reads(
+            history,
+            QUERIES["list_user_tasks_refunded"],
+            [user, *START, status, 50],
+            index="tasks_user_refunded",
+            most_rows=200,
+        )
+        await assert_reads(
+            history,
+            QUERIES["list_tasks_refunded"],
+            [status, 50],
+            index="tasks_refunded",
+            most_rows=200,
+        )
+
+
 async def test_operator_list_reads_a_page(history: asyncpg.Connection[Any]) -> None:
     await assert_reads(history, QUERIES["list_tasks"], [50], index="tasks_created", most_rows=200)
     await assert_reads(
@@ -206,8 +225,13 @@ async def test_dashboard_counts_and_refunds_skip_history(
 ) -> None:
     # The reconciler's housekeeping folds ended tasks into the counts (reconciler/housekeeping).
     await queries.fold_state_counts(history, settled_seconds=600, limit=10 * TASKS)
+    mark = await history.fetchrow(ADMIN_QUERIES["counts_mark"])
     await assert_reads(
-        history, ADMIN_QUERIES["count_by_state"], [], index="tasks_ended", most_rows=4 * LIVE
+        history,
+        ADMIN_QUERIES["count_by_state"],
+        [mark["at"], mark["task_id"]],
+        index="tasks_ended",
+        most_rows=4 * LIVE,
     )
     counted = await admin_queries.count_by_state(history)
     actual = {
@@ -226,6 +250,20 @@ async def test_dashboard_counts_and_refunds_skip_history(
     assert not any(n.get("Relation Name") == "tasks" for n in nodes(top))
 
 
+async def test_the_inbox_lists_a_page(history: asyncpg.Connection[Any]) -> None:
+    for mode in MODES:
+        top = await plan(history, QUERIES["list_deliveries"], [50], mode=mode)
+        assert {"webhook_deliveries_received", "webhook_deliveries_rejected"} <= indexes(top)
+        assert not seq_scans(top) and rows_read(top) <= 300, (mode, rows_read(top))
+    await assert_reads(
+        history,
+        QUERIES["list_dead_letters"],
+        [50],
+        index="webhook_deliveries_rejected",
+        most_rows=100,
+    )
+
+
 async def test_pruning_with_nothing_due_reads_an_index_page(
     history: asyncpg.Connection[Any],
 ) -> None:
@@ -237,13 +275,15 @@ async def test_pruning_with_nothing_due_reads_an_index_page(
         most_rows=10,
     )
     # Events and results: the marks sit at the start, so only tasks ended long ago count.
-    await assert_reads(
-        history,
-        QUERIES["results_due"],
-        [365 * 86400, 1000],
-        index="tasks_ended",
-        most_rows=10,
-    )
+    start = (datetime.min, uuid.UUID(int=0))
+    for name in ("results_due", "prune_events", "fold_state_counts"):
+        await assert_reads(
+            history,
+            QUERIES[name],
+            [365 * 86400, 1000, *start],
+            index="tasks_ended",
+            most_rows=10,
+        )
 
 
 async def test_incremental_audit_reads_what_changed(history: asyncpg.Connection[Any]) -> None:

@@ -124,6 +124,7 @@
     renderStuck(overview.stuck || [], overview.silent_after_seconds);
     renderRefunds(overview.refunds || []);
     renderUsers(overview.users || []);
+    renderClientWebhooks(overview.client_webhooks || {});
     $("updated").textContent = "Updated " + T.formatTime(new Date().toISOString());
   }
 
@@ -303,6 +304,80 @@
     $("users").replaceChildren(...rows);
     $("users-empty").hidden = users.length > 0;
     $("users").closest(".table-wrap").hidden = users.length === 0;
+  }
+
+  function renderClientWebhooks(panel) {
+    const hosts = panel.failing_destinations || [];
+    const rows = hosts.map(function (d) {
+      return el("tr", { dataset: { testid: "webhook-destination", host: d.host } },
+        el("td", {}, el("code", { text: d.host })),
+        cell(String(d.failed), d.failed ? "danger" : "num"),
+        cell(String(d.gone), "num"),
+        cell(String(d.retrying), d.retrying ? "warning" : "num"),
+        cell(d.last_answer || ""),
+        cell(d.last_at ? T.formatTime(d.last_at) : "", "time"));
+    });
+    $("webhook-destinations").replaceChildren(...rows);
+    $("webhook-destinations-empty").hidden = hosts.length > 0;
+    $("webhook-destinations").closest(".table-wrap").hidden = hosts.length === 0;
+    $("webhooks-pending").textContent = String(panel.pending || 0);
+    const list = $("webhook-events");
+    const existing = new Map();
+    for (const child of list.children) existing.set(child.dataset.eventId, child);
+    const wanted = (panel.failed_events || []).map(function (e) {
+      const id = String(e.id);
+      let node = existing.get(id);
+      if (!node || node.dataset.state !== e.state) node = buildWebhookEvent(e);
+      existing.delete(id);
+      return node;
+    });
+    for (const stale of existing.values()) stale.remove();
+    wanted.forEach(function (node, i) {
+      if (list.children[i] !== node) list.insertBefore(node, list.children[i] || null);
+    });
+  }
+
+  function buildWebhookEvent(e) {
+    const replay = el("button", {
+      className: "secondary small", type: "button", text: "Replay",
+      dataset: { testid: "webhook-replay" },
+    });
+    replay.addEventListener("click", function () { replayWebhook(e.id, replay); });
+    const answer = e.last_status ? "HTTP " + e.last_status : (e.last_error || "no answer yet");
+    const when = e.next_attempt_at ? "next try " + T.formatTime(e.next_attempt_at)
+      : T.formatTime(e.updated_at);
+    return el("li", {
+      className: "dead-letter",
+      dataset: { testid: "webhook-event", eventId: String(e.id), state: e.state },
+    },
+    el("div", { className: "dead-letter-main" },
+      el("div", { className: "dead-letter-title" },
+        el("strong", { text: e.state + " · " + e.event }),
+        el("code", { text: e.webhook_id })),
+      el("div", { className: "muted small", text: "task " + e.task_id + " · " + e.url +
+        " · " + e.attempts + " attempt(s) · " + when }),
+      el("div", { className: "dead-letter-error", text: answer })),
+    replay);
+  }
+
+  async function replayWebhook(id, button) {
+    button.disabled = true;
+    button.textContent = "Replaying…";
+    try {
+      await call("/admin/api/webhooks/" + encodeURIComponent(id) + "/replay", { method: "POST" });
+      showNotice("Webhook event " + id + " will be sent again now.", false);
+      T.clearError();
+    } catch (err) {
+      if (err.status === 401) {
+        signOut();
+        T.showError("The admin key is no longer valid. Please sign in again.");
+        return;
+      }
+      T.showError("Replay failed: " + T.describe(err));
+    }
+    button.disabled = false;
+    button.textContent = "Replay";
+    refreshNow();
   }
 
   // ---- acting: find, open, cancel, retry, pause, bulk replay (issue 17.3) ------------------
