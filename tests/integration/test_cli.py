@@ -139,9 +139,9 @@ def test_deliveries_list_merges_the_inbox_and_its_dead_letters_newest_first(
             await conn.close()
 
     asyncio.run(record())
-    listed = json.loads(invoke("deliveries", "list")[1])
+    listed = json.loads(invoke("deliveries", "list", "--json")[1])
     assert [d["delivery_id"] for d in listed] == ["d3", "d2", "d1", "d0"]
-    rejected = json.loads(invoke("deliveries", "list", "--rejected")[1])
+    rejected = json.loads(invoke("deliveries", "list", "--rejected", "--json")[1])
     assert [d["delivery_id"] for d in rejected] == ["d1"]
 
 
