@@ -198,3 +198,38 @@ async def test_replay_dead_letters_since_with_a_preview(
         "/admin/api/deliveries/replay", json={"since": "yesterday"}, headers=AUTH
     )
     assert bad.status_code == 422 and bad.json()["error"]["details"][0]["field"] == "since"
+
+
+async def test_retry_storage_now(admin: tuple[httpx.AsyncClient, Runtime], conn: Conn) -> None:
+    from db.transition import transition
+
+    client, _ = admin
+    user_id, _ = await make_user(conn, credits=5)
+    task_id = await make_task(conn, user_id)
+    await transition(
+        conn,
+        task_id=task_id,
+        to=TaskStatus.STORING,
+        event_key="t:storing",
+        cause="test",
+        outputs=["http://vendor.invalid/out.png"],
+    )
+    path = f"/admin/api/tasks/tsk_{task_id.hex}/retry"
+    # A worker holds it: left to that worker.
+    await conn.execute(
+        "UPDATE tasks SET lease_owner = 'w1', lease_expires_at = now() + interval '1 minute'"
+        " WHERE id = $1",
+        task_id,
+    )
+    r = await client.post(path, headers=AUTH)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_retryable"
+    # Its attempt failed and it waits out a backoff: due now.
+    await conn.execute(
+        "UPDATE tasks SET lease_owner = NULL, lease_expires_at = now() + interval '5 minutes'"
+        " WHERE id = $1",
+        task_id,
+    )
+    r = await client.post(path, headers=AUTH)
+    assert r.status_code == 200 and r.json()["retrying"] == "storage"
+    due = "SELECT lease_expires_at <= now() FROM tasks WHERE id = $1"
+    assert await conn.fetchval(due, task_id)
