@@ -296,7 +296,7 @@ def _prune_history() -> Callable[[Any], Awaitable[Any]] | None:
         return None
 
     async def call(conn: Any) -> None:
-        # As reconciler/housekeeping.py runs them: each in a transaction, with custom plans.
+        # As lifecycle/housekeeping.py runs them: each in a transaction, with custom plans.
         for step in (
             lambda: queries.prune_events(conn, older_than_seconds=90 * 86400, limit=1000),
             lambda: queries.results_due(conn, older_than_seconds=90 * 86400, limit=1000),

@@ -21,16 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from seeding import REPORT_BODY, fresh_database, insert_submitted_tasks, processing_report
 
 from db import queries
 from db.pool import connect
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seeding import REPORT_BODY, fresh_database, insert_submitted_tasks, processing_report
 
 CEILING_SQL = "INSERT INTO ceiling_hits (body) VALUES ($1)"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from seeding import fresh_database
+from webhook_ingest import s3_env
 
 from common.settings import Settings
 from common.states import TaskStatus
@@ -33,10 +34,6 @@ from lifecycle.runtime import Runtime
 from lifecycle.users import create_user
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seeding import fresh_database
-from webhook_ingest import s3_env
 
 TASKS, FILES, CLIENTS, ROUNDS = 50, 16, 8, 5
 DATA_DIR = Path("/tmp/taskhook-bench")  # noqa: S108 - bench scratch, outside the repo

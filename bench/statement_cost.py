@@ -24,20 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from common.states import TaskStatus
-from db import queries
-from db.pool import connect, create_pool
-from db.transition import allowed_from
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seeding import (
     POLL_AFTER,
     REPORT_BODY,
@@ -45,6 +37,11 @@ from seeding import (
     insert_submitted_tasks,
     processing_report,
 )
+
+from common.states import TaskStatus
+from db import queries
+from db.pool import connect, create_pool
+from db.transition import allowed_from
 
 CONNECTIONS = 16
 BATCH = 8

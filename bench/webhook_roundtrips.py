@@ -22,14 +22,6 @@ from typing import Any
 import httpx
 import structlog
 from asyncpg.connection import Connection
-
-from common.settings import Settings
-from common.tokens import CallbackTokens
-from simulator.signing import new_webhook_id, webhook_headers
-from taskhook.app import create_app
-from taskhook.runtime import open_runtime
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seeding import fresh_database, insert_submitted_tasks
 from webhook_ingest import (
     CALLBACK_SECRET,
@@ -37,6 +29,12 @@ from webhook_ingest import (
     prediction_body,
     s3_env,
 )
+
+from common.settings import Settings
+from common.tokens import CallbackTokens
+from simulator.signing import new_webhook_id, webhook_headers
+from taskhook.app import create_app
+from taskhook.runtime import open_runtime
 
 SENDS = 50
 DATA_DIR = Path("/tmp/taskhook-bench")  # noqa: S108 - bench scratch, outside the repo

@@ -1,4 +1,8 @@
-"""Exponential backoff with full jitter, so retries from many tasks do not arrive in step."""
+"""Exponential backoff with jitter, so retries from many tasks do not arrive in step.
+
+"Equal jitter": the delay is drawn from the upper half of the exponential step, between
+ceiling/2 and ceiling, so a retry never comes sooner than half the step (full jitter would
+draw from 0 to ceiling)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """JSON logs (structlog): one event per line, with task_id, vendor and trace_id bound.
 
 Every webhook writes a line, so the line's cost shows in the receiver's profile: orjson
-renders it (0.17 against 2.0 us for the standard library's encoder, for a webhook's line),
-and the web process caches its loggers on first use (structlog's own advice for production).
+renders it for a fraction of the standard library encoder's cost (bench/RESULTS.md, "Figures
+that were code comments"), and the web process caches its loggers on first use (structlog's
+own advice for production).
 Tests reconfigure logging between cases, which cached loggers would ignore, and the other
 commands run inside them (click's runner), so only `taskhook serve` caches.
 

@@ -14,7 +14,7 @@ newest batch in flight has run for `stall` seconds, another may start, up to `co
 While work keeps queuing, one task commits batch after batch on one connection, sending the
 next batch in the same event-loop step that received the last one's answer: going back through
 the pool and a new task each time cost two loop turns per batch, each running every callback
-then ready while the database sat idle (fresh ingest rose 13 % without them; bench/RESULTS.md).
+then ready while the database sat idle (bench/RESULTS.md, "Figures that were code comments").
 
 Nothing is answered before its batch commits, so a crash loses only unanswered work that the
 vendor retries; no state lives here beyond the requests in flight. A batch is one transaction:

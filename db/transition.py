@@ -1,7 +1,8 @@
 """The one door through which a task changes state.
 
-Receiver, reconciler, worker, submit and cancel all call `transition()`; nothing else writes
-`tasks.status`. Late, repeated and out-of-order events are normal, so they are outcomes, not
+Its callers all live in lifecycle/ (registration, confirm, reconcile, results, cancel, vendor
+updates; the receiver's batched form is the SQL function `taskhook_receive_many`); nothing else
+writes `tasks.status`. Late, repeated and out-of-order events are normal, so they are outcomes, not
 errors.
 """
 

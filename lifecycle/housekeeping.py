@@ -17,7 +17,8 @@ so a pass with nothing due costs a few index pages, however long the history:
   TASKHOOK_DELIVERY_RETENTION, with their attempts (webhook_outbox_finished; issue 18);
 - per-minute rate windows older than an hour.
 
-One process at a time does it (a session advisory lock; the others skip their turn), in
+One process at a time does it (a session advisory lock on a connection of its own; the others
+skip their turn), in
 batches, each committed on its own: a crash loses at most one batch's progress, and a file
 deleted twice is no error.
 """
@@ -32,6 +33,7 @@ from typing import Any
 import structlog
 
 from db import queries, webhooks_out
+from db.pool import connect
 from lifecycle.runtime import Runtime
 
 log = structlog.get_logger()
@@ -40,7 +42,7 @@ log = structlog.get_logger()
 _LOCK_KEY = 0x7A5C_4014
 BATCH = 1000
 # A task's completed_at is its transition's transaction start: the counts fold in only tasks
-# that ended longer ago than any such transaction lasts (see taskhook.audit.SETTLE).
+# that ended longer ago than any such transaction lasts (see lifecycle.audit.SETTLE).
 SETTLED_SECONDS = 600.0
 
 
@@ -65,49 +67,52 @@ async def housekeeping(rt: Runtime, *, until_done: bool = False, batch: int = BA
     done = Pruned()
     settings = rt.settings
     unsigned = [name for name, adapter in rt.vendors.items() if not adapter.signed_callbacks]
-    async with rt.pool.acquire() as conn:
+    assert settings.database_url is not None
+    # A connection of its own: the lock is a session's, and pooled connections keep no
+    # session state (db/pool.py). Closing it releases the lock, however the round ends.
+    conn = await connect(settings.database_url)
+    try:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
             done.skipped = True
             return done
-        try:
-            while True:
-                full = False
-                async with _custom_plans(conn):
-                    n = await queries.prune_deliveries(
-                        conn,
-                        older_than_seconds=settings.delivery_retention,
-                        limit=batch,
-                        unsigned_vendors=unsigned,
-                    )
-                done.deliveries += n
-                full |= n >= batch
-                async with _custom_plans(conn):
-                    n = await queries.fold_state_counts(
-                        conn, settled_seconds=SETTLED_SECONDS, limit=batch * 10
-                    )
-                done.counted += n
-                full |= n >= batch * 10
-                n = await webhooks_out.prune_outbox(
-                    conn, older_than_seconds=settings.delivery_retention, limit=batch
+        while True:
+            full = False
+            async with _custom_plans(conn):
+                n = await queries.prune_deliveries(
+                    conn,
+                    older_than_seconds=settings.delivery_retention,
+                    limit=batch,
+                    unsigned_vendors=unsigned,
                 )
-                done.webhook_events += n
+            done.deliveries += n
+            full |= n >= batch
+            async with _custom_plans(conn):
+                n = await queries.fold_state_counts(
+                    conn, settled_seconds=SETTLED_SECONDS, limit=batch * 10
+                )
+            done.counted += n
+            full |= n >= batch * 10
+            n = await webhooks_out.prune_outbox(
+                conn, older_than_seconds=settings.delivery_retention, limit=batch
+            )
+            done.webhook_events += n
+            full |= n >= batch
+            if settings.event_retention is not None:
+                async with _custom_plans(conn):
+                    tasks, events = await queries.prune_events(
+                        conn, older_than_seconds=settings.event_retention, limit=batch
+                    )
+                done.event_tasks += tasks
+                done.events += events
+                full |= tasks >= batch
+            if settings.result_retention is not None:
+                n = await _prune_results(rt, conn, done, batch=batch)
                 full |= n >= batch
-                if settings.event_retention is not None:
-                    async with _custom_plans(conn):
-                        tasks, events = await queries.prune_events(
-                            conn, older_than_seconds=settings.event_retention, limit=batch
-                        )
-                    done.event_tasks += tasks
-                    done.events += events
-                    full |= tasks >= batch
-                if settings.result_retention is not None:
-                    n = await _prune_results(rt, conn, done, batch=batch)
-                    full |= n >= batch
-                await queries.prune_rate_windows(conn)
-                if not (until_done and full):
-                    return done
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+            await queries.prune_rate_windows(conn)
+            if not (until_done and full):
+                return done
+    finally:
+        await conn.close()
 
 
 @contextlib.asynccontextmanager

@@ -169,8 +169,9 @@ class ResultStore:
     async def presigned_urls(self, keys: Sequence[str]) -> list[str]:
         """A presigned GET URL per key (valid PRESIGN_SECONDS).
 
-        Signing is local computation, but botocore's takes ~0.3 ms a URL: a page of tasks
-        with many files each, signed on the event loop, stalled every other request. So
+        Signing is local computation, but botocore's is slow (bench/RESULTS.md, "Rendering
+        result URLs vs the event loop"): a page of tasks with many files each, signed on the
+        event loop, stalled every other request. So
         URLs are remembered for the first half of their life (a task's files never change),
         a key already being signed for another request is waited for rather than signed
         again, and the rest are signed together on one signing thread (one, so that signing

@@ -79,8 +79,8 @@ class RequestMiddleware:
             await send(message)
 
         # A ContextVar of our own that the log renderer reads (common/logs.py): structlog's
-        # bound_contextvars() copies the whole context twice, a third of this layer's cost
-        # (bench/request_overhead.py).
+        # bound_contextvars() copies the whole context twice (bench/RESULTS.md, "The request
+        # layer's cost per request").
         token = current_request_id.set(request_id)
         try:
             await self.app(scope, receive, send_with_id)

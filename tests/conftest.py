@@ -57,6 +57,24 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(own, ignore_errors=True)
 
 
+# The suites by kind (pyproject's markers): the inner loop, unit and integration, is
+# `pytest -m "not acceptance and not browser and not chaos"`; plain `pytest` runs everything.
+_MARKS_BY_FOLDER = {"acceptance": ("acceptance",), "browser": ("browser",)}
+_MARKS_BY_MODULE = {"test_chaos.py": ("chaos", "slow"), "test_container.py": ("slow",)}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        relative = item.path.relative_to(here) if item.path.is_relative_to(here) else item.path
+        names = _MARKS_BY_FOLDER.get(relative.parts[0], ()) + _MARKS_BY_MODULE.get(
+            item.path.name, ()
+        )
+        for name in names:
+            item.add_marker(name)
+
+
 @pytest.fixture(scope="session")
 def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     given = os.environ.get("DATABASE_URL")

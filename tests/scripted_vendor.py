@@ -43,6 +43,9 @@ class ScriptedVendor:
     async def prepare(self) -> None:
         return None
 
+    async def check_credentials(self) -> str:
+        return f"{self.name}: scripted, no credentials"
+
     def model_error(self, model: str) -> str | None:
         return None
 

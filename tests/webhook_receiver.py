@@ -81,7 +81,7 @@ class WebhookReceiver:
         app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["POST"])])
         config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=1)
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
         self._serving = asyncio.create_task(self._server.serve(sockets=[sock]))
         await eventually(lambda: _true(self._server and self._server.started), timeout=10)
 

@@ -1,12 +1,12 @@
 """The chaos run (issue 7) as CI runs it: 1,000 tasks through a real multi-process deployment.
 
-`bench/chaos.py` starts the simulator with every fault on (dropped, duplicated, reordered, early
+`tests/chaos.py` starts the simulator with every fault on (dropped, duplicated, reordered, early
 and wrongly signed callbacks, API errors, failed jobs), 2 web processes, 2 reconcilers and 2
 workers through the real CLI against this test's database and S3, submits 1,000 tasks over HTTP,
 SIGKILLs one process of each kind at 40 % and restarts it, and waits (a condition on the
 database) until every task is terminal. Every task has a client webhook (issue 18) to a receiver
-that drops, delays and fails answers (bench/client_receiver.py): each task's terminal state must
-reach it, never after a newer state than it. `python bench/chaos.py --tasks 10000` is the full
+that drops, delays and fails answers (tests/client_receiver.py): each task's terminal state must
+reach it, never after a newer state than it. `python -m tests.chaos --tasks 10000` is the full
 run.
 
 The simulator is Replicate as it is (issue 16): only a prediction's final webhook is retried
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import ChaosConfig, run_chaos, table
-from bench.chaos_stack import Faults, S3Target
+from tests.chaos import ChaosConfig, run_chaos, table
+from tests.chaos_stack import Faults, S3Target
 from tests.conftest import S3Config
 
 TASKS = 1000

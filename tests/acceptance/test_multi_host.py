@@ -159,7 +159,7 @@ async def until_serving(host: Host) -> None:
             return any(e["event"] == "taskhook_started" for e in events(host))
         try:
             async with httpx.AsyncClient(timeout=2) as c:
-                return (await c.get(f"{host.url}/readyz")).json().get("status") == "ready"
+                return bool((await c.get(f"{host.url}/readyz")).json().get("status") == "ready")
         except (httpx.HTTPError, ValueError):
             return False
 

@@ -1,17 +1,14 @@
 """Headless Chromium (Debian's `chromium`) driven by Playwright, against a whole taskhook.
 
 Playwright's own browser download is never used: we launch the system binary. When it is
-missing and we run as root, the session installs it with apt-get before the first test (outside
-any test's timeout); only if that fails are the browser tests skipped, with the reason.
+missing the browser tests are skipped, with the reason; the suite installs nothing (.ci/run
+installs Debian's `chromium` first, so CI on a fresh machine runs them).
 One browser serves the whole session; each test gets a fresh context (own storage) and its own
 stack (database, simulator, web app, worker, reconciler).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -44,43 +41,22 @@ HERE = Path(__file__).parent
 _chromium_problem: str | None = None  # set when the browser could not be made available
 
 
-def _install_chromium() -> str | None:
-    """None when /usr/bin/chromium is there (installing it if we can), else why not."""
+def _chromium_missing() -> str | None:
+    """None when /usr/bin/chromium is there, else why the browser tests cannot run. The suite
+    installs nothing: .ci/run installs Debian's `chromium` before the tests when it is missing."""
     if Path(CHROMIUM).exists():
         return None
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return f"{CHROMIUM} is missing; install Debian's `chromium` package (needs root)"
-    apt_get = shutil.which("apt-get")
-    if apt_get is None:
-        return f"{CHROMIUM} is missing and apt-get is not available to install it"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        # Fixed argument lists; apt_get is the absolute path `which` found.
-        subprocess.run(  # noqa: S603
-            [apt_get, "update"], check=True, timeout=300, env=env, capture_output=True
-        )
-        subprocess.run(  # noqa: S603
-            [apt_get, "install", "-y", "chromium"],
-            check=True,
-            timeout=900,
-            env=env,
-            capture_output=True,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"{CHROMIUM} is missing and `apt-get install -y chromium` failed: {exc}"
-    if not Path(CHROMIUM).exists():
-        return f"`apt-get install -y chromium` ran but {CHROMIUM} is still missing"
-    return None
+    return f"{CHROMIUM} is missing; install Debian's `chromium` package (.ci/run does)"
 
 
-@pytest.hookimpl(trylast=True)  # after -k / -m deselection: install only when a test needs it
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: look only when a test needs it
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     global _chromium_problem
     if not HAVE_PLAYWRIGHT:
         _chromium_problem = "playwright is not installed (pip install -e '.[test]')"
         return
     if any(HERE in item.path.parents for item in items):
-        _chromium_problem = _install_chromium()
+        _chromium_problem = _chromium_missing()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -70,6 +70,7 @@ async def test_dashboard_counts_vendors_and_dead_letter_replay(
         )
 
     await page.goto(stack.url + "/admin")
+    assert stack.settings.admin_key is not None
     await page.get_by_test_id("admin-key").fill(stack.settings.admin_key)
     await page.get_by_test_id("sign-in").click()
 
@@ -142,6 +143,7 @@ async def test_client_webhooks_panel_and_replay(page: Page, stack: Stack) -> Non
         )
 
     await page.goto(stack.url + "/admin")
+    assert stack.settings.admin_key is not None
     await page.get_by_test_id("admin-key").fill(stack.settings.admin_key)
     await page.get_by_test_id("sign-in").click()
     destination = page.locator('[data-testid="webhook-destination"][data-host="dead.invalid"]')

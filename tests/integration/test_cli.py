@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -15,6 +16,9 @@ from click.testing import CliRunner
 
 from taskhook.cli import cli
 from tests.conftest import S3Config
+
+# The `invoke` fixture: run the CLI in-process, (exit code, output).
+Invoke = Callable[..., tuple[int, str]]
 
 
 @pytest.fixture
@@ -55,7 +59,7 @@ def test_help_names_the_environment(invoke) -> None:  # type: ignore[no-untyped-
 
 def test_migrate_is_idempotent(invoke) -> None:  # type: ignore[no-untyped-def]
     code, out = invoke("migrate")
-    assert code == 0 and json.loads(out) == {"applied": []}
+    assert code == 0 and json.loads(out) == {"applied": [], "functions": []}
 
 
 def test_users_and_credits(invoke) -> None:  # type: ignore[no-untyped-def]
@@ -74,8 +78,8 @@ def test_users_and_credits(invoke) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_tasks_and_deliveries_views(invoke) -> None:  # type: ignore[no-untyped-def]
-    assert json.loads(invoke("tasks", "list")[1]) == []
-    assert json.loads(invoke("deliveries", "list", "--rejected")[1]) == []
+    assert json.loads(invoke("tasks", "list", "--json")[1]) == []
+    assert json.loads(invoke("deliveries", "list", "--rejected", "--json")[1]) == []
     code, out = invoke("tasks", "show", "nope")
     assert code == 1 and "not a task id" in out
 
@@ -122,8 +126,8 @@ def test_audit_full_finds_what_the_incremental_one_cannot(invoke, db_url: str) -
 
 
 def test_deliveries_list_merges_the_inbox_and_its_dead_letters_newest_first(
-    invoke, db_url: str
-) -> None:  # type: ignore[no-untyped-def]
+    invoke: Invoke, db_url: str
+) -> None:
     async def record() -> None:
         conn = await asyncpg.connect(db_url)
         try:
@@ -140,9 +144,9 @@ def test_deliveries_list_merges_the_inbox_and_its_dead_letters_newest_first(
             await conn.close()
 
     asyncio.run(record())
-    listed = json.loads(invoke("deliveries", "list")[1])
+    listed = json.loads(invoke("deliveries", "list", "--json")[1])
     assert [d["delivery_id"] for d in listed] == ["d3", "d2", "d1", "d0"]
-    rejected = json.loads(invoke("deliveries", "list", "--rejected")[1])
+    rejected = json.loads(invoke("deliveries", "list", "--rejected", "--json")[1])
     assert [d["delivery_id"] for d in rejected] == ["d1"]
 
 
@@ -155,7 +159,8 @@ def test_prune_reports_what_it_did(invoke, s3: S3Config, monkeypatch: pytest.Mon
     monkeypatch.setenv("TASKHOOK_EVENT_RETENTION", "86400")
     code, out = invoke("prune")
     assert code == 0, out
-    assert json.loads(out[out.index("{\n") :]) == {
+    # Log lines may come first; the summary is one JSON document on the last line.
+    assert json.loads(out.strip().splitlines()[-1]) == {
         "deliveries": 0,
         "events": 0,
         "event_tasks": 0,
@@ -267,8 +272,8 @@ def test_workers_and_reconcilers_can_be_scraped(
     ],
 )
 def test_production_refuses_a_public_url_replicate_will_not_call(
-    invoke, monkeypatch: pytest.MonkeyPatch, command: str, url: str, says: str
-) -> None:  # type: ignore[no-untyped-def]
+    invoke: Invoke, monkeypatch: pytest.MonkeyPatch, command: str, url: str, says: str
+) -> None:
     """`check` included: a setting that cannot work is a refusal to start (one line, exit 2)
     in production, not a failed check."""
     for name, value in {
@@ -286,8 +291,8 @@ def test_production_refuses_a_public_url_replicate_will_not_call(
 
 
 def test_check_finds_a_redirect_in_front_of_the_deployment(
-    invoke, monkeypatch: pytest.MonkeyPatch, s3: S3Config
-) -> None:  # type: ignore[no-untyped-def]
+    invoke: Invoke, monkeypatch: pytest.MonkeyPatch, s3: S3Config
+) -> None:
     """An https URL that answers a webhook with a redirect (here a local server doing what an
     http-to-https or www redirect does): Replicate follows none."""
     import http.server

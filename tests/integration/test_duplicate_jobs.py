@@ -138,6 +138,7 @@ async def test_after_an_ambiguous_create_the_task_never_fails_over(
             headers={"Authorization": f"Bearer {key}"},
         )
         task_id = parse_task_id(r.json()["id"])
+        assert task_id is not None
         await stored(runtime, task_id)
         await register(runtime, task_id=task_id, attempt=2)  # refused for sure, this time
     after = await stored(runtime, task_id)

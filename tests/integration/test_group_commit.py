@@ -197,7 +197,8 @@ async def test_the_next_batch_starts_before_the_last_ones_callers_resume(pool: A
 
     async def logged(conn: Any, items: Sequence[int]) -> list[float]:
         order.append(f"commit {list(items)}")
-        return await run(conn, items)
+        answer: list[float] = await run(conn, items)
+        return answer
 
     group = GroupCommit(pool, logged, concurrency=1)
 
@@ -226,7 +227,7 @@ async def test_the_next_batch_goes_out_in_the_same_step_as_the_last_ones_answer(
 
     async def logged(conn: Any, items: Sequence[int]) -> list[float]:
         order.append(f"commit {list(items)}")
-        answer = await run(conn, items)
+        answer: list[float] = await run(conn, items)
         # Runs at the loop's next turn: after the next batch was sent, if no turn came between.
         asyncio.get_running_loop().call_soon(order.append, f"turn after {list(items)}")
         return answer
@@ -365,8 +366,10 @@ async def test_one_batch_ends_several_tasks_of_one_user(conn: Conn) -> None:
         ("storing", 0),
     ]
     mine = await conn.fetchrow("SELECT balance, active_tasks FROM users WHERE id = $1", user_id)
+    assert mine is not None
     assert tuple(mine) == (10 - 4 * 2 + 2 * 2, 2)  # two refunds; c and d still live
     their = await conn.fetchrow("SELECT balance, active_tasks FROM users WHERE id = $1", other_id)
+    assert their is not None
     assert tuple(their) == (10, 0)
     refunds = await conn.fetch(
         "SELECT task_id, amount FROM credit_ledger WHERE kind = 'refund' ORDER BY amount, task_id"
@@ -454,6 +457,7 @@ async def test_a_delivery_id_raced_for_two_tasks_applies_to_one(
     second = await conn.fetchrow(
         "SELECT status::text, vendor_task_id FROM tasks WHERE id = $1", second_task
     )
+    assert second is not None
     assert tuple(second) == ("pending", None)
     events = await conn.fetchval("SELECT count(*) FROM task_events WHERE task_id = $1", second_task)
     assert events == 0

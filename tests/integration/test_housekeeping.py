@@ -1,4 +1,4 @@
-"""Retention and the dashboard's counts (reconciler/housekeeping.py) on real PostgreSQL and S3:
+"""Retention and the dashboard's counts (lifecycle/housekeeping.py) on real PostgreSQL and S3:
 nothing goes by default; with retention set, old tasks lose their events and stored files
 and nothing else does; the marks keep each round off what is already done."""
 

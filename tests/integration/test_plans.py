@@ -175,12 +175,14 @@ async def test_active_list_reads_only_live_tasks(history: asyncpg.Connection[Any
 
 async def test_deep_cursor_page_starts_at_the_cursor(history: asyncpg.Connection[Any]) -> None:
     user = await heavy_user(history)
-    created_at, task_id = await history.fetchrow(
+    row = await history.fetchrow(
         "SELECT created_at, id FROM tasks WHERE user_id = $1"
         " ORDER BY created_at DESC, id DESC OFFSET $2 LIMIT 1",
         user,
         int(HEAVY * 0.9),
     )
+    assert row is not None
+    created_at, task_id = row
     await assert_reads(
         history,
         QUERIES["list_user_tasks"],
@@ -223,9 +225,10 @@ async def test_operator_list_reads_a_page(history: asyncpg.Connection[Any]) -> N
 async def test_dashboard_counts_and_refunds_skip_history(
     history: asyncpg.Connection[Any],
 ) -> None:
-    # The reconciler's housekeeping folds ended tasks into the counts (reconciler/housekeeping).
+    # The reconciler's housekeeping folds ended tasks into the counts (lifecycle/housekeeping.py).
     await queries.fold_state_counts(history, settled_seconds=600, limit=10 * TASKS)
     mark = await history.fetchrow(ADMIN_QUERIES["counts_mark"])
+    assert mark is not None
     await assert_reads(
         history,
         ADMIN_QUERIES["count_by_state"],

@@ -72,6 +72,7 @@ async def test_valid_webhook_is_applied(
     row = await conn.fetchrow(
         "SELECT status::text, progress, vendor_task_id FROM tasks WHERE id = $1", task
     )
+    assert row is not None
     assert tuple(row) == ("processing", 50, "pred1")
 
 

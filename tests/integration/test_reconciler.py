@@ -104,6 +104,7 @@ async def test_lost_callback_is_polled_and_applied(runtime: Runtime, conn: Conn)
         "SELECT status::text, progress, next_poll_at > now() AS later FROM tasks WHERE id=$1",
         task_id,
     )
+    assert row is not None
     assert tuple(row) == ("processing", 40, True)
     # just polled: not due again this round
     assert (await reconcile_once(rt)).claimed == 0
@@ -155,6 +156,7 @@ async def test_news_defers_a_due_poll_to_the_date_it_asked_for(
         "FROM tasks WHERE id=$1",
         task_id,
     )
+    assert row is not None
     assert tuple(row) == (True, True)
     # once that date has come, the task is polled as before
     await conn.execute(
@@ -207,6 +209,7 @@ async def test_deadline_fails_and_refunds_once_then_late_success_never_reopens(
         "WHERE task_id=$1 AND event_key='webhook:late'",
         task_id,
     )
+    assert event is not None
     assert tuple(event) == ("storing", False)
     assert (await reconcile_once(rt)).claimed == 0
 
@@ -259,6 +262,7 @@ async def test_breaker_opens_after_failures_and_closes_after_a_good_probe(
     await reconcile_once(rt)
     assert len(vendor.calls) == 5  # a batch already under way completes its calls
     state = await conn.fetchrow("SELECT circuit, failures FROM vendor_state")
+    assert state is not None
     assert state["circuit"] == "open" and state["failures"] >= 3
     await conn.execute("UPDATE tasks SET next_poll_at = now() - interval '1 second'")
     calls = len(vendor.calls)
@@ -292,6 +296,7 @@ async def test_429_blocks_every_caller_for_retry_after(runtime: Runtime, conn: C
     state = await conn.fetchrow(
         "SELECT circuit, blocked_until - clock_timestamp() AS left FROM vendor_state"
     )
+    assert state is not None
     assert state["circuit"] == "closed"  # throttling is not a failure of the vendor
     assert timedelta(seconds=25) < state["left"] <= timedelta(seconds=30)
     calls = len(vendor.calls)
@@ -375,6 +380,7 @@ async def test_open_circuit_defers_registration_without_spending_attempts(
         "interval '50 seconds' AS later FROM tasks WHERE id=$1",
         task_id,
     )
+    assert row is not None
     assert tuple(row) == ("pending", 0, True)
     assert vendor.calls == []
 
@@ -440,6 +446,7 @@ async def test_stragglers_failing_do_not_push_an_open_circuit_out(
     row = await conn.fetchrow(
         "SELECT circuit, open_until FROM vendor_state WHERE vendor='replicate'"
     )
+    assert row is not None
     assert (row["circuit"], row["open_until"]) == ("open", opened)
 
 
@@ -461,3 +468,20 @@ async def test_a_healthy_vendor_call_writes_nothing_to_the_shared_row(
     assert await conn.fetchval("SELECT failures FROM vendor_state WHERE vendor='replicate'") == 1
     await health.record(None)  # back to clean: written once more
     assert await conn.fetchval("SELECT failures FROM vendor_state WHERE vendor='replicate'") == 0
+
+
+async def test_a_paused_vendor_is_not_polled_until_resumed(runtime: Runtime, conn: Conn) -> None:
+    """An operator's pause (issue 17.3) lives in vendor_state: this reconciler, like every
+    process, reads it and makes no call to the vendor; resumed, the poll goes out."""
+    from db import operations_queries
+
+    vendor = FakeVendor()
+    rt = with_vendor(runtime, vendor)
+    task_id = await due_task(conn, pid="p_paused")
+    await operations_queries.pause_vendor(conn, vendor="replicate", reason="test")
+    await reconcile_once(rt)
+    assert vendor.calls == [] and await status_of(conn, task_id) == "submitted"
+    assert await operations_queries.resume_vendor(conn, vendor="replicate")
+    await conn.execute("UPDATE tasks SET next_poll_at = now() - interval '1 second'")
+    summary = await reconcile_once(rt)
+    assert summary.polled == 1 and vendor.calls == ["/v1/predictions/p_paused"]

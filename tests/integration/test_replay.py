@@ -16,6 +16,7 @@ from db import queries
 from lifecycle.replay import replay_delivery
 from lifecycle.runtime import Runtime
 from taskhook.cli import cli
+from tests.conftest import S3Config
 from tests.factories import make_task, make_user
 
 Conn = asyncpg.Connection
@@ -73,8 +74,8 @@ async def test_still_unreadable_stays_a_dead_letter(runtime: Runtime, conn: Conn
 
 
 def test_replay_from_the_cli(
-    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3
-) -> None:  # type: ignore[no-untyped-def]
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3: S3Config
+) -> None:
     import asyncio
 
     async def setup() -> int:
@@ -104,10 +105,12 @@ def test_replay_from_the_cli(
     }.items():
         monkeypatch.setenv(name, value)
     runner = CliRunner()
-    listed = json.loads(runner.invoke(cli, ["deliveries", "list", "--rejected"]).output)
+    listed = json.loads(runner.invoke(cli, ["deliveries", "list", "--rejected", "--json"]).output)
     assert [d["id"] for d in listed] == [row_id]
     result = runner.invoke(cli, ["deliveries", "replay", str(row_id)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["status"] == "applied"
-    assert json.loads(runner.invoke(cli, ["deliveries", "list", "--rejected"]).output) == []
+    assert (
+        json.loads(runner.invoke(cli, ["deliveries", "list", "--rejected", "--json"]).output) == []
+    )
     assert os.environ["DATABASE_URL"] == db_url

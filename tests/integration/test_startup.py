@@ -108,7 +108,7 @@ class Process:
         while True:
             for line in self.lines[seen:]:
                 seen += 1
-                event = json.loads(line) if line.startswith("{") else None
+                event: dict[str, Any] | None = json.loads(line) if line.startswith("{") else None
                 if event is not None and predicate(event):
                     self.found_at = seen - 1
                     return event
@@ -312,7 +312,7 @@ def test_log_level_warning_leaves_the_info_lines_out(
 def test_the_reconciler_logs_every_pass(db_url: str, s3: S3Config, tmp_path: Path) -> None:
     env = base_env(db_url, s3, tmp_path)
     with running(env, "reconcile", "--interval", "0.05") as reconciler:
-        passes = []
+        passes: list[dict[str, Any]] = []
         while len(passes) < 3:  # idle passes too: a reconciler that stopped shows by silence
             passes.append(
                 reconciler.wait_for(

@@ -103,6 +103,7 @@ async def test_failed_attempt_backs_off_and_keeps_the_task(
         "later, last_error FROM tasks WHERE id = $1",
         task_id,
     )
+    assert row is not None
     assert row["status"] == "storing" and row["lease_owner"] is None and row["later"]
     assert reason in row["last_error"]
 
@@ -299,6 +300,7 @@ async def test_a_worker_stopped_mid_download_hands_its_lease_back(
         "AS free FROM tasks WHERE id=$1",
         task_id,
     )
+    assert row is not None
     assert tuple(row) == ("storing", None, True)
     # another worker can take it at once
     claimed = await queries.claim_storing(

@@ -55,6 +55,7 @@ async def test_a_429_on_a_create_blocks_creates_not_polls(runtime: Runtime, conn
     state = await conn.fetchrow(
         "SELECT circuit, failures FROM vendor_state WHERE vendor = 'replicate'"
     )
+    assert state is not None
     assert (state["circuit"], state["failures"]) == ("closed", 0)
 
 

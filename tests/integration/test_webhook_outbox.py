@@ -121,7 +121,7 @@ async def test_webhook_batches_write_events_too(conn: Conn) -> None:
             delivery_id="a1",
             task_id=a,
             headers={},
-            vendor_task_id=None,
+            vendor_task_id=None,  # type: ignore[arg-type]  # no job named: the SQL allows it
             to="failed",
             allowed_from=allowed_from(TaskStatus.FAILED),
             progress=None,
@@ -132,7 +132,7 @@ async def test_webhook_batches_write_events_too(conn: Conn) -> None:
             delivery_id="b1",
             task_id=b,
             headers={},
-            vendor_task_id=None,
+            vendor_task_id=None,  # type: ignore[arg-type]  # no job named: the SQL allows it
             to="processing",
             allowed_from=allowed_from(TaskStatus.PROCESSING),
             progress=30,
@@ -149,7 +149,7 @@ async def test_webhook_batches_write_events_too(conn: Conn) -> None:
             delivery_id="b2",
             task_id=b,
             headers={},
-            vendor_task_id=None,
+            vendor_task_id=None,  # type: ignore[arg-type]  # no job named: the SQL allows it
             to="processing",
             allowed_from=allowed_from(TaskStatus.PROCESSING),
             progress=70,

@@ -192,6 +192,8 @@ async def scenario(
                         task_id,
                     )
                 if r.status_code != 200 or r.json()["status"] != "applied":
+                    assert after is not None
+                    assert before is not None
                     assert dict(after) == dict(before) or (
                         # a stale-but-recorded event may still fill in the vendor's id
                         after["status"] == before["status"] and before["vendor_task_id"] is None

@@ -54,6 +54,7 @@ async def scenario(dsn: str, plan: list[list[tuple[TaskStatus, int, int | None]]
                     row = await c.fetchrow(
                         "SELECT status::text, progress FROM tasks WHERE id = $1", task_id
                     )
+                    assert row is not None
                     seen.append((row["status"], row["progress"]))
 
         await asyncio.gather(*(actor(events) for events in plan))
@@ -71,6 +72,7 @@ async def scenario(dsn: str, plan: list[list[tuple[TaskStatus, int, int | None]]
                 task_id,
             )
             report = await run_audit(conn, grace_seconds=10_000)
+        assert final is not None
         status = TaskStatus(final["status"])
         kinds = [r["kind"] for r in ledger]
         assert kinds.count("charge") == 1

@@ -4,6 +4,7 @@ inside the time its vendor keeps the result (issue 16.4): Replicate an hour, fal
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from vendors.replicate import ReplicateAdapter
     [(ReplicateAdapter, 3600.0), (FalAdapter, 360.0), (MidjourneyProxyAdapter, None)],
 )
 def test_each_adapter_says_how_long_its_vendor_keeps_results(
-    adapter: type, retention: float | None
+    adapter: Any, retention: float | None
 ) -> None:
     assert adapter.result_retention == retention
 

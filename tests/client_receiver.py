@@ -149,7 +149,7 @@ class ClientReceiver:
         app = Starlette(routes=[Route("/hooks/client", self._handle, methods=["POST"])])
         config = uvicorn.Config(app, log_level="warning", lifespan="off", backlog=1024)
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
         self._serving = asyncio.create_task(self._server.serve(sockets=[sock]))
         deadline = time.monotonic() + 10
         while not self._server.started:

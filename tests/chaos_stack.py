@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 CLI = (sys.executable, "-m", "taskhook.cli")
 TERMINAL = ("completed", "failed", "canceled")
 LIVE = ("pending", "submitted", "processing", "storing")
-API_TOKEN = "chaos-token"  # noqa: S105 - the local simulator accepts any token
+API_TOKEN = "chaos-token"
 STOP_TIMEOUT = 15.0
 
 # Every child process group still alive; the atexit hook kills what `stop()` did not reach.

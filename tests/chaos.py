@@ -1,6 +1,6 @@
 """The chaos run (issue 7): a real deployment on this machine, a faulty vendor, SIGKILLs, books.
 
-What runs, each as its own OS process started through the real CLI (`bench/chaos_stack.py`):
+What runs, each as its own OS process started through the real CLI (`tests/chaos_stack.py`):
 the vendor simulator with the issue's faults (20 % of callbacks dropped, 30 % duplicated,
 reordered, early, 10 % API errors, 10 % failed jobs, 10 % preceded by a wrongly signed copy),
 2 x `taskhook serve`, 2 x `taskhook reconcile`, 2 x `taskhook worker`, one PostgreSQL database
@@ -16,7 +16,7 @@ database, with a timeout) until every task is terminal and builds the report fro
 `taskhook audit`, the client's own records, the simulator's counters and `/metrics` of the web
 processes, scraped before the load, just before the kill and at the end.
 
-    .venv/bin/python bench/chaos.py --tasks 10000            # add --json for machine output
+    .venv/bin/python -m tests.chaos --tasks 10000            # add --json for machine output
 
 Without DATABASE_URL the embedded PostgreSQL is started under --data-dir (a temp dir by default);
 without TASKHOOK_S3_ENDPOINT_URL the embedded S3 as well. Each run gets a fresh database
@@ -46,54 +46,27 @@ from typing import Any
 import asyncpg
 import httpx
 
-try:  # imported as bench.chaos (tests) or run as a script from bench/
-    from bench.chaos_stack import (
-        TERMINAL,
-        ChaosStack,
-        Check,
-        DatabaseFacts,
-        Faults,
-        S3Target,
-        Samples,
-        Service,
-        StackConfig,
-        audit,
-        count_open,
-        log_summary,
-        metrics_checks,
-        read_database,
-        run_cli,
-        scrape,
-        simulator_quiet,
-        simulator_stats,
-    )
-    from bench.client_receiver import ClientFaults, ClientReceiver, ClientWebhookReport
-except ModuleNotFoundError:
-    from chaos_stack import (  # type: ignore[no-redef,import-not-found,unused-ignore]
-        TERMINAL,
-        ChaosStack,
-        Check,
-        DatabaseFacts,
-        Faults,
-        S3Target,
-        Samples,
-        Service,
-        StackConfig,
-        audit,
-        count_open,
-        log_summary,
-        metrics_checks,
-        read_database,
-        run_cli,
-        scrape,
-        simulator_quiet,
-        simulator_stats,
-    )
-    from client_receiver import (  # type: ignore[no-redef,import-not-found,unused-ignore]
-        ClientFaults,
-        ClientReceiver,
-        ClientWebhookReport,
-    )
+from tests.chaos_stack import (
+    TERMINAL,
+    ChaosStack,
+    Check,
+    DatabaseFacts,
+    Faults,
+    S3Target,
+    Samples,
+    Service,
+    StackConfig,
+    audit,
+    count_open,
+    log_summary,
+    metrics_checks,
+    read_database,
+    run_cli,
+    scrape,
+    simulator_quiet,
+    simulator_stats,
+)
+from tests.client_receiver import ClientFaults, ClientReceiver, ClientWebhookReport
 
 MODEL = "black-forest-labs/flux-schnell"
 REPLAY_EVERY = 10  # every 10th task: the client sends the same request again on purpose
