@@ -17,7 +17,7 @@ class TaskStatus(enum.StrEnum):
     PROCESSING = "processing"  # the vendor says it is running
     STORING = "storing"  # the vendor finished; we are copying the output to S3
     COMPLETED = "completed"  # output stored; terminal
-    FAILED = "failed"  # terminal, refunded
+    FAILED = "failed"  # terminal, refunded (unless a follow-up builds on it: 0021)
     CANCELED = "canceled"  # terminal, refunded
 
 

@@ -161,14 +161,19 @@ async def check_database(settings: Settings, *, schema: bool = True) -> SchemaSt
     if not schema:
         return found
     deadline = time.monotonic() + settings.schema_wait
-    while found.missing and not found.unknown and time.monotonic() < deadline:
-        log.warning("schema_behind", waiting_for="taskhook migrate", missing=found.missing)
+    while found.behind and time.monotonic() < deadline:
+        log.warning(
+            "schema_behind",
+            waiting_for="taskhook migrate",
+            missing=found.missing,
+            functions=list(found.stale_functions),
+        )
         await asyncio.sleep(min(_SCHEMA_POLL, max(0.0, deadline - time.monotonic())))
         found = await read()
     if not found.current:
         waited = (
             f" (waited {settings.schema_wait:g} s, TASKHOOK_SCHEMA_WAIT)"
-            if found.missing and settings.schema_wait
+            if found.behind and settings.schema_wait
             else ""
         )
         raise StartupFailed(found.describe() + waited, exit_code=EXIT_SCHEMA)

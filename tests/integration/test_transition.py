@@ -281,28 +281,6 @@ async def test_failure_racing_cancel_refunds_once(conn: Conn, db_url: str) -> No
         assert not await queries.audit_refunds(conn)
 
 
-async def test_the_previous_release_still_moves_tasks(conn: Conn) -> None:
-    """The release phase migrates while the previous release's processes still run: its
-    single-task taskhook_transition is kept, as a wrapper of taskhook_transition_many."""
-    user_id, task_id = await task_in(conn, TaskStatus.PROCESSING)
-    row = await conn.fetchrow(
-        """SELECT * FROM taskhook_transition($1, 'old', 'failed', '{pending,submitted,processing}',
-                                            'old-release', NULL, NULL, NULL, NULL,
-                                            '{"code": "vendor_failed"}', NULL, NULL)""",
-        task_id,
-    )
-    assert row is not None
-    assert (row["from_status"], row["applied"], row["status"], row["refunds"]) == (
-        "processing",
-        True,
-        "failed",
-        1,
-    )
-    assert await ledger(conn, task_id) == [("charge", -1), ("refund", 1)]
-    balance = await conn.fetchval("SELECT balance FROM users WHERE id = $1", user_id)
-    assert balance == 5
-
-
 async def test_a_progress_report_is_a_hot_update_that_keeps_the_poll_date(conn: Conn) -> None:
     """Progress reports come every second or so for a running job. One that leaves the status
     as it was records its later poll date in poll_not_before (not indexed) and leaves the

@@ -8,6 +8,9 @@
   parent, the transition the task and then the user. Now rows are locked in one order (tasks,
   then users), and a deadlock or serialization failure, should one ever happen, is a 503 with
   Retry-After, never a 500.
+* A follow-up on a parent in `storing` used the vendor's job; when storing the parent then
+  failed, the parent was refunded, so the client had that job for free. Now a task with a
+  follow-up keeps its charge when it fails after the vendor's success (0021).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from db.models import Task
 from db.pool import connect
 from db.transition import transition
 from lifecycle.audit import run_audit
+from lifecycle.results import store_result
 from lifecycle.runtime import Runtime
 from tests.acceptance.stack import wait_for
 from tests.scripted_vendor import ScriptedVendor, install, update
@@ -53,7 +57,11 @@ async def load(runtime: Runtime, public_id: str) -> Task:
 
 
 async def parent_at(
-    app: httpx.AsyncClient, runtime: Runtime, headers: dict[str, str], status: TaskStatus
+    app: httpx.AsyncClient,
+    runtime: Runtime,
+    headers: dict[str, str],
+    status: TaskStatus,
+    outputs: list[str] | None = None,
 ) -> Task:
     """A midjourney task the vendor holds, moved here as its callbacks would move it."""
     r = await app.post(
@@ -79,7 +87,9 @@ async def parent_at(
                 to=step,
                 event_key=f"t:{step}",
                 cause="test",
-                outputs=["http://files.invalid/1.png"] if step is TaskStatus.STORING else None,
+                outputs=(outputs or ["http://files.invalid/1.png"])
+                if step is TaskStatus.STORING
+                else None,
             )
     return await load(runtime, parent.public_id)
 
@@ -119,6 +129,57 @@ async def test_cancel_before_the_vendor_finished_still_refunds(
     r = await app.post(f"/v1/tasks/{parent.public_id}/cancel", headers=headers)
     assert (r.status_code, r.json()["status"], r.json()["refunded"]) == (200, "canceled", True)
     assert await credits(app, headers) == 5
+
+
+async def test_a_parent_a_follow_up_acted_on_keeps_its_charge_when_storing_it_fails(
+    app: httpx.AsyncClient, runtime: Runtime, mj: ScriptedVendor
+) -> None:
+    """Parent storing, an action on it (202), then the worker cannot store the parent (more
+    files than a task may keep): the parent fails as ever, without a refund; the child
+    stands, charged; the audit balances."""
+    headers = await auth_header(runtime, credits=5)
+    too_many = [f"http://files.invalid/{i}.png" for i in range(runtime.settings.max_outputs + 1)]
+    parent = await parent_at(app, runtime, headers, TaskStatus.STORING, outputs=too_many)
+    r = await app.post(
+        f"/v1/tasks/{parent.public_id}/actions",
+        json={"action": "upscale", "index": 1},
+        headers=headers,
+    )
+    assert r.status_code == 202, r.text
+    assert await credits(app, headers) == 3
+    await store_result(runtime, task_id=parent.id, attempt=1, owner="test")
+    r = await app.get(f"/v1/tasks/{parent.public_id}", headers=headers)
+    assert r.status_code == 200, r.text
+    failed = r.json()
+    assert (failed["status"], failed["error"]["code"], failed["refunded"]) == (
+        "failed",
+        "output_limit_exceeded",
+        False,
+    )
+    assert await credits(app, headers) == 3
+    async with runtime.pool.acquire() as conn:
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM credit_ledger WHERE task_id = $1 AND kind = 'refund'",
+                parent.id,
+            )
+            == 0
+        )
+        assert (await run_audit(conn)).ok
+
+
+async def test_a_parent_without_a_follow_up_is_still_refunded_when_storing_it_fails(
+    app: httpx.AsyncClient, runtime: Runtime, mj: ScriptedVendor
+) -> None:
+    headers = await auth_header(runtime, credits=5)
+    too_many = [f"http://files.invalid/{i}.png" for i in range(runtime.settings.max_outputs + 1)]
+    parent = await parent_at(app, runtime, headers, TaskStatus.STORING, outputs=too_many)
+    await store_result(runtime, task_id=parent.id, attempt=1, owner="test")
+    r = await app.get(f"/v1/tasks/{parent.public_id}", headers=headers)
+    assert (r.json()["status"], r.json()["refunded"]) == ("failed", True)
+    assert await credits(app, headers) == 5
+    async with runtime.pool.acquire() as conn:
+        assert (await run_audit(conn)).ok
 
 
 TRIES = 24
@@ -242,6 +303,9 @@ async def test_an_action_locks_its_parent_before_the_user_so_a_parents_move_cann
             await c.close()
     assert done_action.status_code == 202, done_action.text
     assert moved.applied
+    # The follow-up committed while the move waited for its parent: the move saw it (its
+    # own snapshot, taken after the lock) and kept the parent's charge.
+    assert not moved.refunded
     async with runtime.pool.acquire() as conn:
         assert (await run_audit(conn)).ok
 
