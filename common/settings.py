@@ -345,6 +345,8 @@ class Settings:
         doc="JSON: model name -> its vendors (read in from_env: it names vendors)",
         factory=dict,
     )
+    # Model name -> the short description GET /v1/models shows (a route's "description").
+    model_descriptions: Mapping[str, str] = field(default_factory=dict)
     # With routes, a model no route lists is refused unless this is set (at task_cost).
     allow_unrouted_models: bool = setting(
         "TASKHOOK_ALLOW_UNROUTED_MODELS",
@@ -651,7 +653,8 @@ def parse_routes(raw: str | None, *, known: Sequence[str]) -> dict[str, tuple[Ve
         for entry in entries:
             if (
                 not isinstance(entry, dict)
-                or set(entry) - {"vendor", "model", "price"}
+                or set(entry) - {"vendor", "model", "price", "description"}
+                or not isinstance(entry.get("description", ""), str)
                 or not isinstance(entry.get("vendor"), str)
                 or not isinstance(entry.get("model", name), str)
                 or type(entry.get("price", 1)) is not int
@@ -671,6 +674,21 @@ def parse_routes(raw: str | None, *, known: Sequence[str]) -> dict[str, tuple[Ve
             raise SettingsError(f"{usage}; {name!r} lists a vendor twice")
         routes[name] = tuple(parsed)
     return routes
+
+
+def parse_model_descriptions(raw: str | None) -> dict[str, str]:
+    """A model's description for the catalogue (GET /v1/models): the first `description` one
+    of its routes gives in TASKHOOK_ROUTES (checked by parse_routes)."""
+    if raw is None:
+        return {}
+    described: dict[str, str] = {}
+    for name, entries in json.loads(raw).items():
+        for entry in entries:
+            text = entry.get("description", "").strip()
+            if text:
+                described[name] = text
+                break
+    return described
 
 
 def generated_secret(data_dir: Path, name: str) -> str:

@@ -471,9 +471,10 @@ async def record_vendor_result(
     threshold: int,
     cooldown: float,
     retry_after: float | None,
+    error: str | None = None,
 ) -> Record | None:
     return await conn.fetchrow(
-        QUERIES["record_vendor_result"], vendor, ok, threshold, cooldown, retry_after
+        QUERIES["record_vendor_result"], vendor, ok, threshold, cooldown, retry_after, error
     )
 
 
