@@ -26,9 +26,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from common.settings import ReplicateSettings, Settings
+from common.settings import Settings
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime, resolve_services
+from vendors.replicate import ReplicateSettings
 
 SECRET = "bench-request-overhead-" + "x" * 32
 
@@ -73,11 +74,13 @@ async def main(requests: int, rounds: int) -> None:
         s3_embedded=True,
         secret=SECRET,
         public_url="http://bench",
-        replicate=ReplicateSettings(
-            api_token="t",  # noqa: S106 - a stand-in vendor nobody calls
-            api_base="http://127.0.0.1:9/v1",
-            webhook_secrets=("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",),
-        ),
+        vendor_settings={
+            "replicate": ReplicateSettings(
+                api_token="t",  # noqa: S106 - a stand-in vendor nobody calls
+                api_base="http://127.0.0.1:9/v1",
+                webhook_secrets=("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",),
+            )
+        },
     )
     settings = await asyncio.to_thread(resolve_services, base)
     async with open_runtime(settings, apply_migrations=True) as rt:

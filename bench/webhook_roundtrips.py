@@ -30,11 +30,11 @@ from webhook_ingest import (
     s3_env,
 )
 
-from common.settings import Settings
 from common.tokens import CallbackTokens
 from simulator.signing import new_webhook_id, webhook_headers
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime
+from vendors.registry import read_settings
 
 SENDS = 50
 DATA_DIR = Path("/tmp/taskhook-bench")  # noqa: S108 - bench scratch, outside the repo
@@ -76,7 +76,7 @@ async def main() -> int:
             # the dev S3 when one runs, else the embedded one (the runtime checks the bucket)
             **await s3_env(DATA_DIR),
         }
-        settings = replace(Settings.from_env(env))
+        settings = replace(read_settings(env))
         tokens = CallbackTokens(CALLBACK_SECRET)
         async with open_runtime(settings) as rt:
             app = create_app(settings, runtime=rt)

@@ -9,17 +9,11 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol
 
-from common.whsec import decode_secret
-
-T = TypeVar("T")
-
-
-KNOWN_VENDORS = ("replicate", "fal", "midjourney")
 ENVIRONMENTS = ("development", "production")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Every secret we key or compare with: shorter ones are guessable offline from one signed token.
@@ -37,38 +31,197 @@ class SettingsError(Exception):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReplicateSettings:
-    api_token: str = field(repr=False)
-    api_base: str = "https://api.replicate.com/v1"
-    # Several `whsec_...` secrets during a rotation; empty = fetch the account's default secret.
-    webhook_secrets: tuple[str, ...] = ()
+class Declared:
+    """One environment variable, declared once beside the field it fills: its name, how its
+    text becomes the value, and what it means. docs/API.md's settings table is checked against
+    these declarations (tests/unit/test_settings_declared.py)."""
+
+    env: str
+    doc: str
+    # Text -> value; raises ValueError saying what the value must be ("a positive number").
+    # None: read in Settings.from_env by hand, because it depends on other settings.
+    read: Callable[[str], Any] | None = None
+    # A secret's value is never repeated in an error message.
+    secret: bool = False
 
 
-@dataclass(frozen=True, kw_only=True)
-class FalSettings:
-    api_key: str = field(repr=False)
-    queue_base: str = "https://queue.fal.run"
-    jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
-    # fal's platform API (model pricing answers only a valid key: `taskhook check` asks it).
-    api_base: str = "https://api.fal.ai/v1"
-    # Our fal account (X-Fal-Webhook-User-Id); None: learned and pinned (lifecycle/accounts.py).
-    user_id: str | None = None
+def setting(
+    env: str,
+    default: Any = MISSING,
+    *,
+    doc: str,
+    read: Callable[[str], Any] | None = None,
+    secret: bool = False,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A settings field declared with its variable (see Declared)."""
+    metadata = {"setting": Declared(env=env, doc=doc, read=read, secret=secret)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata, repr=not secret)
+    return field(default=default, metadata=metadata, repr=not secret)
 
 
-MJ_DIALECTS = ("auto", "novicezk", "trueai")
+def declarations(cls: type) -> list[tuple[str, Declared]]:
+    """(field name, declaration) of every declared field of a settings dataclass."""
+    return [(f.name, f.metadata["setting"]) for f in fields(cls) if "setting" in f.metadata]
 
 
-@dataclass(frozen=True, kw_only=True)
-class MidjourneySettings:
-    api_base: str
-    api_secret: str | None = field(default=None, repr=False)
-    # Which fork's follow-up API: novicezk's /mj/submit/change, trueai's /mj/submit/action
-    # (v10 removed change); auto tells them apart by the parent task's `buttons`.
-    dialect: str = "auto"
+def read_declared(
+    cls: type, get: Callable[[str], str | None], problems: list[str]
+) -> dict[str, Any]:
+    """The values of `cls`'s declared fields that are set and readable; every unreadable one
+    adds a problem (and keeps its default)."""
+    values: dict[str, Any] = {}
+    for name, declared in declarations(cls):
+        raw = get(declared.env)
+        if raw is None or declared.read is None:
+            continue
+        try:
+            values[name] = declared.read(raw)
+        except ValueError as exc:
+            shown = "" if declared.secret else f", got {raw!r}"
+            problems.append(f"{declared.env} must be {exc}{shown}")
+    return values
+
+
+class PluggedVendor(Protocol):
+    """What reading the settings needs of a vendor (vendors/base.py's VendorPlugin): its name,
+    its settings dataclass (fields declared with `setting`) and the variable that turns it on."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def settings(self) -> type: ...
+
+    @property
+    def enabled_by(self) -> str: ...
+
+
+# Readers: a variable's text -> its value, or ValueError saying what the value must be.
+
+
+def text(raw: str) -> str:
+    return raw
+
+
+def http_url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError("an http(s) URL")
+    return raw.rstrip("/")
+
+
+def base_url(raw: str) -> str:
+    return raw.rstrip("/")
+
+
+def postgres_url(raw: str) -> str:
+    if not raw.startswith(("postgres://", "postgresql://")):
+        raise ValueError("a postgresql:// URL")
+    return raw
+
+
+def one_of(*allowed: str) -> Callable[[str], str]:
+    def read(raw: str) -> str:
+        value = raw.lower()
+        if value not in allowed:
+            raise ValueError(f"one of {', '.join(allowed)}")
+        return value
+
+    return read
+
+
+def flag(raw: str) -> bool:
+    if raw not in ("0", "1"):
+        raise ValueError("0 or 1")
+    return raw == "1"
+
+
+def _number(raw: str, what: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(what) from None
+
+
+def positive(raw: str) -> float:
+    value = _number(raw, "a positive number")
+    if not value > 0:
+        raise ValueError("a positive number")
+    return value
+
+
+def non_negative(raw: str) -> float:
+    value = _number(raw, "a non-negative number")
+    if not (0 <= value < float("inf")):
+        raise ValueError("a non-negative number")
+    return value
+
+
+def count(raw: str) -> int:
+    """A non-negative integer (0 often means "no limit")."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("a non-negative integer") from None
+    if value < 0:
+        raise ValueError("a non-negative integer")
+    return value
+
+
+def at_least_one(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("a non-negative integer") from None
+    if value < 1:
+        raise ValueError("at least 1")
+    return value
+
+
+def retention(raw: str) -> float | None:
+    """Seconds, or `keep` (None) for no limit."""
+    if raw.lower() == "keep":
+        return None
+    value = _number(raw, "a positive number or `keep`")
+    if not (0 < value < float("inf")):
+        raise ValueError("a positive number or `keep`")
+    return value
+
+
+def port(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("a port number (1-65535)") from None
+    if not 1 <= value <= 65535:
+        raise ValueError("a port number (1-65535)")
+    return value
+
+
+def long_enough(raw: str) -> str:
+    """A secret we key or compare with: shorter ones are guessable offline from one token."""
+    size = len(raw.encode())
+    if size < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"at least {MIN_SECRET_BYTES} bytes, got {size} (make one with "
+            "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
+    return raw
 
 
 # Seconds between attempts of a client's webhook: Svix's schedule (lifecycle/retry_schedule.py).
 WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
+def delays(raw: str) -> tuple[float, ...]:
+    try:
+        found = tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        found = ()
+    if not found or any(not (0 < d < float("inf")) for d in found):
+        raise ValueError("positive seconds, comma-separated")
+    return found
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,12 +230,24 @@ class ServerLimits:
     a request's headers (from connecting, or from the previous response) and then its body, the
     headers' size, idle keep-alive, open connections and requests in flight."""
 
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    max_header_bytes: int = 32 * 1024
-    keepalive_timeout: float = 5.0
-    max_connections: int = 1000
-    max_requests: int = 500
+    header_timeout: float = setting(
+        "TASKHOOK_HEADER_TIMEOUT", 10.0, doc="seconds to send a request's headers", read=positive
+    )
+    body_timeout: float = setting(
+        "TASKHOOK_BODY_TIMEOUT", 30.0, doc="seconds to send a request's body", read=positive
+    )
+    max_header_bytes: int = setting(
+        "TASKHOOK_MAX_HEADER_BYTES", 32 * 1024, doc="largest request head", read=at_least_one
+    )
+    keepalive_timeout: float = setting(
+        "TASKHOOK_KEEPALIVE_TIMEOUT", 5.0, doc="seconds an idle connection stays", read=positive
+    )
+    max_connections: int = setting(
+        "TASKHOOK_MAX_CONNECTIONS", 1000, doc="open connections per process", read=at_least_one
+    )
+    max_requests: int = setting(
+        "TASKHOOK_MAX_REQUESTS", 500, doc="requests in flight per process", read=at_least_one
+    )
 
 
 @dataclass(frozen=True)
@@ -96,68 +261,177 @@ class VendorRoute:
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    # TASKHOOK_ENV: "production" embeds and generates nothing (see from_env).
-    env: str = "development"
-    data_dir: Path = Path(".taskhook")
+    """Every setting, each declared once beside its field (see `setting`); fields without a
+    declaration are not configurable, only set by tests and by taskhook itself."""
+
+    env: str = setting(
+        "TASKHOOK_ENV",
+        "development",
+        doc='"production" embeds and generates nothing (see from_env)',
+        read=one_of(*ENVIRONMENTS),
+    )
+    data_dir: Path = setting(  # noqa: RUF009 - a field() with its declaration, Path immutable
+        "TASKHOOK_DATA_DIR",
+        Path(".taskhook"),
+        doc="where embedded services and generated secrets live",
+        read=Path,
+    )
     # None: embedded PostgreSQL under data_dir. Not in repr: the DSN may carry a password.
-    database_url: str | None = field(default=None, repr=False)
-    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
-    public_url: str | None = None  # None: http://127.0.0.1:<port of `serve`>
+    database_url: str | None = setting(
+        "DATABASE_URL", None, doc="PostgreSQL DSN", read=postgres_url, secret=True
+    )
+    secret: str = setting(
+        "TASKHOOK_SECRET",
+        doc="key for signed callback tokens and cursors (read in from_env: generated in dev)",
+        secret=True,
+        factory=lambda: secrets.token_urlsafe(32),
+    )
+    public_url: str | None = setting(
+        "TASKHOOK_PUBLIC_URL",
+        None,  # None: http://127.0.0.1:<port of `serve`>
+        doc="base URL vendors reach /hooks at",
+        read=http_url,
+    )
     # None and not s3_embedded: AWS S3 itself (boto3's endpoint for the region).
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = setting(
+        "TASKHOOK_S3_ENDPOINT_URL", None, doc="an S3-compatible store", read=http_url
+    )
     # True: start the embedded S3-compatible server under data_dir (development only).
     s3_embedded: bool = False
-    s3_bucket: str = "taskhook"
-    aws_access_key_id: str | None = field(default=None, repr=False)
-    aws_secret_access_key: str | None = field(default=None, repr=False)
-    aws_region: str | None = None  # None: boto3's default chain (AWS_DEFAULT_REGION, config)
-    task_deadline: float = 1800.0
-    poll_after: float = 15.0
-    rate_limit: int = 600
-    max_active_tasks: int = 100
+    s3_bucket: str = setting("TASKHOOK_S3_BUCKET", "taskhook", doc="the results bucket", read=text)
+    aws_access_key_id: str | None = setting(
+        "AWS_ACCESS_KEY_ID", None, doc="the store's credentials", read=text, secret=True
+    )
+    aws_secret_access_key: str | None = setting(
+        "AWS_SECRET_ACCESS_KEY", None, doc="the store's credentials", read=text, secret=True
+    )
+    aws_region: str | None = setting(
+        "AWS_REGION",
+        None,  # None: boto3's default chain (AWS_DEFAULT_REGION, config)
+        doc="the store's region",
+        read=text,
+    )
+    task_deadline: float = setting(
+        "TASKHOOK_TASK_DEADLINE", 1800.0, doc="seconds a task may take", read=positive
+    )
+    poll_after: float = setting(
+        "TASKHOOK_POLL_AFTER", 15.0, doc="seconds without news before a poll", read=positive
+    )
+    rate_limit: int = setting(
+        "TASKHOOK_RATE_LIMIT", 600, doc="client requests per minute per user", read=count
+    )
+    max_active_tasks: int = setting(
+        "TASKHOOK_MAX_ACTIVE_TASKS", 100, doc="non-terminal tasks per user", read=count
+    )
     # None: the admin API is off (TASKHOOK_ADMIN_KEY=off).
-    admin_key: str | None = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
-    allow_private_urls: bool = False
-    replicate: ReplicateSettings | None = None
-    fal: FalSettings | None = None
-    midjourney: MidjourneySettings | None = None
-    # Model name -> vendors serving it, in order of preference (TASKHOOK_ROUTES).
-    routes: Mapping[str, tuple[VendorRoute, ...]] = field(default_factory=dict)
+    admin_key: str | None = setting(
+        "TASKHOOK_ADMIN_KEY",
+        doc="key for /admin, or `off` (read in from_env: generated in development)",
+        secret=True,
+        factory=lambda: secrets.token_urlsafe(24),
+    )
+    allow_private_urls: bool = setting(
+        "TASKHOOK_ALLOW_PRIVATE_URLS",
+        False,
+        doc="downloads may reach private addresses",
+        read=flag,
+    )
+    # Vendor name -> its settings (the dataclass its module declares), in order of preference:
+    # the vendors registered in vendors/registry.py whose variable is set.
+    vendor_settings: Mapping[str, Any] = field(default_factory=dict)
+    # Model name -> vendors serving it, in order of preference.
+    routes: Mapping[str, tuple[VendorRoute, ...]] = setting(
+        "TASKHOOK_ROUTES",
+        doc="JSON: model name -> its vendors (read in from_env: it names vendors)",
+        factory=dict,
+    )
     # Model name -> the short description GET /v1/models shows (a route's "description").
     model_descriptions: Mapping[str, str] = field(default_factory=dict)
     # With routes, a model no route lists is refused unless this is set (at task_cost).
-    allow_unrouted_models: bool = False
+    allow_unrouted_models: bool = setting(
+        "TASKHOOK_ALLOW_UNROUTED_MODELS",
+        False,
+        doc="with routes, models no route lists are accepted",
+        read=flag,
+    )
     task_cost: int = 1
     webhook_tolerance: float = 300.0
     max_body_bytes: int = 1024 * 1024
     max_download_bytes: int = 64 * 1024 * 1024
-    registration_timeout: float = 10.0
+    registration_timeout: float = setting(
+        "TASKHOOK_VENDOR_TIMEOUT", 10.0, doc="seconds one vendor call may take", read=positive
+    )
     max_registration_attempts: int = 8
     max_storage_attempts: int = 5
-    poll_rate: float = 20.0  # per vendor, all reconcilers together; Replicate allows 50/s
-    # Creates per second for vendors that limit creates apart (Replicate); None: the limit
-    # the vendor documents (Replicate: 600 a minute).
-    create_rate: float | None = None
-    poll_concurrency: int = 8
-    breaker_threshold: int = 10
-    breaker_cooldown: float = 30.0
-    delivery_retention: float = 7 * 86400.0
+    poll_rate: float = setting(
+        "TASKHOOK_POLL_RATE",
+        20.0,  # per vendor, all reconcilers together; Replicate allows 50/s
+        doc="vendor calls per second, per vendor",
+        read=positive,
+    )
+    # None: the limit the vendor documents (Replicate: 600 a minute).
+    create_rate: float | None = setting(
+        "TASKHOOK_CREATE_RATE",
+        None,
+        doc="creates per second for vendors that limit creates apart (Replicate)",
+        read=positive,
+    )
+    poll_concurrency: int = setting(
+        "TASKHOOK_POLL_CONCURRENCY", 8, doc="polls in flight per process", read=at_least_one
+    )
+    breaker_threshold: int = setting(
+        "TASKHOOK_BREAKER_THRESHOLD",
+        10,
+        doc="consecutive vendor failures that open its circuit",
+        read=at_least_one,
+    )
+    breaker_cooldown: float = setting(
+        "TASKHOOK_BREAKER_COOLDOWN", 30.0, doc="seconds before a probe call", read=positive
+    )
+    delivery_retention: float = setting(
+        "TASKHOOK_DELIVERY_RETENTION",
+        7 * 86400.0,
+        doc="seconds accepted deliveries are kept",
+        read=positive,
+    )
     # Seconds a terminal task's events / a completed task's stored result files are kept
-    # after it ended; None keeps them (TASKHOOK_EVENT_RETENTION, TASKHOOK_RESULT_RETENTION).
-    event_retention: float | None = None
-    result_retention: float | None = None
+    # after it ended; None keeps them.
+    event_retention: float | None = setting(
+        "TASKHOOK_EVENT_RETENTION", None, doc="seconds events are kept", read=retention
+    )
+    result_retention: float | None = setting(
+        "TASKHOOK_RESULT_RETENTION", None, doc="seconds stored results are kept", read=retention
+    )
     # Seconds between the reconciler's housekeeping steps (pruning, the dashboard's counts).
-    prune_interval: float = 300.0
+    prune_interval: float = setting(
+        "TASKHOOK_PRUNE_INTERVAL", 300.0, doc="seconds between housekeeping steps", read=positive
+    )
     # /metrics: a bearer token for the web port's, and/or a listener of its own.
-    metrics_token: str | None = field(default=None, repr=False)
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
-    log_level: str = "info"
-    access_log: bool = False
+    metrics_token: str | None = setting(
+        "TASKHOOK_METRICS_TOKEN",
+        None,
+        doc="bearer token /metrics on the web port requires",
+        read=long_enough,
+        secret=True,
+    )
+    metrics_port: int | None = setting(
+        "TASKHOOK_METRICS_PORT", None, doc="a /metrics listener of its own", read=port
+    )
+    metrics_host: str = setting(
+        "TASKHOOK_METRICS_HOST", "127.0.0.1", doc="the metrics listener's host", read=text
+    )
+    log_level: str = setting(
+        "TASKHOOK_LOG_LEVEL", "info", doc="log level", read=one_of(*LOG_LEVELS)
+    )
+    access_log: bool = setting("TASKHOOK_ACCESS_LOG", False, doc="one line per request", read=flag)
     # Seconds a starting process keeps retrying an unreachable database or S3 before it exits.
-    startup_retry: float = 30.0
+    startup_retry: float = setting(
+        "TASKHOOK_STARTUP_RETRY", 30.0, doc="seconds of retries at start", read=non_negative
+    )
     # Seconds a starting process waits for `taskhook migrate` when the schema is behind.
-    schema_wait: float = 0.0
+    schema_wait: float = setting(
+        "TASKHOOK_SCHEMA_WAIT", 0.0, doc="seconds to wait for migrate", read=non_negative
+    )
     # Seconds between attempts to prepare a vendor that failed to (doubling up to a minute).
     vendor_prepare_retry: float = 5.0
     # What was filled in rather than configured (development only), announced at start.
@@ -165,19 +439,55 @@ class Settings:
     # Storing results (issue 14): one download's wall clock and minimum rate (bytes/s after
     # download_grace seconds, 0 = none), a task's whole time in storing, and its outputs' count
     # and total size.
-    download_timeout: float = 60.0
-    download_min_rate: float = 32 * 1024.0
+    download_timeout: float = setting(
+        "TASKHOOK_DOWNLOAD_TIMEOUT", 60.0, doc="seconds one download may take", read=positive
+    )
+    download_min_rate: float = setting(
+        "TASKHOOK_DOWNLOAD_MIN_RATE",
+        32 * 1024.0,
+        doc="bytes per second a download must average",
+        read=lambda raw: float(count(raw)),
+    )
     download_grace: float = 10.0
-    storage_deadline: float = 90.0
-    max_outputs: int = 16
-    max_output_bytes: int = 256 * 1024 * 1024
+    storage_deadline: float = setting(
+        "TASKHOOK_STORAGE_DEADLINE", 90.0, doc="seconds a task may stay storing", read=positive
+    )
+    max_outputs: int = setting(
+        "TASKHOOK_MAX_OUTPUTS", 16, doc="output files one task may keep", read=at_least_one
+    )
+    max_output_bytes: int = setting(
+        "TASKHOOK_MAX_OUTPUT_BYTES",
+        256 * 1024 * 1024,
+        doc="bytes one task's outputs may take",
+        read=at_least_one,
+    )
     server: ServerLimits = field(default_factory=ServerLimits)
     # Webhooks out to clients (issue 18): one attempt's time in all, attempts in flight per
     # process and per destination host there, and the delays between attempts (Svix's).
-    webhook_timeout: float = 10.0
-    webhook_concurrency: int = 64
-    webhook_host_concurrency: int = 8
-    webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
+    webhook_timeout: float = setting(
+        "TASKHOOK_WEBHOOK_TIMEOUT",
+        10.0,
+        doc="seconds one client webhook attempt may take",
+        read=positive,
+    )
+    webhook_concurrency: int = setting(
+        "TASKHOOK_WEBHOOK_CONCURRENCY",
+        64,
+        doc="client webhook attempts in flight per process",
+        read=at_least_one,
+    )
+    webhook_host_concurrency: int = setting(
+        "TASKHOOK_WEBHOOK_HOST_CONCURRENCY",
+        8,
+        doc="client webhook attempts in flight per destination host",
+        read=at_least_one,
+    )
+    webhook_retry_schedule: tuple[float, ...] = setting(
+        "TASKHOOK_WEBHOOK_RETRY_SCHEDULE",
+        WEBHOOK_RETRY_SCHEDULE,
+        doc="seconds between a client webhook's attempts",
+        read=delays,
+    )
 
     @property
     def production(self) -> bool:
@@ -186,12 +496,11 @@ class Settings:
     @property
     def vendors(self) -> tuple[str, ...]:
         """Configured vendors in order of preference; the first is the default."""
-        configured = (
-            ("replicate", self.replicate),
-            ("fal", self.fal),
-            ("midjourney", self.midjourney),
-        )
-        return tuple(name for name, value in configured if value is not None)
+        return tuple(self.vendor_settings)
+
+    def vendor(self, name: str) -> Any:
+        """One configured vendor's settings (its module's dataclass), or None."""
+        return self.vendor_settings.get(name)
 
     @property
     def registration_lease(self) -> float:
@@ -215,9 +524,16 @@ class Settings:
         return replace(self, defaults=(*self.defaults, note), **changes)  # type: ignore[arg-type]
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, vendors: Sequence[PluggedVendor] = ()
+    ) -> Settings:
         """Read and check every variable, then raise one SettingsError naming every problem
-        (an operator fixes them all in one round, not one per restart)."""
+        (an operator fixes them all in one round, not one per restart). `vendors` are the ones
+        this build knows (vendors/registry.py's VENDORS, passed by its `read_settings`).
+
+        Every declared variable with a reader is read the same way; what depends on other
+        settings (production's requirements, generated secrets, routes naming vendors) is
+        checked here."""
         env = os.environ if environ is None else environ
         problems: list[str] = []
         defaults: list[str] = []
@@ -226,86 +542,15 @@ class Settings:
             value = env.get(name, "").strip()
             return value or None
 
-        def parse(name: str, convert: Callable[[str], T], default: T, check: str = "") -> T:
-            raw = get(name)
-            if raw is None:
-                return default
-            try:
-                value = convert(raw)
-            except ValueError:
-                problems.append(f"{name} must be {check or 'valid'}, got {raw!r}")
-                return default
-            if check == "a positive number" and not (isinstance(value, float) and value > 0):
-                problems.append(f"{name} must be {check}, got {raw!r}")
-                return default
-            if check == "a non-negative number" and not (
-                isinstance(value, float) and value >= 0 and value != float("inf")
-            ):
-                problems.append(f"{name} must be {check}, got {raw!r}")
-                return default
-            if check == "a non-negative integer" and not (isinstance(value, int) and value >= 0):
-                problems.append(f"{name} must be {check}, got {raw!r}")
-                return default
-            return value
-
-        def retention(name: str) -> float | None:
-            raw = get(name)
-            if raw is None or raw.strip().lower() == "keep":
-                return None
-            value: float | None = parse(name, float, None, "a positive number or `keep`")
-            if value is not None and not (0 < value < float("inf")):
-                problems.append(f"{name} must be a positive number or `keep`, got {raw!r}")
-                return None
-            return value
-
-        def positive_int(name: str, default: int) -> int:
-            value = parse(name, int, default, "a non-negative integer")
-            if value < 1:
-                problems.append(f"{name} must be at least 1, got {value}")
-                return default
-            return value
-
-        def delays(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
-            raw = get(name)
-            if raw is None:
-                return default
-            try:
-                found = tuple(float(part) for part in raw.split(","))
-            except ValueError:
-                found = ()
-            if not found or any(not (0 < d < float("inf")) for d in found):
-                problems.append(f"{name} must be positive seconds, comma-separated, got {raw!r}")
-                return default
-            return found
-
-        def choice(name: str, allowed: tuple[str, ...], default: str) -> str:
-            raw = (get(name) or default).lower()
-            if raw not in allowed:
-                problems.append(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
-                return default
-            return raw
-
-        def http_url(name: str) -> str | None:
-            value = get(name)
-            if value and not value.startswith(("http://", "https://")):
-                problems.append(f"{name} must be an http(s) URL, got {value!r}")
-                return None
-            return value.rstrip("/") if value else None
-
-        def long_enough(name: str, value: str) -> str:
-            size = len(value.encode())
-            if size < MIN_SECRET_BYTES:
-                problems.append(
-                    f"{name} must be at least {MIN_SECRET_BYTES} bytes, got {size} (make one "
-                    "with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
-                )
-            return value
+        values = read_declared(cls, get, problems)
+        production = values.get("env") == "production"
+        data_dir: Path = values.get("data_dir", cls.data_dir)
 
         def secret(name: str, file: str, *, hint: str = "") -> str:
             """A configured secret, else (development only) one generated in the data dir."""
             value = get(name)
             if value is not None:
-                return long_enough(name, value)
+                return checked_secret(name, value)
             if production:
                 problems.append(f"{name} is required in production{hint}")
                 return ""
@@ -315,182 +560,78 @@ class Settings:
                 problems.extend(exc.problems)
                 return ""
             defaults.append(f"{name} generated, kept in {data_dir / file}")
-            return long_enough(f"{name} (kept in {data_dir / file})", value)
+            return checked_secret(f"{name} (kept in {data_dir / file})", value)
 
-        production = choice("TASKHOOK_ENV", ENVIRONMENTS, "development") == "production"
-        data_dir = Path(get("TASKHOOK_DATA_DIR") or ".taskhook")
-        database_url = get("DATABASE_URL")
-        if database_url and not database_url.startswith(("postgres://", "postgresql://")):
-            problems.append(f"DATABASE_URL must be a postgresql:// URL, got {database_url!r}")
-        elif database_url is None and production:
+        def checked_secret(name: str, value: str) -> str:
+            try:
+                long_enough(value)
+            except ValueError as exc:
+                problems.append(f"{name} must be {exc}")
+            return value
+
+        if get("DATABASE_URL") is None and production:
             problems.append("DATABASE_URL is required in production")
-        public_url = http_url("TASKHOOK_PUBLIC_URL")
-        if production and not (public_url or "").startswith("https://"):
+        if production and not values.get("public_url", "").startswith("https://"):
             # Replicate calls only https webhooks, and a callback token must not travel clear.
             problems.append(
                 "TASKHOOK_PUBLIC_URL must be the https:// URL vendors reach this deployment at "
                 f"in production, got {get('TASKHOOK_PUBLIC_URL')!r}"
             )
-        allow_private = get("TASKHOOK_ALLOW_PRIVATE_URLS") or "0"
-        if allow_private not in ("0", "1"):
-            problems.append(f"TASKHOOK_ALLOW_PRIVATE_URLS must be 0 or 1, got {allow_private!r}")
-        access_log = get("TASKHOOK_ACCESS_LOG") or "0"
-        if access_log not in ("0", "1"):
-            problems.append(f"TASKHOOK_ACCESS_LOG must be 0 or 1, got {access_log!r}")
-
         # Storage: an endpoint means any S3-compatible store, a bucket alone AWS S3 itself;
         # nothing at all (development only) the embedded server under the data dir.
-        s3_endpoint_url = http_url("TASKHOOK_S3_ENDPOINT_URL")
-        s3_bucket = get("TASKHOOK_S3_BUCKET")
         s3_embedded = (
-            not production and s3_bucket is None and get("TASKHOOK_S3_ENDPOINT_URL") is None
+            not production
+            and get("TASKHOOK_S3_BUCKET") is None
+            and get("TASKHOOK_S3_ENDPOINT_URL") is None
         )
-        if production and s3_bucket is None:
+        if production and get("TASKHOOK_S3_BUCKET") is None:
             problems.append(
                 "TASKHOOK_S3_BUCKET is required in production (alone for AWS S3, with "
                 "TASKHOOK_S3_ENDPOINT_URL for another S3-compatible store)"
             )
-        allow_unrouted = get("TASKHOOK_ALLOW_UNROUTED_MODELS") or "0"
-        if allow_unrouted not in ("0", "1"):
-            problems.append(
-                f"TASKHOOK_ALLOW_UNROUTED_MODELS must be 0 or 1, got {allow_unrouted!r}"
-            )
-
-        secret_value = secret("TASKHOOK_SECRET", "secret")
-        admin_key: str | None
+        values["secret"] = secret("TASKHOOK_SECRET", "secret")
         if (get("TASKHOOK_ADMIN_KEY") or "").lower() == ADMIN_OFF:
-            admin_key = None
+            values["admin_key"] = None
         else:
-            admin_key = secret(
+            values["admin_key"] = secret(
                 "TASKHOOK_ADMIN_KEY",
                 "admin_key",
                 hint=f" (at least {MIN_SECRET_BYTES} bytes, or `off` for no admin API)",
             )
-        metrics_token = get("TASKHOOK_METRICS_TOKEN")
-        if metrics_token is not None:
-            long_enough("TASKHOOK_METRICS_TOKEN", metrics_token)
-        metrics_port = parse("TASKHOOK_METRICS_PORT", int, None, "a port number (1-65535)")
-        if metrics_port is not None and not 1 <= metrics_port <= 65535:
-            problems.append(f"TASKHOOK_METRICS_PORT must be a port number, got {metrics_port}")
 
-        replicate = None
-        token = get("REPLICATE_API_TOKEN")
-        if token:
-            base = (get("REPLICATE_API_BASE") or "https://api.replicate.com/v1").rstrip("/")
-            secrets_raw = get("REPLICATE_WEBHOOK_SECRET") or ""
-            webhook_secrets = tuple(s.strip() for s in secrets_raw.split(",") if s.strip())
-            if any(not s.startswith("whsec_") or not _decodes(s) for s in webhook_secrets):
-                problems.append(
-                    "REPLICATE_WEBHOOK_SECRET must be whsec_<base64> secrets, comma-separated"
-                )
-            replicate = ReplicateSettings(
-                api_token=token, api_base=base, webhook_secrets=webhook_secrets
-            )
-
-        fal = None
-        fal_key = get("FAL_KEY")
-        if fal_key:
-            fal = FalSettings(
-                api_key=fal_key,
-                queue_base=(get("FAL_QUEUE_BASE") or FalSettings.queue_base).rstrip("/"),
-                jwks_url=get("FAL_JWKS_URL") or FalSettings.jwks_url,
-                api_base=(get("FAL_API_BASE") or FalSettings.api_base).rstrip("/"),
-                user_id=get("FAL_USER_ID"),
-            )
-        midjourney = None
-        mj_base = http_url("MJ_PROXY_BASE")
-        if mj_base:
-            dialect = (get("MJ_PROXY_DIALECT") or "auto").lower()
-            if dialect not in MJ_DIALECTS:
-                problems.append(
-                    f"MJ_PROXY_DIALECT must be one of {', '.join(MJ_DIALECTS)}, got {dialect!r}"
-                )
-                dialect = "auto"
-            midjourney = MidjourneySettings(
-                api_base=mj_base, api_secret=get("MJ_PROXY_SECRET"), dialect=dialect
-            )
+        vendor_settings: dict[str, Any] = {}
+        for vendor in vendors:
+            if get(vendor.enabled_by) is None:
+                continue
+            before = len(problems)
+            found = read_declared(vendor.settings, get, problems)
+            if len(problems) == before:
+                vendor_settings[vendor.name] = vendor.settings(**found)
 
         try:
-            routes = parse_routes(get("TASKHOOK_ROUTES"))
-            model_descriptions = parse_model_descriptions(get("TASKHOOK_ROUTES"))
+            values["routes"] = parse_routes(get("TASKHOOK_ROUTES"), known=[v.name for v in vendors])
         except SettingsError as exc:
             problems.extend(exc.problems)
-            routes, model_descriptions = {}, {}
 
         settings = cls(
-            env="production" if production else "development",
-            data_dir=data_dir,
-            database_url=database_url,
-            secret=secret_value,
-            public_url=public_url,
-            s3_endpoint_url=s3_endpoint_url,
+            **values,
             s3_embedded=s3_embedded,
-            s3_bucket=s3_bucket or "taskhook",
-            aws_access_key_id=get("AWS_ACCESS_KEY_ID"),
-            aws_secret_access_key=get("AWS_SECRET_ACCESS_KEY"),
-            aws_region=get("AWS_REGION"),
-            task_deadline=parse("TASKHOOK_TASK_DEADLINE", float, 1800.0, "a positive number"),
-            poll_after=parse("TASKHOOK_POLL_AFTER", float, 15.0, "a positive number"),
-            rate_limit=parse("TASKHOOK_RATE_LIMIT", int, 600, "a non-negative integer"),
-            max_active_tasks=parse("TASKHOOK_MAX_ACTIVE_TASKS", int, 100, "a non-negative integer"),
-            admin_key=admin_key,
-            allow_private_urls=allow_private == "1",
-            replicate=replicate,
-            fal=fal,
-            midjourney=midjourney,
-            routes=routes,
-            model_descriptions=model_descriptions,
-            allow_unrouted_models=allow_unrouted == "1",
-            registration_timeout=parse("TASKHOOK_VENDOR_TIMEOUT", float, 10.0, "a positive number"),
-            poll_rate=parse("TASKHOOK_POLL_RATE", float, 20.0, "a positive number"),
-            create_rate=parse("TASKHOOK_CREATE_RATE", float, None, "a positive number"),
-            poll_concurrency=positive_int("TASKHOOK_POLL_CONCURRENCY", 8),
-            breaker_threshold=positive_int("TASKHOOK_BREAKER_THRESHOLD", 10),
-            breaker_cooldown=parse("TASKHOOK_BREAKER_COOLDOWN", float, 30.0, "a positive number"),
-            delivery_retention=parse(
-                "TASKHOOK_DELIVERY_RETENTION", float, 7 * 86400.0, "a positive number"
-            ),
-            event_retention=retention("TASKHOOK_EVENT_RETENTION"),
-            result_retention=retention("TASKHOOK_RESULT_RETENTION"),
-            prune_interval=parse("TASKHOOK_PRUNE_INTERVAL", float, 300.0, "a positive number"),
-            metrics_token=metrics_token,
-            metrics_port=metrics_port,
-            metrics_host=get("TASKHOOK_METRICS_HOST") or "127.0.0.1",
-            log_level=choice("TASKHOOK_LOG_LEVEL", LOG_LEVELS, "info"),
-            access_log=access_log == "1",
-            startup_retry=parse("TASKHOOK_STARTUP_RETRY", float, 30.0, "a non-negative number"),
-            schema_wait=parse("TASKHOOK_SCHEMA_WAIT", float, 0.0, "a non-negative number"),
+            vendor_settings=vendor_settings,
             defaults=tuple(defaults),
-            download_timeout=parse("TASKHOOK_DOWNLOAD_TIMEOUT", float, 60.0, "a positive number"),
-            download_min_rate=float(
-                parse("TASKHOOK_DOWNLOAD_MIN_RATE", int, 32 * 1024, "a non-negative integer")
-            ),
-            storage_deadline=parse("TASKHOOK_STORAGE_DEADLINE", float, 90.0, "a positive number"),
-            max_outputs=positive_int("TASKHOOK_MAX_OUTPUTS", 16),
-            max_output_bytes=positive_int("TASKHOOK_MAX_OUTPUT_BYTES", 256 * 1024 * 1024),
-            webhook_timeout=parse("TASKHOOK_WEBHOOK_TIMEOUT", float, 10.0, "a positive number"),
-            webhook_concurrency=positive_int("TASKHOOK_WEBHOOK_CONCURRENCY", 64),
-            webhook_host_concurrency=positive_int("TASKHOOK_WEBHOOK_HOST_CONCURRENCY", 8),
-            webhook_retry_schedule=delays(
-                "TASKHOOK_WEBHOOK_RETRY_SCHEDULE", WEBHOOK_RETRY_SCHEDULE
-            ),
-            server=ServerLimits(
-                header_timeout=parse("TASKHOOK_HEADER_TIMEOUT", float, 10.0, "a positive number"),
-                body_timeout=parse("TASKHOOK_BODY_TIMEOUT", float, 30.0, "a positive number"),
-                max_header_bytes=positive_int("TASKHOOK_MAX_HEADER_BYTES", 32 * 1024),
-                keepalive_timeout=parse(
-                    "TASKHOOK_KEEPALIVE_TIMEOUT", float, 5.0, "a positive number"
-                ),
-                max_connections=positive_int("TASKHOOK_MAX_CONNECTIONS", 1000),
-                max_requests=positive_int("TASKHOOK_MAX_REQUESTS", 500),
-            ),
+            server=ServerLimits(**read_declared(ServerLimits, get, problems)),
         )
         if problems:
             raise SettingsError(problems)
         return settings
 
 
-def parse_routes(raw: str | None) -> dict[str, tuple[VendorRoute, ...]]:
+def declared_settings(vendors: Sequence[PluggedVendor] = ()) -> list[Declared]:
+    """Every declared variable: ours, the web server's and the given vendors'."""
+    classes: list[type] = [Settings, ServerLimits, *(v.settings for v in vendors)]
+    return [declared for cls in classes for _, declared in declarations(cls)]
+
+
+def parse_routes(raw: str | None, *, known: Sequence[str]) -> dict[str, tuple[VendorRoute, ...]]:
     """TASKHOOK_ROUTES: {"<model>": [{"vendor": ..., "model": ..., "price": N}, ...], ...}."""
     if raw is None:
         return {}
@@ -520,10 +661,10 @@ def parse_routes(raw: str | None) -> dict[str, tuple[VendorRoute, ...]]:
                 or entry.get("price", 1) < 0
             ):
                 raise SettingsError(f"{usage}; bad route for {name!r}: {entry!r}")
-            if entry["vendor"] not in KNOWN_VENDORS:
+            if entry["vendor"] not in known:
                 raise SettingsError(
                     f"TASKHOOK_ROUTES: unknown vendor {entry['vendor']!r} for {name!r} "
-                    f"(known: {', '.join(KNOWN_VENDORS)})"
+                    f"(known: {', '.join(known)})"
                 )
             parsed.append(
                 VendorRoute(entry["vendor"], str(entry.get("model", name)), entry.get("price", 1))
@@ -548,14 +689,6 @@ def parse_model_descriptions(raw: str | None) -> dict[str, str]:
                 described[name] = text
                 break
     return described
-
-
-def _decodes(secret: str) -> bool:
-    try:
-        decode_secret(secret)
-    except ValueError:
-        return False
-    return True
 
 
 def generated_secret(data_dir: Path, name: str) -> str:

@@ -20,20 +20,15 @@ import structlog
 from common.errors import Unavailable, WrongAccount
 from db import queries
 from lifecycle.runtime import Runtime
+from vendors.registry import configured_account
 from vendors.signature import Delivery
 
 log = structlog.get_logger()
 
 
-def configured_account(rt: Runtime, vendor: str) -> str | None:
-    if vendor == "fal" and rt.settings.fal is not None:
-        return rt.settings.fal.user_id
-    return None
-
-
 async def our_account(rt: Runtime, vendor: str, delivery: Delivery, task_id: uuid.UUID) -> str:
     """The account this vendor's webhooks must come from, learning it when it can."""
-    known = configured_account(rt, vendor) or rt.accounts.get(vendor)
+    known = configured_account(rt.settings, vendor) or rt.accounts.get(vendor)
     if known is not None:
         return known
     async with rt.pool.acquire() as conn:

@@ -26,22 +26,13 @@ from lifecycle.accounts import check_account
 from lifecycle.receive import Verdict, apply_callback, keep_dead_letter
 from lifecycle.runtime import Runtime
 from vendors.base import VendorAdapter
+from vendors.registry import kept_headers
 from vendors.signature import Delivery
 
 log = structlog.get_logger()
 
 # Headers worth keeping with a delivery for replay and forensics; never Authorization.
-_KEPT_HEADERS = (
-    "content-type",
-    "user-agent",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "x-fal-webhook-request-id",
-    "x-fal-webhook-user-id",
-    "x-fal-webhook-timestamp",
-    "x-fal-webhook-signature",
-)
+_KEPT_HEADERS = ("content-type", "user-agent", *kept_headers())
 _KEPT_RAW = frozenset(name.encode() for name in _KEPT_HEADERS)
 # An unsigned vendor's body proves nothing (the vendor's API is asked instead) and anyone
 # holding a callback URL can send one: only its start is kept, for forensics (issue 14.7).

@@ -20,10 +20,9 @@ from db import queries
 from db.models import Task
 from lifecycle.runtime import Runtime
 from submit.auth import current_user
+from submit.contracts import DEFAULT_LIMIT, MAX_LIMIT
 from submit.render import render_tasks
 
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 100
 _FILTERS = {"active", *(s.value for s in TaskStatus)}
 
 

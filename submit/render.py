@@ -11,6 +11,10 @@ from common.ids import format_task_id
 from common.states import TaskStatus
 from db.models import Task
 from storage.s3 import ResultStore
+from submit.contracts import Task as TaskObject
+
+# The task object's fields, in the order they are written (submit/contracts.py declares them).
+TASK_FIELDS = tuple(TaskObject.model_fields)
 
 
 def _time(value: datetime | None) -> str | None:

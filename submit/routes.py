@@ -13,6 +13,7 @@ from common.errors import NotFound, Unavailable, ValidationFailed
 from common.http import read_json
 from common.ids import format_user_id, parse_task_id
 from common.settings import VendorRoute
+from common.validation import check, details
 from db import queries
 from lifecycle import client_webhooks
 from lifecycle.client_webhooks import ClientWebhook
@@ -23,6 +24,7 @@ from submit.accept import accept, webhook_key
 from submit.actions import create_action
 from submit.auth import current_user
 from submit.cancel import cancel_task
+from submit.contracts import NewTask
 from submit.keys import routes as key_routes
 from submit.listing import list_tasks
 from submit.models import list_models
@@ -32,7 +34,10 @@ from submit.usage import usage
 
 log = structlog.get_logger()
 
-_FIELDS = {"model", "input", "vendor", *client_webhooks.FIELDS}
+
+def check_shape(body: Any) -> tuple[NewTask | None, dict[str, str]]:
+    """The body read by its model (submit/contracts.py), or what is wrong with it."""
+    return check(NewTask, body)
 
 
 def _validate(
@@ -40,42 +45,34 @@ def _validate(
 ) -> tuple[str | None, str, dict[str, Any], list[VendorRoute], ClientWebhook | None]:
     """(pinned vendor, model, input, routes, webhook), or ValidationFailed listing every
     problem."""
-    if not isinstance(body, dict):
-        raise ValidationFailed(details=[{"field": "", "message": "the body must be a JSON object"}])
-    problems: list[dict[str, str]] = []
-    for name in sorted(set(body) - _FIELDS):
-        problems.append({"field": name, "message": "unknown field"})
-    vendors = rt.settings.vendors
+    task, problems = check_shape(body)
+    if "" in problems:
+        raise ValidationFailed(details=details(NewTask, problems))
     # Only an absent vendor means "route it"; an explicit null is a mistake like any other.
-    vendor = body.get("vendor")
-    if "vendor" in body and (not isinstance(vendor, str) or vendor not in rt.vendors):
-        problems.append(
-            {"field": "vendor", "message": f"must be one of: {', '.join(vendors) or 'none'}"}
-        )
+    pinned = "vendor" in body
+    vendor = task.vendor if task is not None else body.get("vendor")
+    if pinned and (not isinstance(vendor, str) or vendor not in rt.vendors):
+        problems["vendor"] = f"must be one of: {', '.join(rt.settings.vendors) or 'none'}"
         vendor = None
-    model = body.get("model")
     routes: list[VendorRoute] = []
-    if not isinstance(model, str) or not model.strip() or len(model) > 200:
-        problems.append({"field": "model", "message": "required: a model name of 1-200 characters"})
-    elif "vendor" not in body or vendor is not None:
+    if "model" not in problems and (not pinned or vendor is not None):
+        model = body["model"]
+        assert isinstance(model, str)
         choice = choose(rt, model, vendor)
         routes = choice.routes
         if choice.problem is not None:
             field, message = choice.problem
-            problems.append({"field": field, "message": message})
-    task_input = body.get("input")
-    if not isinstance(task_input, dict):
-        problems.append({"field": "input", "message": "required: an object of model inputs"})
+            problems[field] = message
     webhook, webhook_problems = client_webhooks.read_webhook(
         body, allow_private=rt.settings.allow_private_urls
     )
-    problems.extend(webhook_problems)
+    problems.update((p["field"], p["message"]) for p in webhook_problems)
     if problems:
-        raise ValidationFailed(details=problems)
+        raise ValidationFailed(details=details(NewTask, problems))
     if not routes:
         raise Unavailable("No vendor that can serve this model is configured on this server.")
-    assert isinstance(model, str) and isinstance(task_input, dict)
-    return vendor, model, task_input, routes, webhook
+    assert task is not None
+    return vendor, task.model, task.input, routes, webhook
 
 
 async def create_task(request: Request) -> JSONResponse:

@@ -20,7 +20,8 @@ from db import accounts_queries
 from db.accounts_queries import LedgerRow
 from lifecycle.runtime import Runtime
 from submit.auth import current_user
-from submit.listing import DEFAULT_LIMIT, MAX_LIMIT, _limit
+from submit.contracts import DEFAULT_LIMIT, MAX_LIMIT
+from submit.listing import _limit
 
 
 def _cursors(rt: Runtime) -> URLSafeSerializer:

@@ -9,7 +9,6 @@ instead of hanging it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import secrets
 import time
 import uuid
@@ -21,15 +20,14 @@ import asyncpg
 import httpx
 
 from common.errors import VendorError
-from common.settings import MIN_SECRET_BYTES, ReplicateSettings, Settings
+from common.settings import MIN_SECRET_BYTES, Settings
 from db.migrate import schema_state
 from db.pool import connect
 from storage.s3 import StorageUnavailable
 from taskhook.app import healthz_proof
-from taskhook.runtime import build_adapters
 from taskhook.startup import database_host, storage_description, store_for
-from vendors.fal import FalAdapter
-from vendors.replicate import webhook_base_problem, webhook_redirect_problem
+from vendors.base import CheckFailed as Failed
+from vendors.registry import BY_NAME, build_adapters
 
 # Webhook timestamps get ±300 s, leases and deadlines are the database's clock: a host further
 # off than this is drifting, and its NTP needs a look before it matters.
@@ -45,10 +43,6 @@ class Check:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "status": "pass" if self.ok else "fail"}
-
-
-class Failed(Exception):
-    """A check's failure, in words for the operator."""
 
 
 async def _timed(name: str, check: Callable[[], Awaitable[str]]) -> Check:
@@ -114,51 +108,10 @@ async def _vendors(settings: Settings, client: httpx.AsyncClient) -> list[Check]
     checks = []
     for name, adapter in adapters.items():
         checks.append(await _timed(f"{name} credentials", adapter.check_credentials))
-        if name == "replicate":
-            checks.append(await _timed("replicate webhook secret", lambda: _replicate(settings)))
-            checks.append(
-                await _timed("replicate webhook url", lambda: _replicate_url(settings, client))
-            )
-        if isinstance(adapter, FalAdapter):
-            checks.append(await _timed("fal webhook keys", functools.partial(_fal_keys, adapter)))
+        plugin = BY_NAME[name]
+        for check_name, check in plugin.checks(settings.vendor(name), adapter, settings, client):
+            checks.append(await _timed(check_name, check))
     return checks
-
-
-async def _replicate(settings: Settings) -> str:
-    assert settings.replicate is not None
-    configured = settings.replicate.webhook_secrets
-    if configured:
-        return f"{len(configured)} configured in REPLICATE_WEBHOOK_SECRET"
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        adapter = build_adapters(settings, client)["replicate"]
-        await adapter.prepare()
-    return "the account's default secret was fetched (GET /webhooks/default/secret)"
-
-
-async def _replicate_url(settings: Settings, client: httpx.AsyncClient) -> str:
-    """Replicate delivers only to an https URL it can reach, and follows no redirect (16.6).
-    The reachability rule is Replicate's own: with REPLICATE_API_BASE elsewhere (a simulator)
-    that other caller decides what it reaches, and only the redirect probe applies."""
-    assert settings.replicate is not None
-    url = settings.public_url
-    if url is None:
-        raise Failed("TASKHOOK_PUBLIC_URL is not set: Replicate could not call back")
-    own = settings.replicate.api_base == ReplicateSettings.api_base
-    if own and (problem := webhook_base_problem(url)):
-        raise Failed(problem)
-    try:
-        problem = await webhook_redirect_problem(client, url)
-    except httpx.HTTPError as exc:
-        raise Failed(f"{url} did not answer: {exc!r}") from None
-    if problem:
-        raise Failed(problem)
-    reach = "https and reachable, " if own else ""
-    return f"{url}: {reach}webhooks are answered without a redirect"
-
-
-async def _fal_keys(adapter: FalAdapter) -> str:
-    await adapter.prepare()
-    return f"{len(adapter.keys)} signing key(s) fetched from fal's JWKS"
 
 
 async def _public_url(settings: Settings, client: httpx.AsyncClient) -> str:

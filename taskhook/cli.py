@@ -16,6 +16,7 @@ import click
 from common.settings import Settings, SettingsError
 from taskhook.cli_output import echo_json, echo_table, json_option
 from taskhook.cli_webhooks import webhooks
+from vendors.registry import read_settings
 
 T = TypeVar("T")
 
@@ -45,7 +46,7 @@ def load_settings() -> Settings:
     from taskhook.startup import EXIT_SETTINGS
 
     try:
-        settings = Settings.from_env()
+        settings = read_settings()
     except SettingsError as exc:
         raise StartupError(str(exc), exit_code=EXIT_SETTINGS) from None
     if settings.production and (problem := vendor_settings_problem(settings)):
@@ -57,15 +58,13 @@ def load_settings() -> Settings:
 
 
 def vendor_settings_problem(settings: Settings) -> str | None:
-    """What a configured vendor cannot work with, known without calling anyone: Replicate
-    delivers webhooks only to an https URL it can reach (issue 16.6). Asked only of Replicate
-    itself: with REPLICATE_API_BASE elsewhere (a simulator, a recording proxy) the caller of
-    our webhooks is that, and it decides what it can reach."""
-    from common.settings import ReplicateSettings
-    from vendors.replicate import webhook_base_problem
+    """What a configured vendor cannot work with, known without calling anyone (each vendor
+    module says: Replicate delivers webhooks only to an https URL it can reach, issue 16.6)."""
+    from vendors.registry import BY_NAME
 
-    if settings.replicate is not None and settings.replicate.api_base == ReplicateSettings.api_base:
-        return webhook_base_problem(settings.public_url)
+    for name, config in settings.vendor_settings.items():
+        if problem := BY_NAME[name].settings_problem(config, settings):
+            return problem
     return None
 
 
@@ -269,7 +268,7 @@ def web_app() -> Any:
     from taskhook.app import create_app
     from taskhook.slow_clients import InFlightLimit
 
-    settings = Settings.from_env()  # checked by `serve` already, from the same environment
+    settings = read_settings()  # checked by `serve` already, from the same environment
     # A web process: its whole life, one config.
     configure_logging(json=True, level=settings.log_level, cache=True, stdlib=True)
     return InFlightLimit(create_app(settings), limit=settings.server.max_requests)

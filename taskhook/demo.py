@@ -24,13 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from common.logs import configure_logging
-from common.settings import (
-    FalSettings,
-    MidjourneySettings,
-    ReplicateSettings,
-    Settings,
-    VendorRoute,
-)
+from common.settings import Settings, VendorRoute
 from db.migrate import migrate
 from db.pool import connect
 from lifecycle.audit import default_grace, run_audit
@@ -41,6 +35,9 @@ from taskhook.app import create_app
 from taskhook.runtime import open_runtime, resolve_services
 from taskhook.serving import bind, running_app, url_for
 from taskhook.worker import Worker
+from vendors.fal import FalSettings
+from vendors.midjourney_proxy import MidjourneySettings
+from vendors.replicate import ReplicateSettings
 
 TERMINAL = {"completed", "failed", "canceled"}
 # The simulator and our adapter agree on this; it guards nothing real.
@@ -78,8 +75,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def simulator_settings(sim: RunningSimulator) -> dict[str, Any]:
-    """Settings fields (``replicate``, ``fal``, ``midjourney``) that point taskhook at a running
-    simulator, each dialect on its own path, with the credentials it checks. Here, not in the
+    """Settings.vendor_settings that point taskhook at a running simulator, each dialect on
+    its own path, with the credentials it checks. Here, not in the
     simulator: it stands apart and knows nothing of taskhook's settings."""
     config = sim.simulator.config
     return {
@@ -163,7 +160,7 @@ async def _run(
             allow_private_urls=True,  # the simulator serves images from 127.0.0.1
             poll_after=3.0 if chaos else settings.poll_after,
             # The simulator speaks all three vendors; the demo spreads its tasks over them.
-            **simulator_settings(sim),
+            vendor_settings=simulator_settings(sim),
             # Every model the demo and its web page offer: with routes, others are refused.
             routes={
                 "flux-schnell": (

@@ -15,7 +15,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from common.errors import (
-    TASK_ERRORS,
     ActiveTaskLimit,
     AlreadyFinished,
     AlreadyTerminal,
@@ -35,18 +34,17 @@ from common.errors import (
     ValidationFailed,
 )
 from common.states import TaskStatus
+from common.validation import components, schema
+from lifecycle import client_webhooks
 from lifecycle.client_webhooks import EVENTS as WEBHOOK_EVENTS
-from lifecycle.client_webhooks import MAX_URL as MAX_WEBHOOK_URL
 from submit.accept import MAX_IDEMPOTENCY_KEY
-from submit.listing import DEFAULT_LIMIT, MAX_LIMIT
+from submit.contracts import DEFAULT_LIMIT, MAX_LIMIT, TASK_ID_PATTERN, NewTask, TaskPage
 from submit.streaming import MAX_EVENT_ID_DIGITS
 
 JsonObject = dict[str, Any]
 
 OPENAPI_VERSION = "3.1.0"
-TASK_ID_PATTERN = r"^tsk_[0-9a-f]{32}$"
 USER_ID_PATTERN = r"^usr_[0-9a-f]{32}$"
-MAX_MODEL_LENGTH = 200  # submit/routes.py `_validate`
 STATUS_FILTERS = ["active", *(s.value for s in TaskStatus)]
 
 _SCHEMAS = "#/components/schemas/"
@@ -107,36 +105,15 @@ def _retry_after(*, required: bool, description: str) -> JsonObject:
     }
 
 
+# A follow-up action takes a webhook as a submit does: the same declarations.
 _WEBHOOK_FIELDS: JsonObject = {
-    "webhook": {
-        "type": "string",
-        "maxLength": MAX_WEBHOOK_URL,
-        "description": "your endpoint for this task's events: an https URL to a public address "
-        "(http and private addresses only where TASKHOOK_ALLOW_PRIVATE_URLS=1). Each event "
-        "POSTs the task as GET /v1/tasks/{id} renders it, signed (Standard Webhooks) with your "
-        "secret (GET /v1/webhooks/secret)",
-    },
-    "webhook_events_filter": {
-        "type": "array",
-        "minItems": 1,
-        "items": {"type": "string", "enum": list(WEBHOOK_EVENTS)},
-        "description": "which events to send (default: completed = any terminal state)",
-    },
+    name: value
+    for name, value in schema(NewTask)["properties"].items()
+    if name in client_webhooks.FIELDS
 }
 
 
 def _schemas() -> JsonObject:
-    result_file: JsonObject = {
-        "type": "object",
-        "required": ["url", "content_type", "bytes", "sha256"],
-        "additionalProperties": False,
-        "properties": {
-            "url": {"type": "string", "format": "uri", "description": "presigned S3 URL"},
-            "content_type": {"type": "string"},
-            "bytes": {"type": "integer", "minimum": 0},
-            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-        },
-    }
     return {
         "TaskStatus": {
             "type": "string",
@@ -144,134 +121,8 @@ def _schemas() -> JsonObject:
             "description": "pending -> submitted -> processing -> storing -> completed; or "
             "failed / canceled from any non-terminal state. Forward only.",
         },
-        "ResultFile": result_file,
-        "Result": {
-            "description": "The first stored output; `files` lists all of them when there are "
-            "several.",
-            "type": "object",
-            "required": ["url", "content_type", "bytes", "sha256"],
-            "additionalProperties": False,
-            "properties": {
-                **result_file["properties"],
-                "files": {
-                    "type": "array",
-                    "minItems": 2,
-                    "items": _ref(_SCHEMAS + "ResultFile"),
-                },
-            },
-        },
-        "TaskError": {
-            "description": "Why a failed task failed.",
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {
-                    "type": "string",
-                    "description": ", ".join(TASK_ERRORS) + ", ...",
-                },
-                "message": {
-                    "type": "string",
-                    "description": "the code's fixed sentence, never details: "
-                    + "; ".join(f"{code}: {text}" for code, text in TASK_ERRORS.items()),
-                },
-            },
-        },
-        "Task": {
-            "type": "object",
-            "required": [
-                "id",
-                "status",
-                "progress",
-                "vendor",
-                "model",
-                "input",
-                "cost",
-                "created_at",
-                "updated_at",
-                "deadline_at",
-                "completed_at",
-                "result",
-                "error",
-                "refunded",
-                "parent_id",
-            ],
-            "additionalProperties": False,
-            "properties": {
-                "id": {"type": "string", "pattern": TASK_ID_PATTERN},
-                "status": _ref(_SCHEMAS + "TaskStatus"),
-                "progress": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "maximum": 100,
-                    "description": "never decreases",
-                },
-                "vendor": {"type": "string"},
-                "model": {"type": "string"},
-                "input": {"type": "object"},
-                "cost": {"type": "integer", "minimum": 0, "description": "credits charged"},
-                "created_at": _timestamp("when the task was accepted"),
-                "updated_at": _timestamp("last change"),
-                "deadline_at": _timestamp("when an unfinished task fails and is refunded"),
-                "completed_at": _nullable(_timestamp("when the task became terminal")),
-                "result": _nullable(
-                    {**_ref(_SCHEMAS + "Result"), "description": "completed tasks only"}
-                ),
-                "error": _nullable(
-                    {**_ref(_SCHEMAS + "TaskError"), "description": "failed tasks only"}
-                ),
-                "refunded": {"type": "boolean"},
-                "parent_id": _nullable(
-                    {
-                        "type": "string",
-                        "pattern": TASK_ID_PATTERN,
-                        "description": "the task a follow-up action acts on",
-                    }
-                ),
-            },
-        },
-        "TaskPage": {
-            "type": "object",
-            "required": ["data", "next_cursor"],
-            "additionalProperties": False,
-            "properties": {
-                "data": {
-                    "type": "array",
-                    "maxItems": MAX_LIMIT,
-                    "items": _ref(_SCHEMAS + "Task"),
-                    "description": "newest first",
-                },
-                "next_cursor": {
-                    "type": ["string", "null"],
-                    "description": "pass as `cursor` for the next page; null on the last",
-                },
-            },
-        },
-        "NewTask": {
-            "type": "object",
-            "required": ["model", "input"],
-            "additionalProperties": False,
-            "properties": {
-                "model": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": MAX_MODEL_LENGTH,
-                    "pattern": r"\S",
-                    "description": "a model named in TASKHOOK_ROUTES (routed to the first healthy "
-                    "vendor serving it), or a vendor's own model id (Replicate: 'owner/name', "
-                    "'owner/name:version' or a 64-hex version id; fal: 'owner/app[/path]'; "
-                    "midjourney: 'midjourney', 'niji', ...): one a route lists costs that "
-                    "route's price at that vendor; with routes configured, others are refused "
-                    "(422) unless TASKHOOK_ALLOW_UNROUTED_MODELS=1",
-                },
-                "input": {"type": "object", "description": "the model's inputs"},
-                "vendor": {
-                    "type": "string",
-                    "description": "pin the task to one of the configured vendors (replicate, "
-                    "fal, midjourney): no failover; default: routed, else the first vendor",
-                },
-                **_WEBHOOK_FIELDS,
-            },
-        },
+        **components(TaskPage),
+        "NewTask": schema(NewTask),
         "WebhookSecret": {
             "type": "object",
             "required": ["key"],

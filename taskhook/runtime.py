@@ -23,10 +23,8 @@ from lifecycle.vendor_health import Limits, VendorHealth
 from storage.s3 import ResultStore
 from taskhook.embedded import start_postgres, start_s3
 from vendors.base import VendorAdapter
-from vendors.fal import FalAdapter
-from vendors.midjourney_proxy import MidjourneyProxyAdapter
 from vendors.readiness import VendorReadiness
-from vendors.replicate import ReplicateAdapter
+from vendors.registry import build_adapters
 
 log = structlog.get_logger()
 
@@ -51,38 +49,6 @@ def resolve_services(settings: Settings) -> Settings:
             aws_region=s3.region,
         )
     return settings
-
-
-def build_adapters(settings: Settings, http: httpx.AsyncClient) -> dict[str, VendorAdapter]:
-    adapters: dict[str, VendorAdapter] = {}
-    if settings.replicate:
-        adapters["replicate"] = ReplicateAdapter(
-            http,
-            api_token=settings.replicate.api_token,
-            api_base=settings.replicate.api_base,
-            webhook_secrets=settings.replicate.webhook_secrets,
-            tolerance=settings.webhook_tolerance,
-            timeout=settings.registration_timeout,
-        )
-    if settings.fal:
-        adapters["fal"] = FalAdapter(
-            http,
-            api_key=settings.fal.api_key,
-            queue_base=settings.fal.queue_base,
-            jwks_url=settings.fal.jwks_url,
-            api_base=settings.fal.api_base,
-            tolerance=settings.webhook_tolerance,
-            timeout=settings.registration_timeout,
-        )
-    if settings.midjourney:
-        adapters["midjourney"] = MidjourneyProxyAdapter(
-            http,
-            api_base=settings.midjourney.api_base,
-            api_secret=settings.midjourney.api_secret,
-            timeout=settings.registration_timeout,
-            dialect=settings.midjourney.dialect,
-        )
-    return adapters
 
 
 def vendor_limits(settings: Settings, adapter: VendorAdapter) -> Limits:

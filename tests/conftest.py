@@ -21,11 +21,12 @@ import httpx
 import pytest
 
 from common.logs import configure_logging
-from common.settings import ReplicateSettings, Settings
+from common.settings import Settings
 from db.migrate import migrate
 from db.pool import connect, dsn_for_database
 from lifecycle.runtime import Runtime
 from taskhook.runtime import open_runtime
+from vendors.replicate import ReplicateSettings
 
 TEST_WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -180,11 +181,13 @@ def settings(db_url: str, s3: S3Config, tmp_path: Path) -> Settings:
         aws_secret_access_key=s3.secret_access_key,
         aws_region=s3.region,
         allow_private_urls=True,
-        replicate=ReplicateSettings(
-            api_token="r8_test",
-            api_base="http://vendor.invalid/v1",
-            webhook_secrets=(TEST_WEBHOOK_SECRET,),
-        ),
+        vendor_settings={
+            "replicate": ReplicateSettings(
+                api_token="r8_test",
+                api_base="http://vendor.invalid/v1",
+                webhook_secrets=(TEST_WEBHOOK_SECRET,),
+            )
+        },
     )
 
 

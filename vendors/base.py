@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
+import httpx
+
+from common.settings import Settings
 from common.states import TaskStatus
 from vendors.signature import Delivery
 
@@ -106,3 +109,52 @@ class VendorAdapter(Protocol):
 
     def parse(self, body: bytes) -> VendorUpdate:
         """Read a verified callback's body; raises PayloadInvalid."""
+
+
+C = TypeVar("C")
+
+
+class CheckFailed(Exception):
+    """A vendor's own check in `taskhook check` failed; the message is for the operator."""
+
+
+# `taskhook check`'s vendor-specific checks: (name, the check), each answering a line of
+# detail or raising CheckFailed / VendorError.
+VendorChecks = Sequence[tuple[str, Callable[[], Awaitable[str]]]]
+
+
+def _no_account(config: Any) -> str | None:
+    return None
+
+
+def _no_problem(config: Any, settings: Settings) -> str | None:
+    return None
+
+
+def _no_checks(
+    config: Any, adapter: VendorAdapter, settings: Settings, client: httpx.AsyncClient
+) -> VendorChecks:
+    return ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class VendorPlugin(Generic[C]):
+    """Everything the rest of taskhook needs to know to use a vendor, exported by its module
+    and registered with one line in vendors/registry.py."""
+
+    name: str
+    # Its settings: a dataclass whose fields are declared with common.settings.setting.
+    settings: type[C]
+    # The variable whose presence turns the vendor on.
+    enabled_by: str
+    # Headers of its webhooks worth keeping with a delivery (replay, forensics), lower case.
+    headers: tuple[str, ...] = ()
+    # The adapter, on the shared client, from its settings and ours.
+    build: Callable[[C, httpx.AsyncClient, Settings], VendorAdapter]
+    # The vendor account its signed webhooks must come from, when configured.
+    account: Callable[[C], str | None] = _no_account
+    # What it cannot work with in these settings, known without calling anyone (production
+    # refuses to start with it).
+    settings_problem: Callable[[C, Settings], str | None] = _no_problem
+    # Its checks in `taskhook check`, besides the credentials every vendor's are checked for.
+    checks: Callable[[C, VendorAdapter, Settings, httpx.AsyncClient], VendorChecks] = _no_checks

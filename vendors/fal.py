@@ -42,6 +42,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -51,8 +52,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common.errors import PayloadInvalid, SignatureInvalid, VendorRejected, VendorUnavailable
+from common.settings import Settings, base_url, setting, text
 from common.states import TaskStatus
-from vendors.base import RESULT_EXPIRED, VendorUpdate
+from vendors.base import RESULT_EXPIRED, VendorAdapter, VendorChecks, VendorPlugin, VendorUpdate
 from vendors.http import json_object, raise_for_transient, send
 from vendors.signature import Delivery, check_timestamp
 
@@ -663,3 +665,65 @@ class FalAdapter:
             return response.json()
         except ValueError as exc:
             raise VendorUnavailable("fal answered with a body that is not JSON") from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class FalSettings:
+    api_key: str = setting("FAL_KEY", doc="fal's API key; unset, no fal", read=text, secret=True)
+    queue_base: str = setting(
+        "FAL_QUEUE_BASE", DEFAULT_QUEUE_BASE, doc="fal's queue API", read=base_url
+    )
+    jwks_url: str = setting(
+        "FAL_JWKS_URL", DEFAULT_JWKS_URL, doc="fal's webhook signing keys", read=text
+    )
+    # fal's platform API (model pricing answers only a valid key: `taskhook check` asks it).
+    api_base: str = setting(
+        "FAL_API_BASE", DEFAULT_API_BASE, doc="fal's platform API", read=base_url
+    )
+    # Our fal account (X-Fal-Webhook-User-Id); None: learned and pinned (lifecycle/accounts.py).
+    user_id: str | None = setting(
+        "FAL_USER_ID", None, doc="the fal account whose webhooks we accept", read=text
+    )
+
+
+def _build(config: FalSettings, http: httpx.AsyncClient, settings: Settings) -> VendorAdapter:
+    return FalAdapter(
+        http,
+        api_key=config.api_key,
+        queue_base=config.queue_base,
+        jwks_url=config.jwks_url,
+        api_base=config.api_base,
+        tolerance=settings.webhook_tolerance,
+        timeout=settings.registration_timeout,
+    )
+
+
+def _checks(
+    config: FalSettings, adapter: VendorAdapter, settings: Settings, client: httpx.AsyncClient
+) -> VendorChecks:
+    async def keys() -> str:
+        assert isinstance(adapter, FalAdapter)
+        await adapter.prepare()
+        return f"{len(adapter.keys)} signing key(s) fetched from fal's JWKS"
+
+    return (("fal webhook keys", keys),)
+
+
+def _account(config: FalSettings) -> str | None:
+    return config.user_id
+
+
+VENDOR = VendorPlugin(
+    name=NAME,
+    settings=FalSettings,
+    enabled_by="FAL_KEY",
+    headers=(
+        "x-fal-webhook-request-id",
+        "x-fal-webhook-user-id",
+        "x-fal-webhook-timestamp",
+        "x-fal-webhook-signature",
+    ),
+    build=_build,
+    account=_account,
+    checks=_checks,
+)

@@ -44,6 +44,7 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -52,8 +53,9 @@ import httpx
 
 from common.errors import PayloadInvalid, VendorParentNotReady, VendorRejected, VendorUnavailable
 from common.ids import format_task_id
+from common.settings import Settings, http_url, one_of, setting, text
 from common.states import TaskStatus
-from vendors.base import VendorUpdate
+from vendors.base import VendorAdapter, VendorPlugin, VendorUpdate
 from vendors.http import raise_for_transient, send
 from vendors.signature import Delivery
 
@@ -456,3 +458,36 @@ def _accepted(code: int, answer: Mapping[str, Any]) -> VendorUpdate:
             pass
     # Just created: queued inside the proxy, which is what a fetch would show now.
     return VendorUpdate(vendor_task_id=result, status=TaskStatus.SUBMITTED, raw_status="NOT_START")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MidjourneySettings:
+    api_base: str = setting(
+        "MJ_PROXY_BASE", doc="the midjourney-proxy's URL; unset, no midjourney", read=http_url
+    )
+    api_secret: str | None = setting(
+        "MJ_PROXY_SECRET", None, doc="sent as mj-api-secret", read=text, secret=True
+    )
+    # Which fork's follow-up API: novicezk's /mj/submit/change, trueai's /mj/submit/action
+    # (v10 removed change); auto tells them apart by the parent task's `buttons`.
+    dialect: str = setting(
+        "MJ_PROXY_DIALECT", "auto", doc="which fork's follow-up API", read=one_of(*DIALECTS)
+    )
+
+
+def _build(
+    config: MidjourneySettings, http: httpx.AsyncClient, settings: Settings
+) -> VendorAdapter:
+    return MidjourneyProxyAdapter(
+        http,
+        api_base=config.api_base,
+        api_secret=config.api_secret,
+        timeout=settings.registration_timeout,
+        dialect=config.dialect,
+    )
+
+
+# Unsigned callbacks: nothing in their headers proves anything worth keeping.
+VENDOR = VendorPlugin(
+    name=NAME, settings=MidjourneySettings, enabled_by="MJ_PROXY_BASE", build=_build
+)

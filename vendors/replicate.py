@@ -12,14 +12,23 @@ import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
 from common.errors import PayloadInvalid, VendorRejected, VendorUnavailable, VerificationUnavailable
+from common.settings import Settings, base_url, setting, text
 from common.states import TaskStatus
-from vendors.base import RESULT_EXPIRED, VendorUpdate
+from vendors.base import (
+    RESULT_EXPIRED,
+    CheckFailed,
+    VendorAdapter,
+    VendorChecks,
+    VendorPlugin,
+    VendorUpdate,
+)
 from vendors.http import raise_for_transient, seconds_in, send
 from vendors.signature import Delivery, decode_secret, verify_standard_webhook
 
@@ -382,3 +391,109 @@ def _detail(response: httpx.Response) -> str:
     if isinstance(body, dict):
         return str(body.get("detail") or body.get("title") or body)[:500]
     return str(body)[:500]
+
+
+def webhook_secrets(raw: str) -> tuple[str, ...]:
+    """REPLICATE_WEBHOOK_SECRET: `whsec_...` secrets, comma-separated (several during a
+    rotation), their base64 padded or not, as the official library reads them."""
+    found = tuple(s.strip() for s in raw.split(",") if s.strip())
+    for secret in found:
+        try:
+            if not secret.startswith("whsec_"):
+                raise ValueError(secret)
+            decode_secret(secret)
+        except ValueError:
+            raise ValueError("whsec_<base64> secrets, comma-separated") from None
+    return found
+
+
+DEFAULT_API_BASE = "https://api.replicate.com/v1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicateSettings:
+    api_token: str = setting(
+        "REPLICATE_API_TOKEN",
+        doc="Replicate's API token; unset, no Replicate",
+        read=text,
+        secret=True,
+    )
+    api_base: str = setting(
+        "REPLICATE_API_BASE", DEFAULT_API_BASE, doc="Replicate's API", read=base_url
+    )
+    # Several `whsec_...` secrets during a rotation; empty = fetch the account's default secret.
+    webhook_secrets: tuple[str, ...] = setting(
+        "REPLICATE_WEBHOOK_SECRET",
+        (),
+        doc="webhook signing secrets; unset: the account's default one, fetched",
+        read=webhook_secrets,
+        secret=True,
+    )
+
+
+def _build(config: ReplicateSettings, http: httpx.AsyncClient, settings: Settings) -> VendorAdapter:
+    return ReplicateAdapter(
+        http,
+        api_token=config.api_token,
+        api_base=config.api_base,
+        webhook_secrets=config.webhook_secrets,
+        tolerance=settings.webhook_tolerance,
+        timeout=settings.registration_timeout,
+    )
+
+
+def _settings_problem(config: ReplicateSettings, settings: Settings) -> str | None:
+    """Replicate delivers webhooks only to an https URL it can reach (issue 16.6). Asked only
+    of Replicate itself: with REPLICATE_API_BASE elsewhere (a simulator, a recording proxy) the
+    caller of our webhooks is that, and it decides what it can reach."""
+    if config.api_base == DEFAULT_API_BASE:
+        return webhook_base_problem(settings.public_url)
+    return None
+
+
+def _checks(
+    config: ReplicateSettings,
+    adapter: VendorAdapter,
+    settings: Settings,
+    client: httpx.AsyncClient,
+) -> VendorChecks:
+    async def secret() -> str:
+        if config.webhook_secrets:
+            return f"{len(config.webhook_secrets)} configured in REPLICATE_WEBHOOK_SECRET"
+        async with httpx.AsyncClient(timeout=10.0) as own:
+            await _build(config, own, settings).prepare()
+        return "the account's default secret was fetched (GET /webhooks/default/secret)"
+
+    async def url() -> str:
+        """Replicate delivers only to an https URL it can reach, and follows no redirect
+        (16.6). The reachability rule is Replicate's own: with REPLICATE_API_BASE elsewhere (a
+        simulator) that other caller decides what it reaches, and only the redirect probe
+        applies."""
+        public = settings.public_url
+        if public is None:
+            raise CheckFailed("TASKHOOK_PUBLIC_URL is not set: Replicate could not call back")
+        own = config.api_base == DEFAULT_API_BASE
+        if own and (problem := webhook_base_problem(public)):
+            raise CheckFailed(problem)
+        try:
+            problem = await webhook_redirect_problem(client, public)
+        except httpx.HTTPError as exc:
+            raise CheckFailed(f"{public} did not answer: {exc!r}") from None
+        if problem:
+            raise CheckFailed(problem)
+        reach = "https and reachable, " if own else ""
+        return f"{public}: {reach}webhooks are answered without a redirect"
+
+    return (("replicate webhook secret", secret), ("replicate webhook url", url))
+
+
+VENDOR = VendorPlugin(
+    name=NAME,
+    settings=ReplicateSettings,
+    enabled_by="REPLICATE_API_TOKEN",
+    # Standard Webhooks' headers.
+    headers=("webhook-id", "webhook-timestamp", "webhook-signature"),
+    build=_build,
+    settings_problem=_settings_problem,
+    checks=_checks,
+)

@@ -105,7 +105,7 @@ async def running_stack(
             # The tests' own polling (wait_all_terminal: every open task, every 50 ms) is no
             # client's traffic: the per-user limit (tested in test_limits) would refuse it.
             rate_limit=0,
-            **simulator_settings(sim),
+            vendor_settings=simulator_settings(sim),
         )
         if configure is not None:
             settings = configure(settings, sim.url)

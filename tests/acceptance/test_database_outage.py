@@ -22,7 +22,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.ids import parse_task_id
-from common.settings import ReplicateSettings, Settings
+from common.settings import Settings
 from db.migrate import migrate
 from db.pool import connect
 from lifecycle.audit import run_audit
@@ -38,6 +38,7 @@ from taskhook.serving import bind, running_app, url_for
 from taskhook.worker import Worker
 from tests.acceptance.stack import TERMINAL, wait_all_terminal, wait_for
 from tests.conftest import S3Config
+from vendors.replicate import ReplicateSettings
 
 T = TypeVar("T")
 BODY = {"model": "black-forest-labs/flux-schnell", "input": {"prompt": "a fox in the dark"}}
@@ -96,11 +97,13 @@ async def running_loops(settings: Settings, sim_config: SimulatorConfig) -> Asyn
         settings = replace(
             settings,
             public_url=url,
-            replicate=ReplicateSettings(
-                api_token="tok",
-                api_base=f"{sim.url}/v1",
-                webhook_secrets=(sim_config.webhook_secret,),
-            ),
+            vendor_settings={
+                "replicate": ReplicateSettings(
+                    api_token="tok",
+                    api_base=f"{sim.url}/v1",
+                    webhook_secrets=(sim_config.webhook_secret,),
+                )
+            },
         )
         stop = asyncio.Event()
         async with (

@@ -52,8 +52,8 @@ async def test_trueai_midjourney_proxy_end_to_end_with_follow_ups(fast: Settings
     endpoint, variations held MODAL behind code 21), told apart from novicezk's by itself."""
     config = replace(UNKIND, mj_dialect="trueai")
     async with running_stack(fast, config) as stack:
-        assert stack.settings.midjourney is not None
-        assert stack.settings.midjourney.dialect == "auto"
+        assert stack.settings.vendor("midjourney") is not None
+        assert stack.settings.vendor("midjourney").dialect == "auto"
         client = await stack.client_for(credits=20)
         body = {"model": "midjourney", "vendor": "midjourney"}
         ids = [

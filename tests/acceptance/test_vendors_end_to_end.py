@@ -58,16 +58,20 @@ async def test_fal_end_to_end_with_faults(fast: Settings) -> None:
 
 async def test_a_routed_model_fails_over_to_the_vendor_that_is_up(fast: Settings) -> None:
     def replicate_down(settings: Settings, sim_url: str) -> Settings:
-        assert settings.replicate is not None
+        assert settings.vendor("replicate") is not None
         # Nothing listens on port 9 of loopback: connection refused, so no job can exist there.
-        down = replace(settings.replicate, api_base="http://127.0.0.1:9/v1")
+        down = replace(settings.vendor("replicate"), api_base="http://127.0.0.1:9/v1")
         routes = {
             "flux-schnell": (
                 VendorRoute("replicate", "black-forest-labs/flux-schnell", 1),
                 VendorRoute("fal", "fal-ai/flux/schnell", 2),
             )
         }
-        return replace(settings, replicate=down, routes=routes)
+        return replace(
+            settings,
+            vendor_settings={**settings.vendor_settings, "replicate": down},
+            routes=routes,
+        )
 
     async with running_stack(
         fast, SimulatorConfig(job_seconds=0.2), configure=replicate_down

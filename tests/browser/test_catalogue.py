@@ -16,6 +16,7 @@ from playwright.async_api import Page, Request, expect
 from common.settings import Settings, parse_model_descriptions, parse_routes
 from tests.acceptance.stack import Stack
 from tests.browser.helpers import new_api_key, sign_in, submit_prompt
+from vendors.registry import BY_NAME
 
 ROUTES = json.dumps(
     {
@@ -34,7 +35,9 @@ ROUTES = json.dumps(
 def settings(settings: Settings) -> Settings:
     """This module's deployment routes two models and serves nothing else (no midjourney)."""
     return replace(
-        settings, routes=parse_routes(ROUTES), model_descriptions=parse_model_descriptions(ROUTES)
+        settings,
+        routes=parse_routes(ROUTES, known=list(BY_NAME)),
+        model_descriptions=parse_model_descriptions(ROUTES),
     )
 
 

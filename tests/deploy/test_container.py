@@ -37,8 +37,8 @@ import jsonschema_rs
 import pytest
 import yaml
 
-from common.settings import Settings
 from tests.conftest import S3Config
+from vendors.registry import read_settings
 
 REPO = Path(__file__).resolve().parents[2]
 TASKHOOK_SERVICES = ("migrate", "web", "worker", "reconciler")
@@ -177,7 +177,7 @@ def test_compose_is_valid_against_the_schema_of_what_it_uses() -> None:
 @pytest.mark.parametrize("service", TASKHOOK_SERVICES)
 def test_each_taskhook_service_gets_a_valid_production_configuration(service: str) -> None:
     env = service_env(service, example_env())
-    settings = Settings.from_env(env)
+    settings = read_settings(env)
     assert settings.production and settings.defaults == ()
     assert settings.s3_endpoint_url == "http://s3:9000" and not settings.s3_embedded
     assert settings.database_url and "@postgres:5432/taskhook" in settings.database_url

@@ -145,10 +145,11 @@ async def test_a_paused_vendor_is_routed_around(
     admin: tuple[httpx.AsyncClient, Runtime], settings: Settings, conn: Conn
 ) -> None:
     client, rt = admin
-    from common.settings import FalSettings, VendorRoute
+    from common.settings import VendorRoute
+    from vendors.fal import FalSettings
 
     routed = settings.with_overrides(
-        fal=FalSettings(api_key="k"),
+        vendor_settings={**settings.vendor_settings, "fal": FalSettings(api_key="k")},
         routes={"m": (VendorRoute("replicate", "a/b", 1), VendorRoute("fal", "c/d", 2))},
     )
     fake = type("R", (), {"pool": rt.pool, "settings": routed})()

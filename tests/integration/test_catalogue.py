@@ -12,12 +12,14 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from common.settings import FalSettings, Settings, parse_model_descriptions, parse_routes
+from common.settings import Settings, parse_model_descriptions, parse_routes
 from db.queries import Conn
 from taskhook.app import create_app
 from taskhook.cli import cli
 from taskhook.runtime import open_runtime
 from tests.factories import make_user
+from vendors.fal import FalSettings
+from vendors.registry import BY_NAME
 
 ROUTES = json.dumps(
     {
@@ -38,8 +40,11 @@ ROUTES = json.dumps(
 def routed(settings: Settings, *, unrouted: bool = False) -> Settings:
     return replace(
         settings,
-        fal=FalSettings(api_key="fal-key", queue_base="http://vendor.invalid/fal"),
-        routes=parse_routes(ROUTES),
+        vendor_settings={
+            **settings.vendor_settings,
+            "fal": FalSettings(api_key="fal-key", queue_base="http://vendor.invalid/fal"),
+        },
+        routes=parse_routes(ROUTES, known=list(BY_NAME)),
         model_descriptions=parse_model_descriptions(ROUTES),
         allow_unrouted_models=unrouted,
     )

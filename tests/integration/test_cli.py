@@ -310,10 +310,10 @@ def test_check_finds_a_redirect_in_front_of_the_deployment(
     server = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        from taskhook import check as check_module
+        from vendors import replicate
 
         # The static rule refuses loopback; this test is about the probe behind it.
-        monkeypatch.setattr(check_module, "webhook_base_problem", lambda url: None)
+        monkeypatch.setattr(replicate, "webhook_base_problem", lambda url: None)
         monkeypatch.setenv("REPLICATE_API_TOKEN", "r8_x")
         monkeypatch.setenv("TASKHOOK_PUBLIC_URL", f"http://127.0.0.1:{server.server_port}")
         for name, value in {

@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 import pytest
 
-from common.settings import ReplicateSettings, Settings
+from common.settings import Settings
 from lifecycle.runtime import Runtime
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime
@@ -23,6 +23,7 @@ from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.factories import make_task, make_user
 from tests.integration.test_receiver import hook_url, post_hook, prediction
 from vendors.readiness import VendorReadiness
+from vendors.replicate import ReplicateSettings
 
 Conn = asyncpg.Connection
 ADMIN_KEY = "readiness-admin-" + "a" * 32
@@ -55,7 +56,9 @@ class Stack:
 async def stack(settings: Settings) -> AsyncIterator[Stack]:
     vendor = Replicate()
     settings = settings.with_overrides(
-        replicate=ReplicateSettings(api_token="r8", api_base="http://replicate.test/v1"),
+        vendor_settings={
+            "replicate": ReplicateSettings(api_token="r8", api_base="http://replicate.test/v1")
+        },
         admin_key=ADMIN_KEY,
         vendor_prepare_retry=RETRY,
     )

@@ -22,13 +22,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from common.settings import FalSettings, MidjourneySettings, Settings
+from common.settings import Settings
 from simulator.signing import webhook_headers
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime
 from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.factories import make_task, make_user
-from vendors.fal import signed_message
+from vendors.fal import FalSettings, signed_message
+from vendors.midjourney_proxy import MidjourneySettings
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -153,10 +154,13 @@ async def scenario(
 ) -> None:
     settings = replace(
         settings,
-        fal=FalSettings(
-            api_key="k", queue_base="http://fal.invalid", jwks_url=FAL_JWKS, user_id="u1"
-        ),
-        midjourney=MidjourneySettings(api_base="http://mj.invalid"),
+        vendor_settings={
+            **settings.vendor_settings,
+            "fal": FalSettings(
+                api_key="k", queue_base="http://fal.invalid", jwks_url=FAL_JWKS, user_id="u1"
+            ),
+            "midjourney": MidjourneySettings(api_base="http://mj.invalid"),
+        },
     )
     async with open_runtime(settings, pool_size=4, http=fal_vendor_http()) as rt:
         async with rt.pool.acquire() as conn:

@@ -68,11 +68,11 @@ async def post_replicate_success(stack: Stack, task_id: str, outputs: list[str])
     what a vendor (or anyone holding its signing secret) can send."""
     job = await vendor_task_id(stack, task_id)
     uid = parse_task_id(task_id)
-    assert uid is not None and stack.settings.replicate is not None
+    assert uid is not None and stack.settings.vendor("replicate") is not None
     body = json.dumps(
         {"id": job, "status": "succeeded", "output": outputs, "logs": "", "error": None}
     ).encode()
-    secret = stack.settings.replicate.webhook_secrets[0]
+    secret = stack.settings.vendor("replicate").webhook_secrets[0]
     headers = webhook_headers(secret, new_webhook_id(), body)
     url = stack.runtime.callback_url(task_id=uid, vendor="replicate")
     async with httpx.AsyncClient(timeout=30) as raw:

@@ -20,14 +20,14 @@ import asyncpg
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from common.settings import FalSettings, Settings
+from common.settings import Settings
 from common.states import TaskStatus
 from db.transition import transition
 from lifecycle.runtime import Runtime
 from taskhook.app import create_app
 from taskhook.runtime import open_runtime
 from tests.factories import make_task, make_user
-from vendors.fal import signed_message
+from vendors.fal import FalSettings, signed_message
 
 Conn = asyncpg.Connection
 
@@ -55,9 +55,12 @@ async def fal_app(
     process sharing the database)."""
     settings = replace(
         settings,
-        fal=FalSettings(
-            api_key="k", queue_base="http://fal.invalid", jwks_url=JWKS_URL, user_id=user_id
-        ),
+        vendor_settings={
+            **settings.vendor_settings,
+            "fal": FalSettings(
+                api_key="k", queue_base="http://fal.invalid", jwks_url=JWKS_URL, user_id=user_id
+            ),
+        },
     )
     async with open_runtime(settings, pool_size=2, http=fal_http()) as rt:
         transport = httpx.ASGITransport(app=create_app(settings, runtime=rt))

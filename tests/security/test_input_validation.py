@@ -15,10 +15,11 @@ import uuid
 import httpx
 import pytest
 
-from common.settings import MidjourneySettings, VendorRoute
+from common.settings import VendorRoute
 from lifecycle.runtime import Runtime
 from tests.scripted_vendor import ScriptedVendor, install
 from tests.security.conftest import assert_error, auth_header
+from vendors.midjourney_proxy import MidjourneySettings
 
 ROUTES = {
     "flux-pro": (
@@ -39,7 +40,11 @@ def three_vendors(runtime: Runtime) -> Runtime:
     from vendors.midjourney_proxy import MidjourneyProxyAdapter
 
     runtime.settings = runtime.settings.with_overrides(
-        routes=ROUTES, midjourney=MidjourneySettings(api_base="http://mj.invalid")
+        routes=ROUTES,
+        vendor_settings={
+            **runtime.settings.vendor_settings,
+            "midjourney": MidjourneySettings(api_base="http://mj.invalid"),
+        },
     )
     install(runtime, ScriptedVendor("replicate"), ScriptedVendor("fal"))
     runtime.vendors["midjourney"] = MidjourneyProxyAdapter(

@@ -18,11 +18,12 @@ from typing import Any
 import httpx
 import pytest
 
-from common.settings import FalSettings, Settings, SettingsError, VendorRoute
+from common.settings import SettingsError, VendorRoute
 from lifecycle.runtime import Runtime
 from lifecycle.vendor_health import Limits, VendorHealth
-from taskhook.runtime import build_adapters
 from tests.security.conftest import assert_error, auth_header
+from vendors.fal import FalSettings
+from vendors.registry import build_adapters, read_settings
 
 ROUTES = {
     "flux-pro": (
@@ -45,7 +46,12 @@ def registered(runtime: Runtime) -> Iterator[list[str]]:
 
     runtime.settings = runtime.settings.with_overrides(
         routes=ROUTES,
-        fal=FalSettings(api_key="k", queue_base="http://fal.test", jwks_url="http://fal.test/j"),
+        vendor_settings={
+            **runtime.settings.vendor_settings,
+            "fal": FalSettings(
+                api_key="k", queue_base="http://fal.test", jwks_url="http://fal.test/j"
+            ),
+        },
     )
     http = httpx.AsyncClient(transport=httpx.MockTransport(vendor))
     runtime.vendors.clear()
@@ -140,7 +146,7 @@ async def test_allowing_unrouted_models_charges_them_the_task_cost_and_listed_on
 
 def test_the_setting_is_read_from_the_environment_and_checked() -> None:
     env = {"TASKHOOK_SECRET": "s" * 32, "TASKHOOK_ADMIN_KEY": "a" * 32}
-    assert Settings.from_env(env).allow_unrouted_models is False
-    assert Settings.from_env({**env, "TASKHOOK_ALLOW_UNROUTED_MODELS": "1"}).allow_unrouted_models
+    assert read_settings(env).allow_unrouted_models is False
+    assert read_settings({**env, "TASKHOOK_ALLOW_UNROUTED_MODELS": "1"}).allow_unrouted_models
     with pytest.raises(SettingsError, match=r"^TASKHOOK_ALLOW_UNROUTED_MODELS must be 0 or 1"):
-        Settings.from_env({**env, "TASKHOOK_ALLOW_UNROUTED_MODELS": "yes"})
+        read_settings({**env, "TASKHOOK_ALLOW_UNROUTED_MODELS": "yes"})

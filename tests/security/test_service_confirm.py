@@ -80,9 +80,9 @@ async def test_unsigned_junk_is_coalesced_truncated_and_pruned(quiet: Settings) 
         # a signed vendor's dead letter, older than the junk: kept
         # until replayed, however old
         signed = b"{not json"
-        assert stack.settings.replicate is not None
+        assert stack.settings.vendor("replicate") is not None
         headers = webhook_headers(
-            stack.settings.replicate.webhook_secrets[0], new_webhook_id(), signed
+            stack.settings.vendor("replicate").webhook_secrets[0], new_webhook_id(), signed
         )
         async with httpx.AsyncClient() as vendor:
             r = await vendor.post(

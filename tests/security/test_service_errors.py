@@ -45,8 +45,8 @@ async def test_a_vendor_failure_shows_the_plain_sentence_only(fast: Settings) ->
             body = json.dumps(
                 {"id": job, "status": "failed", "error": raw, "output": None, "logs": ""}
             ).encode()
-            assert stack.settings.replicate is not None
-            secret = stack.settings.replicate.webhook_secrets[0]
+            assert stack.settings.vendor("replicate") is not None
+            secret = stack.settings.vendor("replicate").webhook_secrets[0]
             uid = parse_task_id(task_id)
             assert uid is not None
             url = stack.runtime.callback_url(task_id=uid, vendor="replicate")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import ReplicateSettings, Settings, SettingsError, VendorRoute
+from common.settings import Settings, SettingsError, VendorRoute
+from vendors.registry import read_settings
+from vendors.replicate import ReplicateSettings
 
 SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SECRET_B = "whsec_QUFBQUFBQUFBQUFBQUFBQQ=="
@@ -27,13 +29,13 @@ def env(data_dir: Path) -> dict[str, str]:
 
 
 def test_defaults(env: dict[str, str], data_dir: Path) -> None:
-    settings = Settings.from_env(env)
+    settings = read_settings(env)
     assert settings.data_dir == data_dir
     assert settings.task_deadline == 1800.0
     assert settings.poll_after == 15.0
     assert settings.rate_limit == 600
     assert settings.max_active_tasks == 100
-    assert settings.replicate is None
+    assert settings.vendor("replicate") is None
     assert settings.vendors == ()
     assert settings.public_url is None
     assert settings.database_url is None
@@ -52,14 +54,14 @@ def test_blank_values_count_as_unset(env: dict[str, str]) -> None:
         DATABASE_URL=" ",
         REPLICATE_API_TOKEN="   ",
     )
-    settings = Settings.from_env(env)
+    settings = read_settings(env)
     assert (settings.task_deadline, settings.rate_limit) == (1800.0, 600)
     assert settings.database_url is None
-    assert settings.replicate is None
+    assert settings.vendor("replicate") is None
 
 
 def test_secrets_are_generated_once_with_mode_0600(env: dict[str, str], data_dir: Path) -> None:
-    first = Settings.from_env(env)
+    first = read_settings(env)
 
     for name, value in (("secret", first.secret), ("admin_key", first.admin_key)):
         path = data_dir / name
@@ -68,13 +70,13 @@ def test_secrets_are_generated_once_with_mode_0600(env: dict[str, str], data_dir
         assert len(value) >= 32
     assert first.secret != first.admin_key
 
-    second = Settings.from_env(env)
+    second = read_settings(env)
     assert second.secret == first.secret
     assert second.admin_key == first.admin_key
 
 
 def test_generating_leaves_only_the_secret_files(env: dict[str, str], data_dir: Path) -> None:
-    Settings.from_env(env)
+    read_settings(env)
     assert sorted(p.name for p in data_dir.iterdir()) == ["admin_key", "secret"]
 
 
@@ -82,19 +84,19 @@ def test_an_existing_secret_file_wins(env: dict[str, str], data_dir: Path) -> No
     data_dir.mkdir(parents=True)
     kept = "kept-from-last-run-" + "x" * 32
     (data_dir / "secret").write_text(kept + "\n", encoding="utf-8")
-    assert Settings.from_env(env).secret == kept
+    assert read_settings(env).secret == kept
 
 
 def test_each_data_dir_gets_its_own_secrets(tmp_path: Path) -> None:
-    one = Settings.from_env({"TASKHOOK_DATA_DIR": str(tmp_path / "one")})
-    two = Settings.from_env({"TASKHOOK_DATA_DIR": str(tmp_path / "two")})
+    one = read_settings({"TASKHOOK_DATA_DIR": str(tmp_path / "one")})
+    two = read_settings({"TASKHOOK_DATA_DIR": str(tmp_path / "two")})
     assert one.secret != two.secret
     assert one.admin_key != two.admin_key
 
 
 def test_given_secrets_are_used_and_nothing_is_written(env: dict[str, str], data_dir: Path) -> None:
     env.update(TASKHOOK_SECRET=LONG_SECRET, TASKHOOK_ADMIN_KEY=LONG_ADMIN_KEY)
-    settings = Settings.from_env(env)
+    settings = read_settings(env)
     assert settings.secret == LONG_SECRET
     assert settings.admin_key == LONG_ADMIN_KEY
     assert settings.defaults == ()
@@ -108,7 +110,7 @@ def test_an_empty_secret_file_never_yields_an_empty_secret(
     data_dir.mkdir(parents=True)
     (data_dir / "secret").write_text("", encoding="utf-8")
     with pytest.raises(SettingsError) as caught:
-        Settings.from_env(env)
+        read_settings(env)
     assert str(data_dir / "secret") in str(caught.value)
 
 
@@ -125,7 +127,7 @@ def test_valid_values_are_read(env: dict[str, str]) -> None:
         TASKHOOK_S3_BUCKET="results",
         AWS_REGION="eu-west-1",
     )
-    settings = Settings.from_env(env)
+    settings = read_settings(env)
     assert settings.task_deadline == 2.5
     assert settings.poll_after == 30.0
     assert settings.rate_limit == 0
@@ -140,7 +142,7 @@ def test_valid_values_are_read(env: dict[str, str]) -> None:
 
 def test_postgres_scheme_is_accepted(env: dict[str, str]) -> None:
     env["DATABASE_URL"] = "postgres://127.0.0.1/db"
-    assert Settings.from_env(env).database_url == "postgres://127.0.0.1/db"
+    assert read_settings(env).database_url == "postgres://127.0.0.1/db"
 
 
 @pytest.mark.parametrize(
@@ -169,7 +171,7 @@ def test_a_bad_value_names_its_variable(env: dict[str, str], name: str, value: s
     env["REPLICATE_API_TOKEN"] = "r8_token"
     env[name] = value
     with pytest.raises(SettingsError) as caught:
-        Settings.from_env(env)
+        read_settings(env)
     assert name in str(caught.value)
 
 
@@ -177,7 +179,7 @@ def test_a_bad_value_names_its_variable(env: dict[str, str], name: str, value: s
 def test_an_undecodable_webhook_secret_names_its_variable(env: dict[str, str], value: str) -> None:
     env.update(REPLICATE_API_TOKEN="r8_token", REPLICATE_WEBHOOK_SECRET=value)
     with pytest.raises(SettingsError, match="REPLICATE_WEBHOOK_SECRET"):
-        Settings.from_env(env)
+        read_settings(env)
 
 
 @pytest.mark.parametrize(
@@ -187,55 +189,58 @@ def test_midjourney_proxy_dialect(env: dict[str, str], value: str | None, dialec
     env["MJ_PROXY_BASE"] = "http://mj.test"
     if value is not None:
         env["MJ_PROXY_DIALECT"] = value
-    settings = Settings.from_env(env)
-    assert settings.midjourney is not None and settings.midjourney.dialect == dialect
+    settings = read_settings(env)
+    assert (
+        settings.vendor("midjourney") is not None
+        and settings.vendor("midjourney").dialect == dialect
+    )
 
 
 def test_an_unknown_midjourney_proxy_dialect_names_its_variable(env: dict[str, str]) -> None:
     env.update(MJ_PROXY_BASE="http://mj.test", MJ_PROXY_DIALECT="v9")
     with pytest.raises(SettingsError, match="MJ_PROXY_DIALECT"):
-        Settings.from_env(env)
+        read_settings(env)
 
 
 @pytest.mark.parametrize(("value", "production"), [(None, False), ("production", True)])
 def test_taskhook_env(env: dict[str, str], value: str | None, production: bool) -> None:
     if value is not None:
         env.update(PRODUCTION, TASKHOOK_ENV=value)  # production: with what it requires
-    assert Settings.from_env(env).production is production
+    assert read_settings(env).production is production
 
 
 def test_an_unknown_taskhook_env_names_its_variable(env: dict[str, str]) -> None:
     env["TASKHOOK_ENV"] = "staging"
     with pytest.raises(SettingsError, match="TASKHOOK_ENV"):
-        Settings.from_env(env)
+        read_settings(env)
 
 
 def test_create_rate_defaults_to_the_vendors_documented_limit(env: dict[str, str]) -> None:
-    assert Settings.from_env(env).create_rate is None
+    assert read_settings(env).create_rate is None
     env["TASKHOOK_CREATE_RATE"] = "25"
-    assert Settings.from_env(env).create_rate == 25.0
+    assert read_settings(env).create_rate == 25.0
     env["TASKHOOK_CREATE_RATE"] = "0"
     with pytest.raises(SettingsError, match="TASKHOOK_CREATE_RATE"):
-        Settings.from_env(env)
+        read_settings(env)
 
 
 def test_an_unpadded_webhook_secret_is_accepted(env: dict[str, str]) -> None:
     """As the official standardwebhooks library accepts it (issue 16.6)."""
     env.update(REPLICATE_API_TOKEN="r8_token", REPLICATE_WEBHOOK_SECRET=SECRET_B.rstrip("="))
-    settings = Settings.from_env(env)
-    assert settings.replicate is not None
-    assert settings.replicate.webhook_secrets == (SECRET_B.rstrip("="),)
+    settings = read_settings(env)
+    assert settings.vendor("replicate") is not None
+    assert settings.vendor("replicate").webhook_secrets == (SECRET_B.rstrip("="),)
 
 
 def test_webhook_secret_is_ignored_without_a_token(env: dict[str, str]) -> None:
     env["REPLICATE_WEBHOOK_SECRET"] = "notwhsec"
-    assert Settings.from_env(env).replicate is None
+    assert read_settings(env).vendor("replicate") is None
 
 
 def test_replicate_with_a_token(env: dict[str, str]) -> None:
     env["REPLICATE_API_TOKEN"] = "r8_token"
-    settings = Settings.from_env(env)
-    assert settings.replicate == ReplicateSettings(
+    settings = read_settings(env)
+    assert settings.vendor("replicate") == ReplicateSettings(
         api_token="r8_token", api_base="https://api.replicate.com/v1", webhook_secrets=()
     )
     assert settings.vendors == ("replicate",)
@@ -243,21 +248,23 @@ def test_replicate_with_a_token(env: dict[str, str]) -> None:
 
 def test_replicate_base_loses_its_trailing_slash(env: dict[str, str]) -> None:
     env.update(REPLICATE_API_TOKEN="r8_token", REPLICATE_API_BASE="http://127.0.0.1:9000/v1/")
-    settings = Settings.from_env(env)
-    assert settings.replicate is not None
-    assert settings.replicate.api_base == "http://127.0.0.1:9000/v1"
+    settings = read_settings(env)
+    assert settings.vendor("replicate") is not None
+    assert settings.vendor("replicate").api_base == "http://127.0.0.1:9000/v1"
 
 
 def test_replicate_webhook_secrets_are_comma_separated(env: dict[str, str]) -> None:
     env.update(REPLICATE_API_TOKEN="r8_token", REPLICATE_WEBHOOK_SECRET=f" {SECRET_A}, {SECRET_B},")
-    settings = Settings.from_env(env)
-    assert settings.replicate is not None
-    assert settings.replicate.webhook_secrets == (SECRET_A, SECRET_B)
+    settings = read_settings(env)
+    assert settings.vendor("replicate") is not None
+    assert settings.vendor("replicate").webhook_secrets == (SECRET_A, SECRET_B)
 
 
 def test_vendors_property() -> None:
     assert Settings().vendors == ()
-    assert Settings(replicate=ReplicateSettings(api_token="t")).vendors == ("replicate",)
+    assert Settings(vendor_settings={"replicate": ReplicateSettings(api_token="t")}).vendors == (
+        "replicate",
+    )
 
 
 def test_secret_values_stay_out_of_repr(env: dict[str, str]) -> None:
@@ -266,7 +273,7 @@ def test_secret_values_stay_out_of_repr(env: dict[str, str]) -> None:
         TASKHOOK_ADMIN_KEY=LONG_ADMIN_KEY,
         TASKHOOK_METRICS_TOKEN=LONG_METRICS_TOKEN,
     )
-    text = repr(Settings.from_env(env))
+    text = repr(read_settings(env))
     assert LONG_SECRET not in text
     assert LONG_ADMIN_KEY not in text
     assert LONG_METRICS_TOKEN not in text
@@ -276,22 +283,28 @@ def test_fal_and_midjourney_are_configured_by_their_variables(env: dict[str, str
     env.update(
         FAL_KEY="fal-key-xyzzy", MJ_PROXY_BASE="http://mj.local:8080/", MJ_PROXY_SECRET="mj-plugh"
     )
-    s = Settings.from_env(env)
-    assert s.fal is not None and s.fal.api_key == "fal-key-xyzzy"
-    assert (s.fal.queue_base, s.fal.jwks_url) == (
+    s = read_settings(env)
+    assert s.vendor("fal") is not None and s.vendor("fal").api_key == "fal-key-xyzzy"
+    assert (s.vendor("fal").queue_base, s.vendor("fal").jwks_url) == (
         "https://queue.fal.run",
         "https://rest.alpha.fal.ai/.well-known/jwks.json",
     )
-    assert s.midjourney is not None
-    assert (s.midjourney.api_base, s.midjourney.api_secret) == ("http://mj.local:8080", "mj-plugh")
+    assert s.vendor("midjourney") is not None
+    assert (s.vendor("midjourney").api_base, s.vendor("midjourney").api_secret) == (
+        "http://mj.local:8080",
+        "mj-plugh",
+    )
     assert s.vendors == ("fal", "midjourney")
     assert "xyzzy" not in repr(s) and "plugh" not in repr(s)
 
 
 def test_fal_endpoints_can_be_moved(env: dict[str, str]) -> None:
     env.update(FAL_KEY="k", FAL_QUEUE_BASE="http://sim/fal/", FAL_JWKS_URL="http://sim/jwks")
-    s = Settings.from_env(env)
-    assert s.fal is not None and (s.fal.queue_base, s.fal.jwks_url) == (
+    s = read_settings(env)
+    assert s.vendor("fal") is not None and (
+        s.vendor("fal").queue_base,
+        s.vendor("fal").jwks_url,
+    ) == (
         "http://sim/fal",
         "http://sim/jwks",
     )
@@ -302,7 +315,7 @@ def test_routes_are_read_in_order_of_preference(env: dict[str, str]) -> None:
         '{"flux": [{"vendor": "fal", "model": "fal-ai/flux/dev", "price": 2},'
         ' {"vendor": "replicate", "model": "black-forest-labs/flux-dev"}]}'
     )
-    routes = Settings.from_env(env).routes
+    routes = read_settings(env).routes
     assert routes == {
         "flux": (
             VendorRoute("fal", "fal-ai/flux/dev", 2),
@@ -327,14 +340,14 @@ def test_routes_are_read_in_order_of_preference(env: dict[str, str]) -> None:
 def test_bad_routes_stop_start_up_with_the_reason(env: dict[str, str], raw: str, says: str) -> None:
     env["TASKHOOK_ROUTES"] = raw
     with pytest.raises(SettingsError, match="TASKHOOK_ROUTES") as err:
-        Settings.from_env(env)
+        read_settings(env)
     assert says in str(err.value)
 
 
 def test_a_midjourney_base_must_be_a_url(env: dict[str, str]) -> None:
     env["MJ_PROXY_BASE"] = "mj.local"
     with pytest.raises(SettingsError, match="MJ_PROXY_BASE"):
-        Settings.from_env(env)
+        read_settings(env)
 
 
 # --- TASKHOOK_ENV, every problem at once, secrets long enough (issues 14.13 and 15.1) -------
@@ -358,7 +371,7 @@ def test_every_bad_variable_is_named_in_one_error(env: dict[str, str]) -> None:
         TASKHOOK_ROUTES="not json",
     )
     with pytest.raises(SettingsError) as caught:
-        Settings.from_env(env)
+        read_settings(env)
     message = str(caught.value)
     assert "\n" not in message
     for name in (
@@ -382,16 +395,16 @@ def test_a_configured_secret_needs_32_bytes(
     env.update(PRODUCTION, TASKHOOK_ENV=environment)
     env[name] = "x" * 31
     with pytest.raises(SettingsError, match=f"{name} must be at least 32 bytes, got 31"):
-        Settings.from_env(env)
+        read_settings(env)
     env[name] = "é" * 16  # 32 bytes in UTF-8, 16 characters
-    assert Settings.from_env(env).env == environment
+    assert read_settings(env).env == environment
 
 
 def test_a_secret_file_too_short_is_refused_not_used(env: dict[str, str], data_dir: Path) -> None:
     data_dir.mkdir(parents=True)
     (data_dir / "secret").write_text("short\n", encoding="utf-8")
     with pytest.raises(SettingsError, match=r"TASKHOOK_SECRET .* at least 32 bytes, got 5"):
-        Settings.from_env(env)
+        read_settings(env)
 
 
 def test_production_names_every_missing_setting_and_generates_nothing(
@@ -399,7 +412,7 @@ def test_production_names_every_missing_setting_and_generates_nothing(
 ) -> None:
     env["TASKHOOK_ENV"] = "production"
     with pytest.raises(SettingsError) as caught:
-        Settings.from_env(env)
+        read_settings(env)
     message = str(caught.value)
     for name in (
         "DATABASE_URL",
@@ -415,7 +428,7 @@ def test_production_names_every_missing_setting_and_generates_nothing(
 
 def test_a_production_configuration(env: dict[str, str], data_dir: Path) -> None:
     env.update(PRODUCTION)
-    settings = Settings.from_env(env)
+    settings = read_settings(env)
     assert settings.production
     assert settings.defaults == ()
     assert (settings.s3_embedded, settings.s3_endpoint_url, settings.s3_bucket) == (
@@ -430,21 +443,21 @@ def test_a_production_configuration(env: dict[str, str], data_dir: Path) -> None
 def test_production_wants_an_https_public_url(env: dict[str, str], url: str) -> None:
     env.update(PRODUCTION, TASKHOOK_PUBLIC_URL=url)
     with pytest.raises(SettingsError, match="TASKHOOK_PUBLIC_URL must be the https://"):
-        Settings.from_env(env)
+        read_settings(env)
 
 
 def test_the_admin_api_can_be_turned_off(env: dict[str, str], data_dir: Path) -> None:
     env.update(PRODUCTION, TASKHOOK_ADMIN_KEY="off")
-    assert Settings.from_env(env).admin_key is None
+    assert read_settings(env).admin_key is None
     env = {"TASKHOOK_DATA_DIR": str(data_dir), "TASKHOOK_ADMIN_KEY": "OFF"}
-    assert Settings.from_env(env).admin_key is None
+    assert read_settings(env).admin_key is None
     assert not (data_dir / "admin_key").exists()
 
 
 def test_an_unknown_environment_is_refused(env: dict[str, str]) -> None:
     env["TASKHOOK_ENV"] = "staging"
     with pytest.raises(SettingsError, match="TASKHOOK_ENV must be one of development, production"):
-        Settings.from_env(env)
+        read_settings(env)
 
 
 @pytest.mark.parametrize(
@@ -470,7 +483,7 @@ def test_storage_is_embedded_only_when_no_storage_setting_is_given(
     bucket: str,
 ) -> None:
     env.update(given)
-    settings = Settings.from_env(env)
+    settings = read_settings(env)
     assert (settings.s3_embedded, settings.s3_endpoint_url, settings.s3_bucket) == (
         embedded,
         endpoint,
@@ -479,7 +492,7 @@ def test_storage_is_embedded_only_when_no_storage_setting_is_given(
 
 
 def test_development_notes_what_it_generated(env: dict[str, str], data_dir: Path) -> None:
-    notes = Settings.from_env(env).defaults
+    notes = read_settings(env).defaults
     assert notes == (
         f"TASKHOOK_SECRET generated, kept in {data_dir / 'secret'}",
         f"TASKHOOK_ADMIN_KEY generated, kept in {data_dir / 'admin_key'}",
@@ -502,7 +515,7 @@ def test_where_metrics_are_served(
     if given.get("TASKHOOK_ENV") == "production":
         env.update(PRODUCTION)
     env.update(given)
-    assert Settings.from_env(env).metrics_on_web_port is on_web_port
+    assert read_settings(env).metrics_on_web_port is on_web_port
 
 
 @pytest.mark.parametrize(
@@ -519,11 +532,11 @@ def test_where_metrics_are_served(
 def test_more_bad_values_name_their_variable(env: dict[str, str], name: str, value: str) -> None:
     env[name] = value
     with pytest.raises(SettingsError, match=name):
-        Settings.from_env(env)
+        read_settings(env)
 
 
 def test_history_is_kept_unless_a_retention_is_set(env: dict[str, str]) -> None:
-    settings = Settings.from_env(env)
+    settings = read_settings(env)
     assert settings.event_retention is None and settings.result_retention is None
     assert settings.prune_interval == 300.0
     env.update(
@@ -531,7 +544,7 @@ def test_history_is_kept_unless_a_retention_is_set(env: dict[str, str]) -> None:
         TASKHOOK_RESULT_RETENTION="keep",
         TASKHOOK_PRUNE_INTERVAL="60",
     )
-    settings = Settings.from_env(env)
+    settings = read_settings(env)
     assert settings.event_retention == 2592000.0 and settings.result_retention is None
     assert settings.prune_interval == 60.0
 
@@ -550,5 +563,5 @@ def test_history_is_kept_unless_a_retention_is_set(env: dict[str, str]) -> None:
 def test_a_bad_retention_names_its_variable(env: dict[str, str], name: str, value: str) -> None:
     env[name] = value
     with pytest.raises(SettingsError) as caught:
-        Settings.from_env(env)
+        read_settings(env)
     assert name in str(caught.value)

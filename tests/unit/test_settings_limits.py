@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import ServerLimits, Settings, SettingsError
+from common.settings import ServerLimits, SettingsError
+from vendors.registry import read_settings
 
 
 @pytest.fixture
@@ -15,7 +16,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_defaults(env: dict[str, str]) -> None:
-    settings = Settings.from_env(env)
+    settings = read_settings(env)
     assert (settings.download_timeout, settings.download_min_rate) == (60.0, 32768.0)
     assert settings.storage_deadline == 90.0
     assert (settings.max_outputs, settings.max_output_bytes) == (16, 256 * 1024 * 1024)
@@ -36,7 +37,7 @@ def test_values_are_read(env: dict[str, str]) -> None:
         TASKHOOK_MAX_CONNECTIONS="300",
         TASKHOOK_MAX_REQUESTS="100",
     )
-    settings = Settings.from_env(env)
+    settings = read_settings(env)
     assert (settings.download_timeout, settings.download_min_rate) == (30.0, 0.0)
     assert settings.storage_deadline == 45.5
     assert (settings.max_outputs, settings.max_output_bytes) == (4, 1_000_000)
@@ -70,14 +71,14 @@ def test_values_are_read(env: dict[str, str]) -> None:
 def test_a_bad_value_names_its_variable(env: dict[str, str], name: str, value: str) -> None:
     env[name] = value
     with pytest.raises(SettingsError) as caught:
-        Settings.from_env(env)
+        read_settings(env)
     assert name in str(caught.value)
 
 
 def test_fal_user_id_is_read(env: dict[str, str]) -> None:
     env.update(FAL_KEY="k", FAL_USER_ID="user-123")
-    fal = Settings.from_env(env).fal
+    fal = read_settings(env).vendor("fal")
     assert fal is not None and fal.user_id == "user-123"
     del env["FAL_USER_ID"]
-    fal = Settings.from_env(env).fal
+    fal = read_settings(env).vendor("fal")
     assert fal is not None and fal.user_id is None  # learned and pinned instead
