@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -60,7 +60,10 @@ class AuditReport:
 
 
 def _plain(row: Any) -> dict[str, Any]:
-    return {k: (str(v) if not isinstance(v, int | str | None) else v) for k, v in dict(row).items()}
+    """A typed row (db.models) as JSON-ready values for the report."""
+    return {
+        k: (str(v) if not isinstance(v, int | str | None) else v) for k, v in asdict(row).items()
+    }
 
 
 async def run_audit(

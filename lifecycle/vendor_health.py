@@ -114,10 +114,10 @@ class VendorHealth:
                 cooldown=self.limits.breaker_cooldown,
                 retry_after=retry_after,
             )
-        if row is not None and failed and row["circuit"] == "open":
+        if row is not None and failed and row.circuit == "open":
             log.warning(
                 "circuit_open",
                 vendor=self.vendor,
-                failures=row["failures"],
+                failures=row.failures,
                 cooldown=self.limits.breaker_cooldown,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -682,7 +683,7 @@ def deliveries_list(rejected: bool, limit: int) -> None:
             ),
         )
     )
-    echo_json([dict(r) for r in rows])
+    echo_json([dataclasses.asdict(r) for r in rows])
 
 
 @deliveries.command("replay", help="Re-run one rejected delivery through the receiver logic.")
