@@ -68,7 +68,8 @@ async def test_fifty_actions_on_a_running_parent_make_a_few_fetches(quiet: Setti
 
 
 async def test_unsigned_junk_is_coalesced_truncated_and_pruned(quiet: Settings) -> None:
-    settings = replace(quiet, delivery_retention=3.0)
+    # Pruned by the reconciler's housekeeping, on its own timer: every second here.
+    settings = replace(quiet, delivery_retention=3.0, prune_interval=1.0)
     async with running_stack(settings, SIM) as stack:
         async with await stack.client_for(credits=1) as client:
             task_id = await running_parent(stack, client)
