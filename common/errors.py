@@ -12,6 +12,8 @@ TaskhookError             500 internal_error      (the base: whatever is not one
   InsufficientCredits     402 insufficient_credits
   NotFound                404 not_found
   IdempotencyConflict     409 idempotency_conflict
+  NothingToRetry          409 not_retryable       (an operator's retry: nothing waits)
+  KeyLimit                409 key_limit           (a user's unrevoked API keys are capped)
   AlreadyTerminal         409 already_terminal
   AlreadyFinished         409 already_finished    (the vendor succeeded: no cancel)
   ParentNotSucceeded      409 parent_not_succeeded (an action on a task that failed)
@@ -148,6 +150,26 @@ class InsufficientCredits(TaskhookError):
     status_code = 402
     code = "insufficient_credits"
 
+    def __init__(self, *, price: int, balance: int) -> None:
+        # What a user needs to act: the price, what they have, and where credits come from
+        # (an operator grants them: `taskhook credits grant` / `credits adjust`).
+        super().__init__(
+            f"This task costs {price} {_credits(price)} and your balance is {balance} "
+            f"{_credits(balance)}. Ask the operator of this service to add credits to your "
+            "account, then submit again."
+        )
+        self.price = price
+        self.balance = balance
+
+    def body(self) -> dict[str, Any]:
+        answer = super().body()
+        answer["error"].update(price=self.price, balance=self.balance)
+        return answer
+
+
+def _credits(n: int) -> str:
+    return "credit" if n == 1 else "credits"
+
 
 class NotFound(TaskhookError):
     """No such resource."""
@@ -161,6 +183,20 @@ class IdempotencyConflict(TaskhookError):
 
     status_code = 409
     code = "idempotency_conflict"
+
+
+class NothingToRetry(TaskhookError):
+    """Nothing of this task waits to be retried now."""
+
+    status_code = 409
+    code = "not_retryable"
+
+
+class KeyLimit(TaskhookError):
+    """Too many API keys; revoke one you no longer use first."""
+
+    status_code = 409
+    code = "key_limit"
 
 
 class AlreadyTerminal(TaskhookError):

@@ -31,3 +31,12 @@ def parse_task_id(text: str) -> uuid.UUID | None:
 
 def format_user_id(user_id: uuid.UUID) -> str:
     return f"{USER_PREFIX}{user_id.hex}"
+
+
+_USER_ID = re.compile(rf"{USER_PREFIX}([0-9a-f]{{32}})")
+
+
+def parse_user_id(text: str) -> uuid.UUID | None:
+    """The uuid behind a public user id (`usr_` + 32 lower-case hex digits), else None."""
+    found = _USER_ID.fullmatch(text)
+    return uuid.UUID(hex=found.group(1)) if found else None

@@ -123,6 +123,8 @@ class Settings:
     midjourney: MidjourneySettings | None = None
     # Model name -> vendors serving it, in order of preference (TASKHOOK_ROUTES).
     routes: Mapping[str, tuple[VendorRoute, ...]] = field(default_factory=dict)
+    # Model name -> the short description GET /v1/models shows (a route's "description").
+    model_descriptions: Mapping[str, str] = field(default_factory=dict)
     # With routes, a model no route lists is refused unless this is set (at task_cost).
     allow_unrouted_models: bool = False
     task_cost: int = 1
@@ -410,9 +412,10 @@ class Settings:
 
         try:
             routes = parse_routes(get("TASKHOOK_ROUTES"))
+            model_descriptions = parse_model_descriptions(get("TASKHOOK_ROUTES"))
         except SettingsError as exc:
             problems.extend(exc.problems)
-            routes = {}
+            routes, model_descriptions = {}, {}
 
         settings = cls(
             env="production" if production else "development",
@@ -436,6 +439,7 @@ class Settings:
             fal=fal,
             midjourney=midjourney,
             routes=routes,
+            model_descriptions=model_descriptions,
             allow_unrouted_models=allow_unrouted == "1",
             registration_timeout=parse("TASKHOOK_VENDOR_TIMEOUT", float, 10.0, "a positive number"),
             poll_rate=parse("TASKHOOK_POLL_RATE", float, 20.0, "a positive number"),
@@ -508,7 +512,8 @@ def parse_routes(raw: str | None) -> dict[str, tuple[VendorRoute, ...]]:
         for entry in entries:
             if (
                 not isinstance(entry, dict)
-                or set(entry) - {"vendor", "model", "price"}
+                or set(entry) - {"vendor", "model", "price", "description"}
+                or not isinstance(entry.get("description", ""), str)
                 or not isinstance(entry.get("vendor"), str)
                 or not isinstance(entry.get("model", name), str)
                 or type(entry.get("price", 1)) is not int
@@ -528,6 +533,21 @@ def parse_routes(raw: str | None) -> dict[str, tuple[VendorRoute, ...]]:
             raise SettingsError(f"{usage}; {name!r} lists a vendor twice")
         routes[name] = tuple(parsed)
     return routes
+
+
+def parse_model_descriptions(raw: str | None) -> dict[str, str]:
+    """A model's description for the catalogue (GET /v1/models): the first `description` one
+    of its routes gives in TASKHOOK_ROUTES (checked by parse_routes)."""
+    if raw is None:
+        return {}
+    described: dict[str, str] = {}
+    for name, entries in json.loads(raw).items():
+        for entry in entries:
+            text = entry.get("description", "").strip()
+            if text:
+                described[name] = text
+                break
+    return described
 
 
 def _decodes(secret: str) -> bool:

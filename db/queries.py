@@ -509,10 +509,11 @@ async def record_vendor_result(
     threshold: int,
     cooldown: float,
     retry_after: float | None,
+    error: str | None = None,
 ) -> CircuitState | None:
     """The breaker as this result left it; None: a success that changed nothing."""
     record = await conn.fetchrow(
-        QUERIES["record_vendor_result"], vendor, ok, threshold, cooldown, retry_after
+        QUERIES["record_vendor_result"], vendor, ok, threshold, cooldown, retry_after, error
     )
     return CircuitState.from_record(record) if record else None
 

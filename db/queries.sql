@@ -201,8 +201,10 @@ WITH moved AS (
 SELECT vendor FROM moved;
 
 -- open_circuits --
--- Vendors nobody may call right now; submit routes around them.
-SELECT vendor FROM vendor_state WHERE circuit = 'open' AND open_until > clock_timestamp();
+-- Vendors nobody may call right now (circuit open, or paused by an operator); submit routes
+-- around them.
+SELECT vendor FROM vendor_state
+ WHERE (circuit = 'open' AND open_until > clock_timestamp()) OR paused_at IS NOT NULL;
 
 -- schedule_registration_retry --
 -- A transient vendor failure: try again later (only if still pending). $4: the vendor was not
@@ -462,23 +464,26 @@ UPDATE vendor_state SET tokens = LEAST($3::float8, tokens + $2) WHERE vendor = $
 -- May we call this vendor now? Closed: yes. Open past its cool-down: one probe (half-open).
 -- Half-open with a probe out: no, unless the probe is older than the cool-down (lost).
 -- A closed circuit is only read: every vendor call asks, and writing the one row per vendor
--- each time made all callers queue on its lock.
+-- each time made all callers queue on its lock. A vendor an operator paused: no (0020).
 WITH probe AS (
     UPDATE vendor_state
        SET circuit = 'half-open',
            open_until = clock_timestamp() + make_interval(secs => $2),
            updated_at = clock_timestamp()
      WHERE vendor = $1 AND circuit <> 'closed' AND open_until <= clock_timestamp()
+       AND paused_at IS NULL
     RETURNING circuit
 )
 SELECT COALESCE((SELECT circuit FROM probe),
-                (SELECT 'closed' FROM vendor_state WHERE vendor = $1 AND circuit = 'closed'))
+                (SELECT 'closed' FROM vendor_state
+                  WHERE vendor = $1 AND circuit = 'closed' AND paused_at IS NULL))
        AS circuit;
 
 -- record_vendor_result --
 -- After a call: success closes the circuit; the $3-th failure in a row (or a failed probe)
 -- opens it for $4 seconds. Failures of calls still in flight when it opened do not push an
--- open circuit's cool-down out. A 429's Retry-After ($5) blocks every caller that long.
+-- open circuit's cool-down out. A 429's Retry-After ($5) blocks every caller that long. A
+-- failure's words ($6) are kept: why a circuit opened.
 UPDATE vendor_state
    SET failures = CASE WHEN $2 THEN 0 ELSE failures + 1 END,
        circuit = CASE WHEN $2 THEN 'closed'
@@ -491,7 +496,9 @@ UPDATE vendor_state
        blocked_until = CASE WHEN $5::float8 IS NULL THEN blocked_until
                             ELSE GREATEST(COALESCE(blocked_until, clock_timestamp()),
                                           clock_timestamp() + make_interval(secs => $5)) END,
-       updated_at = clock_timestamp()
+       updated_at = clock_timestamp(),
+       last_error = CASE WHEN $2 THEN last_error ELSE $6 END,
+       last_error_at = CASE WHEN $2 THEN last_error_at ELSE clock_timestamp() END
  WHERE vendor = $1
    -- A success that changes nothing (closed, no failures, no Retry-After) writes nothing.
    AND NOT ($2 AND failures = 0 AND circuit = 'closed' AND $5::float8 IS NULL)

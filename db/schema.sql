@@ -20,6 +20,7 @@ CREATE TABLE api_keys (
     created_at timestamptz NOT NULL DEFAULT now(),
     revoked_at timestamptz
 );
+CREATE INDEX api_keys_user ON api_keys (user_id, created_at);
 
 CREATE TABLE tasks (
     id               uuid PRIMARY KEY,
@@ -103,18 +104,22 @@ CREATE TABLE credit_ledger (
     id         bigserial PRIMARY KEY,
     user_id    uuid NOT NULL REFERENCES users (id),
     task_id    uuid REFERENCES tasks (id),
-    kind       text NOT NULL CHECK (kind IN ('grant', 'charge', 'refund')),
+    kind       text NOT NULL CHECK (kind IN ('grant', 'charge', 'refund', 'adjust')),
     amount     bigint NOT NULL,
     note       text,
     created_at timestamptz NOT NULL DEFAULT now(),
-    CHECK ((kind = 'grant') = (task_id IS NULL)),
-    -- Charges take credits away, grants and refunds give them back.
-    CHECK (CASE kind WHEN 'charge' THEN amount <= 0 ELSE amount >= 0 END)
+    CHECK ((kind IN ('grant', 'adjust')) = (task_id IS NULL)),
+    -- Charges take credits away, grants and refunds give them back, an operator's adjustment
+    -- (with its reason in note) either.
+    CHECK (CASE kind WHEN 'charge' THEN amount <= 0
+                     WHEN 'adjust' THEN amount <> 0
+                     ELSE amount >= 0 END)
 );
 -- At most one charge and one refund per task, whoever races.
 CREATE UNIQUE INDEX credit_ledger_task_kind ON credit_ledger (task_id, kind)
     WHERE task_id IS NOT NULL;
-CREATE INDEX credit_ledger_user ON credit_ledger (user_id);
+-- A user's ledger, newest first, a page at a time (GET /v1/me/usage).
+CREATE INDEX credit_ledger_user_page ON credit_ledger (user_id, id);
 CREATE INDEX credit_ledger_refunds ON credit_ledger (created_at DESC, id DESC)
     WHERE kind = 'refund';
 CREATE INDEX credit_ledger_created ON credit_ledger USING brin (created_at);
@@ -166,7 +171,13 @@ CREATE TABLE vendor_state (
     circuit       text NOT NULL DEFAULT 'closed'
                   CHECK (circuit IN ('closed', 'open', 'half-open')),
     open_until    timestamptz,
-    updated_at    timestamptz NOT NULL DEFAULT clock_timestamp()
+    updated_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- An operator's pause (0020): no process calls a paused vendor until it is resumed.
+    paused_at     timestamptz,
+    paused_reason text,
+    -- The last failed call, so the dashboard can say why a circuit opened (0020).
+    last_error    text,
+    last_error_at timestamptz
 );
 
 -- The vendor account webhooks must come from, configured or learned and pinned (0011).

@@ -125,7 +125,7 @@ async def _charge_and_insert(
                     if not charged:
                         balance, _ = await queries.user_limits(conn, user_id=user_id)
                         if balance < plan.price:
-                            raise InsufficientCredits(f"This task costs {plan.price} credit(s).")
+                            raise InsufficientCredits(price=plan.price, balance=balance)
                         raise ActiveTaskLimit(
                             f"You already have {rt.settings.max_active_tasks} unfinished tasks; "
                             "submit more when some have finished."

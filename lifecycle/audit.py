@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from common.ids import format_task_id, format_user_id
 from common.settings import Settings
+from common.times import iso_time
 from db import queries
 from db.queries import Conn
 
@@ -59,11 +62,21 @@ class AuditReport:
         }
 
 
-def _plain(row: Any) -> dict[str, Any]:
-    """A typed row (db.models) as JSON-ready values for the report."""
-    return {
-        k: (str(v) if not isinstance(v, int | str | None) else v) for k, v in asdict(row).items()
-    }
+def _plain(row: Any, *, ids: str = "task") -> dict[str, Any]:
+    """A typed row (db.models) as the CLI prints it: ids in their public spelling (`tsk_...`
+    that `taskhook tasks show` takes, `usr_...`; `ids` says what the row's `id` is), times in
+    the API's ISO 8601 `Z` form."""
+    plain: dict[str, Any] = {}
+    for key, value in asdict(row).items():
+        if isinstance(value, uuid.UUID):
+            user = key == "user_id" or (key == "id" and ids == "user")
+            value = format_user_id(value) if user else format_task_id(value)
+        elif isinstance(value, datetime):
+            value = iso_time(value)
+        elif not isinstance(value, int | str | None):
+            value = str(value)
+        plain[key] = value
+    return plain
 
 
 async def run_audit(
@@ -98,10 +111,12 @@ async def run_audit(
     ]
     if mark is None:
         report = AuditReport(
-            balance_mismatches=[_plain(r) for r in await queries.audit_balances(conn)],
+            balance_mismatches=[_plain(r, ids="user") for r in await queries.audit_balances(conn)],
             ledger_mismatches=[_plain(r) for r in await queries.audit_refunds(conn)],
             overdue_open_tasks=overdue,
-            active_count_mismatches=[_plain(r) for r in await queries.audit_active_counts(conn)],
+            active_count_mismatches=[
+                _plain(r, ids="user") for r in await queries.audit_active_counts(conn)
+            ],
             orphan_log_rows=[_plain(r) for r in await queries.audit_orphans(conn)],
         )
     else:
@@ -111,14 +126,16 @@ async def run_audit(
             await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             report = AuditReport(
                 balance_mismatches=[
-                    _plain(r) for r in await queries.audit_balances_since(conn, since=since)
+                    _plain(r, ids="user")
+                    for r in await queries.audit_balances_since(conn, since=since)
                 ],
                 ledger_mismatches=[
                     _plain(r) for r in await queries.audit_refunds_since(conn, since=since)
                 ],
                 overdue_open_tasks=overdue,
                 active_count_mismatches=[
-                    _plain(r) for r in await queries.audit_active_counts_since(conn, since=since)
+                    _plain(r, ids="user")
+                    for r in await queries.audit_active_counts_since(conn, since=since)
                 ],
                 orphan_log_rows=[
                     _plain(r) for r in await queries.audit_orphans_since(conn, since=since)

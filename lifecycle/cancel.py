@@ -50,9 +50,12 @@ def _refuse_unless_cancelable(status: TaskStatus) -> None:
         raise AlreadyTerminal(f"The task is already {status.value}.")
 
 
-async def cancel(rt: Runtime, *, task_id: uuid.UUID | None, user_id: uuid.UUID) -> Task:
-    """Cancel one of the user's tasks and tell its vendor in the background: the task, now
-    canceled. NotFound, AlreadyFinished or AlreadyTerminal when it cannot be canceled."""
+async def cancel(
+    rt: Runtime, *, task_id: uuid.UUID | None, user_id: uuid.UUID | None, by: str = "client"
+) -> Task:
+    """Cancel one of the user's tasks (`user_id` None: an operator's, any user's) and tell its
+    vendor in the background: the task, now canceled. NotFound, AlreadyFinished or
+    AlreadyTerminal when it cannot be canceled."""
     async with rt.pool.acquire() as conn:
         task = await queries.get_task(conn, task_id=task_id, user_id=user_id) if task_id else None
         if task is None:
@@ -63,8 +66,8 @@ async def cancel(rt: Runtime, *, task_id: uuid.UUID | None, user_id: uuid.UUID) 
             task_id=task.id,
             to=TaskStatus.CANCELED,
             event_key="cancel",
-            cause="client",
-            detail={"by": "client"},
+            cause=by,
+            detail={"by": by},
         )
         task = await queries.get_task(conn, task_id=task.id, user_id=user_id)
     assert task is not None

@@ -77,7 +77,7 @@ async def _register(rt: Runtime, task: Task, attempt: int) -> bool:
     adapter = rt.vendors.get(task.vendor)
     health = rt.health.get(task.vendor)
     if health is not None and await health.permits() is None:
-        if await _failover(rt, task, "the vendor's circuit breaker is open"):
+        if await _failover(rt, task, "the vendor takes no calls now (circuit open or paused)"):
             return True
         # The circuit is open: the task waits (it is not failed, and the attempt is not spent).
         log.info("registration_deferred", reason="circuit open")
@@ -86,7 +86,7 @@ async def _register(rt: Runtime, task: Task, attempt: int) -> bool:
                 conn,
                 task_id=task.id,
                 delay_seconds=health.limits.breaker_cooldown,
-                error="the vendor's circuit breaker is open",
+                error="the vendor takes no calls now (circuit open or paused)",
                 not_called=True,
             )
         return False

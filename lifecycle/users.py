@@ -11,7 +11,11 @@ from db.queries import Conn
 
 
 async def create_user(conn: Conn, *, email: str, credits: int) -> tuple[uuid.UUID, str]:
-    """A user, their API key (returned once, stored hashed) and an opening grant."""
+    """A user, their API key (returned once, stored hashed) and an opening grant; refused
+    (ValidationFailed) when `email` is not an email address."""
+    from lifecycle.user_accounts import check_email
+
+    check_email(email)
     user_id, key = uuid.uuid4(), new_api_key()
     async with conn.transaction():
         await queries.create_user(

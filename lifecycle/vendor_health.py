@@ -66,7 +66,8 @@ class VendorHealth:
         return row
 
     async def permits(self) -> str | None:
-        """'closed' or 'half-open' when a call may go out now; None while the circuit is open."""
+        """'closed' or 'half-open' when a call may go out now; None while the circuit is open
+        or an operator has paused the vendor (every process reads the same row)."""
         await self._ensure()
         async with self.pool.acquire() as conn:
             state = await queries.circuit_permits(
@@ -113,6 +114,7 @@ class VendorHealth:
                 threshold=self.limits.breaker_threshold,
                 cooldown=self.limits.breaker_cooldown,
                 retry_after=retry_after,
+                error=f"{type(error).__name__}: {error}"[:500] if failed else None,
             )
         if row is not None and failed and row.circuit == "open":
             log.warning(

@@ -23,9 +23,12 @@ from submit.accept import accept, webhook_key
 from submit.actions import create_action
 from submit.auth import current_user
 from submit.cancel import cancel_task
+from submit.keys import routes as key_routes
 from submit.listing import list_tasks
+from submit.models import list_models
 from submit.render import render_task
 from submit.streaming import task_events
+from submit.usage import usage
 
 log = structlog.get_logger()
 
@@ -122,6 +125,9 @@ routes = [
     Route("/v1/webhooks/secret", webhooks.get_secret, methods=["GET"]),
     Route("/v1/webhooks/secret/rotate", webhooks.rotate_secret, methods=["POST"]),
     Route("/v1/me", me, methods=["GET"]),
+    Route("/v1/me/usage", usage, methods=["GET"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    *key_routes,
 ]
 
 __all__ = ["routes"]

@@ -22,10 +22,10 @@ import web
 from common.errors import (
     ClientDisconnected,
     NotFound,
-    RequestInvalid,
     TaskhookError,
     Unauthorized,
     Unavailable,
+    ValidationFailed,
 )
 from common.settings import Settings
 from db.migrate import is_current
@@ -55,7 +55,10 @@ async def healthz(request: Request) -> JSONResponse:
     if challenge is None:
         return JSONResponse({"status": "ok"})
     if not 0 < len(challenge) <= MAX_CHALLENGE:
-        raise RequestInvalid(f"challenge must be 1 to {MAX_CHALLENGE} characters.")
+        # A query parameter, not a body: the same 422 as every other bad query value.
+        raise ValidationFailed(
+            details=[{"field": "challenge", "message": f"1 to {MAX_CHALLENGE} characters"}]
+        )
     rt: Runtime = request.app.state.runtime
     return JSONResponse({"status": "ok", "proof": healthz_proof(rt.settings.secret, challenge)})
 

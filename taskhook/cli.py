@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from common.settings import Settings, SettingsError
+from taskhook.cli_output import echo_json, echo_table, json_option
 from taskhook.cli_webhooks import webhooks
 
 T = TypeVar("T")
@@ -149,10 +150,6 @@ async def with_conn(settings: Settings, action: Callable[[Any], Awaitable[T]]) -
         return await action(conn)
     finally:
         await conn.close()
-
-
-def echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
 
 
 async def until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -553,9 +550,15 @@ def users() -> None:
 def users_create(email: str, credits: int) -> None:
     import asyncpg
 
+    from common.errors import ValidationFailed
     from common.ids import format_user_id
+    from lifecycle.user_accounts import check_email
     from lifecycle.users import create_user
 
+    try:
+        check_email(email)  # before any database is started
+    except ValidationFailed as exc:
+        raise click.ClickException(exc.message) from None
     settings = with_database(load_settings())
     try:
         user_id, key = run(
@@ -563,7 +566,9 @@ def users_create(email: str, credits: int) -> None:
         )
     except asyncpg.UniqueViolationError:
         raise click.ClickException(f"a user with email {email!r} already exists") from None
-    click.echo(json.dumps({"user_id": format_user_id(user_id), "api_key": key}))
+    except ValidationFailed as exc:  # not an email address
+        raise click.ClickException(exc.message) from None
+    echo_json({"user_id": format_user_id(user_id), "api_key": key})
 
 
 @cli.group(help="Credit administration, always through the ledger.")
@@ -583,7 +588,7 @@ def credits_grant(email: str, amount: int) -> None:
         balance = run(with_conn(settings, lambda c: grant(c, email=email, amount=amount)))
     except NotFound as exc:
         raise click.ClickException(exc.message) from None
-    click.echo(json.dumps({"email": email, "credits": balance}))
+    echo_json({"email": email, "credits": balance})
 
 
 @credits.command("show", help="Show EMAIL's balance.")
@@ -595,7 +600,7 @@ def credits_show(email: str) -> None:
     user = run(with_conn(settings, lambda c: queries.get_user_by_email(c, email=email)))
     if user is None:
         raise click.ClickException(f"no user with email {email!r}")
-    click.echo(json.dumps({"email": email, "credits": user.balance}))
+    echo_json({"email": email, "credits": user.balance})
 
 
 @cli.group(help="Operator views of tasks.")
@@ -603,64 +608,129 @@ def tasks() -> None:
     pass
 
 
-def _task_row(task: Any) -> dict[str, Any]:
-    return {
-        "id": task.public_id,
-        "status": task.status.value,
-        "progress": task.progress,
-        "vendor": task.vendor,
-        "vendor_task_id": task.vendor_task_id,
-        "model": task.model,
-        "created_at": task.created_at,
-        "updated_at": task.updated_at,
-        "deadline_at": task.deadline_at,
-        "attempts": task.attempts,
-        "last_error": task.last_error,
-        "error": task.error,
-        "refunded": task.refunded,
-    }
-
-
-@tasks.command("list", help="Newest tasks first.")
+@tasks.command("list", help="Newest tasks first; a table, or --json.")
 @click.option(
     "--status",
     type=click.Choice(
-        ["pending", "submitted", "processing", "storing", "completed", "failed", "canceled"]
+        [
+            "active",
+            "pending",
+            "submitted",
+            "processing",
+            "storing",
+            "completed",
+            "failed",
+            "canceled",
+        ]
     ),
+    help="one state, or `active`: every unfinished one",
 )
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-def tasks_list(status: str | None, limit: int) -> None:
-    from db import queries
+@json_option
+def tasks_list(status: str | None, limit: int, as_json: bool) -> None:
+    from db import operations_queries, queries
+    from lifecycle.task_detail import task_summary
 
     settings = with_database(load_settings())
-    found = run(with_conn(settings, lambda c: queries.list_tasks(c, status=status, limit=limit)))
-    echo_json([_task_row(t) for t in found])
+
+    async def fetch(conn: Any) -> Any:
+        if status == "active":
+            return await operations_queries.list_tasks_active(conn, limit=limit)
+        return await queries.list_tasks(conn, status=status, limit=limit)
+
+    rows = [task_summary(t) for t in run(with_conn(settings, fetch))]
+    if as_json:
+        echo_json(rows)
+        return
+    echo_table(
+        ["id", "status", "progress", "vendor", "model", "cost", "created", "last error"],
+        [
+            [
+                r["id"],
+                r["status"] + (" (refunded)" if r["refunded"] else ""),
+                f"{r['progress']}%",
+                r["vendor"],
+                r["model"],
+                r["cost"],
+                r["created_at"],
+                (r["last_error"] or "")[:60],
+            ]
+            for r in rows
+        ],
+    )
 
 
-@tasks.command("show", help="One task with its audit trail.")
+@tasks.command(
+    "show",
+    help="One task's whole story: owner, input, cost, vendor job, errors in full, ledger "
+    "rows, events and webhooks.",
+)
 @click.argument("task_id")
-def tasks_show(task_id: str) -> None:
+@json_option
+def tasks_show(task_id: str, as_json: bool) -> None:
     from common.ids import parse_task_id
-    from db import queries
+    from lifecycle.task_detail import task_detail
 
     parsed = parse_task_id(task_id)
     if parsed is None:
         raise click.ClickException(f"{task_id!r} is not a task id (tsk_...)")
     settings = with_database(load_settings())
-
-    async def fetch(conn: Any) -> Any:
-        task = await queries.get_task(conn, task_id=parsed, user_id=None)
-        events = await conn.fetch(
-            "SELECT event_key, from_status::text, to_status::text, applied, cause, created_at"
-            " FROM task_events WHERE task_id = $1 ORDER BY id",
-            parsed,
-        )
-        return task, [dict(e) for e in events]
-
-    task, events = run(with_conn(settings, fetch))
-    if task is None:
+    detail = run(with_conn(settings, lambda c: task_detail(c, task_id=parsed)))
+    if detail is None:
         raise click.ClickException(f"no task {task_id}")
-    echo_json({**_task_row(task), "outputs": task.outputs, "result": task.result, "events": events})
+    if as_json:
+        echo_json(detail)
+        return
+    owner = detail["owner"] or {}
+    fields = [
+        ("task", detail["id"]),
+        ("status", detail["status"] + (" (refunded)" if detail["refunded"] else "")),
+        ("owner", f"{owner.get('email')} ({owner.get('id')})"),
+        ("model", f"{detail['model']} (at {detail['vendor']}: {detail['vendor_model']})"),
+        ("vendor job", detail["vendor_task_id"]),
+        ("input", json.dumps(detail["input"])),
+        ("cost", detail["cost"]),
+        ("progress", f"{detail['progress']}%"),
+        ("created", detail["created_at"]),
+        ("updated", detail["updated_at"]),
+        ("deadline", detail["deadline_at"]),
+        ("completed", detail["completed_at"]),
+        ("attempts", detail["attempts"]),
+        ("last error", detail["last_error"]),
+        ("error", json.dumps(detail["error"]) if detail["error"] else None),
+        ("parent", detail["parent_id"]),
+        ("trace", detail["trace_id"]),
+    ]
+    for name, value in fields:
+        click.echo(f"{name + ':':<11} {'-' if value in (None, '') else value}")
+    click.echo("\nledger")
+    echo_table(
+        ["kind", "amount", "note", "when"],
+        [[r["kind"], r["amount"], r["note"], r["created_at"]] for r in detail["ledger"]],
+    )
+    click.echo("\nevents")
+    echo_table(
+        ["when", "from", "to", "applied", "cause", "key"],
+        [
+            [
+                e["created_at"],
+                e["from_status"],
+                e["to_status"],
+                e["applied"],
+                e["cause"],
+                e["event_key"],
+            ]
+            for e in detail["events"]
+        ],
+    )
+    click.echo("\nwebhooks")
+    echo_table(
+        ["id", "vendor", "status", "outcome", "received", "error"],
+        [
+            [d["id"], d["vendor"], d["status"], d["outcome"], d["received_at"], d["error"]]
+            for d in detail["deliveries"]
+        ],
+    )
 
 
 @cli.group(help="The webhook inbox and its dead letters.")
@@ -668,14 +738,19 @@ def deliveries() -> None:
     pass
 
 
-@deliveries.command("list", help="Recent deliveries; --rejected for dead letters only.")
+@deliveries.command(
+    "list", help="Recent deliveries, a table (or --json); --rejected for dead letters only."
+)
 @click.option("--rejected", is_flag=True)
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-def deliveries_list(rejected: bool, limit: int) -> None:
+@json_option
+def deliveries_list(rejected: bool, limit: int, as_json: bool) -> None:
+    from common.ids import format_task_id
+    from common.times import iso_time
     from db import queries
 
     settings = with_database(load_settings())
-    rows = run(
+    found = run(
         with_conn(
             settings,
             lambda c: queries.list_deliveries(
@@ -683,7 +758,33 @@ def deliveries_list(rejected: bool, limit: int) -> None:
             ),
         )
     )
-    echo_json([dataclasses.asdict(r) for r in rows])
+    rows = [
+        {
+            **dataclasses.asdict(r),
+            "task_id": format_task_id(r.task_id) if r.task_id else None,
+            "received_at": iso_time(r.received_at),
+        }
+        for r in found
+    ]
+    if as_json:
+        echo_json(rows)
+        return
+    echo_table(
+        ["id", "vendor", "status", "outcome", "task", "received", "bytes", "error"],
+        [
+            [
+                r["id"],
+                r["vendor"],
+                r["status"],
+                r["outcome"],
+                r["task_id"],
+                r["received_at"],
+                r["bytes"],
+                (r["error"] or "")[:60],
+            ]
+            for r in rows
+        ],
+    )
 
 
 @deliveries.command("replay", help="Re-run one rejected delivery through the receiver logic.")
@@ -770,7 +871,20 @@ def demo(count: int, chaos: bool, port: int, keep_serving: bool) -> None:
     sys.exit(0 if ok else 1)
 
 
+def _add_account_commands() -> None:
+    """users list, keys, credits adjust, models (taskhook/cli_accounts.py)."""
+    from taskhook import cli_accounts
+
+    users.add_command(cli_accounts.users_list)
+    credits.add_command(cli_accounts.credits_adjust)
+    cli.add_command(cli_accounts.keys)
+    cli.add_command(cli_accounts.models)
+
+
+_add_account_commands()
 cli.add_command(webhooks)
+
+__all__ = ["cli", "main"]
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ def webhooks() -> None:
 def webhooks_list(failed: bool, task: str | None, limit: int) -> None:
     from common.ids import format_task_id, parse_task_id
     from db import webhooks_out
-    from taskhook.cli import echo_json, load_settings, run, with_conn, with_database
+    from taskhook.cli import load_settings, run, with_conn, with_database
+    from taskhook.cli_output import echo_json
 
     task_id = None
     if task is not None:
@@ -55,7 +56,8 @@ def webhooks_list(failed: bool, task: str | None, limit: int) -> None:
 @click.argument("event_id", type=int)
 def webhooks_replay(event_id: int) -> None:
     from db import webhooks_out
-    from taskhook.cli import echo_json, load_settings, run, with_conn, with_database
+    from taskhook.cli import load_settings, run, with_conn, with_database
+    from taskhook.cli_output import echo_json
 
     settings = with_database(load_settings())
     ok = run(with_conn(settings, lambda c: webhooks_out.replay_outbox(c, event_id=event_id)))

@@ -8,7 +8,9 @@ checks the books at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import signal
 import statistics
 import time
 import uuid
@@ -99,7 +101,36 @@ def simulator_settings(sim: RunningSimulator) -> dict[str, Any]:
 async def run_demo(
     base: Settings, *, tasks: int, chaos: bool, port: int, keep_serving: bool
 ) -> bool:
+    """The demo until it ends, or until Ctrl-C (SIGINT) or SIGTERM: then everything it started
+    is stopped in order (its `finally` blocks and context managers unwind) and it ends with
+    True, exit 0, without a traceback: stopping a demo is how a demo normally ends."""
     console = Console(stderr=False)
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopped.set)
+    work = asyncio.ensure_future(
+        _run(console, base, tasks=tasks, chaos=chaos, port=port, keep_serving=keep_serving)
+    )
+    halt = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({work, halt}, return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            return work.result()
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        console.print("Stopped; everything the demo started is shut down.")
+        return True
+    finally:
+        halt.cancel()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+async def _run(
+    console: Console, base: Settings, *, tasks: int, chaos: bool, port: int, keep_serving: bool
+) -> bool:
     started = time.monotonic()
     base.data_dir.mkdir(parents=True, exist_ok=True)
     log_path = base.data_dir / "demo.log"
@@ -156,8 +187,16 @@ async def run_demo(
                 f"  simulator at {sim.url} ({'chaos on' if chaos else 'no faults'}),"
                 f" web app at {web_url}, worker and reconciler running"
             )
+            console.print(
+                f"  dashboard at {web_url}/admin, admin key {settings.admin_key}"
+                if settings.admin_key
+                else "  dashboard off (TASKHOOK_ADMIN_KEY=off)",
+                soft_wrap=True,
+            )
             try:
                 ok = await _drive(console, rt, settings, web_url, tasks=tasks, chaos=chaos)
+                if chaos:
+                    _print_faults(console, sim.simulator.stats.to_json())
                 if keep_serving:
                     console.print("Serving until Ctrl-C ...")
                     await asyncio.Event().wait()
@@ -172,7 +211,7 @@ async def _drive(
     console: Console, rt: Any, settings: Settings, web_url: str, *, tasks: int, chaos: bool
 ) -> bool:
     async with rt.pool.acquire() as conn:
-        email = f"demo-{uuid.uuid4().hex[:8]}@taskhook.local"
+        email = f"demo-{uuid.uuid4().hex[:8]}@example.com"
         _, api_key = await create_user(conn, email=email, credits=tasks)
     console.print(
         f"  client {email} with {tasks} credits, key {api_key[:12]}...; "
@@ -280,6 +319,24 @@ async def _verify_files(rt: Any, final: dict[str, dict[str, Any]]) -> tuple[int,
     return checked, good
 
 
+def _print_faults(console: Console, stats: dict[str, Any]) -> None:
+    """What the simulator's chaos did, as it counted it: the faults taskhook absorbed."""
+    hooks, api = stats["webhooks"], stats["api"]
+    table = Table(title="faults the simulator injected (--chaos)", show_header=False)
+    for label, value in [
+        ("webhooks dropped", hooks["dropped"]),
+        ("webhooks duplicated", hooks["duplicated"]),
+        ("webhooks with a bad signature first", hooks["bad_signature"]),
+        ("webhooks retried by the vendor", hooks["retried"]),
+        ("API answers 503", api["errors_503"]),
+        ("API answers 429", api["errors_429"]),
+        ("creates answered 504 (job made)", stats["lost_answers"]),
+        ("jobs failed", stats["predictions"]["failed"]),
+    ]:
+        table.add_row(label, str(value))
+    console.print(table)
+
+
 def _summary(
     console: Console,
     final: dict[str, dict[str, Any]],
@@ -327,12 +384,19 @@ def _summary(
         table.add_row(label, str(value))
     console.print(table)
     sample = next((t for t in final.values() if t["status"] == "completed"), None)
+    # Whole lines, never wrapped or cut: a URL or key must survive copy and paste.
     if sample:
-        console.print(f"A result: {sample['result']['url'][:90]}...")
+        console.print(f"A result: {sample['result']['url']}", soft_wrap=True, highlight=False)
     console.print(
         f"API: curl -H 'Authorization: Bearer {api_key}' {web_url}/v1/tasks/"
-        f"{sample['id'] if sample else '<id>'}"
+        f"{sample['id'] if sample else '<id>'}",
+        soft_wrap=True,
+        highlight=False,
     )
-    console.print(f"Web page: {web_url}/ (sign in with the key above; --keep-serving keeps it up)")
+    console.print(
+        f"Web page: {web_url}/ (sign in with the key above; --keep-serving keeps it up)",
+        soft_wrap=True,
+        highlight=False,
+    )
     ok = still_open == 0 and audit_ok and verified[0] == verified[1] and me["credits"] == refunded
     return ok

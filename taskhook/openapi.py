@@ -21,6 +21,7 @@ from common.errors import (
     AlreadyTerminal,
     IdempotencyConflict,
     InsufficientCredits,
+    KeyLimit,
     NotFound,
     ParentNotReady,
     ParentNotSucceeded,
@@ -384,6 +385,16 @@ def _schemas() -> JsonObject:
                             "items": _ref(_SCHEMAS + "FieldProblem"),
                             "description": "validation_error only: every problem at once",
                         },
+                        "price": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "insufficient_credits only: what the task costs",
+                        },
+                        "balance": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "description": "insufficient_credits only: the user's credits now",
+                        },
                     },
                 }
             },
@@ -399,7 +410,9 @@ def _responses() -> JsonObject:
             [Unauthorized],
         ),
         "InsufficientCredits": _error_response(
-            "Not enough credits for the task.", [InsufficientCredits]
+            "Not enough credits for the task: the message and the fields `price` and `balance` "
+            "say what it costs and what the user has.",
+            [InsufficientCredits],
         ),
         "NotFound": _error_response(
             "No such task, or another user's.",
@@ -758,6 +771,235 @@ def _paths() -> JsonObject:
     }
 
 
+KEY_ID_PATTERN = r"^key_[0-9a-f]{32}$"
+KEY_LOCATION_PATTERN = r"^/v1/keys/key_[0-9a-f]{32}$"
+_TIME_OR_NULL: JsonObject = {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]}
+
+
+def _account_schemas() -> JsonObject:
+    """Keys, usage and the model catalogue (issue 17)."""
+    key_properties: JsonObject = {
+        "id": {"type": "string", "pattern": KEY_ID_PATTERN},
+        "prefix": {"type": "string", "description": "the key's first characters"},
+        "created_at": _timestamp("when it was made"),
+        "revoked_at": {**_TIME_OR_NULL, "description": "when it was revoked"},
+        "current": {"type": "boolean", "description": "the key of this request"},
+    }
+    key_required = ["id", "prefix", "created_at", "revoked_at", "current"]
+    return {
+        "ApiKey": {
+            "type": "object",
+            "required": key_required,
+            "additionalProperties": False,
+            "properties": key_properties,
+        },
+        "NewApiKey": {
+            "type": "object",
+            "required": [*key_required, "api_key"],
+            "additionalProperties": False,
+            "properties": {
+                **key_properties,
+                "api_key": {"type": "string", "description": "the key itself, shown only now"},
+            },
+        },
+        "Model": {
+            "type": "object",
+            "required": ["id", "price", "vendors", "description", "route"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string", "description": "what to post as `model`"},
+                "price": {"type": "integer", "minimum": 0, "description": "credits per task now"},
+                "vendors": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["vendor", "available", "price"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "vendor": {"type": "string"},
+                            "available": {"type": "boolean"},
+                            "price": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                },
+                "description": {"type": "string"},
+                "route": {
+                    "type": "boolean",
+                    "description": "a route name; false: a vendor's model id, post it with "
+                    "its `vendor`",
+                },
+            },
+        },
+        "LedgerEntry": {
+            "type": "object",
+            "required": ["kind", "amount", "reason", "task", "created_at"],
+            "additionalProperties": False,
+            "properties": {
+                "kind": {"type": "string", "enum": ["grant", "charge", "refund", "adjust"]},
+                "amount": {"type": "integer", "description": "negative for a charge"},
+                "reason": {"type": ["string", "null"], "description": "an operator's note"},
+                "task": {
+                    "oneOf": [
+                        {"type": "null"},
+                        {
+                            "type": "object",
+                            "required": ["id", "model", "status"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "id": {"type": "string", "pattern": TASK_ID_PATTERN},
+                                "model": {"type": "string"},
+                                "status": {"type": "string", "enum": [s.value for s in TaskStatus]},
+                            },
+                        },
+                    ]
+                },
+                "created_at": _timestamp("when it was written"),
+            },
+        },
+    }
+
+
+def _account_paths() -> JsonObject:
+    """Self-service keys and usage (issue 17.2)."""
+    return {
+        "/v1/keys": {
+            "post": {
+                "operationId": "createKey",
+                "summary": "Make another API key (shown whole only in this answer)",
+                "responses": {
+                    "201": {
+                        "description": "The new key.",
+                        "content": _json(_ref(_SCHEMAS + "NewApiKey")),
+                        "headers": {
+                            "Location": {
+                                "required": True,
+                                "schema": {
+                                    "type": "string",
+                                    "pattern": r"^/v1/keys/key_[0-9a-f]{32}$",
+                                },
+                            }
+                        },
+                    },
+                    "409": _error_response(
+                        "The user already holds the most unrevoked keys allowed.", [KeyLimit]
+                    ),
+                    **_common(),
+                },
+            },
+            "get": {
+                "operationId": "listKeys",
+                "summary": "Your API keys (prefixes only), newest first, revoked ones too",
+                "responses": {
+                    "200": {
+                        "description": "Your keys.",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["data"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "data": {"type": "array", "items": _ref(_SCHEMAS + "ApiKey")}
+                                },
+                            }
+                        ),
+                    },
+                    **_common(),
+                },
+            },
+        },
+        "/v1/keys/{key_id}": {
+            "parameters": [
+                {
+                    "name": "key_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": KEY_ID_PATTERN},
+                }
+            ],
+            "delete": {
+                "operationId": "revokeKey",
+                "summary": "Revoke one of your keys: refused at once by every process",
+                "responses": {
+                    "200": {
+                        "description": "The revoked key.",
+                        "content": _json(_ref(_SCHEMAS + "ApiKey")),
+                    },
+                    **_common(404),
+                },
+            },
+        },
+        "/v1/models": {
+            "get": {
+                "operationId": "listModels",
+                "summary": "The models this deployment serves, their prices and vendors now",
+                "responses": {
+                    "200": {
+                        "description": "The catalogue.",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["data"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "data": {"type": "array", "items": _ref(_SCHEMAS + "Model")}
+                                },
+                            }
+                        ),
+                    },
+                    **_common(),
+                },
+            },
+        },
+        "/v1/me/usage": {
+            "get": {
+                "operationId": "getUsage",
+                "summary": "Your ledger, newest first: charges, refunds, grants, adjustments",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_LIMIT,
+                            "default": DEFAULT_LIMIT,
+                        },
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "description": "`next_cursor` of the previous page",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "One page.",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["data", "credits", "next_cursor"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "data": {
+                                        "type": "array",
+                                        "items": _ref(_SCHEMAS + "LedgerEntry"),
+                                    },
+                                    "credits": {"type": "integer", "description": "balance now"},
+                                    "next_cursor": {"type": ["string", "null"]},
+                                },
+                            }
+                        ),
+                    },
+                    **_common(422),
+                },
+            },
+        },
+    }
+
+
 def build_openapi() -> JsonObject:
     """A fresh copy of the document (callers may mutate it)."""
     return {
@@ -769,7 +1011,7 @@ def build_openapi() -> JsonObject:
             'Every error is `{"error": {"code", "message"}}`.',
         },
         "security": [{"bearerAuth": []}],
-        "paths": _paths(),
+        "paths": {**_paths(), **_account_paths()},
         "components": {
             "securitySchemes": {
                 "bearerAuth": {
@@ -785,7 +1027,7 @@ def build_openapi() -> JsonObject:
                     "description": "the API key as `?key=`, for EventSource (events only)",
                 },
             },
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **_account_schemas()},
             "responses": _responses(),
             "parameters": _parameters(),
         },

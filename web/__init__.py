@@ -8,6 +8,7 @@ from __future__ import annotations
 from starlette.routing import Mount, Route
 
 from web.admin import overview, replay, replay_webhook
+from web.admin_actions import routes as admin_action_routes
 from web.pages import ASSETS_PATH, Assets, admin_page, client_page
 
 routes: list[Route | Mount] = [
@@ -16,6 +17,7 @@ routes: list[Route | Mount] = [
     Route("/admin/api/overview", overview, methods=["GET"]),
     Route("/admin/api/deliveries/{delivery_id}/replay", replay, methods=["POST"]),
     Route("/admin/api/webhooks/{event_id}/replay", replay_webhook, methods=["POST"]),
+    *admin_action_routes,
     Mount(ASSETS_PATH, app=Assets(), name="assets"),
 ]
 

@@ -18,6 +18,7 @@ from common.errors import NotFound, Unauthorized
 from common.ids import format_task_id, format_user_id
 from common.settings import Settings
 from common.states import TaskStatus
+from db import operations_queries
 from lifecycle.replay import MAX_DELIVERY_ROW_ID, replay_delivery
 from lifecycle.runtime import Runtime
 from web import admin_queries, admin_webhooks
@@ -54,6 +55,17 @@ def _time(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
+def _controls(row: dict[str, Any]) -> dict[str, Any]:
+    """An operator's pause, and the last failed call (why a circuit opened)."""
+    return {
+        "paused": row.get("paused_at") is not None,
+        "paused_at": _time(row.get("paused_at")),
+        "paused_reason": row.get("paused_reason"),
+        "last_error": row.get("last_error"),
+        "last_error_at": _time(row.get("last_error_at")),
+    }
+
+
 async def overview(request: Request) -> JSONResponse:
     rt = require_admin(request)
     silent = silent_after(rt.settings)
@@ -65,6 +77,7 @@ async def overview(request: Request) -> JSONResponse:
         expired = await admin_queries.results_expired(conn)
         refunds = await admin_queries.recent_refunds(conn, limit=REFUND_LIMIT)
         users = await admin_queries.user_credits(conn, limit=USER_LIMIT)
+        controls = await operations_queries.vendor_controls(conn)
         client_webhooks = await admin_webhooks.panel(conn)
 
     rows = {v.vendor: v for v in health}
@@ -88,6 +101,7 @@ async def overview(request: Request) -> JSONResponse:
                 "updated_at": _time(row.updated_at) if row else None,
                 "results_expired": lost,
                 "results_expired_last_day": lost_today,
+                **_controls(controls.get(name, {})),
             }
         )
 
@@ -103,7 +117,7 @@ async def overview(request: Request) -> JSONResponse:
                 "model": t.model,
                 "attempts": t.attempts,
                 "last_error": t.last_error,
-                "reason": "overdue" if t.overdue else "silent",
+                "reason": "overdue" if t.overdue else "retrying" if t.retrying else "silent",
                 "created_at": _time(t.created_at),
                 "updated_at": _time(t.updated_at),
                 "deadline_at": _time(t.deadline_at),

@@ -25,14 +25,17 @@ SELECT s.status::text AS status,
  ORDER BY s.status;
 
 -- stuck_tasks --
--- Open tasks past their deadline, or with no news for $1 seconds; the worst first (the page
+-- Open tasks past their deadline, or with no news for $1 seconds, or pending and retrying
+-- their registration after a failed attempt (last_error says why); the worst first (the page
 -- chosen on the live tasks' index before their users are looked up).
 SELECT t.id, u.email, t.status::text AS status, t.progress, t.vendor, t.model, t.attempts,
        t.last_error, t.created_at, t.updated_at, t.deadline_at,
-       t.deadline_at < now() AS overdue
+       t.deadline_at < now() AS overdue,
+       t.status = 'pending' AND t.last_error IS NOT NULL AS retrying
   FROM (SELECT * FROM tasks
          WHERE status IN ('pending', 'submitted', 'processing', 'storing')
-           AND (deadline_at < now() OR updated_at < now() - make_interval(secs => $1))
+           AND (deadline_at < now() OR updated_at < now() - make_interval(secs => $1)
+                OR (status = 'pending' AND last_error IS NOT NULL))
          ORDER BY deadline_at, id
          LIMIT $2) AS t
   JOIN users AS u ON u.id = t.user_id

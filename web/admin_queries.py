@@ -34,6 +34,7 @@ class StuckTask:
     updated_at: datetime
     deadline_at: datetime
     overdue: bool  # past its deadline; otherwise merely silent for too long
+    retrying: bool  # pending, its registration retried after a failed attempt (last_error)
 
     @classmethod
     def from_record(cls, record: Record) -> StuckTask:

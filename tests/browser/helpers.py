@@ -45,9 +45,11 @@ async def sign_in(page: Page, url: str, key: str) -> None:
 
 
 async def signed_in(page: Page) -> None:
-    """The page has its list: every unfinished task and the newest page of history."""
+    """The page has its lists: every unfinished task and the newest page of history, and the
+    models the deployment serves."""
     await expect(page.get_by_test_id("prompt")).to_be_visible()
     await expect(page.locator("#tasks")).to_have_attribute("aria-busy", "false")
+    await expect(page.get_by_test_id("model")).to_have_attribute("aria-busy", "false")
 
 
 async def submit_prompt(page: Page, prompt: str) -> Locator:

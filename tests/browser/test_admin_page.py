@@ -135,12 +135,15 @@ async def test_client_webhooks_panel_and_replay(page: Page, stack: Stack) -> Non
         await conn.execute(
             "UPDATE tasks SET next_attempt_at = now() + interval '1 hour' WHERE id = $1", task_id
         )
-        await transition(conn, task_id=task_id, to=TaskStatus.CANCELED, event_key="c", cause="t")
-        event_id = await conn.fetchval(
-            "UPDATE webhook_outbox SET state = 'failed', attempts = 8, last_status = 503"
-            " WHERE task_id = $1 RETURNING id",
-            task_id,
-        )
+        async with conn.transaction():  # the stack's worker never sees it pending
+            await transition(
+                conn, task_id=task_id, to=TaskStatus.CANCELED, event_key="c", cause="t"
+            )
+            event_id = await conn.fetchval(
+                "UPDATE webhook_outbox SET state = 'failed', attempts = 8, last_status = 503"
+                " WHERE task_id = $1 RETURNING id",
+                task_id,
+            )
 
     await page.goto(stack.url + "/admin")
     assert stack.settings.admin_key is not None

@@ -41,7 +41,7 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-async def dead_letter(conn: Conn, task_id: uuid.UUID, body: bytes, delivery_id: str) -> int:
+async def dead_letter(conn: queries.Conn, task_id: uuid.UUID, body: bytes, delivery_id: str) -> int:
     row_id = await queries.record_delivery(
         conn,
         vendor="replicate",

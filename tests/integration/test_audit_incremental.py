@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from common.ids import format_user_id  # ids as the CLI prints them (issue 17.5)
 from db import queries
 from lifecycle.audit import SETTLE, run_audit
 from tests.factories import make_task, make_user
@@ -56,8 +57,8 @@ async def test_changes_since_the_mark_are_checked(conn: Conn) -> None:
     )
     await conn.execute("UPDATE users SET active_tasks = 7 WHERE id = $1", user_id)
     report = await run_audit(conn, incremental=True)
-    assert [r["id"] for r in report.balance_mismatches] == [str(user_id)]
-    assert [r["id"] for r in report.active_count_mismatches] == [str(user_id)]
+    assert [r["id"] for r in report.balance_mismatches] == [format_user_id(user_id)]
+    assert [r["id"] for r in report.active_count_mismatches] == [format_user_id(user_id)]
     mark = await queries.audit_mark(conn)
     # Not clean: the mark stays, so the next run finds the same again.
     assert not (await run_audit(conn, incremental=True)).ok
@@ -72,4 +73,4 @@ async def test_what_no_new_row_points_at_needs_the_full_audit(conn: Conn) -> Non
     await conn.execute("UPDATE users SET balance = balance + 100 WHERE id = $1", user_id)
     assert (await run_audit(conn, incremental=True)).ok
     full = await run_audit(conn)
-    assert [r["id"] for r in full.balance_mismatches] == [str(user_id)]
+    assert [r["id"] for r in full.balance_mismatches] == [format_user_id(user_id)]

@@ -53,8 +53,8 @@ async def test_audit_finds_log_rows_naming_a_missing_task(conn: Conn) -> None:
     assert not report.ok
     # The dead letter ("rejected") may name a task we never had; the others may not.
     assert report.orphan_log_rows == [
-        {"log": "task_events", "task_id": str(ghost), "rows": 1},
-        {"log": "webhook_deliveries", "task_id": str(ghost), "rows": 1},
+        {"log": "task_events", "task_id": "tsk_" + ghost.hex, "rows": 1},
+        {"log": "webhook_deliveries", "task_id": "tsk_" + ghost.hex, "rows": 1},
     ]
 
 

@@ -468,3 +468,20 @@ async def test_a_healthy_vendor_call_writes_nothing_to_the_shared_row(
     assert await conn.fetchval("SELECT failures FROM vendor_state WHERE vendor='replicate'") == 1
     await health.record(None)  # back to clean: written once more
     assert await conn.fetchval("SELECT failures FROM vendor_state WHERE vendor='replicate'") == 0
+
+
+async def test_a_paused_vendor_is_not_polled_until_resumed(runtime: Runtime, conn: Conn) -> None:
+    """An operator's pause (issue 17.3) lives in vendor_state: this reconciler, like every
+    process, reads it and makes no call to the vendor; resumed, the poll goes out."""
+    from db import operations_queries
+
+    vendor = FakeVendor()
+    rt = with_vendor(runtime, vendor)
+    task_id = await due_task(conn, pid="p_paused")
+    await operations_queries.pause_vendor(conn, vendor="replicate", reason="test")
+    await reconcile_once(rt)
+    assert vendor.calls == [] and await status_of(conn, task_id) == "submitted"
+    assert await operations_queries.resume_vendor(conn, vendor="replicate")
+    await conn.execute("UPDATE tasks SET next_poll_at = now() - interval '1 second'")
+    summary = await reconcile_once(rt)
+    assert summary.polled == 1 and vendor.calls == ["/v1/predictions/p_paused"]

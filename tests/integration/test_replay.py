@@ -105,10 +105,12 @@ def test_replay_from_the_cli(
     }.items():
         monkeypatch.setenv(name, value)
     runner = CliRunner()
-    listed = json.loads(runner.invoke(cli, ["deliveries", "list", "--rejected"]).output)
+    listed = json.loads(runner.invoke(cli, ["deliveries", "list", "--rejected", "--json"]).output)
     assert [d["id"] for d in listed] == [row_id]
     result = runner.invoke(cli, ["deliveries", "replay", str(row_id)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["status"] == "applied"
-    assert json.loads(runner.invoke(cli, ["deliveries", "list", "--rejected"]).output) == []
+    assert (
+        json.loads(runner.invoke(cli, ["deliveries", "list", "--rejected", "--json"]).output) == []
+    )
     assert os.environ["DATABASE_URL"] == db_url

@@ -132,6 +132,10 @@ def signed(vendor: str, n: int, body: bytes, stamp: int) -> dict[str, str]:
             request_id = str(json.loads(body).get("request_id"))
         except (ValueError, AttributeError, UnicodeDecodeError):
             request_id = f"req-{n}"
+        if not (request_id.isascii() and request_id.isprintable()):
+            # A header carries only visible ASCII (httpx refuses to send anything else), and so
+            # does fal's: a generated id that is not one is not a webhook fal could send.
+            request_id = f"req-{n}"
         message = signed_message(
             request_id=request_id, user_id="u1", timestamp=str(stamp), body=body
         )

@@ -113,4 +113,4 @@ async def test_taskhook_audit_flags_a_task_open_past_that_allowance_and_not_befo
     result = await asyncio.to_thread(CliRunner().invoke, cli, ["audit"])
     assert result.exit_code == 1, result.output
     flagged = {row["id"] for row in json.loads(result.output)["overdue_open_tasks"]}
-    assert flagged == {str(past)}, (within, flagged)
+    assert flagged == {"tsk_" + past.hex}, (within, flagged)  # as `tasks show` takes it

@@ -190,4 +190,4 @@ async def test_the_audit_gives_a_storing_task_its_storing_deadline(
     report = await run_audit(
         conn, grace_seconds=70, storage_deadline=runtime.settings.storage_deadline
     )
-    assert {r["id"] for r in report.overdue_open_tasks} == {str(stale)}, within
+    assert {r["id"] for r in report.overdue_open_tasks} == {"tsk_" + stale.hex}, within

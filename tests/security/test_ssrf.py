@@ -99,7 +99,7 @@ async def rebinding_dns(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[s
 
 
 async def operator_view(stack: Stack, task_id: str) -> dict[str, Any]:
-    """`taskhook tasks show ID`, run as an operator would."""
+    """`taskhook tasks show ID --json`, run as an operator's script would."""
     assert stack.settings.database_url is not None
     env = {**os.environ, "DATABASE_URL": stack.settings.database_url}
     proc = await asyncio.create_subprocess_exec(
@@ -109,6 +109,7 @@ async def operator_view(stack: Stack, task_id: str) -> dict[str, Any]:
         "tasks",
         "show",
         task_id,
+        "--json",  # for machines; people get fields and tables
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

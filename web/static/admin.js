@@ -87,6 +87,11 @@
       if (session !== state.session) return;
       T.clearError();
       render(overview);
+      // An open task follows along: its timeline, vendor job and ledger as they change.
+      const open = $("task-detail");
+      if (!open.hidden && open.dataset.taskId) {
+        showTask(await call("/admin/api/tasks/" + encodeURIComponent(open.dataset.taskId)));
+      }
     } catch (err) {
       if (session !== state.session) return;
       if (err.status === 401) {
@@ -161,12 +166,27 @@
       // its webhooks get 503 until the background retry succeeds.
       const notReady = v.ready === false ? " (not ready: " + (v.prepare_error || "?") + ")" : "";
       const name = v.vendor + (v.configured ? "" : " (not configured)") + notReady;
-      return el("tr", { dataset: { testid: "vendor", vendor: v.vendor, circuit: v.circuit } },
+      const paused = !!v.paused;
+      const toggle = el("button", {
+        className: "secondary small", type: "button", text: paused ? "Resume" : "Pause",
+        dataset: { testid: paused ? "vendor-resume" : "vendor-pause" },
+      });
+      toggle.title = paused ? "Let every process call " + v.vendor + " again"
+        : "Stop every call to " + v.vendor + ": new tasks take the next route or wait, polls stop";
+      toggle.addEventListener("click", function () { setPaused(v.vendor, !paused, toggle); });
+      const lastError = cell(v.last_error ? v.last_error + " (" + T.formatTime(v.last_error_at) + ")"
+        : "", "wrap");
+      lastError.dataset.testid = "vendor-last-error";
+      return el("tr", {
+        dataset: { testid: "vendor", vendor: v.vendor, circuit: v.circuit, paused: String(paused) },
+      },
         cell(name), circuitCell, cell(String(v.failures)),
         cell(v.open_until ? T.formatTime(v.open_until) : ""),
         cell(v.blocked_until ? T.formatTime(v.blocked_until) : ""),
         el("td", { dataset: { testid: "results-expired" },
-                   text: v.results_expired_last_day + " / " + v.results_expired }));
+                   text: v.results_expired_last_day + " / " + v.results_expired }),
+        lastError,
+        v.configured ? el("td", {}, toggle) : cell(""));
     });
     if (!rows.length) rows.push(el("tr", {}, el("td", { text: "No vendor is configured." })));
     $("vendors").replaceChildren(...rows);
@@ -235,8 +255,13 @@
 
   function renderStuck(tasks, silentAfter) {
     const rows = tasks.map(function (t) {
-      const why = t.reason === "overdue" ? "past deadline" : "silent";
-      return el("tr", { dataset: { testid: "stuck-task", taskId: t.id, status: t.status } },
+      const why = { overdue: "past deadline", retrying: "retrying registration" }[t.reason] ||
+        "silent";
+      const lastError = cell(t.last_error || "", "wrap");
+      lastError.dataset.testid = "last-error";
+      return el("tr", {
+        dataset: { testid: "stuck-task", taskId: t.id, status: t.status, reason: t.reason },
+      },
         el("td", {}, taskId(t.id)),
         cell(t.email),
         el("td", {}, badge(t.status, t.status)),
@@ -244,7 +269,8 @@
         cell(why, t.reason === "overdue" ? "danger" : "warning"),
         cell(T.formatTime(t.updated_at), "time"),
         cell(T.formatTime(t.deadline_at), "time"),
-        cell(t.last_error || "", "wrap"));
+        lastError,
+        el("td", {}, openButton(t.id)));
     });
     $("stuck").replaceChildren(...rows);
     $("stuck-count").textContent = String(tasks.length);
@@ -354,6 +380,195 @@
     refreshNow();
   }
 
+  // ---- acting: find, open, cancel, retry, pause, bulk replay (issue 17.3) ------------------
+
+  function openButton(id) {
+    const button = el("button", {
+      className: "secondary small", type: "button", text: "Open",
+      dataset: { testid: "open-task", taskId: id },
+    });
+    button.addEventListener("click", function () { openTask(id); });
+    return button;
+  }
+
+  // One place for what every action does with a failure.
+  async function act(what, work) {
+    try {
+      const answer = await work();
+      T.clearError();
+      return answer;
+    } catch (err) {
+      if (err.status === 401) {
+        signOut();
+        T.showError("The admin key is no longer valid. Please sign in again.");
+      } else {
+        T.showError(what + ": " + T.describe(err));
+      }
+      return null;
+    }
+  }
+
+  async function searchTasks(event) {
+    if (event) event.preventDefault();
+    const q = $("task-search").value.trim();
+    const status = $("task-search-status").value;
+    const query = new URLSearchParams();
+    if (q) query.set("q", q);
+    if (status) query.set("status", status);
+    $("task-results").setAttribute("aria-busy", "true");
+    const answer = await act("Search failed", function () {
+      return call("/admin/api/tasks?" + query.toString());
+    });
+    $("task-results").setAttribute("aria-busy", "false");
+    if (!answer) return;
+    const rows = answer.data.map(function (t) {
+      return el("tr", { dataset: { testid: "task-row", taskId: t.id, status: t.status } },
+        el("td", {}, taskId(t.id)),
+        el("td", {}, badge(t.status + (t.refunded ? " · refunded" : ""), t.status)),
+        cell(t.vendor), cell(t.model, "wrap"),
+        cell(T.formatTime(t.created_at), "time"),
+        el("td", {}, openButton(t.id)));
+    });
+    $("task-results").replaceChildren(...rows);
+    $("task-results-empty").hidden = rows.length > 0;
+  }
+
+  async function openTask(id) {
+    const task = await act("Could not open the task", function () {
+      return call("/admin/api/tasks/" + encodeURIComponent(id));
+    });
+    if (task) showTask(task);
+  }
+
+  function showTask(task) {
+    const box = $("task-detail");
+    box.dataset.taskId = task.id;
+    box.dataset.status = task.status;
+    $("detail-id").textContent = task.id;
+    const owner = task.owner ? task.owner.email + " (" + task.owner.id + ")" : "—";
+    const facts = [
+      ["Status", task.status + (task.refunded ? " (refunded)" : ""), "task-status"],
+      ["Owner", owner, "task-owner"],
+      ["Model", task.model + " at " + task.vendor + " (" + task.vendor_model + ")", "task-model"],
+      ["Vendor job", task.vendor_task_id || "—", "task-vendor-job"],
+      ["Progress", task.progress + "%", "task-progress"],
+      ["Cost", String(task.cost), "task-cost"],
+      ["Input", JSON.stringify(task.input), "task-input"],
+      ["Created", T.formatTime(task.created_at), "task-created"],
+      ["Deadline", T.formatTime(task.deadline_at), "task-deadline"],
+      ["Attempts", String(task.attempts), "task-attempts"],
+      ["Last error", task.last_error || "—", "task-last-error"],
+      ["Error", task.error ? JSON.stringify(task.error) : "—", "task-error"],
+    ];
+    $("detail-facts").replaceChildren(...facts.flatMap(function (f) {
+      return [el("dt", { text: f[0] }), el("dd", { text: f[1], dataset: { testid: f[2] } })];
+    }));
+    $("detail-events").replaceChildren(...task.events.map(function (e) {
+      return el("tr", { dataset: { testid: "task-event", to: e.to_status } },
+        cell(T.formatTime(e.created_at), "time"), cell(e.from_status), cell(e.to_status),
+        cell(e.applied ? "yes" : "no (" + e.cause + ")"), cell(e.cause, "wrap"));
+    }));
+    $("detail-deliveries").replaceChildren(...task.deliveries.map(function (d) {
+      return el("tr", { dataset: { testid: "task-delivery" } },
+        cell(String(d.id)), cell(d.vendor), cell(d.status), cell(d.outcome || ""),
+        cell(T.formatTime(d.received_at), "time"), cell(d.error || "", "wrap"));
+    }));
+    $("detail-ledger").replaceChildren(...task.ledger.map(function (r) {
+      return el("tr", { dataset: { testid: "task-ledger-row", kind: r.kind } },
+        cell(r.kind), cell((r.amount > 0 ? "+" : "") + r.amount, "num"), cell(r.note || ""),
+        cell(T.formatTime(r.created_at), "time"));
+    }));
+    const cancelable = ["pending", "submitted", "processing"].indexOf(task.status) >= 0;
+    $("task-cancel").hidden = !cancelable;
+    $("task-retry").hidden = ["pending", "storing"].indexOf(task.status) < 0;
+    box.hidden = false;
+    box.scrollIntoView({ block: "nearest" });
+  }
+
+  async function cancelOpenTask() {
+    const id = $("task-detail").dataset.taskId;
+    if (!id || !window.confirm("Cancel " + id + " and refund its owner?")) return;
+    const button = $("task-cancel");
+    button.disabled = true;
+    const done = await act("Cancel failed", function () {
+      return call("/admin/api/tasks/" + encodeURIComponent(id) + "/cancel", { method: "POST" });
+    });
+    button.disabled = false;
+    if (done) showNotice("Task " + done.id + " canceled" + (done.refunded ? " and refunded." : "."));
+    await openTask(id);
+    refreshNow();
+  }
+
+  async function retryOpenTask() {
+    const id = $("task-detail").dataset.taskId;
+    if (!id) return;
+    const button = $("task-retry");
+    button.disabled = true;
+    const done = await act("Retry refused", function () {
+      return call("/admin/api/tasks/" + encodeURIComponent(id) + "/retry", { method: "POST" });
+    });
+    button.disabled = false;
+    if (done) showNotice("Task " + done.id + ": its " + done.retrying + " is retried now.");
+    await openTask(id);
+    refreshNow();
+  }
+
+  async function setPaused(vendor, pause, button) {
+    if (pause && !window.confirm("Pause " + vendor + "? No process will call it until resumed.")) {
+      return;
+    }
+    button.disabled = true;
+    const done = await act((pause ? "Pause" : "Resume") + " failed", function () {
+      return call("/admin/api/vendors/" + encodeURIComponent(vendor) + (pause ? "/pause" : "/resume"),
+        { method: "POST" });
+    });
+    button.disabled = false;
+    if (done) showNotice(vendor + (pause ? " is paused." : " is resumed."));
+    refreshNow();
+  }
+
+  function replaySince() {
+    const value = $("replay-since").value;
+    if (!value) return null;
+    const date = new Date(value); // datetime-local: the operator's local time
+    return isNaN(date.getTime()) ? null : date.toISOString();
+  }
+
+  async function previewReplay() {
+    const since = replaySince();
+    if (!since) {
+      T.showError("Choose the time to replay dead letters from.");
+      return;
+    }
+    const answer = await act("Count failed", function () {
+      return call("/admin/api/deliveries/replay", {
+        method: "POST", body: { since: since, preview: true },
+      });
+    });
+    if (!answer) return;
+    $("replay-count").textContent = answer.count + (answer.count === 1 ? " dead letter" : " dead letters");
+    $("replay-all").disabled = answer.count === 0;
+    $("replay-all").dataset.since = since;
+  }
+
+  async function replayAll() {
+    const since = $("replay-all").dataset.since;
+    if (!since) return;
+    const button = $("replay-all");
+    button.disabled = true;
+    const answer = await act("Replay failed", function () {
+      return call("/admin/api/deliveries/replay", { method: "POST", body: { since: since } });
+    });
+    if (answer) {
+      const outcomes = Object.entries(answer.outcomes || {}).map(function (pair) {
+        return pair[1] + " " + pair[0];
+      }).join(", ");
+      showNotice("Replayed " + answer.replayed + " dead letters" + (outcomes ? ": " + outcomes : "") + ".");
+      $("replay-count").textContent = "";
+    }
+    refreshNow();
+  }
+
   function showNotice(message, warn) {
     const box = $("notice");
     box.textContent = message;
@@ -378,6 +593,16 @@
       signIn(key, true);
     });
     $("sign-out").addEventListener("click", signOut);
+    $("task-search-form").addEventListener("submit", searchTasks);
+    $("task-cancel").addEventListener("click", cancelOpenTask);
+    $("task-retry").addEventListener("click", retryOpenTask);
+    $("task-close").addEventListener("click", function () { $("task-detail").hidden = true; });
+    $("replay-preview").addEventListener("click", previewReplay);
+    $("replay-all").addEventListener("click", replayAll);
+    $("replay-since").addEventListener("change", function () {
+      $("replay-all").disabled = true;
+      $("replay-count").textContent = "";
+    });
     document.addEventListener("visibilitychange", function () {
       if (!document.hidden && state.key) refreshNow();
     });

@@ -29,6 +29,7 @@
     pollTimer: null,
     pollPausedUntil: 0,
     streamsBroken: false, // the events endpoint refused us: poll instead
+    submissions: new Map(), // "what" -> {body, key}: submissions not yet answered with a task
   };
 
   function call(path, options) {
@@ -52,8 +53,10 @@
           : "Your saved API key is no longer valid. Please sign in again.");
         showSignIn();
       } else {
-        // The server is unreachable or busy: keep the key and try again shortly.
-        T.showError(T.describe(err));
+        // The server is unreachable or busy: keep the key and try again shortly (and say so:
+        // this is the one call the page retries by itself).
+        T.showError((err.status === 0 ? "Could not reach the server." : T.describe(err)) +
+          " Retrying shortly…");
         setTimeout(function () { if (session === state.session) signIn(key, false); }, 3000);
       }
       return;
@@ -65,8 +68,42 @@
     $("signin").hidden = true;
     $("workspace").hidden = false;
     $("api-key").value = "";
-    await loadTasks(session);
+    await Promise.all([loadModels(session), loadTasks(session)]);
     schedulePoll(session, 0);
+  }
+
+  // ---- the model catalogue ------------------------------------------------------------------
+  // What this deployment serves (GET /v1/models): a route's name is posted as it is, so routes,
+  // failover and route prices apply; a vendor's own model is posted with its vendor.
+
+  async function loadModels(session) {
+    const select = $("model");
+    let answer;
+    try {
+      answer = await call("/v1/models");
+    } catch (err) {
+      if (session !== state.session || handleAuthLoss(err)) return;
+      T.showError("Could not load the models: " + T.describe(err));
+      return;
+    }
+    if (session !== state.session) return;
+    const previous = select.value;
+    const options = (answer.data || []).map(function (model) {
+      const available = model.vendors.some(function (v) { return v.available; });
+      const price = model.price + (model.price === 1 ? " credit" : " credits");
+      const option = el("option", {
+        text: model.description + " · " + price + (available ? "" : " · busy, will wait"),
+        dataset: { price: String(model.price) },
+      });
+      option.value = model.id;
+      if (!model.route && model.vendors.length) option.dataset.vendor = model.vendors[0].vendor;
+      return option;
+    });
+    select.replaceChildren.apply(select, options);
+    if (options.some(function (o) { return o.value === previous; })) select.value = previous;
+    select.setAttribute("aria-busy", "false");
+    $("submit").disabled = options.length === 0;
+    if (!options.length) T.showError("This service offers no models right now.");
   }
 
   function signOut() {
@@ -77,8 +114,11 @@
     state.tasks.clear();
     state.nextCursor = null;
     state.streamsBroken = false;
+    state.submissions.clear();
     clearTimeout(state.pollTimer);
     $("tasks").replaceChildren();
+    $("model").replaceChildren();
+    $("model").setAttribute("aria-busy", "true");
     $("account").hidden = true;
     T.clearError();
     showSignIn();
@@ -338,12 +378,15 @@
 
   async function followUp(entry, button, action, index) {
     button.disabled = true;
+    const path = "/v1/tasks/" + encodeURIComponent(entry.data.id) + "/actions";
+    const body = { action: action, index: index };
     try {
-      upsert(await call("/v1/tasks/" + encodeURIComponent(entry.data.id) + "/actions", {
+      upsert(await call(path, {
         method: "POST",
-        headers: { "Idempotency-Key": T.randomToken() },
-        body: { action: action, index: index },
+        headers: { "Idempotency-Key": submissionKey(path, body) },
+        body: body,
       }));
+      state.submissions.delete(path);
       T.clearError();
       refreshCredits();
     } catch (err) {
@@ -536,14 +579,17 @@
     button.disabled = true;
     button.textContent = "Starting…";
     const session = state.session;
+    const body = requestFor($("model"), prompt);
     try {
       const task = await call("/v1/tasks", {
         method: "POST",
-        // One key per click: a retried request can never start the same job twice.
-        headers: { "Idempotency-Key": T.randomToken() },
-        body: requestFor($("model"), prompt),
+        // One key per submission: clicking again after an unanswered or refused attempt sends
+        // the same request under the same key, so it can never start (or charge) a job twice.
+        headers: { "Idempotency-Key": submissionKey("/v1/tasks", body) },
+        body: body,
       });
       if (session !== state.session) return;
+      state.submissions.delete("/v1/tasks"); // done: the next click is a new submission
       T.clearError();
       promptBox.value = "";
       upsert(task);
@@ -551,9 +597,21 @@
     } catch (err) {
       if (!handleAuthLoss(err)) T.showError(T.describe(err));
     } finally {
-      button.disabled = false;
+      button.disabled = $("model").options.length === 0;
       button.textContent = "Generate";
     }
+  }
+
+  // The Idempotency-Key of this submission: the previous attempt's while the request is the
+  // same one (an answer that never came may still have created the task), a new one otherwise.
+  function submissionKey(path, body) {
+    const text = JSON.stringify(body);
+    let known = state.submissions.get(path);
+    if (!known || known.body !== text) {
+      known = { body: text, key: T.randomToken() };
+      state.submissions.set(path, known);
+    }
+    return known.key;
   }
 
   // A model option may pin a vendor (data-vendor): midjourney is only served by its proxy.

@@ -30,7 +30,8 @@
         method: opts.method || "GET", headers: headers, body: body, cache: "no-store",
       });
     } catch (_err) {
-      throw new ApiError(0, "network_error", "Could not reach the server. Retrying shortly…");
+      // Whether anything retries is the caller's to say: most calls do not.
+      throw new ApiError(0, "network_error", "Could not reach the server. Check your connection and try again.");
     }
     let data = null;
     try {
