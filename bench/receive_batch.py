@@ -71,7 +71,7 @@ async def main(seconds: float, sizes: list[int], task_count: int) -> None:
                             )
                         )
                     rows = await queries.receive_webhooks(conn, batch)
-                    assert all(r["applied"] for r in rows), "every delivery must apply"
+                    assert all(r.applied for r in rows), "every delivery must apply"
                     calls += 1
                 elapsed = time.perf_counter() - start
                 delivered += calls * size

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 
 from asyncpg import Record
 
@@ -73,3 +73,154 @@ class Task:
     @property
     def public_id(self) -> str:
         return format_task_id(self.id)
+
+
+class _Row:
+    """A row whose columns are its fields, by name: the query's select list is the type."""
+
+    @classmethod
+    def from_record(cls, record: Record) -> Self:
+        return cls(**dict(record))
+
+
+@dataclass(frozen=True, kw_only=True)
+class BalanceMismatch(_Row):
+    """A user whose balance is not the sum of their ledger (audit_balances)."""
+
+    id: uuid.UUID
+    email: str
+    balance: int
+    ledger: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefundMismatch(_Row):
+    """A task without exactly one charge, or with a refund it should not have or lacking one
+    it should (audit_refunds)."""
+
+    id: uuid.UUID
+    status: str
+    refunds: int
+    charges: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class OverdueTask(_Row):
+    """An open task past its deadline and the grace (audit_overdue)."""
+
+    id: uuid.UUID
+    status: str
+    deadline_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActiveCountMismatch(_Row):
+    """A user whose live-task count differs from their live tasks (audit_active_counts)."""
+
+    id: uuid.UUID
+    email: str
+    active_tasks: int
+    actual: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrphanLogRows(_Row):
+    """Log rows (task_events or accepted webhook_deliveries) naming a missing task."""
+
+    log: str
+    task_id: uuid.UUID | None
+    rows: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimedTask(_Row):
+    """A task the reconciler claimed to poll or to end (claim_due_polls, claim_overdue)."""
+
+    id: uuid.UUID
+    vendor: str
+    vendor_task_id: str | None
+    vendor_model: str
+    deadline_at: datetime
+    updated_at: datetime
+    trace_id: str
+    vendor_urls: dict[str, str] | None
+    # News since the poll date was set asked for a later one: not polled now.
+    deferred: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoringTask(_Row):
+    """A task storing past its storing deadline (storing_overdue)."""
+
+    id: uuid.UUID
+    vendor: str
+    trace_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CircuitState(_Row):
+    """A vendor's breaker after a recorded result (record_vendor_result)."""
+
+    circuit: str
+    failures: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delivery(_Row):
+    """One row of the webhook inbox, body and headers included (get_delivery)."""
+
+    id: int
+    vendor: str
+    delivery_id: str
+    task_id: uuid.UUID | None
+    status: str
+    outcome: str | None
+    error: str | None
+    headers: Any
+    body: bytes
+    received_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliverySummary(_Row):
+    """One row of `taskhook deliveries list`: a delivery without its body (list_deliveries)."""
+
+    id: int
+    vendor: str
+    delivery_id: str
+    task_id: uuid.UUID | None
+    status: str
+    outcome: str | None
+    error: str | None
+    received_at: datetime
+    bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransitionRow(_Row):
+    """taskhook_transition_many's answer for one task (queries.sql: transition)."""
+
+    from_status: str | None  # None: no such task
+    applied: bool | None  # None: the event key was seen before
+    status: str | None
+    progress: int | None
+    refunds: int
+    ended: int
+    notified: int
+    age: float | None  # seconds since submit, when this move ended the task
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceiveRow(_Row):
+    """taskhook_receive_many's answer for one delivery (queries.sql: receive_webhooks); the
+    transition's answer with it when the verdict is `transition`."""
+
+    ord: int  # which delivery of the batch, from 1
+    verdict: str  # no_task | rejected | moved | duplicate | confirming | transition
+    message: str | None
+    trace_id: str | None
+    from_status: str | None
+    applied: bool | None
+    status: str | None
+    refunds: int
+    age: float | None

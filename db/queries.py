@@ -14,11 +14,26 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-from asyncpg import Connection, Record
+from asyncpg import Connection
 from asyncpg.pool import PoolConnectionProxy
 
 from common.states import ACTIVE, TaskStatus
-from db.models import Task, User
+from db.models import (
+    ActiveCountMismatch,
+    BalanceMismatch,
+    CircuitState,
+    ClaimedTask,
+    Delivery,
+    DeliverySummary,
+    OrphanLogRows,
+    OverdueTask,
+    ReceiveRow,
+    RefundMismatch,
+    StoringTask,
+    Task,
+    TransitionRow,
+    User,
+)
 
 Conn = Connection | PoolConnectionProxy
 
@@ -56,7 +71,7 @@ async def transition_row(
     error: Mapping[str, Any] | None,
     detail: Mapping[str, Any] | None,
     next_poll_at: datetime | None,
-) -> Record:
+) -> TransitionRow:
     record = await conn.fetchrow(
         QUERIES["transition"],
         task_id,
@@ -73,7 +88,7 @@ async def transition_row(
         next_poll_at,
     )
     assert record is not None  # the final SELECT always yields one row
-    return record
+    return TransitionRow.from_record(record)
 
 
 @dataclass(frozen=True)
@@ -97,7 +112,7 @@ class InboundWebhook:
     next_poll_at: datetime | None
 
 
-async def receive_webhooks(conn: Conn, webhooks: Sequence[InboundWebhook]) -> list[Record]:
+async def receive_webhooks(conn: Conn, webhooks: Sequence[InboundWebhook]) -> list[ReceiveRow]:
     """Several deliveries' whole database work in one round trip and one commit
     (taskhook_receive_many); the answers come back in the order of `webhooks`.
 
@@ -121,7 +136,7 @@ async def receive_webhooks(conn: Conn, webhooks: Sequence[InboundWebhook]) -> li
         [w.next_poll_at for w in webhooks],
     )
     assert len(rows) == len(webhooks)  # the function answers every delivery once
-    return sorted(rows, key=lambda row: int(row["ord"]))
+    return sorted((ReceiveRow.from_record(r) for r in rows), key=lambda row: row.ord)
 
 
 def _json_text(value: Any) -> str | None:
@@ -169,12 +184,14 @@ async def prune_rate_windows(conn: Conn) -> None:
     await conn.execute(QUERIES["prune_rate_windows"])
 
 
-async def audit_active_counts(conn: Conn) -> list[Record]:
-    return list(await conn.fetch(QUERIES["audit_active_counts"]))
+async def audit_active_counts(conn: Conn) -> list[ActiveCountMismatch]:
+    return [
+        ActiveCountMismatch.from_record(r) for r in await conn.fetch(QUERIES["audit_active_counts"])
+    ]
 
 
-async def audit_orphans(conn: Conn) -> list[Record]:
-    return list(await conn.fetch(QUERIES["audit_orphans"]))
+async def audit_orphans(conn: Conn) -> list[OrphanLogRows]:
+    return [OrphanLogRows.from_record(r) for r in await conn.fetch(QUERIES["audit_orphans"])]
 
 
 async def grant_credits(conn: Conn, *, user_id: uuid.UUID, amount: int, note: str | None) -> int:
@@ -356,8 +373,11 @@ async def claim_storing(
     return [StoringClaim(r["id"], r["storage_attempts"], r["time_left"]) for r in records]
 
 
-async def storing_overdue(conn: Conn, *, storage_deadline: float, limit: int) -> list[Record]:
-    return list(await conn.fetch(QUERIES["storing_overdue"], storage_deadline, limit))
+async def storing_overdue(conn: Conn, *, storage_deadline: float, limit: int) -> list[StoringTask]:
+    return [
+        StoringTask.from_record(r)
+        for r in await conn.fetch(QUERIES["storing_overdue"], storage_deadline, limit)
+    ]
 
 
 async def release_storing(
@@ -397,27 +417,39 @@ async def set_delivery_outcome(conn: Conn, *, delivery_row_id: int, outcome: str
     await conn.execute(QUERIES["set_delivery_outcome"], delivery_row_id, outcome)
 
 
-async def list_deliveries(conn: Conn, *, status: str | None, limit: int) -> list[Record]:
+async def list_deliveries(conn: Conn, *, status: str | None, limit: int) -> list[DeliverySummary]:
     """The inbox newest first; one statement per filter, each along its own index."""
     if status is None:
-        return list(await conn.fetch(QUERIES["list_deliveries"], limit))
+        return [
+            DeliverySummary.from_record(r)
+            for r in await conn.fetch(QUERIES["list_deliveries"], limit)
+        ]
     if status == "rejected":
-        return list(await conn.fetch(QUERIES["list_dead_letters"], limit))
-    return list(await conn.fetch(QUERIES["list_deliveries_status"], status, limit))
+        return [
+            DeliverySummary.from_record(r)
+            for r in await conn.fetch(QUERIES["list_dead_letters"], limit)
+        ]
+    return [
+        DeliverySummary.from_record(r)
+        for r in await conn.fetch(QUERIES["list_deliveries_status"], status, limit)
+    ]
 
 
-async def audit_balances(conn: Conn) -> list[Record]:
-    return list(await conn.fetch(QUERIES["audit_balances"]))
+async def audit_balances(conn: Conn) -> list[BalanceMismatch]:
+    return [BalanceMismatch.from_record(r) for r in await conn.fetch(QUERIES["audit_balances"])]
 
 
-async def audit_refunds(conn: Conn) -> list[Record]:
-    return list(await conn.fetch(QUERIES["audit_refunds"]))
+async def audit_refunds(conn: Conn) -> list[RefundMismatch]:
+    return [RefundMismatch.from_record(r) for r in await conn.fetch(QUERIES["audit_refunds"])]
 
 
 async def audit_overdue(
     conn: Conn, *, grace_seconds: float, storage_deadline: float
-) -> list[Record]:
-    return list(await conn.fetch(QUERIES["audit_overdue"], grace_seconds, storage_deadline))
+) -> list[OverdueTask]:
+    return [
+        OverdueTask.from_record(r)
+        for r in await conn.fetch(QUERIES["audit_overdue"], grace_seconds, storage_deadline)
+    ]
 
 
 async def count_by_status(conn: Conn) -> dict[str, int]:
@@ -426,18 +458,24 @@ async def count_by_status(conn: Conn) -> dict[str, int]:
 
 async def claim_due_polls(
     conn: Conn, *, vendor: str, limit: int, lease_seconds: float
-) -> list[Record]:
+) -> list[ClaimedTask]:
     if limit <= 0:
         return []
-    return list(await conn.fetch(QUERIES["claim_due_polls"], limit, lease_seconds, vendor))
+    return [
+        ClaimedTask.from_record(r)
+        for r in await conn.fetch(QUERIES["claim_due_polls"], limit, lease_seconds, vendor)
+    ]
 
 
 async def claim_overdue(
     conn: Conn, *, vendor: str, limit: int, lease_seconds: float
-) -> list[Record]:
+) -> list[ClaimedTask]:
     if limit <= 0:
         return []
-    return list(await conn.fetch(QUERIES["claim_overdue"], limit, lease_seconds, vendor))
+    return [
+        ClaimedTask.from_record(r)
+        for r in await conn.fetch(QUERIES["claim_overdue"], limit, lease_seconds, vendor)
+    ]
 
 
 async def reschedule_poll(conn: Conn, *, task_id: uuid.UUID, delay_seconds: float) -> None:
@@ -472,10 +510,12 @@ async def record_vendor_result(
     cooldown: float,
     retry_after: float | None,
     error: str | None = None,
-) -> Record | None:
-    return await conn.fetchrow(
+) -> CircuitState | None:
+    """The breaker as this result left it; None: a success that changed nothing."""
+    record = await conn.fetchrow(
         QUERIES["record_vendor_result"], vendor, ok, threshold, cooldown, retry_after, error
     )
+    return CircuitState.from_record(record) if record else None
 
 
 async def vendor_account(conn: Conn, *, vendor: str) -> str | None:
@@ -494,12 +534,9 @@ async def task_job(conn: Conn, *, task_id: uuid.UUID, vendor: str) -> str | None
     return value
 
 
-async def vendor_states(conn: Conn) -> list[Record]:
-    return list(await conn.fetch(QUERIES["vendor_states"]))
-
-
-async def get_delivery(conn: Conn, *, delivery_row_id: int) -> Record | None:
-    return await conn.fetchrow(QUERIES["get_delivery"], delivery_row_id)
+async def get_delivery(conn: Conn, *, delivery_row_id: int) -> Delivery | None:
+    record = await conn.fetchrow(QUERIES["get_delivery"], delivery_row_id)
+    return Delivery.from_record(record) if record else None
 
 
 async def mark_delivery_replayed(conn: Conn, *, delivery_row_id: int, outcome: str) -> None:
@@ -562,20 +599,32 @@ async def set_audit_mark(conn: Conn, *, at: datetime) -> None:
     await conn.execute(QUERIES["set_audit_mark"], at)
 
 
-async def audit_balances_since(conn: Conn, *, since: datetime) -> list[Record]:
-    return list(await conn.fetch(QUERIES["audit_balances_since"], since))
+async def audit_balances_since(conn: Conn, *, since: datetime) -> list[BalanceMismatch]:
+    return [
+        BalanceMismatch.from_record(r)
+        for r in await conn.fetch(QUERIES["audit_balances_since"], since)
+    ]
 
 
-async def audit_refunds_since(conn: Conn, *, since: datetime) -> list[Record]:
-    return list(await conn.fetch(QUERIES["audit_refunds_since"], since))
+async def audit_refunds_since(conn: Conn, *, since: datetime) -> list[RefundMismatch]:
+    return [
+        RefundMismatch.from_record(r)
+        for r in await conn.fetch(QUERIES["audit_refunds_since"], since)
+    ]
 
 
-async def audit_active_counts_since(conn: Conn, *, since: datetime) -> list[Record]:
-    return list(await conn.fetch(QUERIES["audit_active_counts_since"], since))
+async def audit_active_counts_since(conn: Conn, *, since: datetime) -> list[ActiveCountMismatch]:
+    return [
+        ActiveCountMismatch.from_record(r)
+        for r in await conn.fetch(QUERIES["audit_active_counts_since"], since)
+    ]
 
 
-async def audit_orphans_since(conn: Conn, *, since: datetime) -> list[Record]:
-    return list(await conn.fetch(QUERIES["audit_orphans_since"], since))
+async def audit_orphans_since(conn: Conn, *, since: datetime) -> list[OrphanLogRows]:
+    return [
+        OrphanLogRows.from_record(r)
+        for r in await conn.fetch(QUERIES["audit_orphans_since"], since)
+    ]
 
 
 async def _mark(conn: Conn, name: str) -> tuple[datetime, uuid.UUID]:

@@ -518,10 +518,6 @@ RETURNING account_id;
 -- The job a task has at a vendor, if registration recorded it.
 SELECT vendor_task_id FROM tasks WHERE id = $1 AND vendor = $2;
 
--- vendor_states --
-SELECT vendor, circuit, failures, open_until, blocked_until, tokens FROM vendor_state
- ORDER BY vendor;
-
 -- get_delivery --
 SELECT id, vendor, delivery_id, task_id, status, outcome, error, headers, body, received_at
   FROM webhook_deliveries WHERE id = $1;

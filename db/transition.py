@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from asyncpg import Record
-
 from common import metrics
 from common.states import ALLOWED_FROM, PROGRESS_STATES, TaskStatus
 from db import queries
+from db.models import ReceiveRow, TransitionRow
 from db.queries import Conn
 
 
@@ -94,24 +93,24 @@ def allowed_from(to: TaskStatus) -> tuple[str, ...]:
     return tuple(sorted(s.value for s in allowed))
 
 
-def result_of(row: Record, to: TaskStatus) -> TransitionResult:
+def result_of(row: TransitionRow | ReceiveRow, to: TaskStatus) -> TransitionResult:
     """Read taskhook_transition_many's answer (also relayed by taskhook_receive_many) and
     count it."""
-    from_status = TaskStatus(row["from_status"]) if row["from_status"] else None
+    from_status = TaskStatus(row.from_status) if row.from_status else None
     if from_status is None:
         outcome = Outcome.NOT_FOUND
-    elif row["applied"] is None:
+    elif row.applied is None:
         outcome = Outcome.DUPLICATE
-    elif row["applied"]:
+    elif row.applied:
         outcome = Outcome.APPLIED
     else:
         outcome = Outcome.STALE
-    status = TaskStatus(row["status"]) if row["status"] else from_status
+    status = TaskStatus(row.status) if row.status else from_status
     metrics.TRANSITIONS.labels(to.value, outcome.value).inc()
-    if row["refunds"]:
+    if row.refunds:
         metrics.REFUNDS.inc()
-    if row["age"] is not None and status is not None:  # this move ended the task
-        metrics.TASK_DURATION.labels(status.value).observe(row["age"])
+    if row.age is not None and status is not None:  # this move ended the task
+        metrics.TASK_DURATION.labels(status.value).observe(row.age)
     return TransitionResult(
-        outcome=outcome, from_status=from_status, status=status, refunded=row["refunds"] > 0
+        outcome=outcome, from_status=from_status, status=status, refunded=row.refunds > 0
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,11 +63,11 @@ class AuditReport:
 
 
 def _plain(row: Any, *, ids: str = "task") -> dict[str, Any]:
-    """A row as the CLI prints it: ids in their public spelling (`tsk_...` that `taskhook
-    tasks show` takes, `usr_...`; `ids` says what the row's `id` is), times in the API's ISO
-    8601 `Z` form."""
+    """A typed row (db.models) as the CLI prints it: ids in their public spelling (`tsk_...`
+    that `taskhook tasks show` takes, `usr_...`; `ids` says what the row's `id` is), times in
+    the API's ISO 8601 `Z` form."""
     plain: dict[str, Any] = {}
-    for key, value in dict(row).items():
+    for key, value in asdict(row).items():
         if isinstance(value, uuid.UUID):
             user = key == "user_id" or (key == "id" and ids == "user")
             value = format_user_id(value) if user else format_task_id(value)

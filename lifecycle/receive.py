@@ -120,8 +120,8 @@ async def apply_callback(
         # written; the vendor retries.
         bound.warning("webhook_task_busy")
         raise Unavailable("The task is busy; retry this delivery.") from None
-    verdict = row["verdict"]
-    bound = bound.bind(trace_id=row["trace_id"])
+    verdict = row.verdict
+    bound = bound.bind(trace_id=row.trace_id)
     if verdict == "no_task":
         raise TokenInvalid("The callback token names no task.")
     if verdict in ("rejected", "moved"):
@@ -132,8 +132,8 @@ async def apply_callback(
             # sent it to this task's own URL, so the job is ours: stop it, it is billed.
             # (An unsigned callback's job id proves nothing: it is never acted on.)
             rt.spawn(_cancel_stray(rt, adapter, task_id, update.vendor_task_id))
-        bound.warning("webhook_rejected", error=row["message"])
-        raise PayloadInvalid(row["message"])
+        bound.warning("webhook_rejected", error=row.message)
+        raise PayloadInvalid(row.message)
     if verdict == "duplicate":
         bound.info("webhook_duplicate")
         return Verdict.DUPLICATE

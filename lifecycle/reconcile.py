@@ -23,6 +23,7 @@ from common.errors import VendorError, VendorRejected, VendorUnavailable
 from common.states import TaskStatus
 from common.tracing import task_context
 from db import queries
+from db.models import ClaimedTask
 from db.transition import Outcome, TransitionResult, transition
 from lifecycle.housekeeping import housekeeping
 from lifecycle.runtime import Runtime
@@ -86,23 +87,21 @@ class _VendorPass:
         self.summary = summary
         self.throttled = False
 
-    async def poll(self, row: Any) -> TaskStatus | None:
+    async def poll(self, row: ClaimedTask) -> TaskStatus | None:
         """Ask the vendor and apply its answer; None when we could not ask."""
-        if not row["vendor_task_id"] or self.throttled:
+        if not row.vendor_task_id or self.throttled:
             return None
-        with task_context(
-            task_id=f"tsk_{row['id'].hex}", vendor=self.vendor, trace_id=row["trace_id"]
-        ):
+        with task_context(task_id=f"tsk_{row.id.hex}", vendor=self.vendor, trace_id=row.trace_id):
             return await self._poll(row)
 
-    async def _poll(self, row: Any) -> TaskStatus | None:
+    async def _poll(self, row: ClaimedTask) -> TaskStatus | None:
+        job = row.vendor_task_id
+        assert job, "poll() asks only about tasks the vendor knows"
         async with self.health.slots:
             started = time.monotonic()
             error: Exception | None = None
             try:
-                update = await self.adapter.fetch(
-                    row["vendor_task_id"], model=row["vendor_model"], urls=row["vendor_urls"]
-                )
+                update = await self.adapter.fetch(job, model=row.vendor_model, urls=row.vendor_urls)
             except VendorError as exc:
                 error = exc
             metrics.VENDOR_CALLS.labels(
@@ -117,7 +116,7 @@ class _VendorPass:
             if isinstance(error, VendorUnavailable) and error.throttled:
                 self.throttled = True  # the rest of this batch waits for the next pass
             log.warning(
-                "poll_failed", task_id=f"tsk_{row['id'].hex}", vendor=self.vendor, error=str(error)
+                "poll_failed", task_id=f"tsk_{row.id.hex}", vendor=self.vendor, error=str(error)
             )
             return None
         self.summary.polled += 1
@@ -125,7 +124,7 @@ class _VendorPass:
         async with self.rt.pool.acquire() as conn:
             result = await apply_update(
                 conn,
-                task_id=row["id"],
+                task_id=row.id,
                 vendor=self.vendor,
                 update=update,
                 # the same answer twice is one event; a new status or progress is another
@@ -143,7 +142,7 @@ class _VendorPass:
             self.summary.failed += 1
             self.summary.refunded += 1
 
-    async def lose(self, row: Any, error: VendorRejected) -> TaskStatus | None:
+    async def lose(self, row: ClaimedTask, error: VendorRejected) -> TaskStatus | None:
         """The vendor answered, and no longer knows the job (a 404, an id it expired): the job
         cannot finish, so waiting for the deadline would only delay the refund."""
         self.summary.polled += 1
@@ -152,15 +151,17 @@ class _VendorPass:
         result = await self.fail(row, "vendor_lost", "vendor_lost", message)
         if result.outcome is Outcome.APPLIED:
             self.summary.advanced += 1
-            log.warning("vendor_lost", task_id=f"tsk_{row['id'].hex}", error=str(error))
+            log.warning("vendor_lost", task_id=f"tsk_{row.id.hex}", error=str(error))
         return result.status
 
-    async def fail(self, row: Any, event_key: str, code: str, message: str) -> TransitionResult:
+    async def fail(
+        self, row: ClaimedTask, event_key: str, code: str, message: str
+    ) -> TransitionResult:
         """Fail (and so refund) the task, counted in the pass summary."""
         async with self.rt.pool.acquire() as conn:
             result = await transition(
                 conn,
-                task_id=row["id"],
+                task_id=row.id,
                 to=TaskStatus.FAILED,
                 event_key=event_key,
                 cause="reconciler",
@@ -170,7 +171,7 @@ class _VendorPass:
             self.count_refund(result.refunded)
         return result
 
-    async def expire(self, row: Any, *, last_poll: bool) -> None:
+    async def expire(self, row: ClaimedTask, *, last_poll: bool) -> None:
         """One last poll (when the vendor can be asked), then fail and refund: a success that
         beat the deadline must not be thrown away."""
         if last_poll:
@@ -181,10 +182,10 @@ class _VendorPass:
             row, "deadline", "deadline_exceeded", "the task did not finish before its deadline"
         )
         if result.outcome is Outcome.APPLIED:
-            log.info("deadline_exceeded", task_id=f"tsk_{row['id'].hex}", vendor=self.vendor)
+            log.info("deadline_exceeded", task_id=f"tsk_{row.id.hex}", vendor=self.vendor)
 
-    async def reschedule(self, row: Any, now: datetime) -> None:
-        quiet = (now - row["updated_at"]).total_seconds()
+    async def reschedule(self, row: ClaimedTask, now: datetime) -> None:
+        quiet = (now - row.updated_at).total_seconds()
         delay = next_poll_delay(
             quiet,
             poll_after=self.rt.settings.poll_after,
@@ -194,7 +195,7 @@ class _VendorPass:
         if self.throttled:
             delay = 0.0  # not asked at all: due again right away (the bucket paces it)
         async with self.rt.pool.acquire() as conn:
-            await queries.reschedule_poll(conn, task_id=row["id"], delay_seconds=delay)
+            await queries.reschedule_poll(conn, task_id=row.id, delay_seconds=delay)
 
     async def run(self, batch: int, lease: float) -> None:
         state = await self.health.permits()
@@ -212,7 +213,7 @@ class _VendorPass:
                 conn, vendor=self.vendor, limit=granted - len(overdue), lease_seconds=lease
             )
         # Deferred: news since the date was set asked for a later one; not polled, no token used.
-        due = [row for row in claimed if not row["deferred"]]
+        due = [row for row in claimed if not row.deferred]
         self.summary.claimed += len(overdue) + len(due)
         now = datetime.now(UTC)
 
@@ -223,7 +224,7 @@ class _VendorPass:
                 self.summary.errors += 1
                 log.exception("reconcile_task_crashed", vendor=self.vendor)
 
-        async def poll_due(row: Any) -> None:
+        async def poll_due(row: ClaimedTask) -> None:
             status = await self.poll(row)
             if status is None or status in (TaskStatus.SUBMITTED, TaskStatus.PROCESSING):
                 await self.reschedule(row, now)
@@ -232,7 +233,7 @@ class _VendorPass:
             *(guarded(self.expire(row, last_poll=state is not None)) for row in overdue),
             *(guarded(poll_due(row)) for row in due),
         )
-        used = len(due) + sum(1 for row in overdue if row["vendor_task_id"])
+        used = len(due) + sum(1 for row in overdue if row.vendor_task_id)
         await self.health.give_back(granted - used)
 
 
@@ -246,13 +247,11 @@ async def expire_storing(rt: Runtime, summary: PassSummary, *, batch: int) -> No
         )
     for row in rows:
         summary.claimed += 1
-        with task_context(
-            task_id=f"tsk_{row['id'].hex}", vendor=row["vendor"], trace_id=row["trace_id"]
-        ):
+        with task_context(task_id=f"tsk_{row.id.hex}", vendor=row.vendor, trace_id=row.trace_id):
             async with rt.pool.acquire() as conn:
                 result = await transition(
                     conn,
-                    task_id=row["id"],
+                    task_id=row.id,
                     to=TaskStatus.FAILED,
                     event_key="storage:deadline",
                     cause="reconciler",

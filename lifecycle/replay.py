@@ -37,13 +37,15 @@ async def replay_delivery(rt: Runtime, delivery_row_id: int) -> ReplayResult:
         row = await queries.get_delivery(conn, delivery_row_id=delivery_row_id)
     if row is None:
         raise NotFound(f"no delivery {delivery_row_id}")
-    if row["status"] != "rejected":
-        return ReplayResult(delivery_row_id, "duplicate", f"delivery is {row['status']}")
-    adapter = rt.vendors.get(row["vendor"])
+    if row.status != "rejected":
+        return ReplayResult(delivery_row_id, "duplicate", f"delivery is {row.status}")
+    adapter = rt.vendors.get(row.vendor)
     if adapter is None:
-        raise NotFound(f"vendor {row['vendor']!r} is not configured")
-    async with rt.pool.acquire() as conn:
-        task = await queries.get_task(conn, task_id=row["task_id"], user_id=None)
+        raise NotFound(f"vendor {row.vendor!r} is not configured")
+    task = None
+    if row.task_id is not None:  # a dead letter keeps whatever task id its token named, if any
+        async with rt.pool.acquire() as conn:
+            task = await queries.get_task(conn, task_id=row.task_id, user_id=None)
     # The receiver's checks (taskhook_receive_many) again: an operator may replay too early.
     if task is None:
         return ReplayResult(delivery_row_id, "rejected", "its task no longer exists")
@@ -54,7 +56,7 @@ async def replay_delivery(rt: Runtime, delivery_row_id: int) -> ReplayResult:
         # vendor about the task's own job, as the receiver does.
         return await _confirm(rt, task, delivery_row_id)
     try:
-        update = adapter.parse(bytes(row["body"]))
+        update = adapter.parse(bytes(row.body))
     except PayloadInvalid as exc:
         return ReplayResult(delivery_row_id, "rejected", exc.message)
     if task.vendor_task_id and task.vendor_task_id != update.vendor_task_id:
@@ -68,7 +70,7 @@ async def replay_delivery(rt: Runtime, delivery_row_id: int) -> ReplayResult:
             task_id=task.id,
             vendor=adapter.name,
             update=update,
-            event_key=f"webhook:{row['delivery_id']}",
+            event_key=f"webhook:{row.delivery_id}",
             cause="replay",
             poll_after=rt.settings.poll_after,
         )

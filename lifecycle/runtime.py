@@ -23,6 +23,7 @@ from common import metrics
 from common.settings import Settings
 from common.tokens import CallbackTokens
 from db.group_commit import GroupCommit
+from db.models import ReceiveRow
 from db.queries import InboundWebhook, receive_webhooks
 from lifecycle.events import TaskEvents
 from lifecycle.vendor_health import VendorHealth
@@ -56,7 +57,7 @@ class Runtime:
     registration_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     # Webhooks arriving while another batch commits share the next commit (the receiver).
-    webhooks: GroupCommit[InboundWebhook, asyncpg.Record] = field(init=False)
+    webhooks: GroupCommit[InboundWebhook, ReceiveRow] = field(init=False)
 
     def __post_init__(self) -> None:
         assert self.settings.database_url

@@ -116,10 +116,10 @@ class VendorHealth:
                 retry_after=retry_after,
                 error=f"{type(error).__name__}: {error}"[:500] if failed else None,
             )
-        if row is not None and failed and row["circuit"] == "open":
+        if row is not None and failed and row.circuit == "open":
             log.warning(
                 "circuit_open",
                 vendor=self.vendor,
-                failures=row["failures"],
+                failures=row.failures,
                 cooldown=self.limits.breaker_cooldown,
             )

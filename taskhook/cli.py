@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -758,9 +759,9 @@ def deliveries_list(rejected: bool, limit: int, as_json: bool) -> None:
     )
     rows = [
         {
-            **dict(r),
-            "task_id": format_task_id(r["task_id"]) if r["task_id"] else None,
-            "received_at": iso_time(r["received_at"]),
+            **dataclasses.asdict(r),
+            "task_id": format_task_id(r.task_id) if r.task_id else None,
+            "received_at": iso_time(r.received_at),
         }
         for r in found
     ]

@@ -311,7 +311,7 @@ async def test_one_batch_answers_every_kind_of_delivery_in_order(conn: Conn) -> 
         _webhook(a, "a2", to="failed", allowed_from=failed, error={"code": "vendor_failed"}),
     ]
     rows = await queries.receive_webhooks(conn, batch)
-    answers = [(r["verdict"], r["applied"]) for r in rows]
+    answers = [(r.verdict, r.applied) for r in rows]
     assert answers == [
         ("transition", True),
         ("transition", True),
@@ -322,7 +322,7 @@ async def test_one_batch_answers_every_kind_of_delivery_in_order(conn: Conn) -> 
         ("transition", True),
         ("transition", True),
     ]
-    assert rows[7]["refunds"] == 1
+    assert rows[7].refunds == 1
     progress = await conn.fetchval("SELECT progress FROM tasks WHERE id = $1", b)
     assert progress == 50
     inbox = await conn.fetch(
@@ -358,7 +358,7 @@ async def test_one_batch_ends_several_tasks_of_one_user(conn: Conn) -> None:
         _webhook(d, "d1", to="storing", allowed_from=storing, outputs=["https://x/1.png"]),
     ]
     rows = await queries.receive_webhooks(conn, batch)
-    assert [(r["status"], r["refunds"]) for r in rows] == [
+    assert [(r.status, r.refunds) for r in rows] == [
         ("failed", 1),
         ("failed", 1),
         ("failed", 1),
@@ -388,7 +388,7 @@ async def test_every_task_a_batch_moves_is_notified(conn: Conn, db_url: str) -> 
     try:
         batch = [_webhook(t, f"n{i}", progress=10 + i) for i, t in enumerate(tasks)]
         rows = await queries.receive_webhooks(conn, batch)
-        assert [r["applied"] for r in rows] == [True, True, True]
+        assert [r.applied for r in rows] == [True, True, True]
         payloads = [await asyncio.wait_for(received.get(), 5) for _ in tasks]
     finally:
         await listener.close()
@@ -437,7 +437,7 @@ async def test_a_delivery_id_raced_for_two_tasks_applies_to_one(
         tx = other.transaction()
         await tx.start()
         rows = await queries.receive_webhooks(other, [_webhook(first_task, "msg_shared")])
-        assert rows[0]["applied"] is True
+        assert rows[0].applied is True
         hook = asyncio.create_task(
             post_hook(
                 client,
@@ -506,8 +506,8 @@ async def test_a_locked_task_holds_up_only_its_own_delivery(conn: Conn, db_url: 
         on_free = asyncio.create_task(group.submit(_webhook(free, "f2")))
         await asyncio.sleep(0)
         run.release.set()
-        assert (await first)["applied"] is True
-        assert (await asyncio.wait_for(on_free, timeout=10))["applied"] is True
+        assert (await first).applied is True
+        assert (await asyncio.wait_for(on_free, timeout=10)).applied is True
         with pytest.raises(asyncpg.LockNotAvailableError):
             await asyncio.wait_for(on_locked, timeout=10)
         ids = [[w.delivery_id for w in call] for call in run.calls]
