@@ -58,6 +58,9 @@ async def retry_now(rt: Runtime, *, task_id: uuid.UUID) -> Retried:
 async def pause_vendor(rt: Runtime, *, vendor: str, reason: str | None) -> datetime:
     if vendor not in rt.settings.vendors:
         raise NotFound(f"No vendor {vendor!r} is configured.")
+    health = rt.health.get(vendor)
+    if health is not None:
+        await health.ensure()  # its bucket full, so a resume finds the calls it had
     async with rt.pool.acquire() as conn:
         return await ops.pause_vendor(conn, vendor=vendor, reason=reason)
 

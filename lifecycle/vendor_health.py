@@ -65,6 +65,11 @@ class VendorHealth:
             self._ensured.add(row)
         return row
 
+    async def ensure(self) -> None:
+        """The vendor's row, made with a full bucket when it has none yet. An operator's pause
+        may be the first thing ever written for a vendor: a row it made would start empty."""
+        await self._ensure()
+
     async def permits(self) -> str | None:
         """'closed' or 'half-open' when a call may go out now; None while the circuit is open
         or an operator has paused the vendor (every process reads the same row)."""

@@ -474,11 +474,14 @@ async def test_a_paused_vendor_is_not_polled_until_resumed(runtime: Runtime, con
     """An operator's pause (issue 17.3) lives in vendor_state: this reconciler, like every
     process, reads it and makes no call to the vendor; resumed, the poll goes out."""
     from db import operations_queries
+    from lifecycle import operations
 
     vendor = FakeVendor()
     rt = with_vendor(runtime, vendor)
     task_id = await due_task(conn, pid="p_paused")
-    await operations_queries.pause_vendor(conn, vendor="replicate", reason="test")
+    # As the dashboard pauses: the first thing written for this vendor, so its bucket must not
+    # start empty (the resumed poll below found no token when the pause made the row).
+    await operations.pause_vendor(rt, vendor="replicate", reason="test")
     await reconcile_once(rt)
     assert vendor.calls == [] and await status_of(conn, task_id) == "submitted"
     assert await operations_queries.resume_vendor(conn, vendor="replicate")
