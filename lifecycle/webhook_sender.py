@@ -29,6 +29,7 @@ import httpx
 import structlog
 
 from common import metrics
+from common.waiting import until_woken
 from db import webhooks_out
 from db.pool import connect
 from db.webhooks_out import OutboxClaim
@@ -292,15 +293,7 @@ class WebhookSender:
                     started = 0
                 if started:
                     continue
-                waiters = [
-                    asyncio.ensure_future(self._wake.wait()),
-                    asyncio.ensure_future(stop.wait()),
-                ]
-                await asyncio.wait(
-                    waiters, timeout=self.idle_poll, return_when=asyncio.FIRST_COMPLETED
-                )
-                for waiter in waiters:
-                    waiter.cancel()
+                await until_woken(self._wake, stop, timeout=self.idle_poll)
         except asyncio.CancelledError:
             grace = 0
             raise

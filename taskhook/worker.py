@@ -21,6 +21,7 @@ import httpx
 import structlog
 
 from common.net import public_only_client
+from common.waiting import until_woken
 from db import queries
 from db.pool import connect
 from lifecycle.registration import register
@@ -279,15 +280,7 @@ class Worker:
                     handled = 0
                 if handled:
                     continue
-                waiters = [
-                    asyncio.ensure_future(self._wake.wait()),
-                    asyncio.ensure_future(stop.wait()),
-                ]
-                await asyncio.wait(
-                    waiters, timeout=self.idle_poll, return_when=asyncio.FIRST_COMPLETED
-                )
-                for waiter in waiters:
-                    waiter.cancel()
+                await until_woken(self._wake, stop, timeout=self.idle_poll)
         except asyncio.CancelledError:
             grace = 0  # cancelled, not asked to stop: hand every claim back now
             raise
