@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections import Counter
@@ -32,6 +31,8 @@ from typing import Any
 import asyncpg
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = (sys.executable, "-m", "taskhook.cli")
@@ -52,13 +53,6 @@ def _kill_leftovers() -> None:
 
 
 atexit.register(_kill_leftovers)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -107,13 +107,6 @@ class WebhookReceiver:
             await self._changed.wait_for(lambda: predicate(self.received))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def _true(value: Any) -> bool:
     return bool(value)
 

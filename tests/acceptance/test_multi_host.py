@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from simulator import SimulatorConfig, create_app
 from taskhook.serving import running_app
 from tests.acceptance.stack import TERMINAL, wait_for
 from tests.conftest import S3Config
+from tests.ports import free_port
 
 PUBLIC = "https://taskhook.example"
 SECRET = "multi-host-secret-" + "s" * 32
@@ -71,13 +71,6 @@ class Host:
 
     def __post_init__(self) -> None:
         self.log = self.cwd / "stderr.log"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def production_env(db_url: str, s3: S3Config, sim_url: str) -> dict[str, str]:

@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import pytest
 import yaml
 
 from tests.conftest import S3Config
+from tests.ports import free_port
 from vendors.registry import read_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -248,13 +248,6 @@ def test_the_image_is_small_unprivileged_and_checks_its_health() -> None:
 
 
 # --- the commands, run as an unprivileged user ----------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def as_unprivileged(argv: list[str]) -> list[str]:

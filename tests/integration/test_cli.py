@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from taskhook.cli import cli
 from tests.conftest import S3Config
+from tests.ports import free_port
 
 # The `invoke` fixture: run the CLI in-process, (exit code, output).
 Invoke = Callable[..., tuple[int, str]]
@@ -222,14 +223,11 @@ def test_workers_and_reconcilers_can_be_scraped(
     command: list[str], db_url: str, s3: S3Config, tmp_path: Path
 ) -> None:
     """Their refunds, polls and storage attempts were counted where nobody could read them."""
-    import socket
     import time
 
     import httpx
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": db_url,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import httpx
 
 from db.pool import dsn_for_database
 from tests.conftest import S3Config
+from tests.ports import free_port
 
 SECRET = "startup-secret-" + "s" * 32
 ADMIN_KEY = "startup-admin-" + "a" * 32
@@ -75,13 +75,6 @@ def one_error_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert lines and lines[-1].startswith("Error: "), stderr
     return lines[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Process:

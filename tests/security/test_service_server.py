@@ -32,6 +32,7 @@ from taskhook.app import create_app
 from taskhook.serving import running_app
 from tests.conftest import TEST_WEBHOOK_SECRET, S3Config
 from tests.factories import make_task, make_user
+from tests.ports import free_port
 
 Conn = asyncpg.Connection
 
@@ -195,9 +196,7 @@ async def test_an_idle_connection_is_closed_after_the_header_timeout(
 def test_taskhook_serve_runs_with_these_limits(db_url: str, s3: S3Config, tmp_path: Path) -> None:
     """`taskhook serve` itself (two uvicorn worker processes, so the limits travel to them):
     an idle connection gets its 408 at TASKHOOK_HEADER_TIMEOUT, a large head its 431."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": db_url,

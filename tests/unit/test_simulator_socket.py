@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from simulator import SimulatorConfig, running_simulator, serve
+from tests.ports import free_port
 
 WAIT = 5.0
 
@@ -54,9 +55,7 @@ async def test_running_simulator_serves_api_files_and_webhooks_over_tcp() -> Non
 
 
 async def test_serve_runs_until_cancelled() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     task = asyncio.create_task(serve(SimulatorConfig(), host="127.0.0.1", port=port))
     url = f"http://127.0.0.1:{port}/_sim/stats"
     async with httpx.AsyncClient() as client, asyncio.timeout(WAIT):
