@@ -43,6 +43,7 @@ from typing import Any
 
 import httpx
 from seeding import fresh_database
+from webhook_ingest import free_port
 
 from common.logs import configure_logging
 from common.settings import Settings
@@ -73,15 +74,6 @@ app = Starlette(routes=[Route("/hook", hook, methods=["POST"])])
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
             access_log=False, backlog=2048)
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def start_receiver() -> tuple[subprocess.Popen[bytes], str]:
